@@ -1,0 +1,178 @@
+#pragma once
+/// @file store.hpp
+/// @brief The persistence interface (DESIGN §4): dedup ledger, cursors, connection state, outbox, bot key-value
+/// space and message log.
+///
+/// All calls are synchronous and may block; the host calls them from its pipeline workers, never from an I/O
+/// thread. Implementations are safe to call from several threads.
+
+#include <switchboard/message.hpp>
+#include <switchboard/plugin.hpp>
+#include <switchboard/result.hpp>
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace switchboard {
+
+/// @brief Identifies one platform message for deduplication.
+struct MessageKey {
+    /// @brief Connection name.
+    std::string connection;
+    /// @brief Platform channel id.
+    std::string channel;
+    /// @brief Platform message id.
+    std::string message_id;
+    /// @brief Keys compare by all fields.
+    friend bool operator==(const MessageKey&, const MessageKey&) = default;
+};
+
+/// @brief The last processed message of one (connection, channel).
+struct Cursor {
+    /// @brief Platform id of the last processed message.
+    std::string message_id;
+    /// @brief Its platform timestamp, ms since the Unix epoch.
+    std::int64_t timestamp_ms = 0;
+    /// @brief Cursors compare by both fields.
+    friend bool operator==(const Cursor&, const Cursor&) = default;
+};
+
+/// @brief The cursor of one channel, as listed by Store::cursors().
+struct ChannelCursor {
+    /// @brief Connection name.
+    std::string connection;
+    /// @brief Platform channel id.
+    std::string channel;
+    /// @brief Its cursor.
+    Cursor cursor;
+};
+
+/// @brief A write to a bot's key-value namespace; `value` empty means erase.
+struct KeyValueWrite {
+    /// @brief Namespace (the bot's name).
+    std::string space;
+    /// @brief Key within the namespace.
+    std::string key;
+    /// @brief New value, or nullopt to erase.
+    std::optional<std::string> value;
+};
+
+/// @brief Delivery state of one recipient of one plan.
+enum class OutboxState {
+    pending,    ///< Not sent yet (or sent and not confirmed: the connector's idempotency decides).
+    sent,       ///< The platform accepted it.
+    failed,     ///< Gave up; `error` says why.
+    withdrawn,  ///< Sent, then deleted again to compensate a failed all-or-nothing plan.
+};
+
+/// @brief "pending", "sent", "failed" or "withdrawn".
+[[nodiscard]] inline std::string_view to_string(OutboxState state) noexcept {
+    switch (state) {
+        case OutboxState::pending: return "pending";
+        case OutboxState::sent: return "sent";
+        case OutboxState::failed: return "failed";
+        case OutboxState::withdrawn: return "withdrawn";
+    }
+    return "unknown";
+}
+
+/// @brief One recipient's entry in the outbox.
+struct OutboxEntry {
+    /// @brief The plan's id (its envelope's idempotency key).
+    std::string plan_id;
+    /// @brief Where it goes.
+    Address recipient;
+    /// @brief What is sent.
+    std::string text;
+    /// @brief Platform message id this one replies to, if any.
+    std::optional<std::string> reply_to;
+    /// @brief Current state.
+    OutboxState state = OutboxState::pending;
+    /// @brief Platform id of the sent message (for compensation), once sent.
+    std::string sent_message_id;
+    /// @brief Attempts made so far.
+    std::int32_t attempts = 0;
+    /// @brief Last error code, if any.
+    std::string error;
+    /// @brief When the entry was created, ms since the Unix epoch.
+    std::int64_t created_ms = 0;
+};
+
+/// @brief Everything that becomes durable when one inbound message is marked processed — in one transaction.
+///
+/// The message's key enters the dedup ledger, its channel's cursor advances to it, it is appended to the message
+/// log, the bots' key-value writes made while handling it are applied, and the replies they produced enter the
+/// outbox. Either all of this happens or none of it does.
+struct ProcessedMessage {
+    /// @brief The message (its connection, channel, id and timestamp give the dedup key and the new cursor).
+    Message message;
+    /// @brief Bot key-value writes made while handling it, in order.
+    std::vector<KeyValueWrite> writes;
+    /// @brief Replies and sends produced while handling it.
+    std::vector<OutboxEntry> outbox;
+};
+
+/// @brief The persistence interface every store plugin implements.
+class Store : public PluginObject {
+public:
+    /// @brief The SDK interface this class implements (used by SWITCHBOARD_PLUGIN).
+    using Interface = Store;
+    /// @brief Store plugins are of kind store.
+    static constexpr PluginKind kKind = PluginKind::store;
+
+    /// @brief True if @p key was already processed (and not yet pruned).
+    [[nodiscard]] virtual Result<bool> is_processed(const MessageKey& key) = 0;
+
+    /// @brief Makes a batch of processed messages durable: each one atomically, the whole batch in one commit
+    /// where the store can (group commit). A message already in the ledger is skipped, so a retried batch is
+    /// harmless. Cursors only move forward in batch order.
+    [[nodiscard]] virtual Result<void> commit(std::span<const ProcessedMessage> batch) = 0;
+
+    /// @brief The cursor of (@p connection, @p channel), if any message was processed there.
+    [[nodiscard]] virtual Result<std::optional<Cursor>> cursor(const std::string& connection,
+                                                               const std::string& channel) = 0;
+
+    /// @brief Every cursor of @p connection (every connection if empty).
+    [[nodiscard]] virtual Result<std::vector<ChannelCursor>> cursors(const std::string& connection) = 0;
+
+    /// @brief Stores a connection's opaque state (Telegram update offset, Discord session id and sequence, ...).
+    [[nodiscard]] virtual Result<void> put_connection_state(const std::string& connection, const std::string& key,
+                                                            const std::string& value) = 0;
+
+    /// @brief Reads a connection's opaque state.
+    [[nodiscard]] virtual Result<std::optional<std::string>> connection_state(const std::string& connection,
+                                                                              const std::string& key) = 0;
+
+    /// @brief Reads a bot key-value entry.
+    [[nodiscard]] virtual Result<std::optional<std::string>> get_value(const std::string& space,
+                                                                       const std::string& key) = 0;
+
+    /// @brief Applies key-value writes outside message processing (one transaction).
+    [[nodiscard]] virtual Result<void> put_values(std::span<const KeyValueWrite> writes) = 0;
+
+    /// @brief Adds entries to the outbox (one transaction); an entry whose (plan_id, recipient) exists is kept.
+    [[nodiscard]] virtual Result<void> outbox_add(std::span<const OutboxEntry> entries) = 0;
+
+    /// @brief Updates one entry's state, sent message id, attempts and error.
+    [[nodiscard]] virtual Result<void> outbox_update(const OutboxEntry& entry) = 0;
+
+    /// @brief Every entry still pending, oldest first (what a restart must finish).
+    [[nodiscard]] virtual Result<std::vector<OutboxEntry>> outbox_pending() = 0;
+
+    /// @brief Every entry of one plan.
+    [[nodiscard]] virtual Result<std::vector<OutboxEntry>> outbox_plan(const std::string& plan_id) = 0;
+
+    /// @brief Logged messages of one channel with from_ms <= timestamp < to_ms, oldest first, at most @p limit.
+    [[nodiscard]] virtual Result<std::vector<Message>> messages(const std::string& connection,
+                                                                const std::string& channel, std::int64_t from_ms,
+                                                                std::int64_t to_ms, std::size_t limit) = 0;
+
+    /// @brief Forgets dedup entries and logged messages with timestamps before @p before_ms; returns how many
+    /// dedup entries were removed.
+    [[nodiscard]] virtual Result<std::size_t> prune(std::int64_t before_ms) = 0;
+};
+
+}  // namespace switchboard

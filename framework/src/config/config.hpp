@@ -1,0 +1,139 @@
+#pragma once
+// The configuration model (DESIGN §6) and its loader. Internal to the core: plugins see only PluginConfig.
+
+#include <switchboard/config.hpp>
+#include <switchboard/plugin.hpp>
+#include <switchboard/routing.hpp>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace switchboard::config {
+
+/// Where something was written: file, 1-based line and column.
+struct SourcePosition {
+    std::string file;
+    int line = 0;
+    int column = 0;
+};
+
+/// One problem found in a config file. Printed as `FILE:LINE:COL: error: MESSAGE`.
+struct ConfigError {
+    SourcePosition position;
+    std::string message;
+    [[nodiscard]] std::string to_string() const;
+};
+
+/// A plugin named at one place of the config, with its validated settings.
+struct PluginUse {
+    std::string plugin;          // plugin name
+    PluginConfig settings;       // validated against the plugin's schema, defaults applied
+    SourcePosition position;     // of the `plugin:` value
+};
+
+struct AdminConfig {
+    std::string listen;  // host:port
+    std::string token;
+    SourcePosition position;
+};
+
+struct ConnectionConfig {
+    std::string name;
+    PluginUse connector;  // kind connector; settings = every key but name/plugin/recovery
+    PluginUse recovery;   // kind recovery; `recovery: { policy: NAME, ...settings }`, default policy `none`
+    SourcePosition position;
+};
+
+struct ChannelConfig {
+    std::string name;        // logical name (the map key)
+    std::string connection;  // a connection name
+    std::string id;          // the platform channel id
+    std::vector<std::string> tags;
+    SourcePosition position;
+};
+
+struct UserConfig {
+    std::string name;        // logical name (the map key)
+    std::string connection;  // a connection name
+    std::string id;          // the platform user id
+    SourcePosition position;
+};
+
+struct GroupConfig {
+    std::string name;                  // logical name (the map key)
+    std::vector<std::string> members;  // channel or user names
+    DeliveryMode delivery = DeliveryMode::best_effort;
+    OnFailure on_failure = OnFailure::keep;
+    SourcePosition position;
+};
+
+/// `to:` of a route: exactly one of group, channel, user; or broadcast (scope empty = all channels).
+struct RouteTarget {
+    MessageKind kind = MessageKind::group;
+    std::string name;  // group or channel name (group kind), user name (private), scope (broadcast)
+};
+
+struct RouteConfig {
+    std::string from;  // a channel name
+    RouteTarget to;
+    std::string strategy;  // strategy plugin name; defaults to the target kind's name
+    SourcePosition position;
+};
+
+struct BotConfig {
+    std::string name;                   // `name:`, defaults to the plugin name; unique
+    PluginUse bot;                      // kind bot; settings = every key but name/plugin/channels/isolation
+    std::vector<std::string> channels;  // channel names; empty = every channel
+    SourcePosition position;
+};
+
+struct Config {
+    std::string file;                      // the path it was read from, or "<embedded>"
+    std::vector<std::string> plugin_path;  // switchboard.plugin_path, relative entries resolved against the file's dir
+    std::optional<AdminConfig> admin;      // switchboard.admin
+    std::string log_level = "info";        // switchboard.log_level
+    PluginUse store;                       // `store: { plugin: NAME, ...settings }`, default plugin sqlite
+    std::vector<ConnectionConfig> connections;
+    std::vector<ChannelConfig> channels;
+    std::vector<UserConfig> users;
+    std::vector<GroupConfig> groups;
+    std::vector<RouteConfig> routes;
+    std::vector<BotConfig> bots;
+};
+
+/// Gives the loader each plugin's schema. Implemented by the plugin registry (and by fakes in tests).
+class SchemaSource {
+public:
+    virtual ~SchemaSource() = default;
+    /// The descriptor of plugin @p name, or null with @p why set ("no plugin named X in PATHS",
+    /// "plugin X is a store, but a connector is needed here").
+    [[nodiscard]] virtual const PluginDescriptor* find(const std::string& name, PluginKind kind,
+                                                        std::string& why) const = 0;
+};
+
+/// Result of loading: the config, or every error found (never just the first).
+struct LoadResult {
+    std::optional<Config> config;
+    std::vector<ConfigError> errors;
+};
+
+/// Reads, expands `${VAR}`, and validates @p text (named @p file in messages) against the core schema and every
+/// named plugin's schema (and check function). Never throws; malformed YAML is an error with its position.
+[[nodiscard]] LoadResult load_config_text(const std::string& text, const std::string& file,
+                                          const SchemaSource& schemas);
+
+/// As load_config_text, reading @p path (an unreadable file is one error naming it).
+[[nodiscard]] LoadResult load_config_file(const std::string& path, const SchemaSource& schemas);
+
+/// The embedded default configuration (config/switchboard.yaml, compiled in).
+[[nodiscard]] const std::string& embedded_default_config();
+
+/// Parses a duration (`250ms`, `30s`, `5m`, `2h`, `14d`, or a bare number of milliseconds).
+[[nodiscard]] std::optional<std::int64_t> parse_duration_ms(const std::string& text);
+
+/// The plugin's schema as documentation, for `switchboard plugins --describe NAME`.
+[[nodiscard]] std::string describe_plugin(const PluginDescriptor& descriptor);
+
+}  // namespace switchboard::config

@@ -1,0 +1,91 @@
+#pragma once
+// The plugin registry: finds plugin libraries, checks and loads them with Boost.DLL, and creates their objects.
+// Internal to the core.
+
+#include "config/config.hpp"
+
+#include <switchboard/plugin.hpp>
+#include <switchboard/result.hpp>
+
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace boost::dll {
+class shared_library;
+}  // namespace boost::dll
+
+namespace switchboard::plugin {
+
+/// One plugin library that passed every check.
+struct LoadedPlugin {
+    std::filesystem::path file;                        // empty for a plugin injected by a test
+    std::shared_ptr<boost::dll::shared_library> library;  // null for an injected plugin
+    const PluginDescriptor* descriptor = nullptr;
+};
+
+/// A library the registry refused, and why. `to_string()` is the one-line error:
+/// `FILE: error: REASON`.
+struct Refusal {
+    std::filesystem::path file;
+    std::string code;    // stable: not_a_library, no_descriptor, abi_mismatch, build_stamp_mismatch, duplicate_name
+    std::string reason;  // a sentence naming what to do
+    [[nodiscard]] std::string to_string() const;
+};
+
+class Registry final : public config::SchemaSource {
+public:
+    Registry();
+    ~Registry() override;
+    Registry(const Registry&) = delete;
+    Registry& operator=(const Registry&) = delete;
+
+    /// Loads every `*.so` (`*.dll` on Windows) in @p directory (not recursive), in name order. Returns the
+    /// refusals; the good plugins are kept. A missing directory is a refusal too.
+    std::vector<Refusal> load_directory(const std::filesystem::path& directory);
+
+    /// Loads one library file. Checks, in this order: it is a shared library; it exports `switchboard_plugin`;
+    /// the descriptor's ABI version and then build stamp equal the host's; its name is not taken yet.
+    [[nodiscard]] std::optional<Refusal> load_file(const std::filesystem::path& file);
+
+    /// Test hook: registers a descriptor compiled into the test itself (duplicate names are refused too).
+    [[nodiscard]] std::optional<Refusal> add(const PluginDescriptor& descriptor);
+
+    /// Every loaded plugin, in load order.
+    [[nodiscard]] const std::vector<LoadedPlugin>& plugins() const noexcept { return plugins_; }
+
+    /// The plugin named @p name, or null.
+    [[nodiscard]] const LoadedPlugin* find(const std::string& name) const noexcept;
+
+    /// SchemaSource: the descriptor of @p name if it exists and is of @p kind; else null and @p why.
+    [[nodiscard]] const PluginDescriptor* find(const std::string& name, PluginKind kind,
+                                               std::string& why) const override;
+
+    /// Creates an instance of plugin @p name, which must be of kind `T::kKind`. The returned pointer's deleter keeps
+    /// the library loaded until the object is destroyed. Failures (unknown name, wrong kind, the factory's own
+    /// error) are values.
+    template <class T>
+    [[nodiscard]] Result<std::shared_ptr<T>> create(const std::string& name, const PluginContext& context,
+                                                    const PluginConfig& config) const {
+        auto object = create_object(name, T::kKind, context, config);
+        if (!object) return object.error();
+        // The factory returned T::Interface* converted to PluginObject*; undo that conversion exactly.
+        std::shared_ptr<PluginObject> base = *object;
+        return std::shared_ptr<T>(base, static_cast<T*>(base.get()));
+    }
+
+    /// Directories searched when none are configured: $SWITCHBOARD_PLUGIN_PATH (':'-separated), then
+    /// `<dir of the running executable>/../plugins` (build tree) and `.../../lib/switchboard/plugins` (installed),
+    /// those that exist.
+    [[nodiscard]] static std::vector<std::filesystem::path> default_directories();
+
+private:
+    [[nodiscard]] Result<std::shared_ptr<PluginObject>> create_object(const std::string& name, PluginKind kind,
+                                                                      const PluginContext& context,
+                                                                      const PluginConfig& config) const;
+
+    std::vector<LoadedPlugin> plugins_;
+};
+
+}  // namespace switchboard::plugin
