@@ -82,10 +82,14 @@ struct RouteConfig {
     SourcePosition position;
 };
 
+/// `isolation:` of a bot: inside the host, or in a child process over a pipe (a crash restarts only that bot).
+enum class BotIsolation { in_process, process };
+
 struct BotConfig {
     std::string name;                   // `name:`, defaults to the plugin name; unique
     PluginUse bot;                      // kind bot; settings = every key but name/plugin/channels/isolation
     std::vector<std::string> channels;  // channel names; empty = every channel
+    BotIsolation isolation = BotIsolation::in_process;  // `isolation: in_process | process`
     SourcePosition position;
 };
 
