@@ -29,7 +29,8 @@ struct LoadedPlugin {
 /// `FILE: error: REASON`.
 struct Refusal {
     std::filesystem::path file;
-    std::string code;    // stable: not_a_library, no_descriptor, abi_mismatch, build_stamp_mismatch, duplicate_name
+    std::string code;    // stable: not_a_library, no_descriptor, abi_mismatch, build_stamp_mismatch, duplicate_name,
+                         // bad_descriptor (right ABI and stamp, but a field is invalid), no_directory
     std::string reason;  // a sentence naming what to do
     [[nodiscard]] std::string to_string() const;
 };
