@@ -1,0 +1,206 @@
+// What only the sqlite store does: it survives a restart, migrates its schema, and refuses files it must not touch.
+
+#include <SQLiteCpp/SQLiteCpp.h>
+#include <unistd.h>
+
+#include <boost/asio/io_context.hpp>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iterator>
+#include <random>
+
+#include "store_test_support.hpp"
+
+using namespace switchboard;
+using namespace switchboard::store_tests;
+using stores::SqliteStore;
+using testing_support::TempDir;
+
+namespace {
+
+std::string read_bytes(const std::filesystem::path& path) {
+    std::ifstream in(path, std::ios::binary);
+    return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+void write_bytes(const std::filesystem::path& path, const std::string& bytes) {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out << bytes;
+}
+
+int user_version(const std::filesystem::path& path) {
+    SQLite::Database db(path.string(), SQLite::OPEN_READONLY);
+    return db.execAndGet("PRAGMA user_version").getInt();
+}
+
+class NullLogger final : public Logger {
+public:
+    void log(LogLevel, std::string_view text, const LogFields&) noexcept override { lines.emplace_back(text); }
+    std::vector<std::string> lines;
+};
+
+}  // namespace
+
+TEST_CASE("the sqlite store keeps everything when it is closed and opened again") {
+    TempDir dir;
+    const auto path = dir / "store.db";
+    {
+        SqliteStore store(path);
+        OutboxEntry entry = outbox_entry("plan-1", "#ops", 100);
+        ok(store.commit(std::vector{processed(make_message("#ops", "m1", 100), {{"echo", "k", "v"}}, {entry})}));
+        ok(store.put_connection_state("telegram", "offset", "42"));
+    }
+    SqliteStore store(path);
+    CHECK(ok(store.is_processed({"irc", "#ops", "m1"})));
+    CHECK(ok(store.cursor("irc", "#ops")) == Cursor{"m1", 100});
+    CHECK(ok(store.get_value("echo", "k")) == "v");
+    CHECK(ok(store.connection_state("telegram", "offset")) == "42");
+    CHECK(ok(store.outbox_pending()).size() == 1);
+    CHECK(ids(ok(store.messages("irc", "#ops", 0, 1000, 10))) == std::vector<std::string>{"m1"});
+}
+
+TEST_CASE("the sqlite store creates its schema in a new file, an empty file, or a version 0 database") {
+    TempDir dir;
+    const auto path = dir / "sub" / "dir" / "store.db";
+
+    SECTION("a new file, with its parent directories") {}
+    SECTION("an empty file") {
+        std::filesystem::create_directories(path.parent_path());
+        write_bytes(path, "");
+    }
+    SECTION("a database at version 0 with a table of its own, which is kept") {
+        std::filesystem::create_directories(path.parent_path());
+        SQLite::Database db(path.string(), SQLite::OPEN_READWRITE | SQLite::OPEN_CREATE);
+        db.exec("CREATE TABLE notes (text TEXT); INSERT INTO notes VALUES ('keep me')");
+    }
+
+    {
+        SqliteStore store(path);
+        ok(store.commit(std::vector{processed(make_message("#ops", "m1", 100))}));
+        CHECK(ok(store.cursor("irc", "#ops")) == Cursor{"m1", 100});
+    }
+    CHECK(user_version(path) == SqliteStore::kSchemaVersion);
+    SQLite::Database db(path.string(), SQLite::OPEN_READONLY);
+    CHECK(db.execAndGet("PRAGMA journal_mode").getString() == "wal");
+    if (db.tableExists("notes")) CHECK(db.execAndGet("SELECT text FROM notes").getString() == "keep me");
+}
+
+TEST_CASE("the sqlite store refuses a file that is not a database and leaves it untouched") {
+    TempDir dir;
+    const auto path = dir / "store.db";
+    std::mt19937 random(7);
+    std::string garbage(8192, '\0');
+    for (char& c : garbage) c = static_cast<char>(random() & 0xff);
+    write_bytes(path, garbage);
+
+    const Error error = open_error([&] { SqliteStore store(path); });
+
+    CHECK(error.code == "store_corrupt");
+    CHECK_THAT(error.message, Catch::Contains(path.string()) && Catch::Contains("move it aside"));
+    CHECK(read_bytes(path) == garbage);
+    CHECK_FALSE(std::filesystem::exists(path.string() + "-wal"));
+}
+
+TEST_CASE("the sqlite store refuses a database written by a newer schema and leaves it untouched") {
+    TempDir dir;
+    const auto path = dir / "store.db";
+    {
+        SQLite::Database db(path.string(), SQLite::OPEN_READWRITE | SQLite::OPEN_CREATE);
+        db.exec("CREATE TABLE future (x); PRAGMA user_version = 99");
+    }
+    const std::string before = read_bytes(path);
+
+    const Error error = open_error([&] { SqliteStore store(path); });
+
+    CHECK(error.code == "store_schema_too_new");
+    CHECK_THAT(error.message, Catch::Contains(path.string()) && Catch::Contains("99") &&
+                                  Catch::Contains(std::to_string(SqliteStore::kSchemaVersion)));
+    CHECK(read_bytes(path) == before);
+    CHECK(user_version(path) == 99);
+}
+
+TEST_CASE("the sqlite store refuses a file another open store holds, until that store is closed") {
+    TempDir dir;
+    const auto path = dir / "store.db";
+    auto first = std::make_unique<SqliteStore>(path);
+    ok(first->put_connection_state("irc", "k", "v"));
+
+    const Error error = open_error([&] { SqliteStore second(path); });
+
+    CHECK(error.code == "store_locked");
+    CHECK_THAT(error.message, Catch::Contains(path.string()) && Catch::Contains("pid " + std::to_string(::getpid())));
+    CHECK(ok(first->connection_state("irc", "k")) == "v");  // the refused open did not disturb the first
+
+    first.reset();
+    SqliteStore again(path);
+    CHECK(ok(again.connection_state("irc", "k")) == "v");
+}
+
+TEST_CASE("the sqlite store declares its settings and rejects a bad synchronous value") {
+    const auto& schema = SqliteStore::config_schema();
+    std::vector<std::string> names;
+    for (const ConfigKey& key : schema.keys) {
+        names.push_back(key.name);
+        CHECK_FALSE(key.description.empty());
+        CHECK_FALSE(key.default_value.empty());
+    }
+    CHECK(names == std::vector<std::string>{"path", "busy_timeout", "synchronous", "dedup_window"});
+
+    PluginConfig config;
+    config.set("synchronous", std::string("full"));
+    CHECK(SqliteStore::check_config(config).empty());
+
+    config.set("synchronous", std::string("sometimes"));
+    const auto problems = SqliteStore::check_config(config);
+    REQUIRE(problems.size() == 1);
+    CHECK(problems[0].key == "synchronous");
+    CHECK_THAT(problems[0].message, Catch::Contains("normal") && Catch::Contains("sometimes"));
+}
+
+TEST_CASE("the sqlite plugin constructor opens the configured path with its settings") {
+    TempDir dir;
+    const auto path = dir / "data" / "bot.db";
+    PluginConfig config;
+    config.set("path", path.string());
+    config.set("busy_timeout", std::int64_t{1000});
+    config.set("synchronous", std::string("full"));
+    config.set("dedup_window", std::int64_t{14} * 24 * 3600 * 1000);
+    NullLogger logger;
+    boost::asio::io_context io;
+    const PluginContext context("store", logger, io);
+
+    {
+        SqliteStore store(context, config);
+        CHECK(store.path() == path);
+        ok(store.put_values(std::vector<KeyValueWrite>{{"echo", "k", "v"}}));
+    }
+    CHECK(std::filesystem::exists(path));
+    CHECK(std::filesystem::exists(path.string() + ".lock"));
+    REQUIRE(logger.lines.size() == 1);
+    CHECK_THAT(logger.lines[0], Catch::Contains(path.string()));
+}
+
+// Not run by default: `store_tests "[.bench]"` prints messages committed per second by each store.
+TEMPLATE_TEST_CASE("store commit throughput", "[.bench]", MemoryStoreFactory, SqliteStoreFactory) {
+    TestType factory;
+    auto store = factory.open();
+    constexpr int kMessages = 200'000;
+    const int batch_size = GENERATE(1, 8, 256);
+    std::vector<std::vector<ProcessedMessage>> batches;
+    for (int first = 0; first < kMessages; first += batch_size) {
+        std::vector<ProcessedMessage> batch;
+        for (int i = first; i < std::min(kMessages, first + batch_size); ++i) {
+            // Ids like platform snowflakes: the same length and increasing.
+            std::string id = std::to_string(1'000'000'000 + i);
+            batch.push_back(processed(make_message("#c" + std::to_string(i % 4), std::move(id), i)));
+        }
+        batches.push_back(std::move(batch));
+    }
+    const auto start = std::chrono::steady_clock::now();
+    for (const auto& batch : batches) ok(store->commit(batch));
+    const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
+    WARN("batch size " << batch_size << ": " << static_cast<long>(kMessages / elapsed.count()) << " messages/s, "
+                       << static_cast<long>(batches.size() / elapsed.count()) << " commits/s");
+    CHECK(ok(store->is_processed({"irc", "#c1", "1000000001"})));
+}

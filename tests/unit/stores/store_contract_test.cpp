@@ -1,0 +1,347 @@
+// The behaviour every store shares (DESIGN §4), written once and run against each store.
+
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "store_test_support.hpp"
+
+using namespace switchboard;
+using namespace switchboard::store_tests;
+
+#define STORE_TEST_CASE(name) TEMPLATE_TEST_CASE(name, "[store]", MemoryStoreFactory, SqliteStoreFactory)
+
+STORE_TEST_CASE("a store remembers which messages it has processed") {
+    TestType factory;
+    auto store = factory.open();
+    const MessageKey key{"irc", "#ops", "m1"};
+
+    CHECK_FALSE(ok(store->is_processed(key)));
+    const std::vector batch{processed(make_message("#ops", "m1", 100))};
+    ok(store->commit(batch));
+
+    CHECK(ok(store->is_processed(key)));
+    CHECK_FALSE(ok(store->is_processed({"irc", "#ops", "m2"})));
+    CHECK_FALSE(ok(store->is_processed({"irc", "#dev", "m1"})));
+    CHECK_FALSE(ok(store->is_processed({"discord", "#ops", "m1"})));
+}
+
+STORE_TEST_CASE("a message already processed is skipped with its writes and outbox entries") {
+    TestType factory;
+    auto store = factory.open();
+    const std::vector first{
+        processed(make_message("#ops", "m1", 100), {{"echo", "count", "1"}}, {outbox_entry("plan-1", "#ops", 100)})};
+    ok(store->commit(first));
+
+    auto again = processed(make_message("#ops", "m1", 100), {{"echo", "count", "2"}, {"echo", "extra", "x"}},
+                           {outbox_entry("plan-2", "#ops", 100)});
+    again.message.text = "changed";
+    ok(store->commit(std::vector{again}));
+
+    CHECK(ok(store->get_value("echo", "count")) == "1");
+    CHECK_FALSE(ok(store->get_value("echo", "extra")));
+    CHECK(ok(store->outbox_plan("plan-2")).empty());
+    const auto logged = ok(store->messages("irc", "#ops", 0, 1000, 10));
+    REQUIRE(logged.size() == 1);
+    CHECK(logged[0].text == "text of m1");
+}
+
+STORE_TEST_CASE("a retried batch is harmless") {
+    TestType factory;
+    auto store = factory.open();
+    std::vector<ProcessedMessage> batch;
+    for (int i = 0; i < 3; ++i) {
+        const std::string id = "m" + std::to_string(i);
+        batch.push_back(processed(make_message("#ops", id, 100 + i), {{"bot", "seen", id}},
+                                  {outbox_entry("plan-" + id, "#ops", 100 + i)}));
+    }
+    ok(store->commit(batch));
+    ok(store->put_values(std::vector<KeyValueWrite>{{"bot", "seen", "later"}}));
+
+    ok(store->commit(batch));
+
+    CHECK(ids(ok(store->messages("irc", "#ops", 0, 1000, 10))) == std::vector<std::string>{"m0", "m1", "m2"});
+    CHECK(ok(store->get_value("bot", "seen")) == "later");
+    CHECK(ok(store->outbox_pending()).size() == 3);
+    CHECK(ok(store->cursor("irc", "#ops")) == Cursor{"m2", 102});
+}
+
+STORE_TEST_CASE("a message repeated within one batch is processed once") {
+    TestType factory;
+    auto store = factory.open();
+    const std::vector batch{processed(make_message("#ops", "m1", 100), {{"bot", "n", "1"}}),
+                            processed(make_message("#ops", "m1", 100), {{"bot", "n", "2"}})};
+    ok(store->commit(batch));
+
+    CHECK(ok(store->get_value("bot", "n")) == "1");
+    CHECK(ok(store->messages("irc", "#ops", 0, 1000, 10)).size() == 1);
+}
+
+STORE_TEST_CASE("a cursor advances to the newest processed message of its channel") {
+    TestType factory;
+    auto store = factory.open();
+    CHECK_FALSE(ok(store->cursor("irc", "#ops")));
+
+    ok(store->commit(std::vector{processed(make_message("#ops", "a", 100))}));
+    CHECK(ok(store->cursor("irc", "#ops")) == Cursor{"a", 100});
+
+    ok(store->commit(std::vector{processed(make_message("#ops", "b", 200)), processed(make_message("#dev", "x", 150)),
+                                 processed(make_message("#ops", "c", 300)),
+                                 processed(make_message("#ops", "c2", 300, "discord"))}));
+    CHECK(ok(store->cursor("irc", "#ops")) == Cursor{"c", 300});
+    CHECK(ok(store->cursor("irc", "#dev")) == Cursor{"x", 150});
+    CHECK(ok(store->cursor("discord", "#ops")) == Cursor{"c2", 300});
+
+    SECTION("cursors lists one connection's channels, or every connection's") {
+        const auto irc = ok(store->cursors("irc"));
+        REQUIRE(irc.size() == 2);
+        CHECK(irc[0].channel == "#dev");
+        CHECK(irc[0].cursor == Cursor{"x", 150});
+        CHECK(irc[1].channel == "#ops");
+        CHECK(irc[1].cursor == Cursor{"c", 300});
+
+        const auto all = ok(store->cursors(""));
+        REQUIRE(all.size() == 3);
+        CHECK(all[0].connection == "discord");
+        CHECK(ok(store->cursors("telegram")).empty());
+    }
+}
+
+STORE_TEST_CASE("a cursor never moves back to an older message") {
+    TestType factory;
+    auto store = factory.open();
+    ok(store->commit(std::vector{processed(make_message("#ops", "b", 200))}));
+
+    SECTION("an older message in a later batch (a recovered one) leaves the cursor") {
+        ok(store->commit(std::vector{processed(make_message("#ops", "a", 100))}));
+        CHECK(ok(store->cursor("irc", "#ops")) == Cursor{"b", 200});
+        CHECK(ok(store->is_processed({"irc", "#ops", "a"})));
+    }
+    SECTION("within a batch the cursor keeps the newest message") {
+        ok(store->commit(
+            std::vector{processed(make_message("#ops", "d", 400)), processed(make_message("#ops", "c", 300))}));
+        CHECK(ok(store->cursor("irc", "#ops")) == Cursor{"d", 400});
+    }
+    SECTION("messages with the same timestamp move it forward in batch order") {
+        ok(store->commit(
+            std::vector{processed(make_message("#ops", "b1", 200)), processed(make_message("#ops", "b2", 200))}));
+        CHECK(ok(store->cursor("irc", "#ops")) == Cursor{"b2", 200});
+    }
+}
+
+STORE_TEST_CASE("connection state is kept per connection and key") {
+    TestType factory;
+    auto store = factory.open();
+    CHECK_FALSE(ok(store->connection_state("telegram", "offset")));
+
+    ok(store->put_connection_state("telegram", "offset", "41"));
+    ok(store->put_connection_state("telegram", "offset", "42"));
+    ok(store->put_connection_state("discord", "session_id", "abc"));
+
+    CHECK(ok(store->connection_state("telegram", "offset")) == "42");
+    CHECK(ok(store->connection_state("discord", "session_id")) == "abc");
+    CHECK_FALSE(ok(store->connection_state("discord", "offset")));
+}
+
+STORE_TEST_CASE("bot key-value entries can be written, overwritten and erased") {
+    TestType factory;
+    auto store = factory.open();
+    CHECK_FALSE(ok(store->get_value("echo", "k")));
+
+    SECTION("put_values applies writes in order") {
+        ok(store->put_values(std::vector<KeyValueWrite>{{"echo", "k", "1"},
+                                                        {"echo", "k", "2"},
+                                                        {"relay", "k", "other"},
+                                                        {"echo", "gone", "x"},
+                                                        {"echo", "gone", std::nullopt},
+                                                        {"echo", "empty", ""}}));
+        CHECK(ok(store->get_value("echo", "k")) == "2");
+        CHECK(ok(store->get_value("relay", "k")) == "other");
+        CHECK_FALSE(ok(store->get_value("echo", "gone")));
+        CHECK(ok(store->get_value("echo", "empty")) == "");
+    }
+    SECTION("writes made while handling a message are applied with it, in order") {
+        ok(store->commit(std::vector{
+            processed(make_message("#ops", "m1", 100),
+                      {{"echo", "a", "1"}, {"echo", "a", std::nullopt}, {"echo", "b", "x"}, {"echo", "b", "y"}})}));
+        CHECK_FALSE(ok(store->get_value("echo", "a")));
+        CHECK(ok(store->get_value("echo", "b")) == "y");
+    }
+}
+
+STORE_TEST_CASE("the outbox tracks each recipient of a plan") {
+    TestType factory;
+    auto store = factory.open();
+    OutboxEntry to_user = outbox_entry("plan-1", "alice", 50);
+    to_user.recipient = Address::user("irc", "alice");
+    to_user.reply_to = "m0";
+    ok(store->outbox_add(std::vector{outbox_entry("plan-2", "#b", 200), outbox_entry("plan-1", "#a", 100), to_user}));
+
+    SECTION("entries are listed per plan, in the order they were added") {
+        const auto plan = ok(store->outbox_plan("plan-1"));
+        REQUIRE(plan.size() == 2);
+        CHECK(plan[0].recipient == Address::channel("irc", "#a"));
+        CHECK(plan[1].recipient == Address::user("irc", "alice"));
+        CHECK(plan[1].reply_to == "m0");
+        CHECK(plan[1].text == "to alice");
+        CHECK(plan[1].created_ms == 50);
+        CHECK(plan[1].state == OutboxState::pending);
+        CHECK(ok(store->outbox_plan("plan-9")).empty());
+    }
+    SECTION("pending entries are listed oldest first") {
+        const auto pending = ok(store->outbox_pending());
+        REQUIRE(pending.size() == 3);
+        CHECK(pending[0].recipient.target == "alice");
+        CHECK(pending[1].recipient.target == "#a");
+        CHECK(pending[2].recipient.target == "#b");
+    }
+    SECTION("an update records state, sent id, attempts and error, and a sent entry is no longer pending") {
+        OutboxEntry sent = outbox_entry("plan-1", "#a", 100);
+        sent.state = OutboxState::sent;
+        sent.sent_message_id = "p-77";
+        sent.attempts = 2;
+        sent.error = "rate_limited";
+        ok(store->outbox_update(sent));
+
+        const auto plan = ok(store->outbox_plan("plan-1"));
+        REQUIRE(plan.size() == 2);
+        CHECK(plan[0].state == OutboxState::sent);
+        CHECK(plan[0].sent_message_id == "p-77");
+        CHECK(plan[0].attempts == 2);
+        CHECK(plan[0].error == "rate_limited");
+        CHECK(ok(store->outbox_pending()).size() == 2);
+    }
+    SECTION("adding an entry again keeps the existing one") {
+        OutboxEntry sent = outbox_entry("plan-1", "#a", 100);
+        sent.state = OutboxState::sent;
+        ok(store->outbox_update(sent));
+
+        OutboxEntry replayed = outbox_entry("plan-1", "#a", 999);
+        replayed.text = "different";
+        ok(store->outbox_add(std::vector{replayed}));
+
+        const auto plan = ok(store->outbox_plan("plan-1"));
+        REQUIRE(plan.size() == 2);
+        CHECK(plan[0].state == OutboxState::sent);
+        CHECK(plan[0].text == "to #a");
+        CHECK(plan[0].created_ms == 100);
+    }
+    SECTION("updating an entry that does not exist is an error") {
+        const auto result = store->outbox_update(outbox_entry("plan-9", "#a", 100));
+        REQUIRE_FALSE(result.has_value());
+        CHECK(result.error().code == "outbox_entry_not_found");
+    }
+    SECTION("replies produced while handling a message enter the outbox with it") {
+        ok(store->commit(
+            std::vector{processed(make_message("#ops", "m1", 100), {}, {outbox_entry("plan-3", "#ops", 300)})}));
+        CHECK(ok(store->outbox_plan("plan-3")).size() == 1);
+        CHECK(ok(store->outbox_pending()).size() == 4);
+    }
+}
+
+STORE_TEST_CASE("the message log returns a channel's messages in a time range, oldest first, up to a limit") {
+    TestType factory;
+    auto store = factory.open();
+    std::vector<ProcessedMessage> batch;
+    for (const auto& [id, ts] : std::vector<std::pair<std::string, std::int64_t>>{
+             {"m30", 30}, {"m10", 10}, {"m20", 20}, {"m20b", 20}, {"m40", 40}}) {
+        batch.push_back(processed(make_message("#ops", id, ts)));
+    }
+    batch.push_back(processed(make_message("#dev", "d20", 20)));
+    batch.push_back(processed(make_message("#ops", "x20", 20, "discord")));
+    ok(store->commit(batch));
+
+    CHECK(ids(ok(store->messages("irc", "#ops", 0, 100, 100))) ==
+          std::vector<std::string>{"m10", "m20", "m20b", "m30", "m40"});
+    CHECK(ids(ok(store->messages("irc", "#ops", 20, 40, 100))) == std::vector<std::string>{"m20", "m20b", "m30"});
+    CHECK(ids(ok(store->messages("irc", "#ops", 0, 100, 2))) == std::vector<std::string>{"m10", "m20"});
+    CHECK(ok(store->messages("irc", "#ops", 0, 100, 0)).empty());
+    CHECK(ids(ok(store->messages("irc", "#dev", 0, 100, 100))) == std::vector<std::string>{"d20"});
+    CHECK(ok(store->messages("irc", "#none", 0, 100, 100)).empty());
+
+    SECTION("every field of a logged message comes back") {
+        Message full = make_message("#full", "f1", 5000);
+        full.author = Author{"42", "Ada", true};
+        full.text = "hello\nworld";
+        full.kind = MessageKind::private_message;
+        full.reply_to = "f0";
+        full.recovered = true;
+        full.raw = R"({"id":"f1"})";
+        ok(store->commit(std::vector{processed(full)}));
+
+        const auto logged = ok(store->messages("irc", "#full", 0, 10000, 1));
+        REQUIRE(logged.size() == 1);
+        const Message& got = logged[0];
+        CHECK(got.id == "f1");
+        CHECK(got.connection == "irc");
+        CHECK(got.channel == "#full");
+        CHECK(got.author.id == "42");
+        CHECK(got.author.display_name == "Ada");
+        CHECK(got.author.is_bot);
+        CHECK(got.text == "hello\nworld");
+        CHECK(got.timestamp_ms == 5000);
+        CHECK(got.kind == MessageKind::private_message);
+        CHECK(got.reply_to == "f0");
+        CHECK(got.recovered);
+        CHECK(got.raw == R"({"id":"f1"})");
+        CHECK_FALSE(ok(store->messages("irc", "#ops", 10, 11, 1))[0].reply_to);
+    }
+}
+
+STORE_TEST_CASE("prune forgets dedup entries and logged messages older than the cutoff") {
+    TestType factory;
+    auto store = factory.open();
+    ok(store->commit(std::vector{processed(make_message("#ops", "old1", 100)),
+                                 processed(make_message("#dev", "old2", 150)),
+                                 processed(make_message("#ops", "new", 200))}));
+
+    CHECK(ok(store->prune(200)) == 2);
+
+    CHECK_FALSE(ok(store->is_processed({"irc", "#ops", "old1"})));
+    CHECK_FALSE(ok(store->is_processed({"irc", "#dev", "old2"})));
+    CHECK(ok(store->is_processed({"irc", "#ops", "new"})));
+    CHECK(ids(ok(store->messages("irc", "#ops", 0, 1000, 10))) == std::vector<std::string>{"new"});
+    CHECK(ok(store->messages("irc", "#dev", 0, 1000, 10)).empty());
+    CHECK(ok(store->cursor("irc", "#dev")) == Cursor{"old2", 150});
+    CHECK(ok(store->prune(200)) == 0);
+}
+
+STORE_TEST_CASE("a store can be used from several threads at once") {
+    TestType factory;
+    auto store = factory.open();
+    constexpr int kThreads = 4;
+    constexpr int kBatches = 50;
+    constexpr int kBatchSize = 8;
+    std::vector<std::thread> threads;
+    std::vector<std::string> errors(kThreads);
+    for (int t = 0; t < kThreads; ++t) {
+        threads.emplace_back([&, t] {
+            const std::string channel = "#t" + std::to_string(t);
+            for (int b = 0; b < kBatches; ++b) {
+                std::vector<ProcessedMessage> batch;
+                for (int i = 0; i < kBatchSize; ++i) {
+                    const int n = b * kBatchSize + i;
+                    batch.push_back(
+                        processed(make_message(channel, std::to_string(n), n), {{"bot", channel, std::to_string(n)}}));
+                }
+                auto committed = store->commit(batch);
+                auto read = store->cursor("irc", channel);
+                if (!committed || !read) {
+                    errors[t] = !committed ? committed.error().to_string() : read.error().to_string();
+                    return;
+                }
+            }
+        });
+    }
+    for (auto& thread : threads) thread.join();
+
+    for (int t = 0; t < kThreads; ++t) {
+        INFO("thread " << t);
+        CHECK(errors[t].empty());
+        const std::string channel = "#t" + std::to_string(t);
+        const std::string last = std::to_string(kBatches * kBatchSize - 1);
+        CHECK(ok(store->cursor("irc", channel)) == Cursor{last, kBatches * kBatchSize - 1});
+        CHECK(ok(store->get_value("bot", channel)) == last);
+        CHECK(ok(store->messages("irc", channel, 0, 1'000'000, 100'000)).size() == kBatches * kBatchSize);
+    }
+}
