@@ -1,1 +1,278 @@
-int main() { return 0; }
+// The `switchboard` command: run, check, plugins.
+//
+// Exit status: 0 success; 1 a failure while running (store cannot open, plugin failed to start); 2 a usage or
+// configuration error; 3 a plugin library was refused.
+
+#include "config/config.hpp"
+#include "host/host.hpp"
+#include "host/logging.hpp"
+#include "plugin/registry.hpp"
+
+#include <switchboard/version.hpp>
+
+#include <boost/program_options.hpp>
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <sstream>
+
+namespace po = boost::program_options;
+namespace fs = std::filesystem;
+using namespace switchboard;
+
+namespace {
+
+constexpr int kExitOk = 0;
+constexpr int kExitUsage = 2;
+constexpr int kExitRefused = 3;
+
+constexpr const char* kUsage =
+    "usage: switchboard COMMAND [OPTIONS]\n"
+    "\n"
+    "Commands:\n"
+    "  run      [-c FILE]    run the bots (no file: the embedded default — console, sqlite under data/, echo)\n"
+    "  check    -c FILE      validate a config; prints every error as FILE:LINE:COL\n"
+    "  plugins  [--describe NAME]\n"
+    "                        list every plugin found, or document one plugin's configuration\n"
+    "\n"
+    "Run `switchboard COMMAND --help` for a command's options. Exit status: 0 ok, 1 failure while running,\n"
+    "2 usage or configuration error, 3 a plugin library was refused.\n";
+
+struct Source {
+    std::string text;
+    std::string name;  // what errors call it
+    fs::path directory;
+};
+
+// The config's own plugin_path has to be known before its plugins can be validated, so it is read ahead here.
+// Entries that use ${VAR} are resolved by the full load later; a difference triggers a second pass.
+std::vector<fs::path> read_plugin_path(const Source& source) {
+    std::vector<fs::path> directories;
+    try {
+        const YAML::Node path = YAML::Load(source.text)["switchboard"]["plugin_path"];
+        if (!path.IsSequence()) return directories;
+        for (const auto& entry : path) {
+            if (!entry.IsScalar()) continue;
+            fs::path directory = entry.as<std::string>();
+            directories.push_back(directory.is_relative() ? source.directory / directory : directory);
+        }
+    } catch (const YAML::Exception&) {
+        // Malformed YAML is reported, with its position, by the full load.
+    }
+    return directories;
+}
+
+struct Plugins {
+    plugin::Registry registry;
+    std::vector<fs::path> loaded;
+    std::vector<plugin::Refusal> refusals;
+
+    void load(const std::vector<fs::path>& directories) {
+        for (const fs::path& directory : directories) {
+            const fs::path canonical = fs::weakly_canonical(directory);
+            if (std::find(loaded.begin(), loaded.end(), canonical) != loaded.end()) continue;
+            loaded.push_back(canonical);
+            for (auto& refusal : registry.load_directory(canonical)) refusals.push_back(std::move(refusal));
+        }
+    }
+
+    // Prints every refusal; true if there were none.
+    bool report() const {
+        for (const auto& refusal : refusals) std::cerr << refusal.to_string() << "\n";
+        return refusals.empty();
+    }
+};
+
+std::vector<fs::path> search_path(const std::vector<std::string>& from_command_line,
+                                  const std::vector<fs::path>& from_config) {
+    std::vector<fs::path> directories(from_command_line.begin(), from_command_line.end());
+    directories.insert(directories.end(), from_config.begin(), from_config.end());
+    for (auto& directory : plugin::Registry::default_directories()) directories.push_back(std::move(directory));
+    return directories;
+}
+
+std::optional<Source> read_source(const po::variables_map& options) {
+    if (!options.count("config")) return Source{config::embedded_default_config(), "<embedded>", fs::current_path()};
+    const std::string path = options["config"].as<std::string>();
+    std::ifstream in(path, std::ios::binary);
+    if (!in) {
+        std::cerr << path << ": error: cannot read the config file: " << std::strerror(errno) << "\n";
+        return std::nullopt;
+    }
+    std::ostringstream text;
+    text << in.rdbuf();
+    return Source{text.str(), path, fs::absolute(path).parent_path()};
+}
+
+// Loads plugins for @p source and validates it. On failure prints why and sets @p status.
+std::optional<config::Config> load(const Source& source, const std::vector<std::string>& plugin_dirs,
+                                   Plugins& plugins, int& status) {
+    plugins.load(search_path(plugin_dirs, read_plugin_path(source)));
+    if (!plugins.report()) {
+        status = kExitRefused;
+        return std::nullopt;
+    }
+    config::LoadResult result = config::load_config_text(source.text, source.name, plugins.registry);
+    if (result.config) {
+        // plugin_path entries written with ${VAR} are only known now: load any new directory and validate again.
+        std::vector<fs::path> resolved(result.config->plugin_path.begin(), result.config->plugin_path.end());
+        const std::size_t before = plugins.loaded.size();
+        plugins.load(resolved);
+        if (plugins.loaded.size() != before) {
+            if (!plugins.report()) {
+                status = kExitRefused;
+                return std::nullopt;
+            }
+            result = config::load_config_text(source.text, source.name, plugins.registry);
+        }
+    }
+    for (const auto& error : result.errors) std::cerr << error.to_string() << "\n";
+    if (!result.config || !result.errors.empty()) {
+        std::cerr << result.errors.size() << (result.errors.size() == 1 ? " error" : " errors") << " in "
+                  << source.name << "\n";
+        status = kExitUsage;
+        return std::nullopt;
+    }
+    return std::move(result.config);
+}
+
+po::options_description common_options() {
+    po::options_description options;
+    options.add_options()("help,h", "show this help")(
+        "plugin-path,p", po::value<std::vector<std::string>>()->composing(),
+        "also search DIR for plugins (repeatable; searched before the config's plugin_path and the defaults)");
+    return options;
+}
+
+std::vector<std::string> plugin_dirs(const po::variables_map& options) {
+    return options.count("plugin-path") ? options["plugin-path"].as<std::vector<std::string>>()
+                                        : std::vector<std::string>{};
+}
+
+int command_run(const std::vector<std::string>& args) {
+    po::options_description options("switchboard run [-c FILE] [OPTIONS]");
+    options.add(common_options());
+    options.add_options()("config,c", po::value<std::string>(), "config file (default: the embedded default)")(
+        "log-format", po::value<std::string>()->default_value("text"), "text or json")(
+        "log-level", po::value<std::string>(), "trace, debug, info, warn or error (overrides the config)");
+    po::variables_map vm;
+    po::store(po::command_line_parser(args).options(options).run(), vm);
+    po::notify(vm);
+    if (vm.count("help")) {
+        std::cout << options << "\n";
+        return kExitOk;
+    }
+    const std::string format = vm["log-format"].as<std::string>();
+    if (format != "text" && format != "json") {
+        std::cerr << "switchboard run: error: --log-format must be text or json, not '" << format << "'\n";
+        return kExitUsage;
+    }
+    auto source = read_source(vm);
+    if (!source) return kExitUsage;
+    Plugins plugins;
+    int status = kExitOk;
+    auto config = load(*source, plugin_dirs(vm), plugins, status);
+    if (!config) return status;
+    std::string level_name = vm.count("log-level") ? vm["log-level"].as<std::string>() : config->log_level;
+    auto level = host::parse_log_level(level_name);
+    if (!level) {
+        std::cerr << "switchboard run: error: unknown log level '" << level_name << "'\n";
+        return kExitUsage;
+    }
+    host::SpdLogger logger("host", format == "json" ? host::LogFormat::json : host::LogFormat::text, *level);
+    logger.info("switchboard " + std::string(kFrameworkVersion) + " starting with " + source->name);
+    // The host (and every object it made) goes before the registry: objects first, then their libraries.
+    host::Host host(std::move(*config), plugins.registry, logger);
+    return host.run();
+}
+
+int command_check(const std::vector<std::string>& args) {
+    po::options_description options("switchboard check -c FILE [OPTIONS]");
+    options.add(common_options());
+    options.add_options()("config,c", po::value<std::string>()->required(), "config file to validate");
+    po::variables_map vm;
+    po::store(po::command_line_parser(args).options(options).run(), vm);
+    if (vm.count("help")) {
+        std::cout << options << "\n";
+        return kExitOk;
+    }
+    po::notify(vm);
+    auto source = read_source(vm);
+    if (!source) return kExitUsage;
+    Plugins plugins;
+    int status = kExitOk;
+    auto config = load(*source, plugin_dirs(vm), plugins, status);
+    if (!config) return status;
+    std::cout << source->name << ": ok: " << config->connections.size() << " connection(s), "
+              << config->channels.size() << " channel(s), " << config->users.size() << " user(s), "
+              << config->groups.size() << " group(s), " << config->routes.size() << " route(s), "
+              << config->bots.size() << " bot(s); store " << config->store.plugin << "\n";
+    return kExitOk;
+}
+
+int command_plugins(const std::vector<std::string>& args) {
+    po::options_description options("switchboard plugins [--describe NAME] [OPTIONS]");
+    options.add(common_options());
+    options.add_options()("describe,d", po::value<std::string>(), "document plugin NAME's configuration");
+    po::variables_map vm;
+    po::store(po::command_line_parser(args).options(options).run(), vm);
+    po::notify(vm);
+    if (vm.count("help")) {
+        std::cout << options << "\n";
+        return kExitOk;
+    }
+    Plugins plugins;
+    plugins.load(search_path(plugin_dirs(vm), {}));
+    const bool clean = plugins.report();
+    if (vm.count("describe")) {
+        const std::string name = vm["describe"].as<std::string>();
+        const plugin::LoadedPlugin* found = plugins.registry.find(name);
+        if (found == nullptr) {
+            std::cerr << "switchboard plugins: error: no plugin named '" << name << "'\n";
+            return kExitUsage;
+        }
+        std::cout << config::describe_plugin(*found->descriptor);
+        return clean ? kExitOk : kExitRefused;
+    }
+    std::cout << std::left << std::setw(10) << "KIND" << std::setw(18) << "NAME" << std::setw(10) << "VERSION"
+              << std::setw(5) << "ABI" << "FILE\n";
+    for (const auto& loaded : plugins.registry.plugins()) {
+        const PluginDescriptor& d = *loaded.descriptor;
+        std::cout << std::left << std::setw(10) << to_string(d.kind) << std::setw(18) << d.name << std::setw(10)
+                  << d.version << std::setw(5) << d.abi_version << loaded.file.string() << "\n";
+    }
+    return clean ? kExitOk : kExitRefused;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    std::vector<std::string> args(argv + 1, argv + argc);
+    if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
+        std::cout << kUsage;
+        return args.empty() ? kExitUsage : kExitOk;
+    }
+    if (args[0] == "--version" || args[0] == "-V") {
+        std::cout << "switchboard " << kFrameworkVersion << " (plugin ABI " << kAbiVersion << "; " << kBuildStamp
+                  << ")\n";
+        return kExitOk;
+    }
+    const std::string command = args[0];
+    args.erase(args.begin());
+    try {
+        if (command == "run") return command_run(args);
+        if (command == "check") return command_check(args);
+        if (command == "plugins") return command_plugins(args);
+        std::cerr << "switchboard: error: unknown command '" << command << "'\n\n" << kUsage;
+    } catch (const po::error& e) {
+        std::cerr << "switchboard " << command << ": error: " << e.what() << " (see switchboard " << command
+                  << " --help)\n";
+    }
+    return kExitUsage;
+}

@@ -1,1 +1,284 @@
-// placeholder
+#include "host/host.hpp"
+
+#include "host/outbox_sender.hpp"
+#include "host/pipeline.hpp"
+
+#include <switchboard/recovery.hpp>
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/thread_pool.hpp>
+
+#include <condition_variable>
+#include <csignal>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <thread>
+
+namespace switchboard::host {
+namespace {
+
+/// One configured connection while it runs: the connector's host, and its recovery policy's context.
+class Connection final : public ConnectorHost, public RecoveryContext {
+public:
+    Connection(std::string name, std::vector<std::string> channels, Logger& logger)
+        : name_(std::move(name)), channels_(std::move(channels)), logger_(logger) {}
+
+    void bind(std::shared_ptr<Connector> connector, std::shared_ptr<RecoveryPolicy> policy, Pipeline& pipeline,
+              Store& store, std::function<void()> on_finished) {
+        connector_ = std::move(connector);
+        policy_ = std::move(policy);
+        pipeline_ = &pipeline;
+        store_ = &store;
+        on_finished_ = std::move(on_finished);
+    }
+
+    // ConnectorHost
+    void deliver(Message message) override {
+        message.connection = name_;
+        pipeline_->submit(std::move(message));
+    }
+
+    void report(const ConnectionEvent& event) override {
+        logger_.info(std::string(to_string(event.type)) +
+                         (event.detail.empty() ? "" : ": " + event.detail),
+                     LogFields{name_, {}, {}});
+        // The policy runs on the connection's lane, after every message delivered before the event, and off the
+        // I/O threads (it reads cursors from the store).
+        pipeline_->post(name_, [this, event] {
+            if (policy_) policy_->on_event(event, *this);
+        });
+        if (event.type == ConnectionEvent::Type::finished) on_finished_();
+    }
+
+    // RecoveryContext
+    const std::string& connection() const override { return name_; }
+    std::vector<std::string> channels() const override { return channels_; }
+    std::optional<Cursor> cursor(const std::string& channel) override {
+        auto cursor = store_->cursor(name_, channel);
+        if (!cursor) throw ErrorException(cursor.error());
+        return *cursor;
+    }
+    Connector& connector() override { return *connector_; }
+    void feed(Message message) override {
+        message.connection = name_;
+        message.recovered = true;
+        pipeline_->submit(std::move(message));
+    }
+    void finish(const RecoveryReport& report) override {
+        const std::string text = "recovery: fetched " + std::to_string(report.fetched) + ", duplicates " +
+                                 std::to_string(report.duplicates) +
+                                 (report.gap ? ", gap remains: " + report.gap_reason : ", no gap");
+        const LogFields where{name_, report.channel, {}};
+        if (report.gap) {
+            logger_.warn(text, where);
+        } else {
+            logger_.info(text, where);
+        }
+    }
+
+    const std::shared_ptr<Connector>& connector_ptr() const { return connector_; }
+    void release() {
+        connector_.reset();
+        policy_.reset();
+    }
+
+private:
+    std::string name_;
+    std::vector<std::string> channels_;
+    Logger& logger_;
+    std::shared_ptr<Connector> connector_;
+    std::shared_ptr<RecoveryPolicy> policy_;
+    Pipeline* pipeline_ = nullptr;
+    Store* store_ = nullptr;
+    std::function<void()> on_finished_;
+};
+
+}  // namespace
+
+struct Host::Impl {
+    Impl(config::Config config_, const plugin::Registry& registry_, SpdLogger& logger_, HostOptions options_)
+        : config(std::move(config_)), registry(registry_), logger(logger_), options(options_) {}
+
+    config::Config config;
+    const plugin::Registry& registry;
+    SpdLogger& logger;
+    HostOptions options;
+
+    std::mutex mutex;
+    std::condition_variable stop_requested;
+    std::optional<std::string> stop_reason;
+    std::size_t finished_connections = 0;
+
+    // Declared in creation order; run() tears them down explicitly in the documented order.
+    std::vector<std::unique_ptr<SpdLogger>> loggers;
+    boost::asio::io_context io;
+    std::unique_ptr<boost::asio::thread_pool> workers;
+    std::vector<std::thread> io_threads;
+    std::shared_ptr<Store> store;
+    std::vector<BotBinding> bots;
+    std::vector<std::unique_ptr<Connection>> connections;
+    std::unique_ptr<OutboxSender> sender;
+    std::unique_ptr<Pipeline> pipeline;
+
+    Logger& logger_for(const std::string& component) {
+        loggers.push_back(logger.child(component));
+        return *loggers.back();
+    }
+
+    void request_stop(const std::string& reason) {
+        std::lock_guard lock(mutex);
+        if (!stop_reason) stop_reason = reason;
+        stop_requested.notify_all();
+    }
+
+    void connection_finished() {
+        std::lock_guard lock(mutex);
+        if (++finished_connections == connections.size() && !stop_reason) {
+            stop_reason = "every connection has finished";
+            stop_requested.notify_all();
+        }
+    }
+
+    template <class T>
+    std::shared_ptr<T> create(const config::PluginUse& use, const std::string& instance) {
+        PluginContext context(instance, logger_for(instance), io);
+        auto object = registry.create<T>(use.plugin, context, use.settings);
+        if (!object) {
+            throw ErrorException(fail(object.error().code, std::string(to_string(T::kKind)) + " '" + instance +
+                                                               "' (plugin " + use.plugin +
+                                                               "): " + object.error().message));
+        }
+        return *object;
+    }
+
+    std::optional<std::pair<std::string, std::string>> channel_address(const std::string& name) const {
+        for (const auto& channel : config.channels) {
+            if (channel.name == name) return std::make_pair(channel.connection, channel.id);
+        }
+        return std::nullopt;
+    }
+
+    void build() {
+        store = create<Store>(config.store, "store");
+        for (const auto& bot : config.bots) {
+            if (bot.isolation != config::BotIsolation::in_process) {
+                throw ErrorException(fail("unsupported", "bot '" + bot.name +
+                                                             "': isolation: process is not available in this "
+                                                             "version; remove the key to run it in the host"));
+            }
+            BotBinding binding{bot.name, create<Bot>(bot.bot, bot.name), {}};
+            for (const auto& name : bot.channels) {
+                if (auto address = channel_address(name)) binding.channels.insert(*address);
+            }
+            bots.push_back(std::move(binding));
+        }
+        std::vector<std::string> names;
+        for (const auto& c : config.connections) names.push_back(c.name);
+        sender = std::make_unique<OutboxSender>(*store, io, *workers, logger_for("delivery"));
+        pipeline = std::make_unique<Pipeline>(*store, bots, names, *workers, logger_for("pipeline"),
+                                              [this](std::vector<OutboxEntry> entries) {
+                                                  sender->send(std::move(entries));
+                                              });
+        for (const auto& c : config.connections) {
+            std::vector<std::string> channel_ids;
+            for (const auto& channel : config.channels) {
+                if (channel.connection == c.name) channel_ids.push_back(channel.id);
+            }
+            auto connection = std::make_unique<Connection>(c.name, std::move(channel_ids), logger_for(c.name));
+            auto policy = create<RecoveryPolicy>(c.recovery, c.name + "/recovery");
+            auto connector = create<Connector>(c.connector, c.name);
+            sender->add_connection(c.name, connector);
+            connection->bind(std::move(connector), std::move(policy), *pipeline, *store,
+                             [this] { connection_finished(); });
+            connections.push_back(std::move(connection));
+        }
+    }
+
+    void resend_pending() {
+        auto pending = store->outbox_pending();
+        if (!pending) throw ErrorException(pending.error());
+        if (pending->empty()) return;
+        logger.info("finishing " + std::to_string(pending->size()) + " send(s) left pending by the last run");
+        sender->send(std::move(*pending));
+    }
+
+    int run() {
+        auto guard = boost::asio::make_work_guard(io);
+        workers = std::make_unique<boost::asio::thread_pool>(options.worker_threads);
+        for (unsigned i = 0; i < options.io_threads; ++i) io_threads.emplace_back([this] { io.run(); });
+        boost::asio::signal_set signals(io, SIGINT, SIGTERM);
+        signals.async_wait([this](const boost::system::error_code& ec, int signal) {
+            if (!ec) request_stop(signal == SIGINT ? "SIGINT" : "SIGTERM");
+        });
+
+        int status = 0;
+        try {
+            build();
+            resend_pending();
+            logger.info("running: " + std::to_string(connections.size()) + " connection(s), " +
+                        std::to_string(bots.size()) + " bot(s), store " + config.store.plugin);
+            for (auto& connection : connections) connection->connector_ptr()->start(*connection);
+            std::unique_lock lock(mutex);
+            stop_requested.wait(lock, [this] { return stop_reason.has_value(); });
+            logger.info("stopping: " + *stop_reason);
+        } catch (const ErrorException& e) {
+            logger.error(e.error().message + " [" + e.error().code + "]");
+            status = 1;
+        } catch (const std::exception& e) {
+            logger.error(std::string("start-up failed: ") + e.what());
+            status = 1;
+        }
+        shutdown(signals);
+        guard.reset();
+        return status;
+    }
+
+    // Stop connectors, drain the pipeline and deliveries, destroy objects; the registry unloads after us.
+    void shutdown(boost::asio::signal_set& signals) {
+        for (auto& connection : connections) {
+            if (connection->connector_ptr()) connection->connector_ptr()->stop();
+        }
+        if (pipeline) {
+            pipeline->close();
+            if (!pipeline->wait_idle(options.drain_timeout)) {
+                logger.warn("stop: pipeline did not drain in time; unprocessed messages will be recovered");
+            }
+        }
+        if (sender && !sender->wait_idle(options.drain_timeout)) {
+            logger.warn("stop: sends still in flight; they stay pending in the store for the next start");
+        }
+        if (sender) sender->clear();
+        boost::system::error_code ignored;
+        signals.cancel(ignored);
+        io.stop();
+        for (auto& thread : io_threads) thread.join();
+        io_threads.clear();
+        if (workers) workers->join();
+        if (pipeline) {
+            const PipelineStats stats = pipeline->stats();
+            logger.info("stopped: " + std::to_string(stats.processed) + " processed, " +
+                        std::to_string(stats.duplicates) + " duplicates, " + std::to_string(stats.recovered) +
+                        " recovered");
+        }
+        pipeline.reset();
+        sender.reset();
+        for (auto& connection : connections) connection->release();
+        connections.clear();
+        bots.clear();
+        store.reset();  // closes the store
+    }
+};
+
+Host::Host(config::Config config, const plugin::Registry& registry, SpdLogger& logger, HostOptions options)
+    : impl_(std::make_unique<Impl>(std::move(config), registry, logger, options)) {}
+
+Host::~Host() = default;
+
+int Host::run() { return impl_->run(); }
+
+void Host::request_stop(const std::string& reason) { impl_->request_stop(reason); }
+
+}  // namespace switchboard::host

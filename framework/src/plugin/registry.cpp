@@ -265,7 +265,8 @@ std::vector<std::filesystem::path> Registry::default_directories() {
     const fs::path program = boost::dll::program_location(ec);
     if (!ec && !program.empty()) {
         const fs::path bin = program.parent_path();
-        candidates.push_back(bin / ".." / "plugins");
+        // The build tree and an installation share one layout: bin/switchboard beside <libdir>/switchboard/plugins.
+        candidates.push_back(bin / ".." / SWITCHBOARD_RELATIVE_PLUGIN_DIR);
         candidates.push_back(bin / ".." / "lib" / "switchboard" / "plugins");
     }
 

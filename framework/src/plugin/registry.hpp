@@ -76,9 +76,9 @@ public:
         return std::shared_ptr<T>(base, static_cast<T*>(base.get()));
     }
 
-    /// Directories searched when none are configured: $SWITCHBOARD_PLUGIN_PATH (':'-separated), then
-    /// `<dir of the running executable>/../plugins` (build tree) and `.../../lib/switchboard/plugins` (installed),
-    /// those that exist.
+    /// Directories searched after the configured ones: $SWITCHBOARD_PLUGIN_PATH (':'-separated), then
+    /// `<dir of the running executable>/../<libdir>/switchboard/plugins` (the build tree and an installation share
+    /// this layout) and `.../../lib/switchboard/plugins`, those that exist, each once.
     [[nodiscard]] static std::vector<std::filesystem::path> default_directories();
 
 private:

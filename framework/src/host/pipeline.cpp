@@ -1,0 +1,300 @@
+#include "host/pipeline.hpp"
+
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/thread_pool.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <unordered_set>
+#include <variant>
+
+namespace switchboard::host {
+namespace {
+
+using Strand = boost::asio::strand<boost::asio::thread_pool::executor_type>;
+using Item = std::variant<Message, std::function<void()>>;
+
+std::int64_t now_ms() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
+
+/// Key-value writes staged by earlier messages of the batch, so a later message reads what an earlier one wrote.
+using Overlay = std::map<std::pair<std::string, std::string>, std::optional<std::string>>;
+
+/// What a bot sees while it handles one message: everything it does is staged into that message's
+/// ProcessedMessage and becomes durable with it.
+class StagedBotContext final : public BotContext, public KeyValueSpace {
+public:
+    StagedBotContext(ProcessedMessage& processed, const std::string& bot_name, Overlay& overlay, Store& store,
+                     const std::vector<BotInfo>& bots, Logger& logger)
+        : processed_(processed), bot_name_(bot_name), overlay_(overlay), store_(store), bots_(bots),
+          logger_(logger) {}
+
+    void reply(std::string text) override {
+        stage(reply_address(processed_.message), std::move(text), processed_.message.id);
+    }
+    void send(const Address& to, std::string text) override { stage(to, std::move(text), std::nullopt); }
+    KeyValueSpace& state() override { return *this; }
+    const std::vector<BotInfo>& bots() const override { return bots_; }
+    Logger& logger() override { return logger_; }
+
+    std::optional<std::string> get(const std::string& key) override {
+        if (auto it = overlay_.find({bot_name_, key}); it != overlay_.end()) return it->second;
+        auto value = store_.get_value(bot_name_, key);
+        if (!value) throw ErrorException(value.error());
+        return *value;
+    }
+    void put(const std::string& key, std::string value) override { write(key, std::move(value)); }
+    void erase(const std::string& key) override { write(key, std::nullopt); }
+
+private:
+    void write(const std::string& key, std::optional<std::string> value) {
+        overlay_[{bot_name_, key}] = value;
+        processed_.writes.push_back(KeyValueWrite{bot_name_, key, std::move(value)});
+    }
+
+    void stage(Address to, std::string text, std::optional<std::string> reply_to) {
+        const Message& m = processed_.message;
+        OutboxEntry entry;
+        // Deterministic: handling the same message again (after a crash before commit) yields the same ids,
+        // and the outbox keeps the first.
+        entry.plan_id = m.connection + "/" + m.channel + "/" + m.id + "#" + bot_name_ + "." +
+                        std::to_string(processed_.outbox.size());
+        entry.recipient = std::move(to);
+        entry.text = std::move(text);
+        entry.reply_to = std::move(reply_to);
+        entry.created_ms = now_ms();
+        processed_.outbox.push_back(std::move(entry));
+    }
+
+    ProcessedMessage& processed_;
+    const std::string& bot_name_;
+    Overlay& overlay_;
+    Store& store_;
+    const std::vector<BotInfo>& bots_;
+    Logger& logger_;
+};
+
+bool listens(const BotBinding& binding, const Message& message) {
+    if (binding.channels.empty()) return true;
+    if (binding.channels.count({message.connection, message.channel}) != 0) return true;
+    // A private message has no configured channel: a bot hears it if it listens anywhere on that connection.
+    if (message.kind == MessageKind::private_message) {
+        return std::any_of(binding.channels.begin(), binding.channels.end(),
+                           [&](const auto& channel) { return channel.first == message.connection; });
+    }
+    return false;
+}
+
+}  // namespace
+
+struct Pipeline::Impl {
+    struct Lane {
+        explicit Lane(boost::asio::thread_pool& pool) : strand(boost::asio::make_strand(pool)) {}
+        Strand strand;
+        std::deque<Item> queue;
+        bool scheduled = false;
+        std::chrono::milliseconds retry_delay{0};
+    };
+
+    Impl(Store& store_, std::vector<BotBinding> bots_, boost::asio::thread_pool& workers_, Logger& logger_,
+         OutboxHandler outbox_)
+        : store(store_), bots(std::move(bots_)), workers(workers_), logger(logger_), outbox(std::move(outbox_)) {
+        for (const BotBinding& binding : bots) infos.push_back(BotInfo{binding.name, binding.bot->commands()});
+    }
+
+    Lane& lane(const std::string& connection) {
+        auto& slot = lanes[connection];
+        if (!slot) slot = std::make_unique<Lane>(workers);
+        return *slot;
+    }
+
+    void enqueue(const std::string& connection, Item item) {
+        std::lock_guard lock(mutex);
+        if (closed) return;
+        if (std::holds_alternative<Message>(item)) ++stats.received;
+        Lane& l = lane(connection);
+        l.queue.push_back(std::move(item));
+        ++pending;
+        schedule(l);
+    }
+
+    // Called with the mutex held.
+    void schedule(Lane& l) {
+        if (l.scheduled || l.queue.empty()) return;
+        l.scheduled = true;
+        boost::asio::post(l.strand, [this, &l] { drain(l); });
+    }
+
+    void drain(Lane& l) {
+        std::vector<Message> batch;
+        std::function<void()> task;
+        {
+            std::lock_guard lock(mutex);
+            // A task runs alone, in its place in the order; messages go in batches up to kMaxBatch.
+            if (!l.queue.empty() && std::holds_alternative<std::function<void()>>(l.queue.front())) {
+                task = std::move(std::get<std::function<void()>>(l.queue.front()));
+                l.queue.pop_front();
+            } else {
+                while (!l.queue.empty() && batch.size() < kMaxBatch &&
+                       std::holds_alternative<Message>(l.queue.front())) {
+                    batch.push_back(std::move(std::get<Message>(l.queue.front())));
+                    l.queue.pop_front();
+                }
+            }
+        }
+        std::size_t done = 1;
+        if (task) {
+            try {
+                task();
+            } catch (const std::exception& e) {
+                logger.error(std::string("connection event handler failed: ") + e.what());
+            }
+        } else {
+            done = batch.size();
+            if (!process(batch)) {
+                retry_later(l, std::move(batch));
+                return;
+            }
+        }
+        std::lock_guard lock(mutex);
+        l.retry_delay = std::chrono::milliseconds(0);
+        pending -= done;
+        l.scheduled = false;
+        schedule(l);
+        if (pending == 0) idle.notify_all();
+    }
+
+    // The store failed: put the batch back in front, in order, and try again after a growing delay.
+    void retry_later(Lane& l, std::vector<Message> batch) {
+        std::lock_guard lock(mutex);
+        for (auto it = batch.rbegin(); it != batch.rend(); ++it) l.queue.push_front(std::move(*it));
+        l.retry_delay = std::clamp(l.retry_delay * 2, std::chrono::milliseconds(100), std::chrono::milliseconds(5000));
+        auto timer = std::make_shared<boost::asio::steady_timer>(l.strand, l.retry_delay);
+        timer->async_wait([this, &l, timer](const boost::system::error_code&) { drain(l); });
+    }
+
+    // Dedup, bots, one commit. Returns false if the store failed (nothing of the batch is durable then).
+    bool process(const std::vector<Message>& batch) {
+        std::vector<ProcessedMessage> processed;
+        processed.reserve(batch.size());
+        std::unordered_set<std::string> seen_in_batch;
+        Overlay overlay;
+        std::size_t duplicates = 0;
+        for (const Message& message : batch) {
+            const LogFields where{message.connection, message.channel, message.id};
+            if (!seen_in_batch.insert(message.channel + '\n' + message.id).second) {
+                ++duplicates;
+                continue;
+            }
+            auto seen = store.is_processed(MessageKey{message.connection, message.channel, message.id});
+            if (!seen) {
+                logger.error("store failed during dedup, will retry: " + seen.error().to_string(), where);
+                return note_store_failure();
+            }
+            if (*seen) {
+                ++duplicates;
+                logger.debug("duplicate dropped", where);
+                continue;
+            }
+            ProcessedMessage& p = processed.emplace_back();
+            p.message = message;
+            if (message.author.is_bot) continue;  // bots never answer bots: no reply loops
+            for (const BotBinding& binding : bots) {
+                if (!listens(binding, message)) continue;
+                StagedBotContext context(p, binding.name, overlay, store, infos, logger);
+                try {
+                    binding.bot->on_message(message, context);
+                } catch (const std::exception& e) {
+                    logger.error("bot '" + binding.name + "' failed: " + e.what(), where);
+                } catch (...) {
+                    logger.error("bot '" + binding.name + "' failed with an unknown exception", where);
+                }
+            }
+        }
+        if (!processed.empty()) {
+            auto committed = store.commit(processed);
+            if (!committed) {
+                logger.error("store commit failed, will retry: " + committed.error().to_string());
+                return note_store_failure();
+            }
+        }
+        std::vector<OutboxEntry> sends;
+        std::uint64_t recovered = 0;
+        for (ProcessedMessage& p : processed) {
+            recovered += p.message.recovered ? 1 : 0;
+            for (OutboxEntry& entry : p.outbox) sends.push_back(std::move(entry));
+        }
+        {
+            std::lock_guard lock(mutex);
+            stats.processed += processed.size();
+            stats.duplicates += duplicates;
+            stats.recovered += recovered;
+        }
+        if (!sends.empty()) outbox(std::move(sends));
+        return true;
+    }
+
+    bool note_store_failure() {
+        std::lock_guard lock(mutex);
+        ++stats.store_failures;
+        return false;
+    }
+
+    Store& store;
+    std::vector<BotBinding> bots;
+    std::vector<BotInfo> infos;
+    boost::asio::thread_pool& workers;
+    Logger& logger;
+    OutboxHandler outbox;
+
+    mutable std::mutex mutex;
+    std::condition_variable idle;
+    std::map<std::string, std::unique_ptr<Lane>> lanes;
+    std::size_t pending = 0;
+    bool closed = false;
+    PipelineStats stats;
+};
+
+Pipeline::Pipeline(Store& store, std::vector<BotBinding> bots, const std::vector<std::string>& connections,
+                   boost::asio::thread_pool& workers, Logger& logger, OutboxHandler outbox)
+    : impl_(std::make_unique<Impl>(store, std::move(bots), workers, logger, std::move(outbox))) {
+    std::lock_guard lock(impl_->mutex);
+    for (const std::string& connection : connections) impl_->lane(connection);
+}
+
+Pipeline::~Pipeline() = default;
+
+void Pipeline::submit(Message message) {
+    const std::string connection = message.connection;
+    impl_->enqueue(connection, std::move(message));
+}
+
+void Pipeline::post(const std::string& connection, std::function<void()> task) {
+    impl_->enqueue(connection, std::move(task));
+}
+
+bool Pipeline::wait_idle(std::chrono::milliseconds timeout) {
+    std::unique_lock lock(impl_->mutex);
+    return impl_->idle.wait_for(lock, timeout, [this] { return impl_->pending == 0; });
+}
+
+void Pipeline::close() {
+    std::lock_guard lock(impl_->mutex);
+    impl_->closed = true;
+}
+
+PipelineStats Pipeline::stats() const {
+    std::lock_guard lock(impl_->mutex);
+    return impl_->stats;
+}
+
+}  // namespace switchboard::host

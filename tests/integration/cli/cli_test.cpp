@@ -1,0 +1,193 @@
+#include "process.hpp"
+#include "test_support.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <csignal>
+#include <fstream>
+#include <thread>
+
+using namespace switchboard::testing_support;
+namespace fs = std::filesystem;
+namespace bp = boost::process;
+
+namespace {
+
+const fs::path kSwitchboard = fs::path(SWITCHBOARD_TEST_BIN_DIR) / "switchboard";
+
+ProcessResult switchboard_run(const std::vector<std::string>& args, const fs::path& dir, const std::string& input = {}) {
+    return run_process(kSwitchboard, args, dir, input);
+}
+
+void write(const fs::path& path, const std::string& text) {
+    std::ofstream out(path, std::ios::binary);
+    out << text;
+}
+
+std::size_t count(const std::string& text, const std::string& what) {
+    std::size_t n = 0;
+    for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + what.size())) ++n;
+    return n;
+}
+
+}  // namespace
+
+TEST_CASE("the default bot answers a typed line through the real binary", "[cli]") {
+    TempDir dir;
+    const auto result = switchboard_run({"run"}, dir.path(), "hello there\n!help\n");
+    INFO(result.err);
+    REQUIRE(result.exit_code == 0);
+    CHECK(result.out.find("<switchboard> hello there\n") != std::string::npos);
+    // help lists every loaded bot and its commands
+    CHECK(result.out.find("2 bots:") != std::string::npos);
+    CHECK(result.out.find("!echo TEXT") != std::string::npos);
+    CHECK(result.out.find("!help") != std::string::npos);
+    // the embedded default keeps its state in sqlite under data/
+    CHECK(fs::exists(dir / "data/switchboard.db"));
+    CHECK(result.err.find("every connection has finished") != std::string::npos);
+}
+
+TEST_CASE("console lines simulate other people and private messages", "[cli]") {
+    TempDir dir;
+    const auto result =
+        switchboard_run({"run"}, dir.path(), "/dm alice psst\n/as bob\nhi from bob\n//slash\n/nonsense\n");
+    INFO(result.err);
+    REQUIRE(result.exit_code == 0);
+    CHECK(result.out.find("<switchboard to @alice> psst\n") != std::string::npos);
+    CHECK(result.out.find("* now speaking as bob in console") != std::string::npos);
+    CHECK(result.out.find("<switchboard> hi from bob\n") != std::string::npos);
+    CHECK(result.out.find("<switchboard> /slash\n") != std::string::npos);
+    CHECK(result.out.find("* unknown command /nonsense") != std::string::npos);
+}
+
+TEST_CASE("every line is answered exactly once, also over several runs on one store", "[cli]") {
+    TempDir dir;
+    std::string input;
+    for (int i = 0; i < 300; ++i) input += "line " + std::to_string(i) + "\n";
+    for (int run = 0; run < 2; ++run) {
+        const auto result = switchboard_run({"run"}, dir.path(), input);
+        INFO(result.err);
+        REQUIRE(result.exit_code == 0);
+        for (int i = 0; i < 300; i += 37) CHECK(count(result.out, "<switchboard> line " + std::to_string(i) + "\n") == 1);
+        CHECK(count(result.out, "<switchboard> line ") == 300);
+    }
+}
+
+TEST_CASE("switchboard check reports every mistake with its line and column", "[cli]") {
+    TempDir dir;
+    write(dir / "bad.yaml",
+          "store: { plugin: sqlite }\n"
+          "connections:\n"
+          "  - name: console\n"
+          "    plugin: console\n"
+          "    colour: blue\n"
+          "channels:\n"
+          "  lobby: { connection: console, id: lobby }\n"
+          "bots:\n"
+          "  - { plugin: echo, channels: [lobbby] }\n"
+          "  - { plugin: help, channels: [lobby], command: [1, 2] }\n");
+    const auto result = switchboard_run({"check", "-c", "bad.yaml"}, dir.path());
+    INFO(result.out << result.err);
+    CHECK(result.exit_code == 2);
+    CHECK(result.err.find("bad.yaml:5:5: error:") != std::string::npos);   // unknown key colour
+    CHECK(result.err.find("bad.yaml:9:32: error:") != std::string::npos);  // unknown channel lobbby
+    CHECK(result.err.find("bad.yaml:10:49: error:") != std::string::npos); // command must be a string
+    CHECK(result.err.find("3 errors in bad.yaml") != std::string::npos);
+}
+
+TEST_CASE("switchboard check accepts a good file and summarises it", "[cli]") {
+    TempDir dir;
+    write(dir / "good.yaml",
+          "connections:\n  - { name: console, plugin: console }\n"
+          "channels:\n  lobby: { connection: console, id: console }\n"
+          "bots:\n  - { plugin: echo, channels: [lobby] }\n");
+    const auto result = switchboard_run({"check", "-c", "good.yaml"}, dir.path());
+    INFO(result.err);
+    CHECK(result.exit_code == 0);
+    CHECK(result.out.find("good.yaml: ok: 1 connection(s), 1 channel(s)") != std::string::npos);
+}
+
+TEST_CASE("an unset environment variable in the config is named", "[cli]") {
+    TempDir dir;
+    write(dir / "env.yaml",
+          "connections:\n  - { name: console, plugin: console, user: \"${SWITCHBOARD_TEST_SURELY_UNSET}\" }\n");
+    const auto result = switchboard_run({"check", "-c", "env.yaml"}, dir.path());
+    CHECK(result.exit_code == 2);
+    CHECK(result.err.find("SWITCHBOARD_TEST_SURELY_UNSET") != std::string::npos);
+}
+
+TEST_CASE("switchboard plugins lists and documents the built plugins", "[cli]") {
+    TempDir dir;
+    const auto list = switchboard_run({"plugins"}, dir.path());
+    INFO(list.err);
+    REQUIRE(list.exit_code == 0);
+    for (const char* name : {"console", "sqlite", "memory", "echo", "help", "none"}) {
+        CHECK(list.out.find(name) != std::string::npos);
+    }
+    const auto describe = switchboard_run({"plugins", "--describe", "sqlite"}, dir.path());
+    CHECK(describe.exit_code == 0);
+    CHECK(describe.out.find("busy_timeout") != std::string::npos);
+    CHECK(describe.out.find("path") != std::string::npos);
+    const auto unknown = switchboard_run({"plugins", "--describe", "nope"}, dir.path());
+    CHECK(unknown.exit_code == 2);
+}
+
+TEST_CASE("a foreign file in a plugin directory is refused with one line naming it", "[cli]") {
+    TempDir dir;
+    fs::create_directories(dir / "extra");
+    write(dir / "extra/broken.so", "this is not a shared library\n");
+    const auto result = switchboard_run({"run", "-p", "extra"}, dir.path(), "hello\n");
+    CHECK(result.exit_code == 3);
+    CHECK(result.err.find("broken.so: error:") != std::string::npos);
+    CHECK(count(result.err, "\n") == 1);
+    CHECK(result.out.empty());
+}
+
+TEST_CASE("SIGTERM stops the host cleanly and releases the store", "[cli]") {
+    TempDir dir;
+    const auto err_file = dir / "stderr";
+    bp::opstream in;
+    bp::child child(kSwitchboard.string(), "run", bp::start_dir(dir.path().string()), bp::std_in < in,
+                    bp::std_out > (dir / "stdout").string(), bp::std_err > err_file.string());
+    REQUIRE(wait_until([&] { return read_file(err_file).find("running:") != std::string::npos; }));
+    in << "before stop\n" << std::flush;
+    REQUIRE(wait_until([&] { return read_file(dir / "stdout").find("before stop") != std::string::npos; }));
+
+    SECTION("a second host on the same store is refused while the first runs") {
+        const auto second = switchboard_run({"run"}, dir.path(), "hello\n");
+        CHECK(second.exit_code == 1);
+        CHECK(second.err.find("store_locked") != std::string::npos);
+    }
+
+    ::kill(child.id(), SIGTERM);
+    REQUIRE(wait_for_exit(child, std::chrono::seconds(20)));
+    CHECK(child.exit_code() == 0);
+    CHECK(read_file(err_file).find("stopping: SIGTERM") != std::string::npos);
+    // the store is closed: the next run opens it
+    const auto next = switchboard_run({"run"}, dir.path(), "after\n");
+    CHECK(next.exit_code == 0);
+    CHECK(next.out.find("<switchboard> after") != std::string::npos);
+}
+
+TEST_CASE("the version and help options answer, and an unknown command is a usage error", "[cli]") {
+    TempDir dir;
+    const auto version = switchboard_run({"--version"}, dir.path());
+    CHECK(version.exit_code == 0);
+    CHECK(version.out.find("switchboard 0.1.0 (plugin ABI 1;") != std::string::npos);
+    const auto help = switchboard_run({"--help"}, dir.path());
+    CHECK(help.exit_code == 0);
+    CHECK(help.out.find("usage: switchboard COMMAND") != std::string::npos);
+    const auto wrong = switchboard_run({"frobnicate"}, dir.path());
+    CHECK(wrong.exit_code == 2);
+}
+
+TEST_CASE("a plugin used where another kind is needed is refused at its place", "[cli]") {
+    TempDir dir;
+    write(dir / "kind.yaml", "store: { plugin: echo }\n");
+    const auto result = switchboard_run({"check", "-c", "kind.yaml"}, dir.path());
+    INFO(result.err);
+    CHECK(result.exit_code == 2);
+    CHECK(result.err.find("kind.yaml:1:18: error:") != std::string::npos);
+    CHECK(result.err.find("bot") != std::string::npos);
+    CHECK(result.err.find("store") != std::string::npos);
+}

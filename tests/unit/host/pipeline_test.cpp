@@ -1,0 +1,215 @@
+#include "host/pipeline.hpp"
+#include "memory_store.hpp"
+#include "test_support.hpp"
+
+#include <boost/asio/thread_pool.hpp>
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <mutex>
+
+using namespace switchboard;
+using switchboard::host::BotBinding;
+using switchboard::host::Pipeline;
+using switchboard::testing_support::wait_until;
+
+namespace {
+
+struct NullLogger final : Logger {
+    void log(LogLevel, std::string_view, const LogFields&) noexcept override {}
+};
+
+/// Records what it sees; replies "re: TEXT"; counts in its key-value space; throws on "boom".
+class RecordingBot final : public Bot {
+public:
+    std::vector<Command> commands() const override { return {{"!count", "", "counts"}}; }
+    void on_message(const Message& message, BotContext& context) override {
+        {
+            std::lock_guard lock(mutex);
+            seen.push_back(message.connection + ":" + message.text);
+        }
+        if (message.text == "boom") throw std::runtime_error("boom");
+        const auto count = context.state().get("count");
+        context.state().put("count", std::to_string(count ? std::stoi(*count) + 1 : 1));
+        context.reply("re: " + message.text);
+    }
+    std::vector<std::string> snapshot() {
+        std::lock_guard lock(mutex);
+        return seen;
+    }
+    std::mutex mutex;
+    std::vector<std::string> seen;
+};
+
+/// A memory store whose next `failures` commits fail.
+class FlakyStore final : public Store {
+public:
+    std::atomic<int> failures{0};
+    Result<void> commit(std::span<const ProcessedMessage> batch) override {
+        if (failures > 0) {
+            --failures;
+            return fail_retryable("store_busy", "injected failure");
+        }
+        return inner_.commit(batch);
+    }
+    Result<bool> is_processed(const MessageKey& key) override { return inner_.is_processed(key); }
+    Result<std::optional<Cursor>> cursor(const std::string& c, const std::string& ch) override {
+        return inner_.cursor(c, ch);
+    }
+    Result<std::vector<ChannelCursor>> cursors(const std::string& c) override { return inner_.cursors(c); }
+    Result<void> put_connection_state(const std::string& c, const std::string& k, const std::string& v) override {
+        return inner_.put_connection_state(c, k, v);
+    }
+    Result<std::optional<std::string>> connection_state(const std::string& c, const std::string& k) override {
+        return inner_.connection_state(c, k);
+    }
+    Result<std::optional<std::string>> get_value(const std::string& s, const std::string& k) override {
+        return inner_.get_value(s, k);
+    }
+    Result<void> put_values(std::span<const KeyValueWrite> w) override { return inner_.put_values(w); }
+    Result<void> outbox_add(std::span<const OutboxEntry> e) override { return inner_.outbox_add(e); }
+    Result<void> outbox_update(const OutboxEntry& e) override { return inner_.outbox_update(e); }
+    Result<std::vector<OutboxEntry>> outbox_pending() override { return inner_.outbox_pending(); }
+    Result<std::vector<OutboxEntry>> outbox_plan(const std::string& p) override { return inner_.outbox_plan(p); }
+    Result<std::vector<Message>> messages(const std::string& c, const std::string& ch, std::int64_t from,
+                                          std::int64_t to, std::size_t limit) override {
+        return inner_.messages(c, ch, from, to, limit);
+    }
+    Result<std::size_t> prune(std::int64_t before) override { return inner_.prune(before); }
+
+private:
+    stores::MemoryStore inner_;
+};
+
+Message message(std::string connection, int n, std::string text = {}) {
+    Message m;
+    m.connection = std::move(connection);
+    m.channel = "lobby";
+    m.id = std::to_string(100000 + n);
+    m.timestamp_ms = n;
+    m.author = Author{"alice", "Alice", false};
+    m.text = text.empty() ? "m" + std::to_string(n) : std::move(text);
+    return m;
+}
+
+struct Fixture {
+    boost::asio::thread_pool workers{2};
+    NullLogger logger;
+    FlakyStore store;
+    std::shared_ptr<RecordingBot> bot = std::make_shared<RecordingBot>();
+    std::mutex sent_mutex;
+    std::vector<OutboxEntry> sent;
+    Pipeline pipeline{store,
+                      {BotBinding{"recorder", bot, {}}},
+                      {"a", "b"},
+                      workers,
+                      logger,
+                      [this](std::vector<OutboxEntry> entries) {
+                          std::lock_guard lock(sent_mutex);
+                          for (auto& e : entries) sent.push_back(std::move(e));
+                      }};
+    ~Fixture() {
+        pipeline.wait_idle(std::chrono::seconds(10));
+        workers.join();
+    }
+};
+
+}  // namespace
+
+TEST_CASE("one connection's messages reach the bots in order, across batches", "[pipeline]") {
+    Fixture f;
+    constexpr int kCount = 2000;
+    for (int i = 0; i < kCount; ++i) {
+        f.pipeline.submit(message("a", i));
+        f.pipeline.submit(message("b", i));
+    }
+    REQUIRE(f.pipeline.wait_idle(std::chrono::seconds(20)));
+    std::vector<std::string> a, b;
+    for (const auto& seen : f.bot->snapshot()) (seen[0] == 'a' ? a : b).push_back(seen.substr(2));
+    REQUIRE(a.size() == kCount);
+    REQUIRE(b.size() == kCount);
+    for (int i = 0; i < kCount; ++i) {
+        REQUIRE(a[i] == "m" + std::to_string(i));
+        REQUIRE(b[i] == "m" + std::to_string(i));
+    }
+    CHECK(f.pipeline.stats().processed == 2 * kCount);
+    auto cursor = f.store.cursor("a", "lobby");
+    REQUIRE(cursor.has_value());
+    REQUIRE(cursor->has_value());
+    CHECK((*cursor)->message_id == message("a", kCount - 1).id);
+}
+
+TEST_CASE("a message seen before is dropped, in the same batch or later", "[pipeline]") {
+    Fixture f;
+    f.pipeline.submit(message("a", 1));
+    f.pipeline.submit(message("a", 1));
+    REQUIRE(f.pipeline.wait_idle(std::chrono::seconds(10)));
+    f.pipeline.submit(message("a", 1));
+    REQUIRE(f.pipeline.wait_idle(std::chrono::seconds(10)));
+    CHECK(f.bot->snapshot().size() == 1);
+    CHECK(f.pipeline.stats().duplicates == 2);
+}
+
+TEST_CASE("replies reach the outbox only after the message is durable, with state written in the same step",
+          "[pipeline]") {
+    Fixture f;
+    for (int i = 0; i < 5; ++i) f.pipeline.submit(message("a", i));
+    REQUIRE(f.pipeline.wait_idle(std::chrono::seconds(10)));
+    {
+        std::lock_guard lock(f.sent_mutex);
+        REQUIRE(f.sent.size() == 5);
+        CHECK(f.sent[0].text == "re: m0");
+        CHECK(f.sent[0].recipient == Address::channel("a", "lobby"));
+        CHECK(f.sent[0].reply_to == message("a", 0).id);
+    }
+    // later messages of one batch read what earlier ones wrote
+    auto count = f.store.get_value("recorder", "count");
+    REQUIRE(count.has_value());
+    CHECK(*count == std::optional<std::string>("5"));
+    auto pending = f.store.outbox_pending();
+    REQUIRE(pending.has_value());
+    CHECK(pending->size() == 5);
+}
+
+TEST_CASE("a failing bot does not stop the others and its message counts as handled", "[pipeline]") {
+    Fixture f;
+    f.pipeline.submit(message("a", 1, "boom"));
+    f.pipeline.submit(message("a", 2));
+    REQUIRE(f.pipeline.wait_idle(std::chrono::seconds(10)));
+    CHECK(f.bot->snapshot().size() == 2);
+    CHECK(f.pipeline.stats().processed == 2);
+}
+
+TEST_CASE("bots do not answer messages written by bots", "[pipeline]") {
+    Fixture f;
+    Message from_bot = message("a", 1);
+    from_bot.author.is_bot = true;
+    f.pipeline.submit(from_bot);
+    REQUIRE(f.pipeline.wait_idle(std::chrono::seconds(10)));
+    CHECK(f.bot->snapshot().empty());
+    CHECK(f.pipeline.stats().processed == 1);
+}
+
+TEST_CASE("when the store fails the batch is retried in order and nothing is lost", "[pipeline]") {
+    Fixture f;
+    f.store.failures = 2;
+    for (int i = 0; i < 10; ++i) f.pipeline.submit(message("a", i));
+    REQUIRE(f.pipeline.wait_idle(std::chrono::seconds(20)));
+    CHECK(f.pipeline.stats().store_failures == 2);
+    CHECK(f.pipeline.stats().processed == 10);
+    auto cursor = f.store.cursor("a", "lobby");
+    REQUIRE(cursor.has_value());
+    CHECK((*cursor)->message_id == message("a", 9).id);
+    std::lock_guard lock(f.sent_mutex);
+    REQUIRE(f.sent.size() == 10);
+    for (int i = 0; i < 10; ++i) CHECK(f.sent[i].text == "re: m" + std::to_string(i));
+}
+
+TEST_CASE("a connection event runs after every message delivered before it", "[pipeline]") {
+    Fixture f;
+    std::atomic<std::size_t> seen_at_event{0};
+    for (int i = 0; i < 500; ++i) f.pipeline.submit(message("a", i));
+    f.pipeline.post("a", [&] { seen_at_event = f.bot->snapshot().size(); });
+    REQUIRE(f.pipeline.wait_idle(std::chrono::seconds(10)));
+    CHECK(seen_at_event == 500);
+}
