@@ -150,6 +150,18 @@ po::options_description common_options() {
     return options;
 }
 
+// Parses @p args into @p vm; prints the options and returns true if --help was asked for (checked before required
+// options are enforced, so `check --help` works without -c).
+bool parse(const std::vector<std::string>& args, const po::options_description& options, po::variables_map& vm) {
+    po::store(po::command_line_parser(args).options(options).run(), vm);
+    if (vm.count("help")) {
+        std::cout << options << "\n";
+        return true;
+    }
+    po::notify(vm);
+    return false;
+}
+
 std::vector<std::string> plugin_dirs(const po::variables_map& options) {
     return options.count("plugin-path") ? options["plugin-path"].as<std::vector<std::string>>()
                                         : std::vector<std::string>{};
@@ -162,12 +174,7 @@ int command_run(const std::vector<std::string>& args) {
         "log-format", po::value<std::string>()->default_value("text"), "text or json")(
         "log-level", po::value<std::string>(), "trace, debug, info, warn or error (overrides the config)");
     po::variables_map vm;
-    po::store(po::command_line_parser(args).options(options).run(), vm);
-    po::notify(vm);
-    if (vm.count("help")) {
-        std::cout << options << "\n";
-        return kExitOk;
-    }
+    if (parse(args, options, vm)) return kExitOk;
     const std::string format = vm["log-format"].as<std::string>();
     if (format != "text" && format != "json") {
         std::cerr << "switchboard run: error: --log-format must be text or json, not '" << format << "'\n";
@@ -197,12 +204,7 @@ int command_check(const std::vector<std::string>& args) {
     options.add(common_options());
     options.add_options()("config,c", po::value<std::string>()->required(), "config file to validate");
     po::variables_map vm;
-    po::store(po::command_line_parser(args).options(options).run(), vm);
-    if (vm.count("help")) {
-        std::cout << options << "\n";
-        return kExitOk;
-    }
-    po::notify(vm);
+    if (parse(args, options, vm)) return kExitOk;
     auto source = read_source(vm);
     if (!source) return kExitUsage;
     Plugins plugins;
@@ -221,12 +223,7 @@ int command_plugins(const std::vector<std::string>& args) {
     options.add(common_options());
     options.add_options()("describe,d", po::value<std::string>(), "document plugin NAME's configuration");
     po::variables_map vm;
-    po::store(po::command_line_parser(args).options(options).run(), vm);
-    po::notify(vm);
-    if (vm.count("help")) {
-        std::cout << options << "\n";
-        return kExitOk;
-    }
+    if (parse(args, options, vm)) return kExitOk;
     Plugins plugins;
     plugins.load(search_path(plugin_dirs(vm), {}));
     const bool clean = plugins.report();
