@@ -1,0 +1,1392 @@
+#include "routing/delivery_engine.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/container/small_vector.hpp>
+#include <boost/smart_ptr/intrusive_ptr.hpp>
+#include <condition_variable>
+#include <deque>
+#include <exception>
+#include <limits>
+#include <map>
+#include <mutex>
+#include <string_view>
+#include <tuple>
+#include <unordered_map>
+#include <utility>
+
+#include "routing/rate_limiter.hpp"
+
+// How the engine works
+//
+// A plan keeps the message (plan id, text, reply_to) once, one RecipientOutcome per recipient (which becomes the
+// report: the final report moves that vector out whole), and a compact Slot per recipient with the engine's state.
+//
+// Recipients go out in batches: batch k+1 is released only when every recipient of batch k has a final outcome, so
+// at most one batch per plan is queued or in flight. A released recipient is queued on its connection's lane. A lane
+// sends while it has a free slot under its concurrency limit and a token in its bucket; when it runs out of tokens,
+// or holds retries that are not due yet, one steady_timer per lane wakes it. Nothing sleeps.
+//
+// Completions may come inline (inside Connector::send) or later on any thread. A lane is drained by one thread at a
+// time (`pumping`); a completion that arrives while its lane is being drained only flags it (`repump`) and returns,
+// so an inline connector is served by a loop, never by recursion.
+//
+// Store calls run on the StoreExecutor: the initial outbox write (unless the entries were persisted with their
+// inbound message), group-commit flushes of completed recipients (at most one per plan at a time; what completes
+// while it runs joins it, so a slow store gets larger rounds while a crash re-sends at most what was in flight), and
+// the final flush, after which the report is delivered, so the outbox already says what the report says. Only a
+// deadline report goes out at once, before its flush. The SDK's outbox_update takes one entry, so a round is one
+// call per recipient.
+//
+// Who may touch what: fields fixed before a plan is shared are read freely. A recipient's RecipientOutcome and Slot
+// are written under the plan's lock, and only while the recipient is not final (or, for compensation, once no store
+// task runs); store tasks read only final recipients, so they need no lock.
+//
+// Locks: a lane's mutex may be held while taking a plan's mutex (claiming a queued recipient), never the reverse.
+// Work decided under a plan's lock (enqueue, retry, flush, report) is collected in `Actions` and run after unlocking.
+// Callbacks handed to connectors and to the executor carry a raw Plan* plus an index (they fit std::function's small
+// buffer, so no allocation per send); each of them owns one reference of the plan's intrusive count.
+
+namespace switchboard::routing {
+
+namespace engine_detail {
+
+namespace asio = boost::asio;
+using SteadyClock = std::chrono::steady_clock;
+
+// Used when a plan names no deadline (DESIGN §3: every send ends in a report before its deadline).
+constexpr std::int64_t kFallbackDeadlineMs = 30'000;
+
+// Stable codes the engine produces itself (see DeliveryReport in routing.hpp).
+constexpr const char* kUnreachable = "unreachable";
+constexpr const char* kUnknownConnection = "unknown_connection";
+constexpr const char* kAtomicUnreachable = "atomic_unreachable";
+constexpr const char* kDeadlineExceeded = "deadline_exceeded";
+constexpr const char* kCompensated = "compensated";
+constexpr const char* kSendFailed = "send_failed";
+// Not sent because another recipient of the same atomic plan failed for good.
+constexpr const char* kAborted = "aborted";
+// Not sent because the engine's connections were cleared (shutdown); the outbox entry stays pending.
+constexpr const char* kShuttingDown = "shutting_down";
+
+// Outbox writes of plans up to this size reuse a per-thread scratch vector (no allocation once warm).
+constexpr std::size_t kScratchEntries = 1024;
+
+struct Plan;
+class Core;
+
+enum class Op : std::uint8_t { send, remove };
+
+struct LaneItem {
+    Plan* plan;
+    std::uint32_t index;
+    Op op;
+};
+
+struct DelayedItem {
+    SteadyClock::time_point due;
+    LaneItem item;
+};
+
+// Min-heap order for DelayedItem.
+inline bool later_due(const DelayedItem& a, const DelayedItem& b) noexcept { return a.due > b.due; }
+
+// One connection: its connector, its limits and its queue.
+struct Lane {
+    Lane(std::string name_, std::shared_ptr<Connector> connector_, const ConnectionLimits& limits, asio::io_context& io)
+        : name(std::move(name_)),
+          connector(std::move(connector_)),
+          can_delete(connector->capabilities().can_delete),
+          concurrency(limits.concurrency == 0 ? std::numeric_limits<std::uint32_t>::max() : limits.concurrency),
+          bucket(limits.rate_per_second, limits.burst, SteadyClock::now()),
+          timer(io) {}
+
+    const std::string name;
+    std::shared_ptr<Connector> connector;  // let go when the lane is closed and nobody is sending through it
+    const bool can_delete;
+    const std::uint32_t concurrency;
+
+    std::mutex mutex;
+    TokenBucket bucket;
+    std::deque<LaneItem> queue;
+    std::vector<DelayedItem> delayed;  // retries not due yet, a min-heap by due time
+    std::uint32_t in_flight = 0;
+    bool pumping = false;  // a thread is draining the queue
+    bool repump = false;   // something changed while it was: look again
+    bool closed = false;   // clear_connections(): nothing more is sent here
+    asio::steady_timer timer;
+    bool timer_armed = false;
+    SteadyClock::time_point timer_due{};
+    std::uint64_t timer_generation = 0;
+    OutboundMessage scratch;         // filled by the draining thread only; reused, so no allocation per send once warm
+    std::uint64_t scratch_plan = 0;  // serial of the plan whose text, reply_to and key prefix it holds
+    std::size_t scratch_prefix = 0;  // length of "plan_id|" in scratch.idempotency_key
+};
+
+enum class SlotState : std::uint8_t {
+    idle,           // not released (yet)
+    queued,         // waiting in its lane
+    in_flight,      // handed to the connector
+    retry_wait,     // waiting in its lane's delay heap
+    remove_queued,  // compensation: its deletion waits in its lane
+    removing,       // compensation: deletion handed to the connector
+    done,           // final
+};
+
+enum class Outcome : std::uint8_t {
+    none,       // not final
+    delivered,  // sent in this run, or found `sent` in the outbox
+    failed,     // for good: unreachable, unknown connection, aborted, or a connector's permanent error
+    retryable,  // not sent yet; the outbox entry stays pending
+    withdrawn,  // sent, then deleted to compensate
+    cut,        // not sent: the deadline came first; the outbox entry stays pending
+};
+
+struct Slot {
+    Lane* lane = nullptr;              // null: no connector for its connection
+    std::int64_t retry_after_ms = 0;   // for a retryable outcome
+    std::uint32_t attempts = 0;        // in this run
+    std::int32_t stored_attempts = 0;  // the outbox entry's count, over every run
+    SlotState state = SlotState::idle;
+    Outcome outcome = Outcome::none;
+    OutboxState entry_state = OutboxState::pending;
+    bool sendable = false;  // set when sending starts, then fixed
+};
+
+using IndexList = boost::container::small_vector<std::uint32_t, 2>;
+
+struct Plan {
+    explicit Plan(std::shared_ptr<Core> engine_) : engine(std::move(engine_)) {}
+
+    std::atomic<std::uint32_t> refs{1};  // the first one is the plan's own, given up when it becomes idle
+    const std::shared_ptr<Core> engine;
+
+    // Set before the plan is shared, then read-only.
+    std::uint64_t serial = 0;  // unique per engine, unlike the address of a plan
+    std::string plan_id;
+    std::string text;
+    std::optional<std::string> reply_to;
+    std::int64_t created_ms = 0;
+    std::int64_t deadline_ms = 0;
+    std::uint32_t batch_size = 0;
+    DeliveryMode mode = DeliveryMode::best_effort;
+    OnFailure on_failure = OnFailure::keep;
+
+    std::mutex mutex;
+    ReportCallback done;
+    std::vector<RecipientOutcome> out;  // the report's recipients, in plan order
+    boost::container::small_vector<Slot, 1> slots;
+    IndexList dirty;                // final recipients whose outbox entries the store has not seen yet
+    IndexList final_dirty;          // what the final flush writes
+    std::size_t next_batch = 0;     // first slot not released yet
+    std::size_t unresolved = 0;     // recipients of the current batch (or deletions) not final
+    std::uint32_t in_flight = 0;    // sends and deletions at connectors
+    std::uint32_t store_tasks = 0;  // store work posted and not finished
+    IndexList flushing;             // what the running group flush writes
+    bool flush_pending = false;     // a group flush is posted or running
+    std::string atomic_failure_code;
+    bool in_setup = false;
+    bool stopped = false;          // nothing more is released (deadline, atomic failure, shutdown)
+    bool atomic_rejected = false;  // atomic group with an unreachable member
+    bool atomic_failed = false;    // atomic plan with a permanent failure after sending started
+    bool compensation_started = false;
+    bool finishing = false;          // the final flush is under way
+    bool waiting_for_tasks = false;  // the final flush is done; finalize when the other store tasks are
+    bool deadline_hit = false;
+    bool reported = false;                   // the report was built (done() is called right after, once)
+    std::atomic<bool> reported_flag{false};  // `reported`, readable without the lock
+    bool idle = false;                       // no work left; counted out of the engine's active plans
+    std::optional<asio::steady_timer> deadline_timer;
+};
+
+inline void intrusive_ptr_add_ref(Plan* plan) noexcept { plan->refs.fetch_add(1, std::memory_order_relaxed); }
+inline void intrusive_ptr_release(Plan* plan) noexcept {
+    if (plan->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete plan;
+}
+
+// What a step decided under a plan's lock, carried out after unlocking.
+struct Actions {
+    ReportCallback done;
+    std::optional<DeliveryReport> report;
+    std::vector<std::uint32_t> removes;
+    std::size_t release_begin = 0;  // slot range to queue
+    std::size_t release_end = 0;
+    std::uint32_t retry_index = 0;
+    std::int64_t retry_delay_ms = 0;
+    bool retry = false;
+    bool setup = false;
+    bool group_flush = false;
+    bool final_flush = false;
+    bool become_idle = false;
+};
+
+class Core : public std::enable_shared_from_this<Core> {
+public:
+    Core(Store& store, const Directory& directory, asio::io_context& io, StoreExecutor store_executor, Logger& logger,
+         EngineOptions options, Clock clock)
+        : store_(store),
+          directory_(directory),
+          io_(io),
+          store_executor_(store_executor ? std::move(store_executor)
+                                         : StoreExecutor([](std::function<void()> work) { work(); })),
+          logger_(logger),
+          options_(options),
+          clock_(clock ? std::move(clock) : Clock([] {
+              return std::chrono::duration_cast<std::chrono::milliseconds>(
+                         std::chrono::system_clock::now().time_since_epoch())
+                  .count();
+          })) {
+        if (options_.max_attempts == 0) options_.max_attempts = 1;
+    }
+
+    Core(const Core&) = delete;
+    Core& operator=(const Core&) = delete;
+    ~Core() = default;
+
+    void add_connection(const std::string& name, std::shared_ptr<Connector> connector, ConnectionLimits limits) {
+        std::unique_ptr<Lane> lane;
+        if (connector) lane = std::make_unique<Lane>(name, std::move(connector), limits, io_);
+        std::lock_guard lock(lanes_mutex_);
+        auto it = std::find_if(lanes_.begin(), lanes_.end(), [&](const auto& l) { return l.first == name; });
+        if (!lane) {
+            if (it != lanes_.end()) lanes_.erase(it);
+            return;
+        }
+        // A replaced lane keeps draining what it holds with its old connector.
+        if (it != lanes_.end()) {
+            it->second = lane.get();
+        } else {
+            lanes_.emplace_back(name, lane.get());
+        }
+        all_lanes_.push_back(std::move(lane));
+    }
+
+    void clear_connections() {
+        std::vector<Lane*> lanes;
+        {
+            std::lock_guard lock(lanes_mutex_);
+            for (const auto& entry : lanes_) lanes.push_back(entry.second);
+            lanes_.clear();
+        }
+        close_lanes(lanes);
+    }
+
+    // At destruction: closes every lane ever made, so no lane timer keeps the engine alive.
+    void shutdown() {
+        std::vector<Lane*> lanes;
+        {
+            std::lock_guard lock(lanes_mutex_);
+            lanes_.clear();
+            for (const auto& lane : all_lanes_) lanes.push_back(lane.get());
+        }
+        close_lanes(lanes);
+    }
+
+    void execute(PlannedDelivery delivery, bool persisted, ReportCallback done) {
+        const std::int64_t now = clock_();
+        boost::intrusive_ptr<Plan> plan(new Plan(shared_from_this()));
+        active_.fetch_add(1, std::memory_order_relaxed);
+        Plan& p = *plan;
+        p.serial = next_serial_.fetch_add(1, std::memory_order_relaxed) + 1;
+        p.plan_id = std::move(delivery.plan_id);
+        p.text = std::move(delivery.text);
+        p.reply_to = std::move(delivery.reply_to);
+        p.created_ms = now;
+        p.deadline_ms = delivery.deadline_ms != 0 ? delivery.deadline_ms : now + kFallbackDeadlineMs;
+        p.batch_size = batch_size(delivery.plan.batch_size);
+        p.mode = delivery.plan.mode;
+        p.on_failure = delivery.plan.on_failure;
+        p.done = std::move(done);
+
+        std::vector<Recipient>& recipients = delivery.plan.recipients;
+        const std::size_t n = recipients.size();
+        p.out.resize(n);
+        p.slots.resize(n);
+        {
+            std::lock_guard lock(lanes_mutex_);
+            const std::string* last_connection = nullptr;  // consecutive recipients mostly share a connection
+            Lane* last_lane = nullptr;
+            for (std::size_t i = 0; i < n; ++i) {
+                RecipientOutcome& out = p.out[i];
+                out.name = std::move(recipients[i].name);
+                out.address = std::move(recipients[i].address);
+                if (last_connection == nullptr || *last_connection != out.address.connection) {
+                    last_lane = find_lane_locked(out.address.connection);
+                    last_connection = &out.address.connection;
+                }
+                p.slots[i].lane = last_lane;
+            }
+        }
+        start(p, persisted, true, now);
+    }
+
+    void resume(std::vector<OutboxEntry> pending) {
+        // One plan per (plan id, text, reply_to): entries of one plan normally share the message.
+        std::map<std::tuple<std::string_view, std::string_view, std::optional<std::string_view>>, std::size_t> by_plan;
+        std::vector<std::vector<OutboxEntry*>> groups;
+        for (OutboxEntry& entry : pending) {
+            std::optional<std::string_view> reply;
+            if (entry.reply_to) reply = *entry.reply_to;
+            auto [it, inserted] = by_plan.try_emplace({entry.plan_id, entry.text, reply}, groups.size());
+            if (inserted) groups.emplace_back();
+            groups[it->second].push_back(&entry);
+        }
+        for (const std::vector<OutboxEntry*>& group : groups) {
+            const std::int64_t now = clock_();
+            boost::intrusive_ptr<Plan> plan(new Plan(shared_from_this()));
+            active_.fetch_add(1, std::memory_order_relaxed);
+            Plan& p = *plan;
+            p.serial = next_serial_.fetch_add(1, std::memory_order_relaxed) + 1;
+            p.plan_id = group.front()->plan_id;
+            p.text = group.front()->text;
+            p.reply_to = group.front()->reply_to;
+            p.created_ms = now;
+            p.deadline_ms = now + kFallbackDeadlineMs;
+            p.batch_size = batch_size(0);
+            p.done = [&logger = logger_, plan_id = p.plan_id](DeliveryReport report) {
+                log_resumed(logger, plan_id, report);
+            };
+            p.out.resize(group.size());
+            p.slots.resize(group.size());
+            {
+                std::lock_guard lock(lanes_mutex_);
+                for (std::size_t i = 0; i < group.size(); ++i) {
+                    p.out[i].name = group[i]->recipient.to_string();
+                    p.out[i].address = std::move(group[i]->recipient);
+                    p.slots[i].stored_attempts = group[i]->attempts;
+                    p.slots[i].lane = find_lane_locked(p.out[i].address.connection);
+                }
+            }
+            // No reachability check: at start-up the connections are still connecting. A connector that is not
+            // ready answers retryable, and the engine retries.
+            start(p, true, false, now);
+        }
+    }
+
+    bool wait_idle(std::chrono::milliseconds timeout) {
+        std::unique_lock lock(idle_mutex_);
+        // A plan going idle takes idle_mutex_ to notify only while someone waits.
+        waiters_.fetch_add(1);
+        const bool idle = idle_cv_.wait_for(lock, timeout, [this] { return active_.load() == 0; });
+        waiters_.fetch_sub(1);
+        return idle;
+    }
+
+    // ---- entry points of callbacks (public so that the lambdas handed out can reach them) ----------------------
+
+    void on_deadline(Plan& p) {
+        Actions actions;
+        {
+            std::lock_guard lock(p.mutex);
+            deadline_locked(p, actions);
+        }
+        run(p, actions);
+    }
+
+    void on_sent(Plan& p, std::uint32_t index, Result<SentMessage> result) {
+        Lane& lane = *p.slots[index].lane;  // fixed at setup
+        const bool pump_lane = release_lane_slot(lane);
+        Actions actions;
+        {
+            std::lock_guard lock(p.mutex);
+            complete_send_locked(p, index, result, actions);
+        }
+        run(p, actions);
+        if (pump_lane) pump(lane);
+        intrusive_ptr_release(&p);
+    }
+
+    void on_removed(Plan& p, std::uint32_t index, Result<void> result) {
+        Lane& lane = *p.slots[index].lane;
+        const bool pump_lane = release_lane_slot(lane);
+        if (!result) {
+            // Address and message id are not written while the deletion is out.
+            logger_.warn("delivery: could not delete the message sent to " + p.out[index].address.to_string() +
+                             " while compensating plan '" + p.plan_id + "': " + result.error().to_string(),
+                         LogFields{lane.name, p.out[index].address.target, p.out[index].message_id});
+        }
+        Actions actions;
+        {
+            std::lock_guard lock(p.mutex);
+            Slot& slot = p.slots[index];
+            --p.in_flight;
+            slot.state = SlotState::done;
+            if (result) {
+                slot.outcome = Outcome::withdrawn;
+                slot.entry_state = OutboxState::withdrawn;
+                p.out[index].delivered = false;
+                p.out[index].error_code = kCompensated;
+                p.dirty.push_back(index);
+            }
+            if (p.reported) {
+                request_flush_locked(p, actions);
+                check_idle_locked(p, actions);
+            } else {
+                --p.unresolved;
+                advance_locked(p, actions);
+                request_flush_locked(p, actions);
+            }
+        }
+        run(p, actions);
+        if (pump_lane) pump(lane);
+        intrusive_ptr_release(&p);
+    }
+
+    void setup(Plan& p) {
+        // Which recipients did an earlier run of this plan (a retried envelope) reach already?
+        auto existing = store_.outbox_plan(p.plan_id);
+        if (existing && !existing->empty()) {
+            std::lock_guard lock(p.mutex);
+            apply_existing_locked(p, *existing);
+        }
+        Result<void> added = existing ? write_new_entries(p) : Result<void>(existing.error());
+
+        Actions actions;
+        {
+            std::lock_guard lock(p.mutex);
+            --p.store_tasks;
+            p.in_setup = false;
+            if (!added) {
+                const Error& error = added.error();
+                logger_.error("delivery: could not write the outbox entries of plan '" + p.plan_id +
+                              "': " + error.to_string() + "; nothing was sent, the report says retryable");
+                if (!p.reported) {
+                    for (std::size_t i = 0; i < p.slots.size(); ++i) {
+                        Slot& slot = p.slots[i];
+                        if (slot.state == SlotState::done) continue;
+                        slot.state = SlotState::done;
+                        slot.outcome = Outcome::retryable;
+                        slot.retry_after_ms = options_.initial_backoff.count();
+                        p.out[i].error_code = error.code.empty() ? "store_failed" : error.code;
+                    }
+                    p.stopped = true;
+                    report_locked(p, actions);
+                }
+            } else if (!p.reported) {
+                start_sending_locked(p, actions, clock_());
+                request_flush_locked(p, actions);
+            }
+            check_idle_locked(p, actions);
+        }
+        run(p, actions);
+    }
+
+    // Group commit: writes what is dirty, then what became dirty meanwhile, until nothing is left. Completions that
+    // arrive while it runs join it, so a slow store sees fewer, larger rounds; a fast one records each completion
+    // before its lane sends again (a crash re-sends at most what was in flight).
+    void group_flush(Plan& p) {
+        std::unique_lock lock(p.mutex);
+        while (!p.dirty.empty()) {
+            p.flushing.swap(p.dirty);
+            lock.unlock();
+            write_entries(p, p.flushing);  // `flushing` is only touched by this task
+            lock.lock();
+            p.flushing.clear();
+        }
+        Actions actions;
+        p.flush_pending = false;
+        --p.store_tasks;
+        if (p.waiting_for_tasks && p.store_tasks == 0) {
+            p.waiting_for_tasks = false;
+            finalize_locked(p, actions);
+        }
+        check_idle_locked(p, actions);
+        lock.unlock();
+        run(p, actions);
+    }
+
+    void final_flush(Plan& p) {
+        write_entries(p, p.final_dirty);  // final_dirty is left alone while `finishing`
+        Actions actions;
+        {
+            std::lock_guard lock(p.mutex);
+            p.final_dirty.clear();
+            --p.store_tasks;
+            if (p.store_tasks == 0) {
+                finalize_locked(p, actions);
+            } else {
+                p.waiting_for_tasks = true;
+            }
+            check_idle_locked(p, actions);
+        }
+        run(p, actions);
+    }
+
+private:
+    [[nodiscard]] std::uint32_t batch_size(std::uint32_t requested) const noexcept {
+        if (requested != 0) return requested;
+        if (options_.default_batch_size != 0) return options_.default_batch_size;
+        return std::numeric_limits<std::uint32_t>::max();
+    }
+
+    Lane* find_lane_locked(const std::string& connection) const noexcept {
+        // A handful of connections: a linear scan beats hashing the name.
+        for (const auto& [name, lane] : lanes_) {
+            if (name == connection) return lane;
+        }
+        return nullptr;
+    }
+
+    // ---- starting a plan ----------------------------------------------------------------------------------------
+
+    void start(Plan& p, bool persisted, bool check_reachable, std::int64_t now) {
+        // The plan is not shared yet: no lock needed to look at its recipients.
+        bool any_unreachable = false;
+        for (std::size_t i = 0; i < p.slots.size(); ++i) {
+            const char* code = nullptr;
+            if (p.slots[i].lane == nullptr) {
+                code = kUnknownConnection;
+            } else if (check_reachable && !directory_.reachable(p.out[i].address)) {
+                code = kUnreachable;
+            }
+            if (code != nullptr) {
+                p.out[i].error_code = code;
+                p.slots[i].state = SlotState::done;
+                p.slots[i].outcome = Outcome::failed;
+                p.slots[i].entry_state = OutboxState::failed;
+                any_unreachable = true;
+            }
+        }
+
+        Actions actions;
+        {
+            std::lock_guard lock(p.mutex);
+            if (any_unreachable && p.mode == DeliveryMode::atomic) {
+                // Nothing is written or sent. Entries persisted with the inbound message are marked failed, so a
+                // restart does not send them.
+                p.atomic_rejected = true;
+                p.stopped = true;
+                for (std::uint32_t i = 0; i < p.slots.size(); ++i) {
+                    Slot& slot = p.slots[i];
+                    if (slot.state != SlotState::done) {
+                        p.out[i].error_code = kAtomicUnreachable;
+                        slot.state = SlotState::done;
+                        slot.outcome = Outcome::failed;
+                        slot.entry_state = OutboxState::failed;
+                    }
+                    if (persisted) p.dirty.push_back(i);
+                }
+                finish_locked(p, actions);
+            } else {
+                if (persisted && any_unreachable) {
+                    for (std::uint32_t i = 0; i < p.slots.size(); ++i) {
+                        if (p.slots[i].state == SlotState::done) p.dirty.push_back(i);
+                    }
+                }
+                if (p.deadline_ms <= now) {
+                    deadline_locked(p, actions);
+                } else if (persisted) {
+                    start_sending_locked(p, actions, now);
+                    request_flush_locked(p, actions);  // the unreachable ones, unless the plan finished already
+                } else if (p.slots.empty()) {
+                    finish_locked(p, actions);
+                } else {
+                    p.in_setup = true;
+                    ++p.store_tasks;
+                    intrusive_ptr_add_ref(&p);
+                    actions.setup = true;
+                }
+            }
+        }
+        run(p, actions);
+        arm_deadline(p);
+    }
+
+    void apply_existing_locked(Plan& p, const std::vector<OutboxEntry>& existing) {
+        std::unordered_map<std::string, std::uint32_t> index;
+        const bool use_index = p.out.size() > 16;
+        if (use_index) {
+            index.reserve(p.out.size());
+            for (std::uint32_t i = 0; i < p.out.size(); ++i) index.emplace(p.out[i].address.to_string(), i);
+        }
+        for (const OutboxEntry& old : existing) {
+            std::uint32_t i = 0;
+            if (use_index) {
+                auto it = index.find(old.recipient.to_string());
+                if (it == index.end()) continue;
+                i = it->second;
+            } else {
+                while (i < p.out.size() && !(p.out[i].address == old.recipient)) ++i;
+                if (i == p.out.size()) continue;
+            }
+            Slot& slot = p.slots[i];
+            slot.stored_attempts = old.attempts;
+            if (old.state == OutboxState::sent) {
+                // A retried envelope: this recipient has it already.
+                RecipientOutcome& out = p.out[i];
+                out.delivered = true;
+                out.message_id = old.sent_message_id;
+                out.error_code.clear();
+                slot.state = SlotState::done;
+                slot.outcome = Outcome::delivered;
+                slot.entry_state = OutboxState::sent;
+            } else if (slot.state == SlotState::done) {
+                // Found unreachable now; outbox_add keeps the old entry, so it needs an update.
+                p.dirty.push_back(i);
+            }
+        }
+    }
+
+    // Adds the plan's entries to the outbox (the store keeps entries that exist).
+    Result<void> write_new_entries(Plan& p) {
+        thread_local std::vector<OutboxEntry> scratch;
+        std::vector<OutboxEntry> large;
+        const std::size_t n = p.out.size();
+        std::vector<OutboxEntry>& entries = n <= kScratchEntries ? scratch : large;
+        entries.resize(n);
+        for (std::size_t i = 0; i < n; ++i) {
+            OutboxEntry& entry = entries[i];
+            const Slot& slot = p.slots[i];
+            entry.plan_id = p.plan_id;
+            entry.recipient = p.out[i].address;
+            entry.text = p.text;
+            entry.reply_to = p.reply_to;
+            entry.state = slot.entry_state;
+            entry.sent_message_id = p.out[i].message_id;
+            entry.attempts = slot.stored_attempts;
+            if (slot.entry_state == OutboxState::failed) {
+                entry.error = p.out[i].error_code;
+            } else {
+                entry.error.clear();
+            }
+            entry.created_ms = p.created_ms;
+        }
+        return store_.outbox_add(entries);
+    }
+
+    void start_sending_locked(Plan& p, Actions& actions, std::int64_t now) {
+        bool any = false;
+        for (Slot& slot : p.slots) {
+            slot.sendable = slot.state == SlotState::idle;
+            any = any || slot.sendable;
+        }
+        if (!any) {
+            finish_locked(p, actions);
+            return;
+        }
+        release_batch_locked(p, actions, now);
+    }
+
+    void release_batch_locked(Plan& p, Actions& actions, std::int64_t now) {
+        if (now >= p.deadline_ms) {
+            deadline_locked(p, actions);
+            return;
+        }
+        const std::size_t n = p.slots.size();
+        const std::size_t begin = p.next_batch;
+        std::size_t i = begin;
+        std::size_t count = 0;
+        while (i < n && count < p.batch_size) {
+            Slot& slot = p.slots[i++];
+            if (!slot.sendable) continue;
+            slot.state = SlotState::queued;
+            ++count;
+        }
+        p.next_batch = i;
+        if (count == 0) {
+            finish_locked(p, actions);
+            return;
+        }
+        p.unresolved = count;
+        p.refs.fetch_add(static_cast<std::uint32_t>(count), std::memory_order_relaxed);
+        actions.release_begin = begin;
+        actions.release_end = i;
+    }
+
+    // ---- progress -----------------------------------------------------------------------------------------------
+
+    // After a recipient of the current batch (or a deletion) became final.
+    void advance_locked(Plan& p, Actions& actions) {
+        if (p.reported || p.unresolved > 0) return;
+        if (!p.stopped && !p.compensation_started && p.next_batch < p.slots.size()) {
+            release_batch_locked(p, actions, clock_());
+            return;
+        }
+        finish_locked(p, actions);
+    }
+
+    // Every recipient not sent yet ends now with @p code: for good (written failed) or retryable (stays pending).
+    void abandon_locked(Plan& p, const char* code, bool permanent) {
+        p.stopped = true;
+        for (std::uint32_t i = 0; i < p.slots.size(); ++i) {
+            Slot& slot = p.slots[i];
+            if (slot.state != SlotState::idle && slot.state != SlotState::queued &&
+                slot.state != SlotState::retry_wait) {
+                continue;
+            }
+            if (slot.state != SlotState::idle) --p.unresolved;
+            slot.state = SlotState::done;
+            p.out[i].error_code = code;
+            if (permanent) {
+                slot.outcome = Outcome::failed;
+                slot.entry_state = OutboxState::failed;
+                p.dirty.push_back(i);
+            } else {
+                slot.outcome = Outcome::retryable;
+            }
+        }
+        p.next_batch = p.slots.size();
+    }
+
+    void finish_locked(Plan& p, Actions& actions) {
+        if (p.finishing) return;
+        p.finishing = true;
+        p.final_dirty.swap(p.dirty);
+        if (!p.final_dirty.empty()) {
+            ++p.store_tasks;
+            intrusive_ptr_add_ref(&p);
+            actions.final_flush = true;
+        } else if (p.store_tasks > 0) {
+            p.waiting_for_tasks = true;
+        } else {
+            finalize_locked(p, actions);
+        }
+    }
+
+    // Everything is final and written: compensate if an atomic plan failed, else report.
+    void finalize_locked(Plan& p, Actions& actions) {
+        p.finishing = false;
+        if (!p.reported && p.atomic_failed && p.on_failure == OnFailure::compensate && !p.compensation_started) {
+            p.compensation_started = true;
+            for (std::uint32_t i = 0; i < p.slots.size(); ++i) {
+                const Slot& slot = p.slots[i];
+                if (slot.outcome == Outcome::delivered && slot.lane != nullptr && slot.lane->can_delete &&
+                    !p.out[i].message_id.empty()) {
+                    actions.removes.push_back(i);
+                }
+            }
+            if (!actions.removes.empty()) {
+                for (const std::uint32_t i : actions.removes) p.slots[i].state = SlotState::remove_queued;
+                p.unresolved = actions.removes.size();
+                p.refs.fetch_add(static_cast<std::uint32_t>(actions.removes.size()), std::memory_order_relaxed);
+                return;
+            }
+        }
+        if (!p.reported) report_locked(p, actions);
+        check_idle_locked(p, actions);
+    }
+
+    // Posts a group flush unless one is pending (it will pick up what is dirty now) or the final flush took over.
+    void request_flush_locked(Plan& p, Actions& actions) {
+        if (p.dirty.empty() || p.flush_pending || p.finishing) return;
+        p.flush_pending = true;
+        ++p.store_tasks;
+        intrusive_ptr_add_ref(&p);
+        actions.group_flush = true;
+    }
+
+    void check_idle_locked(Plan& p, Actions& actions) {
+        if (!p.idle && p.reported && p.in_flight == 0 && p.store_tasks == 0 && !p.finishing && !p.in_setup) {
+            p.idle = true;
+            actions.become_idle = true;
+        }
+    }
+
+    // ---- the deadline -------------------------------------------------------------------------------------------
+
+    // Armed only when a plan is still unfinished once execute() is done with it: a plan that completes inline (an
+    // inline connector and store) never costs a timer.
+    void arm_deadline(Plan& p) {
+        if (p.reported_flag.load(std::memory_order_acquire)) return;  // the common case of an inline plan
+        std::lock_guard lock(p.mutex);
+        if (p.reported) return;
+        const std::int64_t remaining = std::max<std::int64_t>(p.deadline_ms - clock_(), 0);
+        p.deadline_timer.emplace(io_);
+        p.deadline_timer->expires_after(std::chrono::milliseconds(remaining));
+        p.deadline_timer->async_wait([plan = boost::intrusive_ptr<Plan>(&p)](const boost::system::error_code& ec) {
+            if (!ec) plan->engine->on_deadline(*plan);
+        });
+    }
+
+    // The report goes out now. What is not sent is cancelled (its lane drops it unsent: claim() fails) and stays
+    // pending in the outbox; what is in flight is recorded when it completes, without changing the report.
+    void deadline_locked(Plan& p, Actions& actions) {
+        if (p.reported) return;
+        p.stopped = true;
+        for (Slot& slot : p.slots) {
+            switch (slot.state) {
+                case SlotState::idle:
+                case SlotState::queued:
+                case SlotState::retry_wait:
+                    slot.state = SlotState::done;
+                    slot.outcome = Outcome::cut;
+                    p.deadline_hit = true;
+                    break;
+                case SlotState::in_flight:
+                    p.deadline_hit = true;
+                    break;
+                case SlotState::remove_queued:
+                    slot.state = SlotState::done;  // not deleted: it stays delivered
+                    break;
+                case SlotState::removing:
+                case SlotState::done:
+                    break;
+            }
+        }
+        p.next_batch = p.slots.size();
+        request_flush_locked(p, actions);
+        report_locked(p, actions);
+        check_idle_locked(p, actions);
+    }
+
+    // ---- completions --------------------------------------------------------------------------------------------
+
+    bool claim(const LaneItem& item) {
+        Plan& p = *item.plan;
+        std::lock_guard lock(p.mutex);
+        Slot& slot = p.slots[item.index];
+        if (item.op == Op::send) {
+            if (slot.state != SlotState::queued && slot.state != SlotState::retry_wait) return false;
+            slot.state = SlotState::in_flight;
+            ++slot.attempts;
+            ++slot.stored_attempts;
+        } else {
+            if (slot.state != SlotState::remove_queued) return false;
+            slot.state = SlotState::removing;
+        }
+        ++p.in_flight;
+        return true;
+    }
+
+    // A send or deletion finished: frees its lane slot. Returns whether the caller must drain the lane.
+    static bool release_lane_slot(Lane& lane) {
+        std::lock_guard lock(lane.mutex);
+        --lane.in_flight;
+        if (lane.pumping) {
+            lane.repump = true;
+            return false;
+        }
+        return !lane.queue.empty();
+    }
+
+    [[nodiscard]] std::int64_t backoff_ms(std::uint32_t attempts) const noexcept {
+        const std::uint32_t shift = std::min<std::uint32_t>(attempts > 0 ? attempts - 1 : 0, 20);
+        return options_.initial_backoff.count() << shift;
+    }
+
+    void complete_send_locked(Plan& p, std::uint32_t index, Result<SentMessage>& result, Actions& actions) {
+        Slot& slot = p.slots[index];
+        RecipientOutcome& out = p.out[index];
+        --p.in_flight;
+        slot.state = SlotState::done;
+        if (result) {
+            out.delivered = true;
+            out.message_id = std::move(result->message_id);
+            out.error_code.clear();
+            slot.outcome = Outcome::delivered;
+            slot.entry_state = OutboxState::sent;
+        } else {
+            const Error& error = result.error();
+            out.error_code = error.code.empty() ? kSendFailed : error.code;
+            if (error.retryable) {
+                const std::int64_t delay = std::max(error.retry_after_ms, backoff_ms(slot.attempts));
+                slot.retry_after_ms = delay;
+                if (!p.stopped && slot.attempts < options_.max_attempts && clock_() + delay < p.deadline_ms) {
+                    slot.state = SlotState::retry_wait;
+                    intrusive_ptr_add_ref(&p);  // the lane's delay heap holds it
+                    actions.retry = true;
+                    actions.retry_index = index;
+                    actions.retry_delay_ms = delay;
+                    return;
+                }
+                slot.outcome = Outcome::retryable;  // the entry stays pending
+            } else {
+                slot.outcome = Outcome::failed;
+                slot.entry_state = OutboxState::failed;
+            }
+        }
+        p.dirty.push_back(index);
+        if (p.reported) {
+            // In flight when the deadline report went out: recorded, the report stands.
+            request_flush_locked(p, actions);
+            check_idle_locked(p, actions);
+            return;
+        }
+        --p.unresolved;
+        if (slot.outcome == Outcome::failed && p.mode == DeliveryMode::atomic && !p.stopped) {
+            p.atomic_failed = true;
+            p.atomic_failure_code = out.error_code;
+            abandon_locked(p, kAborted, true);
+        }
+        advance_locked(p, actions);  // the plan's last completion goes with the final flush
+        request_flush_locked(p, actions);
+    }
+
+    void on_dropped(Plan& p, const LaneItem& item) {
+        Actions actions;
+        {
+            std::lock_guard lock(p.mutex);
+            Slot& slot = p.slots[item.index];
+            if (item.op == Op::send && (slot.state == SlotState::queued || slot.state == SlotState::retry_wait)) {
+                abandon_locked(p, kShuttingDown, false);
+                advance_locked(p, actions);
+            } else if (item.op == Op::remove && slot.state == SlotState::remove_queued) {
+                slot.state = SlotState::done;
+                --p.unresolved;
+                advance_locked(p, actions);
+            }
+        }
+        run(p, actions);
+        intrusive_ptr_release(&p);
+    }
+
+    // ---- reports ------------------------------------------------------------------------------------------------
+
+    void report_locked(Plan& p, Actions& actions) {
+        p.reported = true;
+        p.reported_flag.store(true, std::memory_order_release);
+        if (p.deadline_timer) p.deadline_timer->cancel();
+        // With nothing in flight and no store task reading the recipients, the outcomes can be moved out whole.
+        const bool move = p.in_flight == 0 && p.store_tasks == 0 && !p.finishing;
+        actions.report = build_report(p, move);
+        actions.done = std::move(p.done);
+    }
+
+    DeliveryReport build_report(Plan& p, bool move) const {
+        DeliveryReport report;
+        std::size_t delivered = 0, withdrawn = 0, failed = 0, unreachable = 0, retryable = 0;
+        std::size_t first_failure = SIZE_MAX, first_retryable = SIZE_MAX;
+        std::int64_t retry_after = 0;
+        for (std::size_t i = 0; i < p.slots.size(); ++i) {
+            const Slot& slot = p.slots[i];
+            switch (slot.outcome) {
+                case Outcome::delivered:
+                    ++delivered;
+                    break;
+                case Outcome::withdrawn:
+                    ++withdrawn;
+                    break;
+                case Outcome::failed:
+                    ++failed;
+                    if (p.out[i].error_code == kUnreachable || p.out[i].error_code == kUnknownConnection) {
+                        ++unreachable;
+                    }
+                    if (first_failure == SIZE_MAX && p.out[i].error_code != kAborted) first_failure = i;
+                    break;
+                case Outcome::retryable:
+                case Outcome::cut:
+                case Outcome::none:  // in flight when the deadline passed
+                    ++retryable;
+                    if (first_retryable == SIZE_MAX && slot.outcome == Outcome::retryable) first_retryable = i;
+                    retry_after = std::max(retry_after, slot.retry_after_ms);
+                    break;
+            }
+        }
+        const std::size_t total = p.slots.size();
+        const auto first_failure_code = [&]() -> std::string {
+            return first_failure == SIZE_MAX ? std::string(kSendFailed) : p.out[first_failure].error_code;
+        };
+
+        auto& detail = report.detail;
+        const auto count = [](std::size_t n) { return std::to_string(n); };
+        if (p.atomic_rejected) {
+            report.status = DeliveryStatus::rejected;
+            report.error_code = kAtomicUnreachable;
+            detail = "atomic group not sent: " + count(unreachable) + " of " + count(total) +
+                     " member(s) unreachable; nothing was sent";
+        } else if (p.atomic_failed) {
+            const std::string& cause = p.atomic_failure_code;
+            if (delivered == 0) {
+                report.status = DeliveryStatus::rejected;
+                report.error_code = withdrawn > 0 ? std::string(kCompensated) : cause;
+                detail = "atomic delivery failed (" + cause + "); " +
+                         (withdrawn > 0 ? count(withdrawn) + " sent message(s) deleted again"
+                                        : std::string("nothing was delivered"));
+            } else {
+                report.status = DeliveryStatus::partial;
+                report.error_code = cause;
+                detail = "atomic delivery failed (" + cause + ") after " + count(delivered) + " of " + count(total) +
+                         " recipient(s) got it" +
+                         (p.on_failure == OnFailure::compensate ? "; not every one could be deleted again" : "");
+            }
+        } else if (retryable > 0) {
+            report.status = DeliveryStatus::retryable;
+            report.error_code = p.deadline_hit || first_retryable == SIZE_MAX ? std::string(kDeadlineExceeded)
+                                                                              : p.out[first_retryable].error_code;
+            report.retry_after_ms = std::max<std::int64_t>(retry_after, options_.initial_backoff.count());
+            detail = count(retryable) + " of " + count(total) + " recipient(s) not delivered yet (" +
+                     report.error_code + "); retry after " + std::to_string(report.retry_after_ms) + " ms";
+        } else if (failed == 0) {
+            report.status = DeliveryStatus::delivered;
+            detail = total == 1 ? "delivered" : "delivered to " + count(total) + " recipients";
+        } else {
+            report.status = delivered > 0 ? DeliveryStatus::partial : DeliveryStatus::rejected;
+            report.error_code = first_failure_code();
+            detail = "delivered to " + count(delivered) + " of " + count(total) + " recipient(s); " + count(failed) +
+                     " failed (first: " + report.error_code + ")";
+        }
+
+        if (move) {
+            report.recipients = std::move(p.out);
+        } else {
+            report.recipients = p.out;
+        }
+        // Recipients cut by the deadline (unsent, or in flight) are reported as such; their own record is left for
+        // the late completion.
+        for (std::size_t i = 0; i < report.recipients.size(); ++i) {
+            const Outcome outcome = p.slots[i].outcome;
+            if (outcome != Outcome::cut && outcome != Outcome::none) continue;
+            RecipientOutcome& out = report.recipients[i];
+            out.delivered = false;
+            out.message_id.clear();
+            out.error_code = kDeadlineExceeded;
+        }
+        return report;
+    }
+
+    static void log_resumed(Logger& logger, const std::string& plan_id, const DeliveryReport& report) {
+        std::size_t delivered = 0;
+        for (const auto& r : report.recipients) delivered += r.delivered ? 1 : 0;
+        std::string line = "delivery: finished plan '" + plan_id +
+                           "' left pending by the last run: " + std::string(to_string(report.status)) + " (" +
+                           std::to_string(delivered) + " of " + std::to_string(report.recipients.size()) + " delivered";
+        if (!report.error_code.empty()) line += ", " + report.error_code;
+        line += ")";
+        if (report.status == DeliveryStatus::delivered) {
+            logger.info(line);
+        } else {
+            logger.warn(line);
+        }
+    }
+
+    // ---- carrying out decisions ---------------------------------------------------------------------------------
+
+    // The caller holds a reference of @p p.
+    void run(Plan& p, Actions& actions) {
+        if (actions.report && actions.done) {
+            try {
+                actions.done(std::move(*actions.report));
+            } catch (const std::exception& e) {
+                logger_.error("delivery: the report callback of plan '" + p.plan_id + "' threw: " + e.what());
+            } catch (...) {
+                logger_.error("delivery: the report callback of plan '" + p.plan_id + "' threw");
+            }
+        }
+        if (actions.setup) {
+            store_executor_([plan = &p] {
+                plan->engine->setup(*plan);
+                intrusive_ptr_release(plan);
+            });
+        }
+        if (actions.retry) schedule_retry(p, actions.retry_index, actions.retry_delay_ms);
+        if (actions.release_end > actions.release_begin) enqueue_range(p, actions.release_begin, actions.release_end);
+        if (!actions.removes.empty()) enqueue_removes(p, actions.removes);
+        if (actions.group_flush) {
+            store_executor_([plan = &p] {
+                plan->engine->group_flush(*plan);
+                intrusive_ptr_release(plan);
+            });
+        }
+        if (actions.final_flush) {
+            store_executor_([plan = &p] {
+                plan->engine->final_flush(*plan);
+                intrusive_ptr_release(plan);
+            });
+        }
+        if (actions.become_idle) {
+            // seq_cst on both sides (here and in wait_idle): either the waiter sees the count at zero, or this
+            // sees the waiter.
+            if (active_.fetch_sub(1) == 1 && waiters_.load() > 0) {
+                std::lock_guard lock(idle_mutex_);
+                idle_cv_.notify_all();
+            }
+            intrusive_ptr_release(&p);  // the plan's own reference
+        }
+    }
+
+    // Writes the state of final recipients (outbox_update ignores text and reply_to).
+    void write_entries(Plan& p, const IndexList& indexes) {
+        thread_local OutboxEntry entry;
+        entry.plan_id = p.plan_id;
+        std::size_t failures = 0;
+        std::string first_failure;
+        for (const std::uint32_t i : indexes) {
+            const Slot& slot = p.slots[i];
+            const RecipientOutcome& out = p.out[i];
+            entry.recipient = out.address;
+            entry.state = slot.entry_state;
+            entry.sent_message_id = out.message_id;
+            entry.attempts = slot.stored_attempts;
+            if (slot.entry_state == OutboxState::pending || slot.entry_state == OutboxState::failed) {
+                entry.error = out.error_code;
+            } else {
+                entry.error.clear();
+            }
+            if (auto updated = store_.outbox_update(entry); !updated && failures++ == 0) {
+                first_failure = out.address.to_string() + ": " + updated.error().to_string();
+            }
+        }
+        if (failures > 0) {
+            logger_.error("delivery: could not record the outbox state of " + std::to_string(failures) + " of " +
+                          std::to_string(indexes.size()) + " recipient(s) of plan '" + p.plan_id +
+                          "' (first: " + first_failure + "); a restart may send them again");
+        }
+    }
+
+    // ---- lanes --------------------------------------------------------------------------------------------------
+
+    void enqueue_range(Plan& p, std::size_t begin, std::size_t end) {
+        // `sendable` and `lane` are fixed once sending started: no plan lock needed to read them.
+        std::size_t i = begin;
+        while (i < end) {
+            if (!p.slots[i].sendable) {
+                ++i;
+                continue;
+            }
+            Lane* lane = p.slots[i].lane;
+            std::size_t j = i;
+            std::unique_lock lock(lane->mutex);
+            const bool closed = lane->closed;
+            for (; j < end && (!p.slots[j].sendable || p.slots[j].lane == lane); ++j) {
+                if (p.slots[j].sendable && !closed) {
+                    lane->queue.push_back(LaneItem{&p, static_cast<std::uint32_t>(j), Op::send});
+                }
+            }
+            if (closed) {
+                lock.unlock();
+                for (std::size_t k = i; k < j; ++k) {
+                    if (p.slots[k].sendable) on_dropped(p, LaneItem{&p, static_cast<std::uint32_t>(k), Op::send});
+                }
+            } else {
+                pump(*lane, std::move(lock));
+            }
+            i = j;
+        }
+    }
+
+    void enqueue_removes(Plan& p, const std::vector<std::uint32_t>& indexes) {
+        for (const std::uint32_t index : indexes) {
+            Lane* lane = p.slots[index].lane;
+            bool closed = false;
+            {
+                std::lock_guard lock(lane->mutex);
+                closed = lane->closed;
+                if (!closed) lane->queue.push_back(LaneItem{&p, index, Op::remove});
+            }
+            if (closed) {
+                on_dropped(p, LaneItem{&p, index, Op::remove});
+            } else {
+                pump(*lane);
+            }
+        }
+    }
+
+    void schedule_retry(Plan& p, std::uint32_t index, std::int64_t delay_ms) {
+        Lane* lane = p.slots[index].lane;
+        const auto due = SteadyClock::now() + std::chrono::milliseconds(delay_ms);
+        bool closed = false;
+        {
+            std::lock_guard lock(lane->mutex);
+            closed = lane->closed;
+            if (!closed) {
+                lane->delayed.push_back(DelayedItem{due, LaneItem{&p, index, Op::send}});
+                std::push_heap(lane->delayed.begin(), lane->delayed.end(), later_due);
+            }
+        }
+        if (closed) {
+            on_dropped(p, LaneItem{&p, index, Op::send});
+        } else {
+            pump(*lane);  // arms the lane's timer (or flags the thread draining it to)
+        }
+    }
+
+    // Sends what the lane's limits allow. One thread at a time drains a lane; others flag it and leave.
+    void pump(Lane& lane) { pump(lane, std::unique_lock(lane.mutex)); }
+
+    void pump(Lane& lane, std::unique_lock<std::mutex> lock) {
+        if (lane.pumping) {
+            lane.repump = true;
+            return;
+        }
+        lane.pumping = true;
+        const bool limited = !lane.bucket.unlimited();
+        bool waiting_for_token = false;
+        for (;;) {
+            lane.repump = false;
+            waiting_for_token = false;
+            if (!lane.delayed.empty()) {
+                const auto now = SteadyClock::now();
+                while (!lane.delayed.empty() && lane.delayed.front().due <= now) {
+                    std::pop_heap(lane.delayed.begin(), lane.delayed.end(), later_due);
+                    lane.queue.push_back(lane.delayed.back().item);
+                    lane.delayed.pop_back();
+                }
+            }
+            while (!lane.queue.empty() && lane.in_flight < lane.concurrency && !lane.closed) {
+                if (limited && !lane.bucket.try_take(SteadyClock::now())) {
+                    waiting_for_token = true;
+                    break;
+                }
+                const LaneItem item = lane.queue.front();
+                lane.queue.pop_front();
+                if (!claim(item)) {  // cancelled: deadline, atomic failure, already final
+                    if (limited) lane.bucket.give_back();
+                    lock.unlock();
+                    intrusive_ptr_release(item.plan);
+                    lock.lock();
+                    continue;
+                }
+                ++lane.in_flight;
+                Connector& connector = *lane.connector;
+                if (item.op == Op::send) fill_message(lane, *item.plan, item.index);
+                lock.unlock();
+                dispatch(connector, lane, item);
+                lock.lock();
+            }
+            if (!lane.repump) break;
+        }
+        lane.pumping = false;
+        std::shared_ptr<Connector> retired;
+        if (lane.closed) {
+            retired = std::move(lane.connector);
+        } else {
+            arm_lane_timer_locked(lane, waiting_for_token);
+        }
+        lock.unlock();
+    }
+
+    static void fill_message(Lane& lane, const Plan& p, std::uint32_t index) {
+        OutboundMessage& message = lane.scratch;
+        std::string& key = message.idempotency_key;
+        if (lane.scratch_plan != p.serial) {  // a fan-out sends one plan's text many times in a row
+            lane.scratch_plan = p.serial;
+            message.text = p.text;
+            if (p.reply_to) {
+                if (message.reply_to) {
+                    *message.reply_to = *p.reply_to;
+                } else {
+                    message.reply_to.emplace(*p.reply_to);
+                }
+            } else {
+                message.reply_to.reset();
+            }
+            key.assign(p.plan_id);
+            key += '|';
+            lane.scratch_prefix = key.size();
+        }
+        const Address& to = p.out[index].address;
+        message.to = to;
+        // Stable per (plan, recipient), so a platform with nonces drops a resend after a crash.
+        key.resize(lane.scratch_prefix);
+        key += to.connection;
+        key += to.is_user ? "/@" : "/";
+        key += to.target;
+    }
+
+    void dispatch(Connector& connector, Lane& lane, const LaneItem& item) {
+        Plan* plan = item.plan;
+        const std::uint32_t index = item.index;
+        try {
+            if (item.op == Op::send) {
+                connector.send(lane.scratch, [plan, index](Result<SentMessage> result) {
+                    plan->engine->on_sent(*plan, index, std::move(result));
+                });
+            } else {
+                const RecipientOutcome& out = plan->out[index];
+                connector.remove(out.address, out.message_id, [plan, index](Result<void> result) {
+                    plan->engine->on_removed(*plan, index, std::move(result));
+                });
+            }
+        } catch (const std::exception& e) {
+            // A connector must not throw; if one does, the attempt counts as failed (and its callback is assumed
+            // never to come).
+            logger_.error("delivery: connector of '" + lane.name + "' threw from " +
+                          (item.op == Op::send ? "send" : "remove") + ": " + e.what());
+            if (item.op == Op::send) {
+                on_sent(*plan, index, fail(kSendFailed, std::string("the connector threw: ") + e.what()));
+            } else {
+                on_removed(*plan, index, fail(kSendFailed, std::string("the connector threw: ") + e.what()));
+            }
+        }
+    }
+
+    void arm_lane_timer_locked(Lane& lane, bool waiting_for_token) {
+        std::optional<SteadyClock::time_point> wake;
+        if (waiting_for_token) wake = lane.bucket.next_token(SteadyClock::now());
+        if (!lane.delayed.empty() && (!wake || lane.delayed.front().due < *wake)) wake = lane.delayed.front().due;
+        if (!wake || (lane.timer_armed && lane.timer_due <= *wake)) return;
+        lane.timer_armed = true;
+        lane.timer_due = *wake;
+        const std::uint64_t generation = ++lane.timer_generation;
+        lane.timer.expires_at(*wake);
+        lane.timer.async_wait([self = shared_from_this(), lane = &lane, generation](const boost::system::error_code&) {
+            {
+                std::lock_guard lock(lane->mutex);
+                if (generation != lane->timer_generation) return;  // re-armed or closed since
+                lane->timer_armed = false;
+            }
+            self->pump(*lane);
+        });
+    }
+
+    void close_lanes(const std::vector<Lane*>& lanes) {
+        for (Lane* lane : lanes) {
+            std::deque<LaneItem> queued;
+            std::vector<DelayedItem> delayed;
+            std::shared_ptr<Connector> retired;
+            {
+                std::lock_guard lock(lane->mutex);
+                if (lane->closed) continue;
+                lane->closed = true;
+                queued.swap(lane->queue);
+                delayed.swap(lane->delayed);
+                ++lane->timer_generation;
+                lane->timer_armed = false;
+                lane->timer.cancel();
+                if (!lane->pumping) retired = std::move(lane->connector);  // else the draining thread lets go
+            }
+            for (const LaneItem& item : queued) on_dropped(*item.plan, item);
+            for (const DelayedItem& item : delayed) on_dropped(*item.item.plan, item.item);
+        }
+    }
+
+    Store& store_;
+    const Directory& directory_;
+    asio::io_context& io_;
+    StoreExecutor store_executor_;
+    Logger& logger_;
+    EngineOptions options_;
+    Clock clock_;
+
+    std::mutex lanes_mutex_;
+    std::vector<std::pair<std::string, Lane*>> lanes_;  // the current lane of each connection
+    std::vector<std::unique_ptr<Lane>> all_lanes_;      // every lane made; plans keep raw pointers to them
+
+    std::atomic<std::uint64_t> next_serial_{0};
+    std::atomic<std::size_t> active_{0};
+    std::atomic<std::size_t> waiters_{0};
+    std::mutex idle_mutex_;
+    std::condition_variable idle_cv_;
+};
+
+}  // namespace engine_detail
+
+struct DeliveryEngine::Impl : engine_detail::Core {
+    using Core::Core;
+};
+
+DeliveryEngine::DeliveryEngine(Store& store, const Directory& directory, boost::asio::io_context& io,
+                               StoreExecutor store_executor, Logger& logger, EngineOptions options, Clock clock)
+    : impl_(
+          std::make_shared<Impl>(store, directory, io, std::move(store_executor), logger, options, std::move(clock))) {}
+
+DeliveryEngine::~DeliveryEngine() { impl_->shutdown(); }
+
+void DeliveryEngine::add_connection(const std::string& name, std::shared_ptr<Connector> connector,
+                                    ConnectionLimits limits) {
+    impl_->add_connection(name, std::move(connector), limits);
+}
+
+void DeliveryEngine::clear_connections() { impl_->clear_connections(); }
+
+void DeliveryEngine::execute(PlannedDelivery delivery, bool persisted, ReportCallback done) {
+    impl_->execute(std::move(delivery), persisted, std::move(done));
+}
+
+void DeliveryEngine::resume(std::vector<OutboxEntry> pending) { impl_->resume(std::move(pending)); }
+
+bool DeliveryEngine::wait_idle(std::chrono::milliseconds timeout) { return impl_->wait_idle(timeout); }
+
+}  // namespace switchboard::routing

@@ -1,0 +1,132 @@
+#pragma once
+// The delivery engine (DESIGN §3): carries out delivery plans. Fan-out runs in parallel and in batches, with a
+// concurrency limit and a token-bucket rate limit per connection, retries retryable failures with backoff, and
+// ends every plan in a DeliveryReport before its deadline — never a silent timeout. Each recipient's state lives in
+// the store's outbox, so a plan interrupted by a crash is finished at the next start without sending anyone twice.
+//
+// Batches: a plan releases its next batch when every recipient of the previous one has a final outcome, so at most
+// one batch per plan is queued or in flight; connections are shared fairly by queueing (FIFO per connection).
+//
+// Status rules (error_code in parentheses):
+//   - every recipient delivered (or already `sent` in the outbox) → delivered;
+//   - atomic plan with an unreachable member → rejected (atomic_unreachable); every member is listed, the unreachable
+//     ones `unreachable` (`unknown_connection` without a connector), the others `atomic_unreachable`;
+//   - atomic plan with a permanent failure after sending started: the rest is not sent (`aborted`); with
+//     on_failure: compensate, what was sent is deleted where the connector can (`compensated`, outbox `withdrawn`);
+//     nothing left delivered → rejected (compensated if something was withdrawn, else the failure's code), otherwise
+//     partial (the failure's code);
+//   - any recipient still retryable (retries exhausted, the next retry past the deadline, the deadline itself,
+//     shutdown) → retryable: error_code `deadline_exceeded` when the deadline cut the plan, else the first retryable
+//     recipient's code; retry_after_ms the largest wait any of them asked for (at least the initial backoff);
+//   - otherwise some delivered and some failed (unreachable, unknown_connection, a connector's permanent code) →
+//     partial with the first failed recipient's code (in plan order); none delivered → rejected with that code.
+//
+// Outbox states: sent (with the platform id), failed (permanent), withdrawn (compensated), and pending for anything
+// that may still go out (retryable, cut by the deadline or shutdown): a retried envelope or the next start sends those.
+// Engine codes beyond routing.hpp's list: `aborted`, `shutting_down` (both per recipient; shutting_down also as a
+// retryable report's code).
+
+#include <switchboard/connector.hpp>
+#include <switchboard/routing.hpp>
+#include <switchboard/store.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace boost::asio {
+class io_context;
+}  // namespace boost::asio
+
+namespace switchboard::routing {
+
+/// Limits of one connection.
+struct ConnectionLimits {
+    /// Sends in flight at once.
+    std::uint32_t concurrency = 8;
+    /// Token bucket: sustained sends per second (0: unlimited).
+    double rate_per_second = 0;
+    /// Token bucket: sends allowed in a burst.
+    std::uint32_t burst = 1;
+};
+
+/// A plan ready to run: what a strategy decided plus what the envelope carries.
+struct PlannedDelivery {
+    /// The envelope's idempotency key; outbox entries are keyed (plan_id, recipient).
+    std::string plan_id;
+    DeliveryPlan plan;
+    std::string text;
+    std::optional<std::string> reply_to;
+    /// The report is final by then (ms since the Unix epoch, on the engine's clock).
+    std::int64_t deadline_ms = 0;
+};
+
+/// Engine tuning.
+struct EngineOptions {
+    /// Recipients per batch when the plan does not say.
+    std::uint32_t default_batch_size = 100;
+    /// Attempts per recipient before a retryable failure counts as final (within the deadline).
+    std::uint32_t max_attempts = 5;
+    /// First retry backoff; doubles per attempt, and a connector's retry_after_ms wins when larger.
+    std::chrono::milliseconds initial_backoff{100};
+};
+
+/// Milliseconds since the Unix epoch; tests give a fake.
+using Clock = std::function<std::int64_t()>;
+
+/// Runs store calls off the I/O threads: the host passes its worker pool, benchmarks and tests may run inline.
+using StoreExecutor = std::function<void(std::function<void()>)>;
+
+class DeliveryEngine {
+public:
+    DeliveryEngine(Store& store, const Directory& directory, boost::asio::io_context& io, StoreExecutor store_executor,
+                   Logger& logger, EngineOptions options = {}, Clock clock = {});
+    /// Closes every connection as clear_connections() does. Plans with sends still in flight finish when those
+    /// complete (they keep what they use alive); destroy the engine after wait_idle() to have none.
+    ~DeliveryEngine();
+    DeliveryEngine(const DeliveryEngine&) = delete;
+    DeliveryEngine& operator=(const DeliveryEngine&) = delete;
+
+    /// Sends through @p connector for every address on connection @p name, within @p limits.
+    void add_connection(const std::string& name, std::shared_ptr<Connector> connector, ConnectionLimits limits);
+
+    /// Forgets every connector (at shutdown, after they stopped): what is still queued stays pending in the outbox.
+    /// Plans with recipients queued on them end `retryable` / `shutting_down` once their sends in flight complete.
+    void clear_connections();
+
+    /// Carries out @p delivery and calls @p done exactly once, before the deadline, with the report.
+    ///
+    /// Atomic plans check every recipient reachable (Directory::reachable) before anything is written or sent, and
+    /// report `rejected` / `atomic_unreachable` naming the unreachable ones if one is not. Best-effort plans send
+    /// to the reachable ones and report the others `unreachable` (status `partial`). Unless @p persisted (the
+    /// entries already entered the outbox with an inbound message), the recipients are added to the outbox first;
+    /// recipients whose outbox entry is already `sent` (a retried envelope with the same key) are not sent again.
+    ///
+    /// With @p persisted the engine trusts the entries to be fresh and does not read them back. A deadline_ms of 0
+    /// means 30 s from now. With an inline store executor and a connector that completes inline, @p done is called
+    /// before execute() returns and no timer is armed.
+    void execute(PlannedDelivery delivery, bool persisted, ReportCallback done);
+
+    /// Finishes plans that the outbox holds as pending (after a restart): sends each pending entry once, logging
+    /// each plan's report.
+    ///
+    /// Entries are grouped by plan id into best-effort plans due in 30 s. Reachability is not checked (connections
+    /// are still connecting at start-up): a connector that is not ready answers retryable and the engine retries.
+    void resume(std::vector<OutboxEntry> pending);
+
+    /// Waits until no plan is in progress or @p timeout passes; returns whether it drained.
+    ///
+    /// A plan is in progress until its report was delivered, its sends and deletions in flight have completed and
+    /// its outbox writes are done (sends cut by a deadline but still in flight keep it in progress).
+    bool wait_idle(std::chrono::milliseconds timeout);
+
+private:
+    struct Impl;
+    std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace switchboard::routing

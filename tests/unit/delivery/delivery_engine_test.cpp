@@ -1,0 +1,768 @@
+// The delivery engine (DESIGN §3): statuses and per-recipient outcomes, atomic vs best effort, compensation, retries,
+// deadlines, per-connection limits, the outbox as the memory of a plan, and resume after a restart.
+
+#include <algorithm>
+#include <boost/asio/thread_pool.hpp>
+#include <catch2/catch.hpp>
+#include <set>
+
+#include "harness.hpp"
+#include "test_support.hpp"
+
+using namespace switchboard;
+using namespace switchboard::delivery_test;
+using switchboard::testing_support::wait_until;
+using namespace std::chrono_literals;
+
+namespace {
+
+OutboxEntry entry(std::string plan_id, Address to, std::string text, OutboxState state = OutboxState::pending,
+                  std::string sent_id = {}, std::optional<std::string> reply_to = {}) {
+    OutboxEntry e;
+    e.plan_id = std::move(plan_id);
+    e.recipient = std::move(to);
+    e.text = std::move(text);
+    e.reply_to = std::move(reply_to);
+    e.state = state;
+    e.sent_message_id = std::move(sent_id);
+    return e;
+}
+
+const Address kAlice = Address::user("irc", "alice");
+const Address kOps = Address::channel("irc", "#ops");
+const Address kDev = Address::channel("irc", "#dev");
+const Address kDiscord = Address::channel("discord", "123");
+
+std::vector<Address> channels(const std::string& connection, int n) {
+    std::vector<Address> to;
+    to.reserve(static_cast<std::size_t>(n));
+    for (int i = 0; i < n; ++i) to.push_back(Address::channel(connection, "#c" + std::to_string(i)));
+    return to;
+}
+
+}  // namespace
+
+TEST_CASE("A plan whose every recipient accepts the message is reported delivered with each platform message id",
+          "[delivery]") {
+    Harness h;
+    auto irc = std::make_shared<SinkConnector>();
+    auto discord = std::make_shared<SinkConnector>();
+    h.engine->add_connection("irc", irc, {});
+    h.engine->add_connection("discord", discord, {});
+    ReportSink sink;
+
+    h.engine->execute(planned("p1", {kOps, kAlice, kDiscord}, "hi all"), false, sink.callback());
+
+    const auto report = sink.wait();
+    REQUIRE(report);
+    CHECK(report->status == DeliveryStatus::delivered);
+    CHECK(report->error_code.empty());
+    REQUIRE(report->recipients.size() == 3);
+    CHECK(report->recipients[0].address == kOps);  // in plan order
+    CHECK(report->recipients[0].name == "irc/#ops");
+    const auto outbox = outbox_of(h.store(), "p1");
+    for (const RecipientOutcome& outcome : report->recipients) {
+        INFO(outcome.address.to_string());
+        CHECK(outcome.delivered);
+        CHECK(outcome.error_code.empty());
+        CHECK_FALSE(outcome.message_id.empty());
+        const OutboxEntry& entry = outbox.at(outcome.address.to_string());
+        CHECK(entry.state == OutboxState::sent);
+        CHECK(entry.sent_message_id == outcome.message_id);
+        CHECK(entry.attempts == 1);
+        CHECK(entry.text == "hi all");
+    }
+    const auto sent = irc->sends();
+    REQUIRE(sent.size() == 2);
+    CHECK(sent[0].text == "hi all");
+    CHECK(sent[0].idempotency_key == "p1|irc/#ops");
+    CHECK(sent[1].idempotency_key == "p1|irc/@alice");
+    CHECK(discord->send_count() == 1);
+    CHECK(h.engine->wait_idle(1s));
+}
+
+TEST_CASE("An inline connector, an inline store and a private plan report before execute returns", "[delivery]") {
+    Harness h;
+    h.engine->add_connection("irc", std::make_shared<SinkConnector>(), {});
+    ReportSink sink;
+    h.engine->execute(planned("p1", {kAlice}), true, sink.callback());
+    CHECK(sink.calls() == 1);  // no hop through the io_context, no timer
+}
+
+TEST_CASE("A best-effort plan skips unreachable members and reports partial naming them", "[delivery]") {
+    Harness h;
+    auto irc = std::make_shared<SinkConnector>();
+    h.engine->add_connection("irc", irc, {});
+    h.directory.set_unreachable(kDev);
+    ReportSink sink;
+
+    h.engine->execute(planned("p1", {kOps, kDev, kAlice}), false, sink.callback());
+
+    const auto report = sink.wait();
+    REQUIRE(report);
+    CHECK(report->status == DeliveryStatus::partial);
+    CHECK(report->error_code == "unreachable");
+    const auto outcomes = outcomes_of(*report);
+    CHECK(outcomes.at("irc/#ops").delivered);
+    CHECK(outcomes.at("irc/@alice").delivered);
+    CHECK_FALSE(outcomes.at("irc/#dev").delivered);
+    CHECK(outcomes.at("irc/#dev").error_code == "unreachable");
+    CHECK(irc->send_count() == 2);
+    for (const auto& send : irc->sends()) CHECK_FALSE(send.to == kDev);
+    const auto outbox = outbox_of(h.store(), "p1");
+    CHECK(outbox.at("irc/#dev").state == OutboxState::failed);
+    CHECK(outbox.at("irc/#dev").error == "unreachable");
+}
+
+TEST_CASE("A best-effort plan where nobody is reachable is rejected", "[delivery]") {
+    Harness h;
+    h.engine->add_connection("irc", std::make_shared<SinkConnector>(), {});
+    h.directory.set_unreachable(kOps);
+    ReportSink sink;
+    h.engine->execute(planned("p1", {kOps}), false, sink.callback());
+    const auto report = sink.wait();
+    REQUIRE(report);
+    CHECK(report->status == DeliveryStatus::rejected);
+    CHECK(report->error_code == "unreachable");
+}
+
+TEST_CASE("An atomic plan with an unreachable member sends nothing, writes nothing and is rejected", "[delivery]") {
+    Harness h;
+    auto irc = std::make_shared<SinkConnector>();
+    h.engine->add_connection("irc", irc, {});
+    h.directory.set_unreachable(kDev);
+    ReportSink sink;
+    auto delivery = planned("p1", {kOps, kDev, kAlice});
+    delivery.plan.mode = DeliveryMode::atomic;
+
+    h.engine->execute(std::move(delivery), false, sink.callback());
+
+    const auto report = sink.wait();
+    REQUIRE(report);
+    CHECK(report->status == DeliveryStatus::rejected);
+    CHECK(report->error_code == "atomic_unreachable");
+    REQUIRE(report->recipients.size() == 3);  // everyone is listed
+    const auto outcomes = outcomes_of(*report);
+    CHECK(outcomes.at("irc/#dev").error_code == "unreachable");
+    CHECK(outcomes.at("irc/#ops").error_code == "atomic_unreachable");
+    CHECK(outcomes.at("irc/@alice").error_code == "atomic_unreachable");
+    for (const auto& outcome : report->recipients) CHECK_FALSE(outcome.delivered);
+    CHECK(irc->send_count() == 0);
+    CHECK(outbox_of(h.store(), "p1").empty());
+}
+
+TEST_CASE("An atomic plan persisted with its inbound message marks its entries failed when a member is unreachable",
+          "[delivery]") {
+    Harness h;
+    auto irc = std::make_shared<SinkConnector>();
+    h.engine->add_connection("irc", irc, {});
+    h.directory.set_unreachable(kDev);
+    std::vector<OutboxEntry> entries;
+    for (const Address& to : {kOps, kDev}) entries.push_back(entry("p1", to, "hello"));
+    REQUIRE(h.store().outbox_add(entries).has_value());
+    ReportSink sink;
+    auto delivery = planned("p1", {kOps, kDev});
+    delivery.plan.mode = DeliveryMode::atomic;
+
+    h.engine->execute(std::move(delivery), true, sink.callback());
+
+    const auto report = sink.wait();
+    REQUIRE(report);
+    CHECK(report->status == DeliveryStatus::rejected);
+    CHECK(irc->send_count() == 0);
+    // A restart must not send them.
+    CHECK(h.store().outbox_pending()->empty());
+    CHECK(outbox_of(h.store(), "p1").at("irc/#ops").error == "atomic_unreachable");
+}
+
+TEST_CASE("A recipient on a connection without a connector ends unknown_connection", "[delivery]") {
+    Harness h;
+    h.engine->add_connection("irc", std::make_shared<SinkConnector>(), {});
+    ReportSink sink;
+    h.engine->execute(planned("p1", {kOps, Address::channel("nowhere", "#x")}), false, sink.callback());
+    const auto report = sink.wait();
+    REQUIRE(report);
+    CHECK(report->status == DeliveryStatus::partial);
+    CHECK(report->error_code == "unknown_connection");
+    CHECK(outcomes_of(*report).at("nowhere/#x").error_code == "unknown_connection");
+}
+
+TEST_CASE("Permanent failures are reported with the connector's code", "[delivery]") {
+    Harness h;
+    auto irc = std::make_shared<FailingConnector>(std::set<std::string>{"irc/#dev"}, "forbidden");
+    h.engine->add_connection("irc", irc, {});
+    ReportSink sink;
+
+    SECTION("partial when others got it") {
+        h.engine->execute(planned("p1", {kOps, kDev}), false, sink.callback());
+        const auto report = sink.wait();
+        REQUIRE(report);
+        CHECK(report->status == DeliveryStatus::partial);
+        CHECK(report->error_code == "forbidden");
+        const auto outcomes = outcomes_of(*report);
+        CHECK(outcomes.at("irc/#ops").delivered);
+        CHECK(outcomes.at("irc/#dev").error_code == "forbidden");
+        const auto outbox = outbox_of(h.store(), "p1");
+        CHECK(outbox.at("irc/#dev").state == OutboxState::failed);
+        CHECK(outbox.at("irc/#dev").error == "forbidden");
+        CHECK(outbox.at("irc/#dev").attempts == 1);  // a permanent failure is not retried
+    }
+    SECTION("rejected when nobody did") {
+        irc->set_failing({"irc/#ops", "irc/#dev"}, "blocked");
+        h.engine->execute(planned("p1", {kOps, kDev}), false, sink.callback());
+        const auto report = sink.wait();
+        REQUIRE(report);
+        CHECK(report->status == DeliveryStatus::rejected);
+        CHECK(report->error_code == "blocked");
+        CHECK(irc->send_count() == 2);
+    }
+}
+
+TEST_CASE("A retryable failure is retried after the connector's retry_after and then delivered", "[delivery]") {
+    routing::EngineOptions options;
+    options.initial_backoff = 5ms;
+    Harness h(options);
+    auto irc = std::make_shared<FlakyConnector>(2, 60);
+    h.engine->add_connection("irc", irc, {});
+    ReportSink sink;
+
+    h.engine->execute(planned("p1", {kOps}), false, sink.callback());
+
+    const auto report = sink.wait();
+    REQUIRE(report);
+    CHECK(report->status == DeliveryStatus::delivered);
+    CHECK(report->recipients.at(0).message_id == "late-#ops");
+    const auto sends = irc->sends();
+    REQUIRE(sends.size() == 3);
+    for (std::size_t i = 1; i < sends.size(); ++i) {
+        CHECK(sends[i].at - sends[i - 1].at >= 60ms);  // the platform's retry_after beats the 5 ms backoff
+        CHECK(sends[i].idempotency_key == sends[0].idempotency_key);
+    }
+    const auto entry = outbox_of(h.store(), "p1").at("irc/#ops");
+    CHECK(entry.state == OutboxState::sent);
+    CHECK(entry.attempts == 3);
+}
+
+TEST_CASE("Without a retry_after, retries back off exponentially from the initial backoff", "[delivery]") {
+    routing::EngineOptions options;
+    options.initial_backoff = 20ms;
+    Harness h(options);
+    auto irc = std::make_shared<FlakyConnector>(3, 0);
+    h.engine->add_connection("irc", irc, {});
+    ReportSink sink;
+
+    h.engine->execute(planned("p1", {kOps}), false, sink.callback());
+
+    const auto report = sink.wait();
+    REQUIRE(report);
+    CHECK(report->status == DeliveryStatus::delivered);
+    const auto sends = irc->sends();
+    REQUIRE(sends.size() == 4);
+    CHECK(sends[1].at - sends[0].at >= 20ms);
+    CHECK(sends[2].at - sends[1].at >= 40ms);
+    CHECK(sends[3].at - sends[2].at >= 80ms);
+}
+
+TEST_CASE("A recipient still failing after max_attempts ends retryable with its code and the largest retry-after",
+          "[delivery]") {
+    routing::EngineOptions options;
+    options.max_attempts = 3;
+    options.initial_backoff = 1ms;
+    Harness h(options);
+    auto irc = std::make_shared<FlakyConnector>(100, 30);
+    h.engine->add_connection("irc", irc, {});
+    h.engine->add_connection("discord", std::make_shared<SinkConnector>(), {});
+    ReportSink sink;
+
+    h.engine->execute(planned("p1", {kOps, kDiscord}), false, sink.callback());
+
+    const auto report = sink.wait();
+    REQUIRE(report);
+    CHECK(report->status == DeliveryStatus::retryable);
+    CHECK(report->error_code == "rate_limited");
+    CHECK(report->retry_after_ms >= 30);
+    const auto outcomes = outcomes_of(*report);
+    CHECK(outcomes.at("discord/123").delivered);
+    CHECK(outcomes.at("irc/#ops").error_code == "rate_limited");
+    CHECK(irc->send_count() == 3);
+    // Still pending, so a retry of the envelope or a restart finishes it.
+    const auto entry = outbox_of(h.store(), "p1").at("irc/#ops");
+    CHECK(entry.state == OutboxState::pending);
+    CHECK(entry.error == "rate_limited");
+    CHECK(entry.attempts == 3);
+}
+
+TEST_CASE("A retry that would land after the deadline is not attempted: the report comes at once", "[delivery]") {
+    Harness h;
+    auto irc = std::make_shared<FlakyConnector>(1, 60'000);
+    h.engine->add_connection("irc", irc, {});
+    ReportSink sink;
+    auto delivery = planned("p1", {kOps});
+    delivery.deadline_ms = now_ms() + 5'000;
+
+    h.engine->execute(std::move(delivery), false, sink.callback());
+
+    const auto report = sink.wait(2s);  // well before the deadline
+    REQUIRE(report);
+    CHECK(report->status == DeliveryStatus::retryable);
+    CHECK(report->error_code == "rate_limited");
+    CHECK(report->retry_after_ms == 60'000);
+    CHECK(irc->send_count() == 1);
+}
+
+TEST_CASE("The deadline report arrives on time when the connector never answers, and only once", "[delivery]") {
+    Harness h;
+    auto irc = std::make_shared<SilentConnector>();
+    h.engine->add_connection("irc", irc, {});
+    ReportSink sink;
+    auto delivery = planned("p1", {kOps, kDev});
+    delivery.deadline_ms = now_ms() + 300;
+    const std::int64_t deadline = delivery.deadline_ms;
+
+    h.engine->execute(std::move(delivery), false, sink.callback());
+
+    const auto report = sink.wait(5s);
+    REQUIRE(report);
+    CHECK(sink.arrived_ms() >= deadline - 5);
+    CHECK(sink.arrived_ms() <= deadline + 1'000);
+    CHECK(report->status == DeliveryStatus::retryable);
+    CHECK(report->error_code == "deadline_exceeded");
+    CHECK(report->retry_after_ms > 0);
+    for (const auto& outcome : report->recipients) {
+        CHECK_FALSE(outcome.delivered);
+        CHECK(outcome.error_code == "deadline_exceeded");
+    }
+    CHECK_FALSE(h.engine->wait_idle(20ms));  // two sends are still out
+
+    // They complete late: recorded in the outbox, and the report stands.
+    irc->release_held();
+    CHECK(h.engine->wait_idle(5s));
+    CHECK(sink.calls() == 1);
+    const auto outbox = outbox_of(h.store(), "p1");
+    CHECK(outbox.at("irc/#ops").state == OutboxState::sent);
+    CHECK(outbox.at("irc/#dev").state == OutboxState::sent);
+}
+
+TEST_CASE("Queued sends are cancelled at the deadline and never sent", "[delivery]") {
+    Harness h;
+    auto irc = std::make_shared<SilentConnector>();
+    routing::ConnectionLimits limits;
+    limits.concurrency = 1;
+    h.engine->add_connection("irc", irc, limits);
+    ReportSink sink;
+    auto delivery = planned("p1", channels("irc", 5));
+    delivery.deadline_ms = now_ms() + 200;
+
+    h.engine->execute(std::move(delivery), false, sink.callback());
+
+    const auto report = sink.wait(5s);
+    REQUIRE(report);
+    CHECK(report->status == DeliveryStatus::retryable);
+    CHECK(irc->send_count() == 1);
+    irc->release_held();  // frees the lane: the cancelled ones must not go out now
+    CHECK(h.engine->wait_idle(5s));
+    CHECK(irc->send_count() == 1);
+    CHECK(sink.calls() == 1);
+    const auto outbox = outbox_of(h.store(), "p1");
+    CHECK(std::count_if(outbox.begin(), outbox.end(),
+                        [](const auto& e) { return e.second.state == OutboxState::pending; }) == 4);
+}
+
+TEST_CASE("A plan whose deadline has passed is reported retryable without sending", "[delivery]") {
+    Harness h;
+    auto irc = std::make_shared<SinkConnector>();
+    h.engine->add_connection("irc", irc, {});
+    ReportSink sink;
+    auto delivery = planned("p1", {kOps});
+    delivery.deadline_ms = now_ms() - 1;
+    h.engine->execute(std::move(delivery), false, sink.callback());
+    const auto report = sink.wait(1s);
+    REQUIRE(report);
+    CHECK(report->status == DeliveryStatus::retryable);
+    CHECK(report->error_code == "deadline_exceeded");
+    CHECK(irc->send_count() == 0);
+}
+
+TEST_CASE("A connection never has more sends in flight than its concurrency limit", "[delivery]") {
+    Harness h;
+    auto irc = std::make_shared<AsyncConnector>(h.io, 2ms);
+    routing::ConnectionLimits limits;
+    limits.concurrency = 3;
+    h.engine->add_connection("irc", irc, limits);
+    ReportSink sink;
+    auto delivery = planned("p1", channels("irc", 60));
+    delivery.plan.batch_size = 60;
+
+    h.engine->execute(std::move(delivery), false, sink.callback());
+
+    const auto report = sink.wait();
+    REQUIRE(report);
+    CHECK(report->status == DeliveryStatus::delivered);
+    CHECK(irc->send_count() == 60);
+    CHECK(irc->max_in_flight() <= 3);
+    CHECK(irc->max_in_flight() == 3);  // and the limit is used
+}
+
+TEST_CASE("A plan has at most one batch in flight: the next starts when the previous completed", "[delivery]") {
+    Harness h;
+    auto irc = std::make_shared<AsyncConnector>(h.io, 1ms);
+    routing::ConnectionLimits limits;
+    limits.concurrency = 100;
+    h.engine->add_connection("irc", irc, limits);
+    ReportSink sink;
+    auto delivery = planned("p1", channels("irc", 50));
+    delivery.plan.batch_size = 10;
+
+    h.engine->execute(std::move(delivery), false, sink.callback());
+
+    const auto report = sink.wait();
+    REQUIRE(report);
+    CHECK(report->status == DeliveryStatus::delivered);
+    CHECK(irc->max_in_flight() <= 10);
+    const auto sends = irc->sends();
+    const auto completions = irc->completions();
+    REQUIRE(sends.size() == 50);
+    for (std::size_t batch = 1; batch < 5; ++batch) {
+        std::uint64_t previous_done = 0;
+        for (std::size_t i = (batch - 1) * 10; i < batch * 10; ++i) {
+            previous_done = std::max(previous_done, completions.at(sends[i].idempotency_key));
+        }
+        for (std::size_t i = batch * 10; i < (batch + 1) * 10; ++i) {
+            INFO("batch " << batch << " send " << i);
+            CHECK(sends[i].sequence > previous_done);
+        }
+    }
+}
+
+TEST_CASE("The token bucket holds a burst to its size and the rest of the sends to its rate", "[delivery]") {
+    Harness h;
+    auto irc = std::make_shared<SinkConnector>();
+    routing::ConnectionLimits limits;
+    limits.rate_per_second = 100;
+    limits.burst = 10;
+    h.engine->add_connection("irc", irc, limits);
+    ReportSink sink;
+    auto delivery = planned("p1", channels("irc", 60));
+    delivery.plan.batch_size = 60;
+
+    h.engine->execute(std::move(delivery), false, sink.callback());
+
+    const auto report = sink.wait();
+    REQUIRE(report);
+    CHECK(report->status == DeliveryStatus::delivered);
+    const auto sends = irc->sends();
+    REQUIRE(sends.size() == 60);
+    // Token bucket law, on the connector's own clock: sends i..j fit in burst + rate * (t_j - t_i).
+    for (std::size_t i = 0; i < sends.size(); ++i) {
+        for (std::size_t j = i + 1; j < sends.size(); ++j) {
+            const double seconds = std::chrono::duration<double>(sends[j].at - sends[i].at).count();
+            const double allowed = 10.0 + 100.0 * seconds + 0.5;
+            INFO("sends " << i << ".." << j << " in " << seconds << " s");
+            REQUIRE(static_cast<double>(j - i + 1) <= allowed);
+        }
+    }
+    // The burst goes at once; the other 50 need 0.5 s at 100/s.
+    CHECK(sends[9].at - sends[0].at < 100ms);
+    CHECK(sends[59].at - sends[0].at >= 490ms);
+}
+
+TEST_CASE("Compensation deletes what an atomic plan sent when a later recipient fails for good", "[delivery]") {
+    Harness h;
+    auto irc = std::make_shared<DeletingConnector>(std::set<std::string>{"irc/#c2"});
+    h.engine->add_connection("irc", irc, {});
+    ReportSink sink;
+    auto delivery = planned("p1", channels("irc", 4));
+    delivery.plan.mode = DeliveryMode::atomic;
+    delivery.plan.on_failure = OnFailure::compensate;
+    delivery.plan.batch_size = 1;  // one at a time: #c0 and #c1 are sent before #c2 fails
+
+    h.engine->execute(std::move(delivery), false, sink.callback());
+
+    const auto report = sink.wait();
+    REQUIRE(report);
+    CHECK(report->status == DeliveryStatus::rejected);
+    CHECK(report->error_code == "compensated");
+    const auto outcomes = outcomes_of(*report);
+    CHECK(outcomes.at("irc/#c0").error_code == "compensated");
+    CHECK(outcomes.at("irc/#c1").error_code == "compensated");
+    CHECK(outcomes.at("irc/#c2").error_code == "forbidden");
+    CHECK(outcomes.at("irc/#c3").error_code == "aborted");
+    for (const auto& outcome : report->recipients) CHECK_FALSE(outcome.delivered);
+    CHECK(irc->send_count() == 3);  // #c3 never went out
+    const auto removed = irc->removed();
+    CHECK(std::set<std::string>(removed.begin(), removed.end()) ==
+          std::set<std::string>{"irc/#c0#del-1", "irc/#c1#del-2"});
+    const auto outbox = outbox_of(h.store(), "p1");
+    CHECK(outbox.at("irc/#c0").state == OutboxState::withdrawn);
+    CHECK(outbox.at("irc/#c1").state == OutboxState::withdrawn);
+    CHECK(outbox.at("irc/#c2").state == OutboxState::failed);
+    CHECK(outbox.at("irc/#c3").state == OutboxState::failed);
+    CHECK(h.store().outbox_pending()->empty());
+}
+
+TEST_CASE("An atomic plan that fails after sending started is partial when what was sent stays", "[delivery]") {
+    Harness h;
+    ReportSink sink;
+    auto delivery = planned("p1", channels("irc", 3));
+    delivery.plan.mode = DeliveryMode::atomic;
+    delivery.plan.batch_size = 1;
+    std::shared_ptr<FakeConnector> irc;
+
+    SECTION("on_failure keep") {
+        irc = std::make_shared<DeletingConnector>(std::set<std::string>{"irc/#c1"});
+        delivery.plan.on_failure = OnFailure::keep;
+    }
+    SECTION("on_failure compensate on a connector that cannot delete") {
+        irc = std::make_shared<FailingConnector>(std::set<std::string>{"irc/#c1"});
+        delivery.plan.on_failure = OnFailure::compensate;
+    }
+    h.engine->add_connection("irc", irc, {});
+    h.engine->execute(std::move(delivery), false, sink.callback());
+
+    const auto report = sink.wait();
+    REQUIRE(report);
+    CHECK(report->status == DeliveryStatus::partial);
+    CHECK(report->error_code == "forbidden");
+    const auto outcomes = outcomes_of(*report);
+    CHECK(outcomes.at("irc/#c0").delivered);
+    CHECK(outcomes.at("irc/#c2").error_code == "aborted");
+    CHECK(irc->removed().empty());
+    CHECK(outbox_of(h.store(), "p1").at("irc/#c0").state == OutboxState::sent);
+}
+
+TEST_CASE("A retried envelope with the same plan id does not resend recipients already sent", "[delivery]") {
+    Harness h;
+    auto irc = std::make_shared<FailingConnector>(std::set<std::string>{"irc/#dev"});
+    h.engine->add_connection("irc", irc, {});
+
+    ReportSink first;
+    h.engine->execute(planned("p1", {kOps, kDev, kAlice}), false, first.callback());
+    REQUIRE(first.wait());
+    CHECK(first.wait()->status == DeliveryStatus::partial);
+    const std::string ops_id = outcomes_of(*first.wait()).at("irc/#ops").message_id;
+    CHECK(irc->send_count() == 3);
+
+    irc->set_failing({});
+    ReportSink second;
+    h.engine->execute(planned("p1", {kOps, kDev, kAlice}), false, second.callback());
+    const auto report = second.wait();
+    REQUIRE(report);
+    CHECK(report->status == DeliveryStatus::delivered);
+    const auto sends = irc->sends();
+    REQUIRE(sends.size() == 4);
+    CHECK(sends[3].to == kDev);  // only the one that had not got it
+    CHECK(outcomes_of(*report).at("irc/#ops").message_id == ops_id);
+    CHECK(outbox_of(h.store(), "p1").at("irc/#dev").state == OutboxState::sent);
+}
+
+TEST_CASE("A plan interrupted mid-fan-out is finished after a restart without sending anyone twice", "[delivery]") {
+    Harness h;
+    auto irc = std::make_shared<SilentConnector>();
+    routing::ConnectionLimits limits;
+    limits.concurrency = 2;
+    h.engine->add_connection("irc", irc, limits);
+    ReportSink sink;
+    auto delivery = planned("p1", channels("irc", 6));
+    delivery.plan.mode = DeliveryMode::atomic;
+    delivery.plan.batch_size = 6;
+    h.engine->execute(std::move(delivery), false, sink.callback());
+
+    // Two sends are confirmed, two more are in flight when the process "dies" in the middle of the batch: what was
+    // confirmed is already in the outbox (group commit, not at the end of the batch).
+    REQUIRE(wait_until([&] { return irc->held_count() == 2; }));
+    irc->release_held();
+    REQUIRE(wait_until([&] { return irc->held_count() == 2; }));
+    auto at_crash = h.store().outbox_plan("p1");
+    REQUIRE(at_crash.has_value());
+    REQUIRE(at_crash->size() == 6);
+    std::set<std::string> sent_before;
+    for (const auto& entry : *at_crash) {
+        if (entry.state == OutboxState::sent) sent_before.insert("p1|" + entry.recipient.to_string());
+    }
+    CHECK(sent_before == std::set<std::string>{"p1|irc/#c0", "p1|irc/#c1"});
+
+    // The next start: the same outbox, a new engine.
+    stores::MemoryStore restarted_store;
+    REQUIRE(restarted_store.outbox_add(*at_crash).has_value());
+    routing::DeliveryEngine restarted(
+        restarted_store, h.directory, h.io, [](std::function<void()> work) { work(); }, h.logger);
+    auto sink_connector = std::make_shared<SinkConnector>();
+    restarted.add_connection("irc", sink_connector, {});
+    restarted.resume(*restarted_store.outbox_pending());
+
+    REQUIRE(restarted.wait_idle(5s));
+    std::set<std::string> sent_after;
+    for (const auto& send : sink_connector->sends()) sent_after.insert(send.idempotency_key);
+    CHECK(sink_connector->send_count() == 4);
+    CHECK(sent_after == std::set<std::string>{"p1|irc/#c2", "p1|irc/#c3", "p1|irc/#c4", "p1|irc/#c5"});
+    CHECK(restarted_store.outbox_pending()->empty());
+}
+
+TEST_CASE("An atomic plan whose first recipient fails for good is rejected with that failure's code", "[delivery]") {
+    Harness h;
+    auto irc = std::make_shared<DeletingConnector>(std::set<std::string>{"irc/#c0"});
+    h.engine->add_connection("irc", irc, {});
+    ReportSink sink;
+    auto delivery = planned("p1", channels("irc", 3));
+    delivery.plan.mode = DeliveryMode::atomic;
+    delivery.plan.on_failure = OnFailure::compensate;
+    delivery.plan.batch_size = 1;
+
+    h.engine->execute(std::move(delivery), false, sink.callback());
+
+    const auto report = sink.wait();
+    REQUIRE(report);
+    CHECK(report->status == DeliveryStatus::rejected);
+    CHECK(report->error_code == "forbidden");
+    CHECK(irc->send_count() == 1);
+    CHECK(irc->removed().empty());
+}
+
+TEST_CASE("resume() sends each pending entry once and logs one line per plan", "[delivery]") {
+    Harness h;
+    auto irc = std::make_shared<SinkConnector>();
+    h.engine->add_connection("irc", irc, {});
+    std::vector<OutboxEntry> entries{
+        entry("plan-a", kOps, "one"),
+        entry("plan-a", kDev, "one", OutboxState::sent, "old-id"),
+        entry("plan-b", kAlice, "two", OutboxState::pending, {}, std::string("m-7")),
+        entry("plan-a", Address::channel("irc", "#third"), "one"),
+    };
+    REQUIRE(h.store().outbox_add(entries).has_value());
+    auto pending = h.store().outbox_pending();
+    REQUIRE(pending.has_value());
+    REQUIRE(pending->size() == 3);
+
+    h.engine->resume(std::move(*pending));
+
+    REQUIRE(h.engine->wait_idle(5s));
+    const auto sends = irc->sends();
+    REQUIRE(sends.size() == 3);
+    std::set<std::string> keys;
+    for (const auto& send : sends) keys.insert(send.idempotency_key);
+    CHECK(keys == std::set<std::string>{"plan-a|irc/#ops", "plan-a|irc/#third", "plan-b|irc/@alice"});
+    CHECK(h.store().outbox_pending()->empty());
+    CHECK(outbox_of(h.store(), "plan-a").at("irc/#dev").sent_message_id == "old-id");
+    CHECK(h.logger.count_containing("'plan-a'") == 1);
+    CHECK(h.logger.count_containing("'plan-b'") == 1);
+    CHECK(h.logger.count_containing("delivered (2 of 2 delivered)") == 1);
+}
+
+TEST_CASE("An inline connector serving 100,000 recipients completes without deep recursion", "[delivery]") {
+    Harness h;
+    auto irc = std::make_shared<SinkConnector>();
+    h.engine->add_connection("irc", irc, {});
+    ReportSink sink;
+    auto delivery = planned("big", channels("irc", 100'000));
+    char marker = 0;
+    const auto top = reinterpret_cast<std::uintptr_t>(&marker);
+
+    const auto started = SteadyClock::now();
+    h.engine->execute(std::move(delivery), false, sink.callback());
+    const auto took = SteadyClock::now() - started;
+
+    const auto report = sink.wait(30s);
+    REQUIRE(report);
+    CHECK(report->status == DeliveryStatus::delivered);
+    CHECK(report->recipients.size() == 100'000);
+    CHECK(irc->send_count() == 100'000);
+    // The deepest send() ran a few frames below the test, not 100,000 (or 1,000 batches) deep.
+    CHECK(top - irc->lowest_stack() < 64 * 1024);
+    WARN("100,000-recipient inline fan-out (outbox add, sends, flushes, report): "
+         << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms");
+}
+
+TEST_CASE(
+    "Async connectors and a store executor pool deliver a large fan-out exactly once, never storing on an "
+    "I/O thread",
+    "[delivery]") {
+    boost::asio::thread_pool workers(2);
+    ThreadNotingStore store;
+    Harness h(
+        {}, [&workers](std::function<void()> work) { boost::asio::post(workers, std::move(work)); }, &store);
+    auto irc = std::make_shared<AsyncConnector>(h.io, 50us);
+    auto discord = std::make_shared<AsyncConnector>(h.io, 50us);
+    routing::ConnectionLimits limits;
+    limits.concurrency = 8;
+    h.engine->add_connection("irc", irc, limits);
+    h.engine->add_connection("discord", discord, limits);
+    std::vector<Address> to;
+    for (int i = 0; i < 1000; ++i) {
+        to.push_back(Address::channel(i % 2 == 0 ? "irc" : "discord", "#c" + std::to_string(i)));
+    }
+    ReportSink sink;
+
+    h.engine->execute(planned("p1", to), false, sink.callback());
+
+    const auto report = sink.wait(30s);
+    REQUIRE(report);
+    CHECK(report->status == DeliveryStatus::delivered);
+    std::set<std::string> keys;
+    for (const auto& send : irc->sends()) keys.insert(send.idempotency_key);
+    for (const auto& send : discord->sends()) keys.insert(send.idempotency_key);
+    CHECK(keys.size() == 1000);
+    CHECK(irc->send_count() + discord->send_count() == 1000);
+    CHECK(h.engine->wait_idle(5s));
+    const auto outbox = outbox_of(store, "p1");
+    CHECK(std::all_of(outbox.begin(), outbox.end(), [](const auto& e) { return e.second.state == OutboxState::sent; }));
+    for (const auto& id : store.threads()) {
+        CHECK(std::find(h.io_thread_ids.begin(), h.io_thread_ids.end(), id) == h.io_thread_ids.end());
+    }
+    h.engine.reset();
+    workers.join();
+}
+
+TEST_CASE("A store that cannot write the outbox makes the plan retryable and nothing is sent", "[delivery]") {
+    ThreadNotingStore store;
+    store.fail_outbox_add = true;
+    Harness h({}, {}, &store);
+    auto irc = std::make_shared<SinkConnector>();
+    h.engine->add_connection("irc", irc, {});
+    ReportSink sink;
+    h.engine->execute(planned("p1", {kOps, kDev}), false, sink.callback());
+    const auto report = sink.wait();
+    REQUIRE(report);
+    CHECK(report->status == DeliveryStatus::retryable);
+    CHECK(report->error_code == "store_busy");
+    CHECK(report->retry_after_ms > 0);
+    CHECK(irc->send_count() == 0);
+    CHECK(h.logger.count_containing("store_busy") == 1);
+}
+
+TEST_CASE("clear_connections ends queued sends retryable and leaves their entries pending", "[delivery]") {
+    Harness h;
+    auto irc = std::make_shared<SilentConnector>();
+    routing::ConnectionLimits limits;
+    limits.concurrency = 1;
+    h.engine->add_connection("irc", irc, limits);
+    ReportSink sink;
+
+    h.engine->execute(planned("p1", channels("irc", 3)), false, sink.callback());
+    REQUIRE(wait_until([&] { return irc->send_count() == 1; }));
+    h.engine->clear_connections();
+    irc->release_held();  // the one in flight completes
+
+    const auto report = sink.wait();
+    REQUIRE(report);
+    CHECK(report->status == DeliveryStatus::retryable);
+    CHECK(report->error_code == "shutting_down");
+    const auto outcomes = outcomes_of(*report);
+    CHECK(outcomes.at("irc/#c0").delivered);
+    CHECK(outcomes.at("irc/#c1").error_code == "shutting_down");
+    CHECK(irc->send_count() == 1);
+    CHECK(h.store().outbox_pending()->size() == 2);
+}
+
+TEST_CASE("wait_idle reports whether every plan finished", "[delivery]") {
+    Harness h;
+    auto irc = std::make_shared<SilentConnector>();
+    h.engine->add_connection("irc", irc, {});
+    CHECK(h.engine->wait_idle(0ms));
+    ReportSink sink;
+    h.engine->execute(planned("p1", {kOps}), false, sink.callback());
+    CHECK_FALSE(h.engine->wait_idle(30ms));
+    irc->release_held();
+    CHECK(h.engine->wait_idle(5s));
+    REQUIRE(sink.wait(0ms));
+    CHECK(sink.wait(0ms)->status == DeliveryStatus::delivered);
+}
