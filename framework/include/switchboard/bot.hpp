@@ -4,6 +4,7 @@
 
 #include <switchboard/message.hpp>
 #include <switchboard/plugin.hpp>
+#include <switchboard/routing.hpp>
 
 #include <optional>
 #include <string>
@@ -50,6 +51,13 @@ public:
     virtual void reply(std::string text) = 0;
     /// @brief Sends @p text to @p to. Sent once the message is marked processed, and only then.
     virtual void send(const Address& to, std::string text) = 0;
+    /// @brief Routes @p envelope — to a person (private), a group or channel (group), or every channel in scope
+    /// (broadcast) — through the strategy of its kind. It is planned now; the plan's recipients enter the outbox
+    /// together with this message's "processed" mark and are sent after it. @p done (optional) receives the
+    /// DeliveryReport, on any thread, after on_message has returned; a plan that fails at once (unknown group or
+    /// person) reports at once. An empty idempotency key is derived from the message, so handling the same
+    /// message again never sends twice.
+    virtual void route(Envelope envelope, ReportCallback done = {}) = 0;
     /// @brief This bot's key-value space.
     [[nodiscard]] virtual KeyValueSpace& state() = 0;
     /// @brief Every loaded bot, in config order.

@@ -105,6 +105,9 @@ public:
     virtual void deliver(Message message) = 0;
     /// @brief Reports a state change.
     virtual void report(const ConnectionEvent& event) = 0;
+    /// @brief Reports who is present in @p channel now (platform user ids), for connectors that know. The
+    /// directory then treats a person on this connection as reachable only while present in some channel.
+    virtual void report_members(const std::string& channel, std::vector<std::string> user_ids) = 0;
 };
 
 /// @brief The interface every connector plugin implements.

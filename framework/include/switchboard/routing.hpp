@@ -7,6 +7,8 @@
 #include <switchboard/result.hpp>
 
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -40,6 +42,9 @@ struct Envelope {
     std::int64_t deadline_ms = 0;
     /// @brief The platform id of the message it answers, if any.
     std::optional<std::string> reply_to;
+    /// @brief Where the message being routed came from (a relayed message's channel), if anywhere. Group and
+    /// broadcast strategies leave it out of the recipients, so nobody gets their own message back.
+    std::optional<Address> origin;
 };
 
 /// @brief A channel of the directory.
@@ -52,20 +57,22 @@ struct DirectoryChannel {
     std::vector<std::string> tags;
 };
 
-/// @brief A member of a group, resolved.
-struct DirectoryMember {
-    /// @brief Logical name (channel or user) from the config, or the platform id for a reported member.
+/// @brief A recipient: a group member, or one recipient of a plan.
+struct Recipient {
+    /// @brief Logical name (channel or user) from the config, or the address text for one without a name.
     std::string name;
     /// @brief Where it is.
     Address address;
+    /// @brief Recipients compare by both fields.
+    friend bool operator==(const Recipient&, const Recipient&) = default;
 };
 
 /// @brief A group of the directory, resolved.
 struct DirectoryGroup {
     /// @brief Logical name.
     std::string name;
-    /// @brief Its members.
-    std::vector<DirectoryMember> members;
+    /// @brief Its members, in config order.
+    std::vector<Recipient> members;
     /// @brief Configured delivery mode.
     DeliveryMode delivery = DeliveryMode::best_effort;
     /// @brief Configured failure handling for atomic delivery.
@@ -80,26 +87,20 @@ public:
     [[nodiscard]] virtual std::optional<DirectoryChannel> channel(const std::string& name) const = 0;
     /// @brief The address of the user named @p name.
     [[nodiscard]] virtual std::optional<Address> user(const std::string& name) const = 0;
-    /// @brief The group named @p name with its current members.
-    [[nodiscard]] virtual std::optional<DirectoryGroup> group(const std::string& name) const = 0;
+    /// @brief The group named @p name with its current members (a cached, immutable snapshot: cheap to call), or
+    /// null if there is no such group.
+    [[nodiscard]] virtual std::shared_ptr<const DirectoryGroup> group(const std::string& name) const = 0;
     /// @brief Every channel, in config order.
     [[nodiscard]] virtual std::vector<DirectoryChannel> channels() const = 0;
-    /// @brief True if @p address can be sent to now (its connection is up and supports the address).
+    /// @brief True if @p address can be sent to now: its connection is up, supports the kind of address, and — for
+    /// a person on a connection that reports membership — the person is present.
     [[nodiscard]] virtual bool reachable(const Address& address) const = 0;
-};
-
-/// @brief One recipient of a plan.
-struct PlannedRecipient {
-    /// @brief Logical name.
-    std::string name;
-    /// @brief Where it goes.
-    Address address;
 };
 
 /// @brief What a strategy decides: who gets the message and how.
 struct DeliveryPlan {
-    /// @brief Every recipient.
-    std::vector<PlannedRecipient> recipients;
+    /// @brief Every recipient, each once.
+    std::vector<Recipient> recipients;
     /// @brief All-or-nothing or best effort.
     DeliveryMode mode = DeliveryMode::best_effort;
     /// @brief What atomic delivery does on a late failure.
@@ -146,6 +147,11 @@ struct RecipientOutcome {
 };
 
 /// @brief The explicit end of every send: never a silent timeout.
+///
+/// Stable error codes: `unreachable` (a recipient's connection is down or the person is absent), `group_dissolved`,
+/// `recipient_not_found`, `atomic_unreachable` (atomic group not sent because a member is unreachable),
+/// `deadline_exceeded`, `rate_limited`, `send_failed`, `compensated` (atomic plan undone), `unknown_connection`,
+/// `no_strategy`, and a connector's own codes for platform failures.
 struct DeliveryReport {
     /// @brief Overall status.
     DeliveryStatus status = DeliveryStatus::delivered;
@@ -158,6 +164,9 @@ struct DeliveryReport {
     /// @brief A sentence for people.
     std::string detail;
 };
+
+/// @brief Receives the report of one delivery. Called exactly once, on any thread.
+using ReportCallback = std::function<void(DeliveryReport)>;
 
 /// @brief The interface every routing strategy plugin implements. A strategy plans; it never speaks a protocol.
 class Strategy : public PluginObject {

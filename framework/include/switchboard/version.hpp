@@ -10,7 +10,7 @@
 #define SWITCHBOARD_VERSION_STRING "0.1.0"
 
 /// @brief Plugin ABI version. Bumped on purpose whenever an SDK type or interface changes layout or meaning.
-#define SWITCHBOARD_ABI_VERSION 1
+#define SWITCHBOARD_ABI_VERSION 2
 
 #define SWITCHBOARD_DETAIL_STR2(x) #x
 #define SWITCHBOARD_DETAIL_STR(x) SWITCHBOARD_DETAIL_STR2(x)

@@ -7,9 +7,12 @@
 #include "host/host.hpp"
 #include "host/logging.hpp"
 #include "plugin/registry.hpp"
+#include "routing/directory.hpp"
+#include "routing/router.hpp"
 
 #include <switchboard/version.hpp>
 
+#include <boost/asio/io_context.hpp>
 #include <boost/program_options.hpp>
 #include <yaml-cpp/yaml.h>
 
@@ -38,6 +41,9 @@ constexpr const char* kUsage =
     "Commands:\n"
     "  run      [-c FILE]    run the bots (no file: the embedded default — console, sqlite under data/, echo)\n"
     "  check    -c FILE      validate a config; prints every error as FILE:LINE:COL\n"
+    "  route    -c FILE --from CHANNEL [--kind private|group|broadcast --to NAME]\n"
+    "                        dry run: print the plan a message from CHANNEL gets (its routes, or the given\n"
+    "                        envelope): every recipient, batch and mode; sends nothing\n"
     "  plugins  [--describe NAME]\n"
     "                        list every plugin found, or document one plugin's configuration\n"
     "\n"
@@ -218,6 +224,99 @@ int command_check(const std::vector<std::string>& args) {
     return kExitOk;
 }
 
+void print_plan(const std::string& heading, const std::variant<routing::PlannedDelivery, DeliveryReport>& planned,
+                bool& failed) {
+    std::cout << heading << "\n";
+    if (const auto* report = std::get_if<DeliveryReport>(&planned)) {
+        std::cout << "  " << to_string(report->status) << " (" << report->error_code << "): " << report->detail
+                  << "\n";
+        failed = true;
+        return;
+    }
+    const DeliveryPlan& plan = std::get<routing::PlannedDelivery>(planned).plan;
+    const std::size_t batch = plan.batch_size == 0 ? routing::EngineOptions{}.default_batch_size : plan.batch_size;
+    std::cout << "  " << plan.recipients.size() << (plan.recipients.size() == 1 ? " recipient" : " recipients")
+              << ", mode " << (plan.mode == DeliveryMode::atomic ? "atomic" : "best_effort") << ", on_failure "
+              << (plan.on_failure == OnFailure::compensate ? "compensate" : "keep") << ", batch size " << batch
+              << "\n";
+    for (std::size_t i = 0; i < plan.recipients.size(); ++i) {
+        if (i % batch == 0) std::cout << "  batch " << (i / batch + 1) << ":\n";
+        std::cout << "    " << std::left << std::setw(24) << plan.recipients[i].name
+                  << plan.recipients[i].address.to_string() << "\n";
+    }
+}
+
+int command_route(const std::vector<std::string>& args) {
+    po::options_description options("switchboard route -c FILE --from CHANNEL [--kind KIND --to NAME] [OPTIONS]");
+    options.add(common_options());
+    options.add_options()("config,c", po::value<std::string>()->required(), "config file")(
+        "from", po::value<std::string>()->required(), "the channel (logical name) the message comes from")(
+        "kind", po::value<std::string>(), "private, group or broadcast: plan this envelope instead of the routes")(
+        "to", po::value<std::string>(), "the envelope's target: a user, a group or channel, or a broadcast scope");
+    po::variables_map vm;
+    if (parse(args, options, vm)) return kExitOk;
+    auto source = read_source(vm);
+    if (!source) return kExitUsage;
+    Plugins plugins;
+    int status = kExitOk;
+    auto config = load(*source, plugin_dirs(vm), plugins, status);
+    if (!config) return status;
+
+    const std::string from = vm["from"].as<std::string>();
+    routing::ConfigDirectory directory(*config);
+    const auto origin = directory.channel(from);
+    if (!origin) {
+        std::cerr << "switchboard route: error: no channel named '" << from << "' in " << source->name << "\n";
+        return kExitUsage;
+    }
+    // A dry run connects nothing: every connection counts as up, so the plan shows everyone it would reach.
+    for (const auto& connection : config->connections) directory.set_connection(connection.name, true, {});
+
+    host::SpdLogger logger("route", host::LogFormat::text, LogLevel::warn);
+    boost::asio::io_context io;
+    auto strategies = routing::create_strategies(*config, plugins.registry, [&](const std::string& instance) {
+        return PluginContext(instance, logger, io);
+    });
+    if (!strategies) {
+        std::cerr << "switchboard route: error: " << strategies.error().message << "\n";
+        return 1;
+    }
+    routing::Router router(*config, directory, std::move(*strategies), nullptr);
+
+    std::vector<routing::RoutedEnvelope> envelopes;
+    if (vm.count("kind")) {
+        const auto kind = parse_message_kind(vm["kind"].as<std::string>());
+        if (!kind) {
+            std::cerr << "switchboard route: error: --kind must be private, group or broadcast\n";
+            return kExitUsage;
+        }
+        if (*kind != MessageKind::broadcast && !vm.count("to")) {
+            std::cerr << "switchboard route: error: --kind " << to_string(*kind) << " needs --to NAME\n";
+            return kExitUsage;
+        }
+        Envelope envelope;
+        envelope.kind = *kind;
+        envelope.target = vm.count("to") ? vm["to"].as<std::string>() : std::string();
+        envelope.origin = origin->address;
+        envelopes.push_back({envelope, {}});
+    } else {
+        envelopes = router.routes_from(from, "(dry run)", origin->address);
+        if (envelopes.empty()) {
+            std::cout << "no route starts at channel '" << from << "'\n";
+            return kExitOk;
+        }
+    }
+    bool failed = false;
+    for (const auto& routed : envelopes) {
+        const std::string strategy =
+            routed.strategy.empty() ? std::string(to_string(routed.envelope.kind)) : routed.strategy;
+        print_plan(from + " -> " + std::string(to_string(routed.envelope.kind)) + " '" + routed.envelope.target +
+                       "' (strategy " + strategy + ")",
+                   router.plan(routed.envelope, routed.strategy), failed);
+    }
+    return failed ? 1 : kExitOk;
+}
+
 int command_plugins(const std::vector<std::string>& args) {
     po::options_description options("switchboard plugins [--describe NAME] [OPTIONS]");
     options.add(common_options());
@@ -266,6 +365,7 @@ int main(int argc, char** argv) {
         if (command == "run") return command_run(args);
         if (command == "check") return command_check(args);
         if (command == "plugins") return command_plugins(args);
+        if (command == "route") return command_route(args);
         std::cerr << "switchboard: error: unknown command '" << command << "'\n\n" << kUsage;
     } catch (const po::error& e) {
         std::cerr << "switchboard " << command << ": error: " << e.what() << " (see switchboard " << command

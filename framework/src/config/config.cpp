@@ -16,6 +16,15 @@
 
 namespace switchboard::config {
 
+const ConfigSchema& connection_limits_schema() {
+    static const ConfigSchema schema{{
+        {"concurrency", ValueType::integer, false, "8", "Sends in flight at once on this connection."},
+        {"rate", ValueType::number, false, "0", "Sustained sends per second (token bucket); 0 means no limit."},
+        {"burst", ValueType::integer, false, "10", "Sends allowed at once before the rate applies."},
+    }};
+    return schema;
+}
+
 std::string ConfigError::to_string() const {
     if (position.line <= 0) return position.file + ": error: " + message;
     return position.file + ":" + std::to_string(position.line) + ":" + std::to_string(position.column) +
@@ -310,7 +319,7 @@ private:
     }
 
     void load_connections(const Entry* section) {
-        const std::vector<std::string> core_keys{"name", "plugin", "recovery"};
+        const std::vector<std::string> core_keys{"name", "plugin", "recovery", "limits"};
         for (const YAML::Node& node : list_section(section, "each item starts with '- name: ...'")) {
             auto settings = block(node, node, "connection");
             if (!settings) continue;
@@ -345,8 +354,22 @@ private:
                 connection.connector = detail::use_plugin(context_, schemas_, use);
             }
             load_recovery(*settings, connection);
+            load_limits(*settings, connection);
             if (name) config_.connections.push_back(std::move(connection));
         }
+    }
+
+    void load_limits(const Block& connection_block, ConnectionConfig& connection) {
+        detail::PluginBlock limits;
+        limits.where = "limits of " + connection_block.where;
+        limits.block_position = connection_block.position;
+        if (const Entry* entry = find_entry(connection_block.entries, "limits")) {
+            auto settings = block(entry->value, entry->key_node, limits.where);
+            if (!settings) return;
+            limits.settings = settings->entries;
+            limits.block_position = settings->position;
+        }
+        detail::validate_settings(context_, connection_limits_schema(), limits, connection.limits);
     }
 
     void load_recovery(const Block& connection_block, ConnectionConfig& connection) {

@@ -269,34 +269,7 @@ PluginUse use_plugin(Context& context, const SchemaSource& schemas, const Plugin
     if (schema == nullptr) schema = &kNoSettings;
 
     const std::size_t errors_before = context.error_count();
-    bool ok = true;
-    std::vector<std::string> known = block.core_keys;
-    for (const ConfigKey& key : schema->keys) known.push_back(key.name);
-    context.check_keys(block.settings, known, block.where);
-
-    for (const ConfigKey& key : schema->keys) {
-        if (const Entry* entry = find_entry(block.settings, key.name)) {
-            if (auto value = read_setting(context, *entry, key)) {
-                use.settings.set(key.name, std::move(*value));
-            } else {
-                ok = false;
-            }
-        } else if (key.required) {
-            std::string message =
-                block.where + " is missing required key '" + key.name + "' (" + std::string(to_string(key.type)) + ")";
-            if (!key.description.empty()) message += ": " + key.description;
-            context.error(block.block_position, std::move(message));
-        } else if (!key.default_value.empty()) {
-            std::string problem;
-            if (auto value = default_value(key, problem)) {
-                use.settings.set(key.name, std::move(*value));
-            } else {
-                context.error(block.name_position, "plugin '" + block.name + "' declares an invalid default for '" +
-                                                       key.name + "': " + problem +
-                                                       "; this is a bug in the plugin, report it to its authors");
-            }
-        }
-    }
+    const bool ok = validate_settings(context, *schema, block, use.settings);
 
     // The plugin's own check sees only settings that passed the schema.
     if (ok && context.error_count() == errors_before && descriptor->check != nullptr) {
@@ -309,7 +282,50 @@ PluginUse use_plugin(Context& context, const SchemaSource& schemas, const Plugin
     return use;
 }
 
+bool validate_settings(Context& context, const ConfigSchema& schema, const PluginBlock& block,
+                       PluginConfig& settings) {
+    bool ok = true;
+    std::vector<std::string> known = block.core_keys;
+    for (const ConfigKey& key : schema.keys) known.push_back(key.name);
+    context.check_keys(block.settings, known, block.where);
+
+    for (const ConfigKey& key : schema.keys) {
+        if (const Entry* entry = find_entry(block.settings, key.name)) {
+            if (auto value = read_setting(context, *entry, key)) {
+                settings.set(key.name, std::move(*value));
+            } else {
+                ok = false;
+            }
+        } else if (key.required) {
+            std::string message =
+                block.where + " is missing required key '" + key.name + "' (" + std::string(to_string(key.type)) + ")";
+            if (!key.description.empty()) message += ": " + key.description;
+            context.error(block.block_position, std::move(message));
+        } else if (!key.default_value.empty()) {
+            std::string problem;
+            if (auto value = default_value(key, problem)) {
+                settings.set(key.name, std::move(*value));
+            } else {
+                context.error(block.name_position, "plugin '" + block.name + "' declares an invalid default for '" +
+                                                       key.name + "': " + problem +
+                                                       "; this is a bug in the plugin, report it to its authors");
+            }
+        }
+    }
+    return ok;
+}
+
 }  // namespace detail
+
+PluginConfig default_settings(const ConfigSchema& schema) {
+    PluginConfig settings;
+    for (const ConfigKey& key : schema.keys) {
+        if (key.required || key.default_value.empty()) continue;
+        std::string problem;
+        if (auto value = default_value(key, problem)) settings.set(key.name, std::move(*value));
+    }
+    return settings;
+}
 
 std::string describe_plugin(const PluginDescriptor& descriptor) {
     const auto text = [](const char* value) { return std::string(value != nullptr ? value : ""); };

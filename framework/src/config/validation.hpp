@@ -121,4 +121,8 @@ struct PluginBlock {
 /// keys), applies defaults, runs its check function, and reports every problem through @p context.
 [[nodiscard]] PluginUse use_plugin(Context& context, const SchemaSource& schemas, const PluginBlock& block);
 
+/// Validates @p block's settings against @p schema (unknown keys, types, required keys) into @p settings, with
+/// defaults applied. Returns false if a value had the wrong type. Used for plugins and for core blocks alike.
+bool validate_settings(Context& context, const ConfigSchema& schema, const PluginBlock& block, PluginConfig& settings);
+
 }  // namespace switchboard::config::detail

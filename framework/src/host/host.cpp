@@ -1,20 +1,25 @@
 #include "host/host.hpp"
 
-#include "host/outbox_sender.hpp"
 #include "host/pipeline.hpp"
+#include "routing/delivery_engine.hpp"
+#include "routing/directory.hpp"
+#include "routing/router.hpp"
 
 #include <switchboard/recovery.hpp>
 
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/thread_pool.hpp>
 
+#include <algorithm>
 #include <condition_variable>
 #include <csignal>
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <thread>
 
 namespace switchboard::host {
@@ -23,8 +28,9 @@ namespace {
 /// One configured connection while it runs: the connector's host, and its recovery policy's context.
 class Connection final : public ConnectorHost, public RecoveryContext {
 public:
-    Connection(std::string name, std::vector<std::string> channels, Logger& logger)
-        : name_(std::move(name)), channels_(std::move(channels)), logger_(logger) {}
+    Connection(std::string name, std::vector<std::string> channels, Logger& logger,
+               routing::ConfigDirectory& directory)
+        : name_(std::move(name)), channels_(std::move(channels)), logger_(logger), directory_(directory) {}
 
     void bind(std::shared_ptr<Connector> connector, std::shared_ptr<RecoveryPolicy> policy, Pipeline& pipeline,
               Store& store, std::function<void()> on_finished) {
@@ -45,12 +51,20 @@ public:
         logger_.info(std::string(to_string(event.type)) +
                          (event.detail.empty() ? "" : ": " + event.detail),
                      LogFields{name_, {}, {}});
-        // The policy runs on the connection's lane, after every message delivered before the event, and off the
-        // I/O threads (it reads cursors from the store).
+        // The event takes effect on the connection's lane, after every message delivered before it: replies to
+        // those still see the connection as it was. The policy runs there too, off the I/O threads (it reads
+        // cursors from the store).
         pipeline_->post(name_, [this, event] {
+            const bool up =
+                event.type == ConnectionEvent::Type::connected || event.type == ConnectionEvent::Type::resumed;
+            directory_.set_connection(name_, up, connector_->capabilities());
             if (policy_) policy_->on_event(event, *this);
         });
         if (event.type == ConnectionEvent::Type::finished) on_finished_();
+    }
+
+    void report_members(const std::string& channel, std::vector<std::string> user_ids) override {
+        directory_.set_members(name_, channel, std::move(user_ids));
     }
 
     // RecoveryContext
@@ -89,6 +103,7 @@ private:
     std::string name_;
     std::vector<std::string> channels_;
     Logger& logger_;
+    routing::ConfigDirectory& directory_;
     std::shared_ptr<Connector> connector_;
     std::shared_ptr<RecoveryPolicy> policy_;
     Pipeline* pipeline_ = nullptr;
@@ -120,7 +135,9 @@ struct Host::Impl {
     std::shared_ptr<Store> store;
     std::vector<BotBinding> bots;
     std::vector<std::unique_ptr<Connection>> connections;
-    std::unique_ptr<OutboxSender> sender;
+    std::unique_ptr<routing::ConfigDirectory> directory;
+    std::unique_ptr<routing::DeliveryEngine> engine;
+    std::unique_ptr<routing::Router> router;
     std::unique_ptr<Pipeline> pipeline;
 
     Logger& logger_for(const std::string& component) {
@@ -177,32 +194,54 @@ struct Host::Impl {
         }
         std::vector<std::string> names;
         for (const auto& c : config.connections) names.push_back(c.name);
-        sender = std::make_unique<OutboxSender>(*store, io, *workers, logger_for("delivery"));
-        pipeline = std::make_unique<Pipeline>(*store, bots, names, *workers, logger_for("pipeline"),
-                                              [this](std::vector<OutboxEntry> entries) {
-                                                  sender->send(std::move(entries));
+        directory = std::make_unique<routing::ConfigDirectory>(config);
+        engine = std::make_unique<routing::DeliveryEngine>(
+            *store, *directory, io,
+            [this](std::function<void()> work) { boost::asio::post(*workers, std::move(work)); },
+            logger_for("delivery"));
+        router = std::make_unique<routing::Router>(config, *directory, create_strategies(), engine.get());
+        pipeline = std::make_unique<Pipeline>(*store, bots, names, *workers, logger_for("pipeline"), router.get(),
+                                              [this](std::vector<StagedDelivery> staged) {
+                                                  for (auto& s : staged) {
+                                                      engine->execute(std::move(s.delivery), true,
+                                                                      s.done ? std::move(s.done) : ReportCallback(
+                                                                                  [](DeliveryReport) {}));
+                                                  }
                                               });
         for (const auto& c : config.connections) {
             std::vector<std::string> channel_ids;
             for (const auto& channel : config.channels) {
                 if (channel.connection == c.name) channel_ids.push_back(channel.id);
             }
-            auto connection = std::make_unique<Connection>(c.name, std::move(channel_ids), logger_for(c.name));
+            auto connection =
+                std::make_unique<Connection>(c.name, std::move(channel_ids), logger_for(c.name), *directory);
             auto policy = create<RecoveryPolicy>(c.recovery, c.name + "/recovery");
             auto connector = create<Connector>(c.connector, c.name);
-            sender->add_connection(c.name, connector);
+            routing::ConnectionLimits limits;
+            limits.concurrency = static_cast<std::uint32_t>(std::max<std::int64_t>(1, c.limits.get_int("concurrency", 8)));
+            limits.rate_per_second = c.limits.get_number("rate", 0);
+            limits.burst = static_cast<std::uint32_t>(std::max<std::int64_t>(1, c.limits.get_int("burst", 10)));
+            engine->add_connection(c.name, connector, limits);
             connection->bind(std::move(connector), std::move(policy), *pipeline, *store,
                              [this] { connection_finished(); });
             connections.push_back(std::move(connection));
         }
     }
 
-    void resend_pending() {
+    std::map<std::string, std::shared_ptr<Strategy>> create_strategies() {
+        auto strategies = routing::create_strategies(config, registry, [this](const std::string& instance) {
+            return PluginContext(instance, logger_for(instance), io);
+        });
+        if (!strategies) throw ErrorException(strategies.error());
+        return std::move(*strategies);
+    }
+
+    void resume_pending() {
         auto pending = store->outbox_pending();
         if (!pending) throw ErrorException(pending.error());
         if (pending->empty()) return;
         logger.info("finishing " + std::to_string(pending->size()) + " send(s) left pending by the last run");
-        sender->send(std::move(*pending));
+        engine->resume(std::move(*pending));
     }
 
     int run() {
@@ -217,10 +256,12 @@ struct Host::Impl {
         int status = 0;
         try {
             build();
-            resend_pending();
             logger.info("running: " + std::to_string(connections.size()) + " connection(s), " +
                         std::to_string(bots.size()) + " bot(s), store " + config.store.plugin);
             for (auto& connection : connections) connection->connector_ptr()->start(*connection);
+            // What the last run left pending goes out now; a connector still connecting answers retryable, and the
+            // engine retries.
+            resume_pending();
             std::unique_lock lock(mutex);
             stop_requested.wait(lock, [this] { return stop_reason.has_value(); });
             logger.info("stopping: " + *stop_reason);
@@ -247,10 +288,10 @@ struct Host::Impl {
                 logger.warn("stop: pipeline did not drain in time; unprocessed messages will be recovered");
             }
         }
-        if (sender && !sender->wait_idle(options.drain_timeout)) {
-            logger.warn("stop: sends still in flight; they stay pending in the store for the next start");
+        if (engine && !engine->wait_idle(options.drain_timeout)) {
+            logger.warn("stop: deliveries still in progress; they stay pending in the store for the next start");
         }
-        if (sender) sender->clear();
+        if (engine) engine->clear_connections();
         boost::system::error_code ignored;
         signals.cancel(ignored);
         io.stop();
@@ -264,7 +305,9 @@ struct Host::Impl {
                         " recovered");
         }
         pipeline.reset();
-        sender.reset();
+        router.reset();
+        engine.reset();
+        directory.reset();
         for (auto& connection : connections) connection->release();
         connections.clear();
         bots.clear();

@@ -29,19 +29,63 @@ std::int64_t now_ms() {
 /// Key-value writes staged by earlier messages of the batch, so a later message reads what an earlier one wrote.
 using Overlay = std::map<std::pair<std::string, std::string>, std::optional<std::string>>;
 
+/// What one message's handling stages: its durable part, and the plans and failed-plan reports to hand on after
+/// the commit.
+struct Staged {
+    ProcessedMessage& processed;
+    std::vector<StagedDelivery>& deliveries;
+    std::vector<std::pair<ReportCallback, DeliveryReport>>& failed;
+};
+
+/// Adds @p delivery's recipients to the message's outbox entries and the plan to what runs after commit.
+void stage(Staged& staged, routing::PlannedDelivery delivery, ReportCallback done) {
+    const std::int64_t created = now_ms();
+    for (const Recipient& recipient : delivery.plan.recipients) {
+        OutboxEntry entry;
+        entry.plan_id = delivery.plan_id;
+        entry.recipient = recipient.address;
+        entry.text = delivery.text;
+        entry.reply_to = delivery.reply_to;
+        entry.created_ms = created;
+        staged.processed.outbox.push_back(std::move(entry));
+    }
+    staged.deliveries.push_back(StagedDelivery{std::move(delivery), std::move(done)});
+}
+
+/// Plans @p envelope and stages the plan, or the report of its failure.
+void stage_envelope(Staged& staged, const routing::Planner* planner, const Envelope& envelope,
+                    const std::string& strategy, ReportCallback done) {
+    if (planner == nullptr) {
+        staged.failed.emplace_back(std::move(done), routing::Router::report_for(fail(
+                                                        "no_strategy", "this pipeline has no router")));
+        return;
+    }
+    auto planned = planner->plan(envelope, strategy);
+    if (auto* report = std::get_if<DeliveryReport>(&planned)) {
+        staged.failed.emplace_back(std::move(done), std::move(*report));
+        return;
+    }
+    stage(staged, std::move(std::get<routing::PlannedDelivery>(planned)), std::move(done));
+}
+
 /// What a bot sees while it handles one message: everything it does is staged into that message's
 /// ProcessedMessage and becomes durable with it.
 class StagedBotContext final : public BotContext, public KeyValueSpace {
 public:
-    StagedBotContext(ProcessedMessage& processed, const std::string& bot_name, Overlay& overlay, Store& store,
-                     const std::vector<BotInfo>& bots, Logger& logger)
-        : processed_(processed), bot_name_(bot_name), overlay_(overlay), store_(store), bots_(bots),
-          logger_(logger) {}
+    StagedBotContext(Staged& staged, const std::string& bot_name, Overlay& overlay, Store& store,
+                     const std::vector<BotInfo>& bots, Logger& logger, const routing::Planner* planner)
+        : staged_(staged), bot_name_(bot_name), overlay_(overlay), store_(store), bots_(bots), logger_(logger),
+          planner_(planner) {}
 
     void reply(std::string text) override {
-        stage(reply_address(processed_.message), std::move(text), processed_.message.id);
+        const Message& m = staged_.processed.message;
+        send_to(reply_address(m), std::move(text), m.id);
     }
-    void send(const Address& to, std::string text) override { stage(to, std::move(text), std::nullopt); }
+    void send(const Address& to, std::string text) override { send_to(to, std::move(text), std::nullopt); }
+    void route(Envelope envelope, ReportCallback done) override {
+        if (envelope.idempotency_key.empty()) envelope.idempotency_key = next_key();
+        stage_envelope(staged_, planner_, envelope, {}, std::move(done));
+    }
     KeyValueSpace& state() override { return *this; }
     const std::vector<BotInfo>& bots() const override { return bots_; }
     Logger& logger() override { return logger_; }
@@ -58,29 +102,36 @@ public:
 private:
     void write(const std::string& key, std::optional<std::string> value) {
         overlay_[{bot_name_, key}] = value;
-        processed_.writes.push_back(KeyValueWrite{bot_name_, key, std::move(value)});
+        staged_.processed.writes.push_back(KeyValueWrite{bot_name_, key, std::move(value)});
     }
 
-    void stage(Address to, std::string text, std::optional<std::string> reply_to) {
-        const Message& m = processed_.message;
-        OutboxEntry entry;
-        // Deterministic: handling the same message again (after a crash before commit) yields the same ids,
-        // and the outbox keeps the first.
-        entry.plan_id = m.connection + "/" + m.channel + "/" + m.id + "#" + bot_name_ + "." +
-                        std::to_string(processed_.outbox.size());
-        entry.recipient = std::move(to);
-        entry.text = std::move(text);
-        entry.reply_to = std::move(reply_to);
-        entry.created_ms = now_ms();
-        processed_.outbox.push_back(std::move(entry));
+    // A plain send is a one-recipient, best-effort plan.
+    void send_to(Address to, std::string text, std::optional<std::string> reply_to) {
+        routing::PlannedDelivery delivery;
+        delivery.plan_id = next_key();
+        delivery.plan.recipients.push_back(Recipient{to.to_string(), std::move(to)});
+        delivery.plan.batch_size = 1;
+        delivery.text = std::move(text);
+        delivery.reply_to = std::move(reply_to);
+        delivery.deadline_ms = now_ms() + routing::kDefaultDeadlineMs;
+        stage(staged_, std::move(delivery), {});
     }
 
-    ProcessedMessage& processed_;
+    // Deterministic: handling the same message again (after a crash before commit) yields the same keys, and
+    // the outbox keeps the first.
+    std::string next_key() {
+        const Message& m = staged_.processed.message;
+        return m.connection + "/" + m.channel + "/" + m.id + "#" + bot_name_ + "." + std::to_string(sequence_++);
+    }
+
+    Staged& staged_;
     const std::string& bot_name_;
     Overlay& overlay_;
     Store& store_;
     const std::vector<BotInfo>& bots_;
     Logger& logger_;
+    const routing::Planner* planner_;
+    std::size_t sequence_ = 0;
 };
 
 bool listens(const BotBinding& binding, const Message& message) {
@@ -106,8 +157,9 @@ struct Pipeline::Impl {
     };
 
     Impl(Store& store_, std::vector<BotBinding> bots_, boost::asio::thread_pool& workers_, Logger& logger_,
-         OutboxHandler outbox_)
-        : store(store_), bots(std::move(bots_)), workers(workers_), logger(logger_), outbox(std::move(outbox_)) {
+         const routing::Planner* planner_, DeliveryHandler deliver_)
+        : store(store_), bots(std::move(bots_)), workers(workers_), logger(logger_), planner(planner_),
+          deliver(std::move(deliver_)) {
         for (const BotBinding& binding : bots) infos.push_back(BotInfo{binding.name, binding.bot->commands()});
     }
 
@@ -182,10 +234,13 @@ struct Pipeline::Impl {
         timer->async_wait([this, &l, timer](const boost::system::error_code&) { drain(l); });
     }
 
-    // Dedup, bots, one commit. Returns false if the store failed (nothing of the batch is durable then).
+    // Dedup, bots and routes, one commit, then the staged plans. Returns false if the store failed (nothing of the
+    // batch is durable then, and nothing was handed on).
     bool process(const std::vector<Message>& batch) {
         std::vector<ProcessedMessage> processed;
-        processed.reserve(batch.size());
+        processed.reserve(batch.size());  // Staged holds references into it: no reallocation
+        std::vector<StagedDelivery> deliveries;
+        std::vector<std::pair<ReportCallback, DeliveryReport>> failed;
         std::unordered_set<std::string> seen_in_batch;
         Overlay overlay;
         std::size_t duplicates = 0;
@@ -207,10 +262,11 @@ struct Pipeline::Impl {
             }
             ProcessedMessage& p = processed.emplace_back();
             p.message = message;
-            if (message.author.is_bot) continue;  // bots never answer bots: no reply loops
+            Staged staged{p, deliveries, failed};
+            if (message.author.is_bot) continue;  // bots never answer bots, routes never relay them: no loops
             for (const BotBinding& binding : bots) {
                 if (!listens(binding, message)) continue;
-                StagedBotContext context(p, binding.name, overlay, store, infos, logger);
+                StagedBotContext context(staged, binding.name, overlay, store, infos, logger, planner);
                 try {
                     binding.bot->on_message(message, context);
                 } catch (const std::exception& e) {
@@ -219,6 +275,7 @@ struct Pipeline::Impl {
                     logger.error("bot '" + binding.name + "' failed with an unknown exception", where);
                 }
             }
+            if (planner != nullptr) relay(staged, message, where);
         }
         if (!processed.empty()) {
             auto committed = store.commit(processed);
@@ -227,20 +284,37 @@ struct Pipeline::Impl {
                 return note_store_failure();
             }
         }
-        std::vector<OutboxEntry> sends;
         std::uint64_t recovered = 0;
-        for (ProcessedMessage& p : processed) {
-            recovered += p.message.recovered ? 1 : 0;
-            for (OutboxEntry& entry : p.outbox) sends.push_back(std::move(entry));
-        }
+        for (const ProcessedMessage& p : processed) recovered += p.message.recovered ? 1 : 0;
         {
             std::lock_guard lock(mutex);
             stats.processed += processed.size();
             stats.duplicates += duplicates;
             stats.recovered += recovered;
         }
-        if (!sends.empty()) outbox(std::move(sends));
+        for (auto& [done, report] : failed) {
+            if (done) done(std::move(report));
+        }
+        if (!deliveries.empty()) deliver(std::move(deliveries));
         return true;
+    }
+
+    // The config's routes: relay the message to each route's target.
+    void relay(Staged& staged, const Message& message, const LogFields& where) {
+        std::size_t index = 0;
+        for (auto& routed : planner->routes_for(message)) {
+            routed.envelope.idempotency_key =
+                message.connection + "/" + message.channel + "/" + message.id + "#route." + std::to_string(index++);
+            const std::string target = routed.envelope.target;
+            stage_envelope(staged, planner, routed.envelope, routed.strategy,
+                           [this, target, where = std::make_shared<std::string>(std::string(where.message_id))](
+                               DeliveryReport report) {
+                               if (report.status == DeliveryStatus::delivered) return;
+                               logger.warn("route to '" + target + "': " + std::string(to_string(report.status)) +
+                                           " (" + report.error_code + ") " + report.detail,
+                                           LogFields{{}, {}, *where});
+                           });
+        }
     }
 
     bool note_store_failure() {
@@ -254,7 +328,8 @@ struct Pipeline::Impl {
     std::vector<BotInfo> infos;
     boost::asio::thread_pool& workers;
     Logger& logger;
-    OutboxHandler outbox;
+    const routing::Planner* planner;
+    DeliveryHandler deliver;
 
     mutable std::mutex mutex;
     std::condition_variable idle;
@@ -265,8 +340,9 @@ struct Pipeline::Impl {
 };
 
 Pipeline::Pipeline(Store& store, std::vector<BotBinding> bots, const std::vector<std::string>& connections,
-                   boost::asio::thread_pool& workers, Logger& logger, OutboxHandler outbox)
-    : impl_(std::make_unique<Impl>(store, std::move(bots), workers, logger, std::move(outbox))) {
+                   boost::asio::thread_pool& workers, Logger& logger, const routing::Planner* planner,
+                   DeliveryHandler deliver)
+    : impl_(std::make_unique<Impl>(store, std::move(bots), workers, logger, planner, std::move(deliver))) {
     std::lock_guard lock(impl_->mutex);
     for (const std::string& connection : connections) impl_->lane(connection);
 }

@@ -1,8 +1,11 @@
 #pragma once
-// The inbound pipeline: connector → dedup → bots → "processed + cursor" (one transaction) → outbox delivery.
+// The inbound pipeline: connector → dedup → bots and routes → "processed + cursor + outbox" (one transaction) →
+// the delivery engine.
 //
 // Each connection has a lane: a queue drained in batches on a strand of the worker pool, so one connection's
 // messages reach the bots in the order the connector delivered them, and no store call runs on an I/O thread.
+
+#include "routing/router.hpp"
 
 #include <switchboard/bot.hpp>
 #include <switchboard/store.hpp>
@@ -30,8 +33,14 @@ struct BotBinding {
     std::set<std::pair<std::string, std::string>> channels;
 };
 
-/// Receives outbox entries once the message that produced them is durable.
-using OutboxHandler = std::function<void(std::vector<OutboxEntry>)>;
+/// A plan staged while a message was handled: its recipients are in the outbox with the message.
+struct StagedDelivery {
+    routing::PlannedDelivery delivery;
+    ReportCallback done;  // may be empty
+};
+
+/// Receives the staged plans once the message that produced them is durable.
+using DeliveryHandler = std::function<void(std::vector<StagedDelivery>)>;
 
 /// Counters for logs, status and tests.
 struct PipelineStats {
@@ -44,9 +53,12 @@ struct PipelineStats {
 
 class Pipeline {
 public:
-    /// @p connections: every connection name (one lane each). @p outbox receives replies after commit.
+    /// @p connections: every connection name (one lane each). @p planner plans what bots route and what the
+    /// config's routes relay (null: bots' route() calls report `no_strategy`). @p deliver receives the staged plans
+    /// after commit.
     Pipeline(Store& store, std::vector<BotBinding> bots, const std::vector<std::string>& connections,
-             boost::asio::thread_pool& workers, Logger& logger, OutboxHandler outbox);
+             boost::asio::thread_pool& workers, Logger& logger, const routing::Planner* planner,
+             DeliveryHandler deliver);
     ~Pipeline();
     Pipeline(const Pipeline&) = delete;
     Pipeline& operator=(const Pipeline&) = delete;

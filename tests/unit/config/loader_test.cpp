@@ -208,7 +208,7 @@ TEST_CASE("An unknown key is reported at the key, with the known keys and a like
     const ConfigError* error = error_with(result, "unknown key 'tokn'");
     REQUIRE(error);
     CHECK(error->message ==
-          "unknown key 'tokn' in connection 'd' (known keys: name, plugin, recovery, token, intents); "
+          "unknown key 'tokn' in connection 'd' (known keys: name, plugin, recovery, limits, token, intents); "
           "did you mean 'token'?");
     // The required token is missing too, reported at the connection's mapping.
     require_error_at(result, "connection 'd' is missing required key 'token'", 2, 5);

@@ -5,6 +5,7 @@
 #include <boost/asio/thread_pool.hpp>
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <mutex>
 
@@ -92,21 +93,69 @@ Message message(std::string connection, int n, std::string text = {}) {
     return m;
 }
 
+/// Plans private envelopes to `connection/@target`; a target "nobody" fails as recipient_not_found. Routes every
+/// message of channel "relay" to group "ops" with two recipients.
+class FakePlanner final : public routing::Planner {
+public:
+    std::variant<routing::PlannedDelivery, DeliveryReport> plan(const Envelope& envelope,
+                                                                const std::string& strategy) const override {
+        if (envelope.target == "nobody") return routing::Router::report_for(fail("recipient_not_found", "no one"));
+        routing::PlannedDelivery delivery;
+        delivery.plan_id = envelope.idempotency_key;
+        delivery.text = envelope.text;
+        if (strategy == "group") {
+            delivery.plan.recipients = {{"x", Address::channel("a", "x")}, {"y", Address::channel("b", "y")}};
+        } else {
+            delivery.plan.recipients = {{envelope.target, Address::user("a", envelope.target)}};
+        }
+        return delivery;
+    }
+    std::vector<routing::RoutedEnvelope> routes_for(const Message& message) const override {
+        if (message.channel != "relay") return {};
+        Envelope envelope;
+        envelope.target = "ops";
+        envelope.text = "<" + message.author.display_name + "> " + message.text;
+        return {{envelope, "group"}};
+    }
+};
+
+/// Routes "!tell NAME" privately to NAME and records the report.
+class RoutingBot final : public Bot {
+public:
+    std::vector<Command> commands() const override { return {}; }
+    void on_message(const Message& message, BotContext& context) override {
+        if (message.text.rfind("!tell ", 0) != 0) return;
+        Envelope envelope;
+        envelope.kind = MessageKind::private_message;
+        envelope.target = message.text.substr(6);
+        envelope.text = "psst";
+        context.route(envelope, [this](DeliveryReport report) {
+            std::lock_guard lock(mutex);
+            reports.push_back(std::move(report));
+        });
+    }
+    std::mutex mutex;
+    std::vector<DeliveryReport> reports;
+};
+
 struct Fixture {
     boost::asio::thread_pool workers{2};
     NullLogger logger;
     FlakyStore store;
+    FakePlanner planner;
     std::shared_ptr<RecordingBot> bot = std::make_shared<RecordingBot>();
+    std::shared_ptr<RoutingBot> router_bot = std::make_shared<RoutingBot>();
     std::mutex sent_mutex;
-    std::vector<OutboxEntry> sent;
+    std::vector<routing::PlannedDelivery> sent;
     Pipeline pipeline{store,
-                      {BotBinding{"recorder", bot, {}}},
+                      {BotBinding{"recorder", bot, {}}, BotBinding{"router", router_bot, {}}},
                       {"a", "b"},
                       workers,
                       logger,
-                      [this](std::vector<OutboxEntry> entries) {
+                      &planner,
+                      [this](std::vector<host::StagedDelivery> staged) {
                           std::lock_guard lock(sent_mutex);
-                          for (auto& e : entries) sent.push_back(std::move(e));
+                          for (auto& s : staged) sent.push_back(std::move(s.delivery));
                       }};
     ~Fixture() {
         pipeline.wait_idle(std::chrono::seconds(10));
@@ -159,7 +208,8 @@ TEST_CASE("replies reach the outbox only after the message is durable, with stat
         std::lock_guard lock(f.sent_mutex);
         REQUIRE(f.sent.size() == 5);
         CHECK(f.sent[0].text == "re: m0");
-        CHECK(f.sent[0].recipient == Address::channel("a", "lobby"));
+        REQUIRE(f.sent[0].plan.recipients.size() == 1);
+        CHECK(f.sent[0].plan.recipients[0].address == Address::channel("a", "lobby"));
         CHECK(f.sent[0].reply_to == message("a", 0).id);
     }
     // later messages of one batch read what earlier ones wrote
@@ -212,4 +262,44 @@ TEST_CASE("a connection event runs after every message delivered before it", "[p
     f.pipeline.post("a", [&] { seen_at_event = f.bot->snapshot().size(); });
     REQUIRE(f.pipeline.wait_idle(std::chrono::seconds(10)));
     CHECK(seen_at_event == 500);
+}
+
+TEST_CASE("a bot's routed envelope is planned, staged in the outbox with the message, and handed on after commit",
+          "[pipeline]") {
+    Fixture f;
+    f.pipeline.submit(message("a", 1, "!tell carol"));
+    f.pipeline.submit(message("a", 2, "!tell nobody"));
+    REQUIRE(f.pipeline.wait_idle(std::chrono::seconds(10)));
+    std::lock_guard lock(f.sent_mutex);
+    // replies of the recording bot for both, plus one routed plan to carol
+    REQUIRE(f.sent.size() == 3);
+    const auto routed = std::find_if(f.sent.begin(), f.sent.end(), [](const auto& d) { return d.text == "psst"; });
+    REQUIRE(routed != f.sent.end());
+    CHECK(routed->plan.recipients[0].address == Address::user("a", "carol"));
+    // a key derived from the message: handling it again would produce the same one
+    CHECK(routed->plan_id == "a/lobby/" + message("a", 1).id + "#router.0");
+    auto entries = f.store.outbox_plan(routed->plan_id);
+    REQUIRE(entries.has_value());
+    CHECK(entries->size() == 1);
+    // the failed plan reports at once, after commit, and sends nothing
+    std::lock_guard report_lock(f.router_bot->mutex);
+    REQUIRE(f.router_bot->reports.size() == 1);
+    CHECK(f.router_bot->reports[0].status == DeliveryStatus::recipient_not_found);
+}
+
+TEST_CASE("a message on a routed channel is relayed to the route's target with the author named", "[pipeline]") {
+    Fixture f;
+    Message relayed = message("a", 1, "deploy done");
+    relayed.channel = "relay";
+    f.pipeline.submit(relayed);
+    REQUIRE(f.pipeline.wait_idle(std::chrono::seconds(10)));
+    std::lock_guard lock(f.sent_mutex);
+    const auto route = std::find_if(f.sent.begin(), f.sent.end(),
+                                    [](const auto& d) { return d.text == "<Alice> deploy done"; });
+    REQUIRE(route != f.sent.end());
+    CHECK(route->plan.recipients.size() == 2);
+    CHECK(route->plan_id == "a/relay/" + relayed.id + "#route.0");
+    auto entries = f.store.outbox_plan(route->plan_id);
+    REQUIRE(entries.has_value());
+    CHECK(entries->size() == 2);
 }

@@ -25,6 +25,7 @@ public:
         std::lock_guard lock(mutex);
         events.push_back(event);
     }
+    void report_members(const std::string&, std::vector<std::string>) override {}
     bool finished() {
         std::lock_guard lock(mutex);
         return !events.empty() && events.back().type == ConnectionEvent::Type::finished;

@@ -15,11 +15,13 @@ public:
     };
     std::vector<std::string> replies;
     std::vector<Sent> sent;
+    std::vector<Envelope> routed;
     std::map<std::string, std::string> values;
     std::vector<BotInfo> infos;
 
     void reply(std::string text) override { replies.push_back(std::move(text)); }
     void send(const Address& to, std::string text) override { sent.push_back({to, std::move(text)}); }
+    void route(Envelope envelope, ReportCallback) override { routed.push_back(std::move(envelope)); }
     KeyValueSpace& state() override { return *this; }
     const std::vector<BotInfo>& bots() const override { return infos; }
     Logger& logger() override { return logger_; }

@@ -4,7 +4,6 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
-#include <chrono>
 #include <string>
 #include <vector>
 
@@ -14,14 +13,6 @@ using testing_support::envelope_to;
 using testing_support::FakeDirectory;
 using testing_support::member;
 using testing_support::names_of;
-
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define STRATEGY_TEST_SANITIZED 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define STRATEGY_TEST_SANITIZED 1
-#endif
-#endif
 
 namespace {
 
@@ -213,7 +204,7 @@ TEST_CASE("The group strategy's batch_size comes from its config, 100 by default
     }
 }
 
-TEST_CASE("A group of 100,000 members is planned correctly and fast", "[strategy][group][scale]") {
+TEST_CASE("A group of 100,000 members is planned correctly (its speed is measured in bench/)", "[strategy][group][scale]") {
     constexpr int kMembers = 100'000;
     FakeDirectory directory;
     std::vector<Recipient> members;
@@ -228,15 +219,6 @@ TEST_CASE("A group of 100,000 members is planned correctly and fast", "[strategy
     GroupStrategy strategy(500);
     const Envelope envelope = envelope_to(MessageKind::group, "everyone", origin);
 
-    // Best of five, each plan dropped before the next as the delivery engine would: the figure is planning, not
-    // the first touch of fresh memory or a neighbour's build on a shared machine.
-    auto best = std::chrono::steady_clock::duration::max();
-    for (int run = 0; run < 5; ++run) {
-        const auto start = std::chrono::steady_clock::now();
-        const auto timed = strategy.plan(envelope, directory);
-        best = std::min(best, std::chrono::steady_clock::now() - start);
-        REQUIRE(timed);
-    }
     const auto plan = strategy.plan(envelope, directory);
 
     REQUIRE(plan);
@@ -251,11 +233,4 @@ TEST_CASE("A group of 100,000 members is planned correctly and fast", "[strategy
     CHECK(std::none_of(plan->recipients.begin(), plan->recipients.end(),
                        [](const Recipient& r) { return r.name == "m42-again" || r.name == "m7"; }));
 
-    const auto micros = std::chrono::duration_cast<std::chrono::microseconds>(best).count();
-    INFO("best of 5: " << micros << " us");
-#if defined(NDEBUG) && !defined(STRATEGY_TEST_SANITIZED)
-    CHECK(micros < 10'000);
-#else
-    WARN("not an optimised build: planning took " << micros << " us, not checked against the 10 ms budget");
-#endif
 }

@@ -1,0 +1,75 @@
+#pragma once
+// The router: asks the strategy of an envelope's kind for a plan, turns a failed plan into its report at once, and
+// hands good plans to the delivery engine. It also knows the config's routes (which channel relays where).
+
+#include "config/config.hpp"
+#include "plugin/registry.hpp"
+#include "routing/delivery_engine.hpp"
+#include "routing/directory.hpp"
+
+#include <switchboard/routing.hpp>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <variant>
+#include <vector>
+
+namespace switchboard::routing {
+
+/// An envelope a configured route makes of an inbound message, and the strategy the route names.
+struct RoutedEnvelope {
+    Envelope envelope;
+    std::string strategy;
+};
+
+/// Default time a report may take when an envelope names no deadline.
+inline constexpr std::int64_t kDefaultDeadlineMs = 30'000;
+
+/// Plans envelopes. The pipeline uses it while bots handle a message; the dry run uses it alone.
+class Planner {
+public:
+    virtual ~Planner() = default;
+    /// Plans @p envelope with @p strategy (empty: the strategy named like the envelope's kind). A plan that fails
+    /// comes back as its final report (group_dissolved, recipient_not_found, rejected / no_strategy).
+    [[nodiscard]] virtual std::variant<PlannedDelivery, DeliveryReport> plan(const Envelope& envelope,
+                                                                             const std::string& strategy) const = 0;
+    /// What the config's routes make of @p message (empty when no route starts at its channel).
+    [[nodiscard]] virtual std::vector<RoutedEnvelope> routes_for(const Message& message) const = 0;
+};
+
+/// Creates every strategy the config's routes name, and the bundled `private`, `group` and `broadcast` where they
+/// are loaded (bots' route() calls use those). @p context_for gives each instance its context.
+[[nodiscard]] Result<std::map<std::string, std::shared_ptr<Strategy>>> create_strategies(
+    const config::Config& config, const plugin::Registry& registry,
+    const std::function<PluginContext(const std::string& instance)>& context_for);
+
+class Router final : public Planner {
+public:
+    /// @p strategies by plugin name; @p engine may be null (dry run: plan only).
+    Router(const config::Config& config, const ConfigDirectory& directory,
+           std::map<std::string, std::shared_ptr<Strategy>> strategies, DeliveryEngine* engine, Clock clock = {});
+
+    std::variant<PlannedDelivery, DeliveryReport> plan(const Envelope& envelope,
+                                                       const std::string& strategy) const override;
+    std::vector<RoutedEnvelope> routes_for(const Message& message) const override;
+
+    /// Plans and carries out @p envelope; @p done is called exactly once with the report.
+    void send(Envelope envelope, const std::string& strategy, ReportCallback done);
+
+    /// The configured routes starting at channel @p channel_name, as envelopes of a message with @p text.
+    [[nodiscard]] std::vector<RoutedEnvelope> routes_from(const std::string& channel_name, const std::string& text,
+                                                          const std::optional<Address>& origin) const;
+
+    /// The report a failed plan gets: its status follows the error code.
+    [[nodiscard]] static DeliveryReport report_for(const Error& error);
+
+private:
+    std::vector<config::RouteConfig> routes_;
+    const ConfigDirectory& directory_;
+    std::map<std::string, std::shared_ptr<Strategy>> strategies_;
+    DeliveryEngine* engine_;
+    Clock clock_;
+};
+
+}  // namespace switchboard::routing
