@@ -191,3 +191,80 @@ TEST_CASE("a plugin used where another kind is needed is refused at its place", 
     CHECK(result.err.find("bot") != std::string::npos);
     CHECK(result.err.find("store") != std::string::npos);
 }
+
+namespace {
+
+const char* kRoutingConfig =
+    "connections:\n"
+    "  - { name: console, plugin: console }\n"
+    "  - { name: side, plugin: console, channel: side }\n"
+    "channels:\n"
+    "  lobby: { connection: console, id: console, tags: [chat] }\n"
+    "  ops-side: { connection: side, id: side, tags: [chat, ops] }\n"
+    "  alerts: { connection: side, id: alerts }\n"
+    "users:\n"
+    "  alice: { connection: console, id: alice }\n"
+    "groups:\n"
+    "  ops: { members: [lobby, ops-side, alice], delivery: atomic }\n"
+    "routes:\n"
+    "  - { from: alerts, to: { group: ops } }\n"
+    "  - { from: alerts, to: { broadcast: 'tag:ops' } }\n";
+
+}  // namespace
+
+TEST_CASE("switchboard route prints the plan a message would get, through the real strategy plugins", "[cli][route]") {
+    TempDir dir;
+    write(dir / "routes.yaml", kRoutingConfig);
+
+    SECTION("a group envelope lists every member but the origin, with mode and batch") {
+        const auto result = switchboard_run(
+            {"route", "-c", "routes.yaml", "--from", "lobby", "--kind", "group", "--to", "ops"}, dir.path());
+        INFO(result.out << result.err);
+        CHECK(result.exit_code == 0);
+        CHECK(result.out.find("lobby -> group 'ops' (strategy group)") != std::string::npos);
+        CHECK(result.out.find("2 recipients, mode atomic, on_failure keep, batch size 100") != std::string::npos);
+        CHECK(result.out.find("batch 1:") != std::string::npos);
+        CHECK(result.out.find("side/side") != std::string::npos);
+        CHECK(result.out.find("console/@alice") != std::string::npos);
+        CHECK(result.out.find("console/console") == std::string::npos);  // the origin itself
+    }
+    SECTION("the configured routes from a channel are planned when no envelope is given") {
+        const auto result = switchboard_run({"route", "-c", "routes.yaml", "--from", "alerts"}, dir.path());
+        INFO(result.out << result.err);
+        CHECK(result.exit_code == 0);
+        CHECK(result.out.find("alerts -> group 'ops' (strategy group)") != std::string::npos);
+        CHECK(result.out.find("3 recipients") != std::string::npos);
+        CHECK(result.out.find("alerts -> broadcast 'tag:ops' (strategy broadcast)") != std::string::npos);
+        CHECK(result.out.find("1 recipient,") != std::string::npos);
+    }
+    SECTION("an unknown group or person ends in its status at once") {
+        const auto gone = switchboard_run(
+            {"route", "-c", "routes.yaml", "--from", "lobby", "--kind", "group", "--to", "gone"}, dir.path());
+        CHECK(gone.exit_code == 1);
+        CHECK(gone.out.find("group_dissolved (group_dissolved)") != std::string::npos);
+        const auto nobody = switchboard_run(
+            {"route", "-c", "routes.yaml", "--from", "lobby", "--kind", "private", "--to", "zed"}, dir.path());
+        CHECK(nobody.exit_code == 1);
+        CHECK(nobody.out.find("recipient_not_found") != std::string::npos);
+        const auto alice = switchboard_run(
+            {"route", "-c", "routes.yaml", "--from", "lobby", "--kind", "private", "--to", "alice"}, dir.path());
+        CHECK(alice.exit_code == 0);
+        CHECK(alice.out.find("1 recipient, mode best_effort") != std::string::npos);
+    }
+    SECTION("an unknown channel is a usage error") {
+        const auto result = switchboard_run({"route", "-c", "routes.yaml", "--from", "nowhere"}, dir.path());
+        CHECK(result.exit_code == 2);
+        CHECK(result.err.find("no channel named 'nowhere'") != std::string::npos);
+    }
+}
+
+TEST_CASE("connection limits are validated like every other key", "[cli][route]") {
+    TempDir dir;
+    write(dir / "limits.yaml",
+          "connections:\n  - { name: console, plugin: console, limits: { concurrency: lots, speed: 3 } }\n");
+    const auto result = switchboard_run({"check", "-c", "limits.yaml"}, dir.path());
+    INFO(result.err);
+    CHECK(result.exit_code == 2);
+    CHECK(result.err.find("limits.yaml:2:62: error:") != std::string::npos);  // concurrency must be an integer
+    CHECK(result.err.find("limits.yaml:2:68: error:") != std::string::npos);  // unknown key speed
+}
