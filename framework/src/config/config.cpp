@@ -103,12 +103,14 @@ public:
         load_users(find_entry(top, "users"));
         load_groups(find_entry(top, "groups"));
         load_routes(find_entry(top, "routes"));
+        load_strategies(find_entry(top, "strategies"));
         load_bots(find_entry(top, "bots"));
     }
 
 private:
     inline static const std::vector<std::string> kTopKeys{"switchboard", "store",  "connections", "channels",
-                                                          "users",       "groups", "routes",      "bots"};
+                                                          "users",       "groups", "routes",      "strategies",
+                                                          "bots"};
 
     // ---- reading helpers ----------------------------------------------------------------------------------
 
@@ -633,6 +635,22 @@ private:
                                    "' is not a defined connection; use a connection name, tag:NAME, or nothing for "
                                    "every channel " +
                                    connections_.defined());
+        }
+    }
+
+    /// `strategies: { NAME: { ...settings } }`: settings of routing strategy plugins (each named at most once).
+    void load_strategies(const Entry* section) {
+        for (const Entry& entry : map_section(section, "name: { batch_size: 50 }")) {
+            auto settings = block(entry.value, entry.key_node, "strategy " + quoted(entry.key));
+            if (!settings) continue;
+            PluginBlock use;
+            use.kind = PluginKind::strategy;
+            use.name = entry.key;
+            use.name_position = context_.position(entry.key_node);
+            use.block_position = settings->position;
+            use.settings = settings->entries;
+            use.where = settings->where;
+            config_.strategies.push_back(detail::use_plugin(context_, schemas_, use));
         }
     }
 

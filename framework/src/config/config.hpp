@@ -105,6 +105,7 @@ struct Config {
     std::vector<UserConfig> users;
     std::vector<GroupConfig> groups;
     std::vector<RouteConfig> routes;
+    std::vector<PluginUse> strategies;  // `strategies: { NAME: settings }`; strategies not named get their defaults
     std::vector<BotConfig> bots;
 };
 

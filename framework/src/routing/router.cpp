@@ -25,14 +25,21 @@ Result<std::map<std::string, std::shared_ptr<Strategy>>> create_strategies(
     const std::function<PluginContext(const std::string& instance)>& context_for) {
     std::set<std::string> names{"private", "group", "broadcast"};
     for (const auto& route : config.routes) names.insert(route.strategy);
+    std::map<std::string, PluginConfig> configured;
+    for (const auto& use : config.strategies) {
+        names.insert(use.plugin);
+        configured[use.plugin] = use.settings;
+    }
     std::map<std::string, std::shared_ptr<Strategy>> strategies;
     for (const std::string& name : names) {
         std::string why;
         // The config loader already refused routes naming a missing strategy; a bundled one may be absent.
         if (registry.find(name, PluginKind::strategy, why) == nullptr) continue;
         const PluginDescriptor* descriptor = registry.find(name)->descriptor;
-        const PluginConfig settings =
-            descriptor->schema != nullptr ? config::default_settings(*descriptor->schema()) : PluginConfig{};
+        auto settings_of = configured.find(name);
+        const PluginConfig settings = settings_of != configured.end() ? settings_of->second
+                                      : descriptor->schema != nullptr ? config::default_settings(*descriptor->schema())
+                                                                      : PluginConfig{};
         auto strategy = registry.create<Strategy>(name, context_for("strategy/" + name), settings);
         if (!strategy) return fail(strategy.error().code, "strategy '" + name + "': " + strategy.error().message);
         strategies[name] = std::move(*strategy);

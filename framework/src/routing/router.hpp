@@ -38,8 +38,9 @@ public:
     [[nodiscard]] virtual std::vector<RoutedEnvelope> routes_for(const Message& message) const = 0;
 };
 
-/// Creates every strategy the config's routes name, and the bundled `private`, `group` and `broadcast` where they
-/// are loaded (bots' route() calls use those). @p context_for gives each instance its context.
+/// Creates every strategy the config's routes or `strategies:` section name, and the bundled `private`, `group` and
+/// `broadcast` where they are loaded (bots' route() calls use those), with their settings from `strategies:` or their
+/// defaults. @p context_for gives each instance its context.
 [[nodiscard]] Result<std::map<std::string, std::shared_ptr<Strategy>>> create_strategies(
     const config::Config& config, const plugin::Registry& registry,
     const std::function<PluginContext(const std::string& instance)>& context_for);

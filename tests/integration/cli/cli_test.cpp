@@ -208,7 +208,9 @@ const char* kRoutingConfig =
     "  ops: { members: [lobby, ops-side, alice], delivery: atomic }\n"
     "routes:\n"
     "  - { from: alerts, to: { group: ops } }\n"
-    "  - { from: alerts, to: { broadcast: 'tag:ops' } }\n";
+    "  - { from: alerts, to: { broadcast: 'tag:ops' } }\n"
+    "strategies:\n"
+    "  group: { batch_size: 2 }\n";
 
 }  // namespace
 
@@ -222,7 +224,7 @@ TEST_CASE("switchboard route prints the plan a message would get, through the re
         INFO(result.out << result.err);
         CHECK(result.exit_code == 0);
         CHECK(result.out.find("lobby -> group 'ops' (strategy group)") != std::string::npos);
-        CHECK(result.out.find("2 recipients, mode atomic, on_failure keep, batch size 100") != std::string::npos);
+        CHECK(result.out.find("2 recipients, mode atomic, on_failure keep, batch size 2") != std::string::npos);
         CHECK(result.out.find("batch 1:") != std::string::npos);
         CHECK(result.out.find("side/side") != std::string::npos);
         CHECK(result.out.find("console/@alice") != std::string::npos);
@@ -234,6 +236,7 @@ TEST_CASE("switchboard route prints the plan a message would get, through the re
         CHECK(result.exit_code == 0);
         CHECK(result.out.find("alerts -> group 'ops' (strategy group)") != std::string::npos);
         CHECK(result.out.find("3 recipients") != std::string::npos);
+        CHECK(result.out.find("batch 2:") != std::string::npos);  // batch_size 2 from the strategies section
         CHECK(result.out.find("alerts -> broadcast 'tag:ops' (strategy broadcast)") != std::string::npos);
         CHECK(result.out.find("1 recipient,") != std::string::npos);
     }
