@@ -1,0 +1,449 @@
+// The routing benchmarks; bench/README.md says what each one measures and holds the latest figures.
+//
+// Everything is the real thing but the platform: the router with the bundled private and group strategies, the
+// directory built from a config made in code, the delivery engine, and the memory and sqlite stores. The platform
+// is a sink connector that completes every send inline and notes the time of its last write. One thread: the
+// store executor runs inline, and nothing is left for the io_context to run.
+//
+// Each figure has a baseline measured in the same run, a bare loop that builds the same envelopes or messages and
+// moves them into a vector, so the ratio of the two shows what the framework itself costs.
+//
+// Benchmarks whose stores grow run a fixed number of iterations. SWITCHBOARD_BENCH_SCALE (default 1) multiplies
+// those counts, e.g. 0.01 for a quick check that everything still runs.
+
+#include <benchmark/benchmark.h>
+#include <malloc.h>
+#include <stdlib.h>
+
+#include <algorithm>
+#include <boost/asio/io_context.hpp>
+#include <charconv>
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <functional>
+#include <iterator>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <vector>
+
+#include "config/config.hpp"
+#include "group_strategy.hpp"
+#include "memory_store.hpp"
+#include "private_strategy.hpp"
+#include "routing/delivery_engine.hpp"
+#include "routing/directory.hpp"
+#include "routing/router.hpp"
+#include "sqlite_store.hpp"
+
+namespace {
+
+using namespace switchboard;
+using SteadyClock = std::chrono::steady_clock;
+
+constexpr const char* kConnection = "sink";
+constexpr std::size_t kUsers = 100'000;        // members of the largest group
+constexpr std::size_t kPrivateTargets = 1024;  // the private benchmarks address the first of them in turn
+constexpr std::size_t kChannels = 8;           // inbound messages come from these in turn
+constexpr std::size_t kInboundBatch = 256;     // host::Pipeline::kMaxBatch: messages per store commit
+constexpr std::size_t kSinkVectorSize = 4096;  // what the baselines keep before they clear their vector
+const std::string kText = "the deploy finished, 3 services restarted";  // longer than a string's inline buffer
+const std::string kByKind;  // Router::send's strategy argument: the strategy named like the envelope's kind
+
+std::int64_t scaled(std::int64_t iterations) {
+    static const double scale = [] {
+        const char* text = std::getenv("SWITCHBOARD_BENCH_SCALE");
+        const double value = text != nullptr ? std::atof(text) : 1.0;
+        return value > 0 ? value : 1.0;
+    }();
+    return std::max<std::int64_t>(1, static_cast<std::int64_t>(static_cast<double>(iterations) * scale));
+}
+
+std::string numbered(std::string_view prefix, std::uint64_t n) {
+    char digits[24];
+    const auto end = std::to_chars(digits, digits + sizeof digits, n).ptr;
+    std::string text;
+    text.reserve(prefix.size() + static_cast<std::size_t>(end - digits));
+    text.append(prefix).append(digits, end);
+    return text;
+}
+
+// Names as an operator writes them; ids shaped like Discord snowflakes (18 digits, too long for inline storage).
+std::string user_name(std::size_t i) { return numbered("user-", i); }
+std::string user_id(std::size_t i) { return numbered("", 310'000'000'000'000'000ULL + i * 7919); }
+std::string channel_id(std::size_t i) { return numbered("", 120'000'000'000'000'000ULL + i * 104'729); }
+std::string group_name(std::size_t members) { return numbered("group-", members); }
+std::string message_id(std::uint64_t n) { return numbered("", 1'250'000'000'000'000'000ULL + n); }
+
+std::int64_t system_ms() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
+
+double seconds(SteadyClock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+// One connection `sink`, channels room-0..7, users user-0..99999, and groups group-10000 and group-100000 of the
+// first 10,000 and of all users.
+const config::Config& bench_config() {
+    static const config::Config config = [] {
+        config::Config c;
+        c.file = "<bench>";
+        config::ConnectionConfig connection;
+        connection.name = kConnection;
+        c.connections.push_back(connection);
+        for (std::size_t i = 0; i < kChannels; ++i) {
+            c.channels.push_back(config::ChannelConfig{numbered("room-", i), kConnection, channel_id(i), {}, {}});
+        }
+        c.users.reserve(kUsers);
+        for (std::size_t i = 0; i < kUsers; ++i) {
+            c.users.push_back(config::UserConfig{user_name(i), kConnection, user_id(i), {}});
+        }
+        for (const std::size_t members : {std::size_t{10'000}, kUsers}) {
+            config::GroupConfig group;
+            group.name = group_name(members);
+            group.delivery = DeliveryMode::best_effort;
+            for (std::size_t i = 0; i < members; ++i) group.members.push_back(c.users[i].name);
+            c.groups.push_back(std::move(group));
+        }
+        return c;
+    }();
+    return config;
+}
+
+std::unique_ptr<routing::ConfigDirectory> make_directory() {
+    auto directory = std::make_unique<routing::ConfigDirectory>(bench_config());
+    directory->set_connection(kConnection, true, ConnectorCapabilities{});
+    return directory;
+}
+
+// The platform: accepts every send at once (inline), like a platform that gives no message id (IRC). It reads the
+// clock only at the write that reaches the count it was told to expect, its last one: a clock read costs about as
+// much as the engine's whole work for one recipient on the benchmark machine.
+class SinkConnector final : public Connector {
+public:
+    ConnectorCapabilities capabilities() const override { return ConnectorCapabilities{}; }
+    void start(ConnectorHost&) override {}
+    void stop() override {}
+    void send(const OutboundMessage& message, SendCallback done) override {
+        bytes += message.text.size();
+        if (++writes == expected) last_write = SteadyClock::now();
+        done(SentMessage{});
+    }
+
+    std::uint64_t expected = 0;  // the write whose time last_write records
+    std::uint64_t writes = 0;
+    std::uint64_t bytes = 0;
+    SteadyClock::time_point last_write{};
+};
+
+class NullLogger final : public Logger {
+public:
+    void log(LogLevel, std::string_view, const LogFields&) noexcept override {}
+};
+
+struct Reports {
+    std::uint64_t delivered = 0;
+    std::uint64_t other = 0;
+    std::uint64_t recipients = 0;
+    bool stamp = false;  // note when the last report came
+    SteadyClock::time_point last{};
+
+    ReportCallback callback() {
+        return [this](DeliveryReport report) {
+            ++(report.status == DeliveryStatus::delivered ? delivered : other);
+            recipients += report.recipients.size();
+            if (stamp) last = SteadyClock::now();
+        };
+    }
+};
+
+// The sending half of a host: engine and router over @p store, with the sink as the only connection.
+struct Stack {
+    Stack(Store& store, const routing::ConfigDirectory& directory)
+        : engine(store, directory, io, [](std::function<void()> work) { work(); }, logger),
+          router(bench_config(), directory, strategies(), &engine) {
+        engine.add_connection(kConnection, sink, routing::ConnectionLimits{});
+    }
+
+    static std::map<std::string, std::shared_ptr<Strategy>> strategies() {
+        return {{strategies::PrivateStrategy::kName, std::make_shared<strategies::PrivateStrategy>()},
+                {strategies::GroupStrategy::kName, std::make_shared<strategies::GroupStrategy>()}};
+    }
+
+    boost::asio::io_context io;
+    NullLogger logger;
+    std::shared_ptr<SinkConnector> sink = std::make_shared<SinkConnector>();
+    routing::DeliveryEngine engine;
+    routing::Router router;
+};
+
+bool delivered_all(benchmark::State& state, const SinkConnector& sink, const Reports& reports,
+                   std::uint64_t messages, std::uint64_t plans) {
+    if (sink.writes == messages && reports.delivered == plans && reports.other == 0) return true;
+    state.SkipWithError(("expected " + std::to_string(messages) + " writes and " + std::to_string(plans) +
+                         " delivered reports, got " + std::to_string(sink.writes) + " writes, " +
+                         std::to_string(reports.delivered) + " delivered and " + std::to_string(reports.other) +
+                         " other reports")
+                            .c_str());
+    return false;
+}
+
+// ---- private messages ------------------------------------------------------------------------------------------
+
+std::vector<std::string> private_targets() {
+    std::vector<std::string> targets;
+    for (std::size_t i = 0; i < kPrivateTargets; ++i) targets.push_back(user_name(i));
+    return targets;
+}
+
+Envelope private_envelope(const std::string& target, std::uint64_t n) {
+    Envelope envelope;
+    envelope.kind = MessageKind::private_message;
+    envelope.target = target;
+    envelope.text = kText;
+    envelope.idempotency_key = numbered("bench-", n);
+    return envelope;
+}
+
+// (a) What moving the envelopes costs without the framework.
+void private_baseline(benchmark::State& state) {
+    const auto targets = private_targets();
+    std::vector<Envelope> sink;
+    sink.reserve(kSinkVectorSize);
+    std::uint64_t n = 0;
+    for (auto _ : state) {
+        sink.push_back(private_envelope(targets[n % kPrivateTargets], n));
+        ++n;
+        if (sink.size() == kSinkVectorSize) sink.clear();
+    }
+    benchmark::DoNotOptimize(sink.data());
+    state.SetItemsProcessed(state.iterations());
+    state.counters["received"] = static_cast<double>(n);
+}
+
+// (b) Router::send of private envelopes: private strategy, engine, memory store outbox, sink.
+void private_memory(benchmark::State& state) {
+    const auto targets = private_targets();
+    auto directory = make_directory();
+    stores::MemoryStore store;
+    Stack stack(store, *directory);
+    Reports reports;
+    const ReportCallback done = reports.callback();
+    std::uint64_t n = 0;
+    for (auto _ : state) {
+        stack.router.send(private_envelope(targets[n % kPrivateTargets], n), kByKind, done);
+        ++n;
+    }
+    if (!delivered_all(state, *stack.sink, reports, n, n)) return;
+    state.SetItemsProcessed(state.iterations());
+    state.counters["received"] = static_cast<double>(stack.sink->writes);
+}
+
+// ---- inbound messages made durable, then their replies ----------------------------------------------------------
+
+// One batch of inbound messages as the pipeline commits them: each with its dedup key and cursor (from the
+// message) and the echo reply it produced (an outbox entry, as host/pipeline.cpp stages it), and the reply's plan.
+struct InboundBatch {
+    std::vector<ProcessedMessage> processed;
+    std::vector<routing::PlannedDelivery> replies;
+
+    void fill(std::uint64_t& sequence, std::int64_t now_ms) {
+        processed.clear();
+        replies.clear();
+        for (std::size_t i = 0; i < kInboundBatch; ++i) {
+            const std::uint64_t n = sequence++;
+            ProcessedMessage& p = processed.emplace_back();
+            Message& m = p.message;
+            m.id = message_id(n);
+            m.connection = kConnection;
+            m.channel = channel_id(n % kChannels);
+            m.author = Author{user_id(n % kPrivateTargets), user_name(n % kPrivateTargets), false};
+            m.text = kText;
+            m.timestamp_ms = now_ms;
+            m.kind = MessageKind::group;
+
+            OutboxEntry& entry = p.outbox.emplace_back();
+            entry.plan_id = m.connection + "/" + m.channel + "/" + m.id + "#echo.0";
+            entry.recipient = Address::channel(m.connection, m.channel);
+            entry.text = "echo: " + m.text;
+            entry.reply_to = m.id;
+            entry.created_ms = now_ms;
+
+            routing::PlannedDelivery& reply = replies.emplace_back();
+            reply.plan_id = entry.plan_id;
+            reply.plan.recipients.push_back(Recipient{entry.recipient.to_string(), entry.recipient});
+            reply.plan.batch_size = 1;
+            reply.text = entry.text;
+            reply.reply_to = entry.reply_to;
+            reply.deadline_ms = now_ms + routing::kDefaultDeadlineMs;
+        }
+    }
+};
+
+class TempDir {
+public:
+    TempDir() {
+        std::string pattern = (std::filesystem::temp_directory_path() / "switchboard-bench-XXXXXX").string();
+        if (::mkdtemp(pattern.data()) == nullptr) throw std::system_error(errno, std::generic_category(), "mkdtemp");
+        path_ = pattern;
+    }
+    ~TempDir() {
+        std::error_code ignored;
+        std::filesystem::remove_all(path_, ignored);
+    }
+    TempDir(const TempDir&) = delete;
+    TempDir& operator=(const TempDir&) = delete;
+    [[nodiscard]] const std::filesystem::path& path() const { return path_; }
+
+private:
+    std::filesystem::path path_;
+};
+
+// (a) for (c): building the same batches and moving them into vectors.
+void inbound_baseline(benchmark::State& state) {
+    InboundBatch batch;
+    std::vector<ProcessedMessage> durable;
+    std::vector<routing::PlannedDelivery> sent;
+    durable.reserve(kSinkVectorSize);
+    sent.reserve(kSinkVectorSize);
+    std::uint64_t sequence = 0;
+    const std::int64_t now = system_ms();
+    for (auto _ : state) {
+        batch.fill(sequence, now);
+        std::move(batch.processed.begin(), batch.processed.end(), std::back_inserter(durable));
+        std::move(batch.replies.begin(), batch.replies.end(), std::back_inserter(sent));
+        if (sent.size() >= kSinkVectorSize) {
+            durable.clear();
+            sent.clear();
+        }
+    }
+    benchmark::DoNotOptimize(sent.data());
+    state.SetItemsProcessed(state.iterations() * static_cast<std::int64_t>(kInboundBatch));
+    state.counters["received"] = static_cast<double>(sequence);
+}
+
+// (c) Store::commit of each batch (dedup entry, cursor, message log, the reply in the outbox: one transaction),
+// then each reply through the engine with persisted = true: sink, outbox update, report.
+void inbound_sqlite(benchmark::State& state) {
+    TempDir dir;
+    auto directory = make_directory();
+    std::uint64_t sequence = 0;
+    {
+        stores::SqliteStore store(dir.path() / "bench.db");
+        Stack stack(store, *directory);
+        Reports reports;
+        const ReportCallback done = reports.callback();
+        InboundBatch batch;
+        const std::int64_t now = system_ms();
+        for (auto _ : state) {
+            batch.fill(sequence, now);
+            if (auto committed = store.commit(batch.processed); !committed) {
+                state.SkipWithError(committed.error().to_string().c_str());
+                break;
+            }
+            for (auto& reply : batch.replies) stack.engine.execute(std::move(reply), true, done);
+        }
+        if (!delivered_all(state, *stack.sink, reports, sequence, sequence)) return;
+        state.counters["received"] = static_cast<double>(stack.sink->writes);
+    }
+    state.SetItemsProcessed(state.iterations() * static_cast<std::int64_t>(kInboundBatch));
+    std::error_code ec;
+    state.counters["db_bytes"] = static_cast<double>(std::filesystem::file_size(dir.path() / "bench.db", ec));
+}
+
+// ---- group fan-out -----------------------------------------------------------------------------------------------
+
+// (d) baseline: copying the group's members into a vector; the time of the last copy.
+void fanout_baseline(benchmark::State& state) {
+    const auto members = static_cast<std::size_t>(state.range(0));
+    auto directory = make_directory();
+    const auto group = directory->group(group_name(members));
+    std::vector<Recipient> sink;
+    sink.reserve(members);
+    for (auto _ : state) {
+        sink.clear();
+        const auto start = SteadyClock::now();
+        for (const Recipient& member : group->members) sink.push_back(member);
+        state.SetIterationTime(seconds(SteadyClock::now() - start));
+    }
+    state.counters["members"] = static_cast<double>(members);
+    state.counters["received"] = static_cast<double>(sink.size());
+}
+
+// (d) Router::send of one group envelope: group strategy over the cached member list, engine in batches of 100,
+// memory store outbox, sink. Time from the call to the sink's last write; each send gets a fresh store.
+void fanout(benchmark::State& state) {
+    const auto members = static_cast<std::size_t>(state.range(0));
+    auto directory = make_directory();
+    directory->group(group_name(members));  // resolved and cached, as in a host that ran a while
+    std::uint64_t n = 0;
+    double report_seconds = 0;
+    for (auto _ : state) {
+        stores::MemoryStore store;
+        Stack stack(store, *directory);
+        Reports reports;
+        reports.stamp = true;
+        Envelope envelope;
+        envelope.kind = MessageKind::group;
+        envelope.target = group_name(members);
+        envelope.text = kText;
+        envelope.idempotency_key = numbered("fanout-", n++);
+        stack.sink->expected = members;
+        const auto start = SteadyClock::now();
+        stack.router.send(std::move(envelope), kByKind, reports.callback());
+        state.SetIterationTime(seconds(stack.sink->last_write - start));
+        report_seconds += seconds(reports.last - start);
+        if (!delivered_all(state, *stack.sink, reports, members, 1) || reports.recipients != members) break;
+    }
+    state.counters["members"] = static_cast<double>(members);
+    state.counters["send_to_report_ms"] = report_seconds * 1e3 / static_cast<double>(std::max<std::uint64_t>(n, 1));
+}
+
+// ---- memory of a cached group -----------------------------------------------------------------------------------
+
+std::size_t heap_in_use() {
+    const struct mallinfo2 info = ::mallinfo2();
+    return info.uordblks + info.hblkhd;  // small chunks in use, and large ones (mmapped)
+}
+
+// (e) The heap a resolved, cached member list takes (the directory's first group() call), per member, and how long
+// resolving takes.
+void cached_group(benchmark::State& state) {
+    const auto members = static_cast<std::size_t>(state.range(0));
+    double bytes = 0;
+    for (auto _ : state) {
+        auto directory = make_directory();
+        const std::size_t before = heap_in_use();
+        const auto start = SteadyClock::now();
+        auto group = directory->group(group_name(members));
+        state.SetIterationTime(seconds(SteadyClock::now() - start));
+        bytes = static_cast<double>(heap_in_use() - before);
+        if (group == nullptr || group->members.size() != members) {
+            state.SkipWithError("the group did not resolve");
+            break;
+        }
+    }
+    state.counters["members"] = static_cast<double>(members);
+    state.counters["bytes_per_member"] = bytes / static_cast<double>(members);
+}
+
+}  // namespace
+
+BENCHMARK(private_baseline)->Name("private/baseline")->Iterations(scaled(1'000'000))->UseRealTime();
+BENCHMARK(private_memory)->Name("private/memory")->Iterations(scaled(500'000))->UseRealTime();
+BENCHMARK(inbound_baseline)->Name("inbound/baseline")->Iterations(scaled(1000))->UseRealTime();
+BENCHMARK(inbound_sqlite)->Name("inbound/sqlite")->Iterations(scaled(400))->UseRealTime();
+BENCHMARK(fanout_baseline)->Name("fanout/baseline")->Arg(10'000)->Arg(100'000)->Iterations(scaled(50))
+    ->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(fanout)->Name("fanout/memory")->Arg(10'000)->Iterations(scaled(50))->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(fanout)->Name("fanout/memory")->Arg(100'000)->Iterations(scaled(10))->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(cached_group)->Name("directory/cached_group")->Arg(100'000)->Iterations(scaled(5))->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
+
+BENCHMARK_MAIN();
