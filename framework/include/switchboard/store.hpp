@@ -156,8 +156,11 @@ public:
     /// @brief Adds entries to the outbox (one transaction); an entry whose (plan_id, recipient) exists is kept.
     [[nodiscard]] virtual Result<void> outbox_add(std::span<const OutboxEntry> entries) = 0;
 
-    /// @brief Updates one entry's state, sent message id, attempts and error.
-    [[nodiscard]] virtual Result<void> outbox_update(const OutboxEntry& entry) = 0;
+    /// @brief Updates the state, sent message id, attempts and error of each entry (its text, reply_to and
+    /// created_ms stay as added), in one transaction. An entry whose (plan_id, recipient) does not exist is skipped
+    /// and the call fails with `outbox_entry_not_found` naming the first such entry; the others are updated all the
+    /// same. Any other failure updates none of them.
+    [[nodiscard]] virtual Result<void> outbox_update(std::span<const OutboxEntry> entries) = 0;
 
     /// @brief Every entry still pending, oldest first (what a restart must finish).
     [[nodiscard]] virtual Result<std::vector<OutboxEntry>> outbox_pending() = 0;

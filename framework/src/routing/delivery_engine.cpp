@@ -37,8 +37,7 @@
 // inbound message), group-commit flushes of completed recipients (at most one per plan at a time; what completes
 // while it runs joins it, so a slow store gets larger rounds while a crash re-sends at most what was in flight), and
 // the final flush, after which the report is delivered, so the outbox already says what the report says. Only a
-// deadline report goes out at once, before its flush. The SDK's outbox_update takes one entry, so a round is one
-// call per recipient.
+// deadline report goes out at once, before its flush. A round is one outbox_update call.
 //
 // Who may touch what: fields fixed before a plan is shared are read freely. A recipient's RecipientOutcome and Slot
 // are written under the plan's lock, and only while the recipient is not final (or, for compensation, once no store
@@ -1096,15 +1095,19 @@ private:
         }
     }
 
-    // Writes the state of final recipients (outbox_update ignores text and reply_to).
+    // Writes the state of final recipients, in one store call (outbox_update ignores text, reply_to and created_ms).
     void write_entries(Plan& p, const IndexList& indexes) {
-        thread_local OutboxEntry entry;
-        entry.plan_id = p.plan_id;
-        std::size_t failures = 0;
-        std::string first_failure;
-        for (const std::uint32_t i : indexes) {
+        if (indexes.empty()) return;
+        thread_local std::vector<OutboxEntry> scratch;
+        std::vector<OutboxEntry> large;
+        std::vector<OutboxEntry>& entries = indexes.size() <= kScratchEntries ? scratch : large;
+        entries.resize(indexes.size());
+        for (std::size_t k = 0; k < indexes.size(); ++k) {
+            const std::uint32_t i = indexes[k];
             const Slot& slot = p.slots[i];
             const RecipientOutcome& out = p.out[i];
+            OutboxEntry& entry = entries[k];
+            entry.plan_id = p.plan_id;
             entry.recipient = out.address;
             entry.state = slot.entry_state;
             entry.sent_message_id = out.message_id;
@@ -1114,14 +1117,11 @@ private:
             } else {
                 entry.error.clear();
             }
-            if (auto updated = store_.outbox_update(entry); !updated && failures++ == 0) {
-                first_failure = out.address.to_string() + ": " + updated.error().to_string();
-            }
         }
-        if (failures > 0) {
-            logger_.error("delivery: could not record the outbox state of " + std::to_string(failures) + " of " +
-                          std::to_string(indexes.size()) + " recipient(s) of plan '" + p.plan_id +
-                          "' (first: " + first_failure + "); a restart may send them again");
+        if (auto updated = store_.outbox_update(entries); !updated) {
+            logger_.error("delivery: could not record the outbox state of " + std::to_string(indexes.size()) +
+                          " recipient(s) of plan '" + p.plan_id + "' (" + updated.error().to_string() +
+                          "); a restart may send them again");
         }
     }
 

@@ -133,18 +133,25 @@ Result<void> MemoryStore::outbox_add(std::span<const OutboxEntry> entries) {
     return {};
 }
 
-Result<void> MemoryStore::outbox_update(const OutboxEntry& entry) {
+Result<void> MemoryStore::outbox_update(std::span<const OutboxEntry> entries) {
     std::lock_guard lock(mutex_);
-    auto it = outbox_.find(pair_key(entry.plan_id, entry.recipient.to_string()));
-    if (it == outbox_.end()) {
-        return fail("outbox_entry_not_found", "no outbox entry for plan '" + entry.plan_id + "' and recipient '" +
-                                                  entry.recipient.to_string() + "'; add it with outbox_add first");
+    const OutboxEntry* missing = nullptr;
+    for (const OutboxEntry& entry : entries) {
+        auto it = outbox_.find(pair_key(entry.plan_id, entry.recipient.to_string()));
+        if (it == outbox_.end()) {
+            if (missing == nullptr) missing = &entry;
+            continue;
+        }
+        OutboxEntry& stored = it->second.entry;
+        stored.state = entry.state;
+        stored.sent_message_id = entry.sent_message_id;
+        stored.attempts = entry.attempts;
+        stored.error = entry.error;
     }
-    OutboxEntry& stored = it->second.entry;
-    stored.state = entry.state;
-    stored.sent_message_id = entry.sent_message_id;
-    stored.attempts = entry.attempts;
-    stored.error = entry.error;
+    if (missing != nullptr) {
+        return fail("outbox_entry_not_found", "no outbox entry for plan '" + missing->plan_id + "' and recipient '" +
+                                                  missing->recipient.to_string() + "'; add it with outbox_add first");
+    }
     return {};
 }
 

@@ -339,10 +339,18 @@ struct SqliteStore::Impl {
         }
     }
 
+    // Address::to_string() into @p text, reusing its buffer.
+    static void address_text(const Address& address, std::string& text) {
+        text.assign(address.connection);
+        text.append(address.is_user ? "/@" : "/");
+        text.append(address.target);
+    }
+
     void add_outbox_entry(const OutboxEntry& entry) {
         auto& insert = fresh(outbox_insert);
+        address_text(entry.recipient, recipient_text);
         insert.bindNoCopy(1, entry.plan_id);
-        insert.bind(2, entry.recipient.to_string());
+        insert.bindNoCopy(2, recipient_text);
         insert.bindNoCopy(3, entry.text);
         if (entry.reply_to) {
             insert.bindNoCopy(4, *entry.reply_to);
@@ -473,6 +481,7 @@ struct SqliteStore::Impl {
 
     std::mutex mutex;
     std::vector<const Message*> cursor_moves;  // scratch for commit(): the newest message per channel
+    std::string recipient_text;                // scratch: the recipient column of the outbox entry being written
 };
 
 const ConfigSchema& SqliteStore::config_schema() {
@@ -682,20 +691,29 @@ Result<void> SqliteStore::outbox_add(std::span<const OutboxEntry> entries) {
     });
 }
 
-Result<void> SqliteStore::outbox_update(const OutboxEntry& entry) {
-    return impl_->guarded("updating an outbox entry", [&]() -> Result<void> {
-        const std::string recipient = entry.recipient.to_string();
-        auto& update = Impl::fresh(impl_->outbox_set);
-        update.bindNoCopy(1, entry.plan_id);
-        update.bindNoCopy(2, recipient);
-        update.bindNoCopy(3, to_string(entry.state).data());  // a string literal
-        update.bindNoCopy(4, entry.sent_message_id);
-        update.bind(5, entry.attempts);
-        update.bindNoCopy(6, entry.error);
-        if (update.exec() == 0) {
-            return fail("outbox_entry_not_found", "no outbox entry for plan '" + entry.plan_id + "' and recipient '" +
-                                                      recipient + "' in " + quoted(impl_->path) +
-                                                      "; add it with outbox_add first");
+Result<void> SqliteStore::outbox_update(std::span<const OutboxEntry> entries) {
+    if (entries.empty()) return {};
+    return impl_->guarded("updating outbox entries", [&]() -> Result<void> {
+        Impl& s = *impl_;
+        Impl::fresh(s.begin).exec();
+        const OutboxEntry* missing = nullptr;
+        std::string& recipient = s.recipient_text;
+        for (const OutboxEntry& entry : entries) {
+            s.address_text(entry.recipient, recipient);
+            auto& update = Impl::fresh(s.outbox_set);
+            update.bindNoCopy(1, entry.plan_id);
+            update.bindNoCopy(2, recipient);
+            update.bindNoCopy(3, to_string(entry.state).data());  // a string literal
+            update.bindNoCopy(4, entry.sent_message_id);
+            update.bind(5, entry.attempts);
+            update.bindNoCopy(6, entry.error);
+            if (update.exec() == 0 && missing == nullptr) missing = &entry;
+        }
+        Impl::fresh(s.commit).exec();
+        if (missing != nullptr) {
+            return fail("outbox_entry_not_found", "no outbox entry for plan '" + missing->plan_id +
+                                                      "' and recipient '" + missing->recipient.to_string() + "' in " +
+                                                      quoted(s.path) + "; add it with outbox_add first");
         }
         return {};
     });

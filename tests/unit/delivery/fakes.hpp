@@ -338,7 +338,7 @@ public:
         if (fail_outbox_add) return fail_retryable("store_busy", "injected failure");
         return inner_.outbox_add(e);
     }
-    Result<void> outbox_update(const OutboxEntry& e) override {
+    Result<void> outbox_update(std::span<const OutboxEntry> e) override {
         note();
         return inner_.outbox_update(e);
     }

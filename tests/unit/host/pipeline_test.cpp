@@ -69,7 +69,7 @@ public:
     }
     Result<void> put_values(std::span<const KeyValueWrite> w) override { return inner_.put_values(w); }
     Result<void> outbox_add(std::span<const OutboxEntry> e) override { return inner_.outbox_add(e); }
-    Result<void> outbox_update(const OutboxEntry& e) override { return inner_.outbox_update(e); }
+    Result<void> outbox_update(std::span<const OutboxEntry> e) override { return inner_.outbox_update(e); }
     Result<std::vector<OutboxEntry>> outbox_pending() override { return inner_.outbox_pending(); }
     Result<std::vector<OutboxEntry>> outbox_plan(const std::string& p) override { return inner_.outbox_plan(p); }
     Result<std::vector<Message>> messages(const std::string& c, const std::string& ch, std::int64_t from,

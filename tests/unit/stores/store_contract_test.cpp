@@ -201,7 +201,7 @@ STORE_TEST_CASE("the outbox tracks each recipient of a plan") {
         sent.sent_message_id = "p-77";
         sent.attempts = 2;
         sent.error = "rate_limited";
-        ok(store->outbox_update(sent));
+        ok(store->outbox_update(std::vector{sent}));
 
         const auto plan = ok(store->outbox_plan("plan-1"));
         REQUIRE(plan.size() == 2);
@@ -214,7 +214,7 @@ STORE_TEST_CASE("the outbox tracks each recipient of a plan") {
     SECTION("adding an entry again keeps the existing one") {
         OutboxEntry sent = outbox_entry("plan-1", "#a", 100);
         sent.state = OutboxState::sent;
-        ok(store->outbox_update(sent));
+        ok(store->outbox_update(std::vector{sent}));
 
         OutboxEntry replayed = outbox_entry("plan-1", "#a", 999);
         replayed.text = "different";
@@ -227,9 +227,44 @@ STORE_TEST_CASE("the outbox tracks each recipient of a plan") {
         CHECK(plan[0].created_ms == 100);
     }
     SECTION("updating an entry that does not exist is an error") {
-        const auto result = store->outbox_update(outbox_entry("plan-9", "#a", 100));
+        const auto result = store->outbox_update(std::vector{outbox_entry("plan-9", "#a", 100)});
         REQUIRE_FALSE(result.has_value());
         CHECK(result.error().code == "outbox_entry_not_found");
+        CHECK(result.error().message.find("plan-9") != std::string::npos);
+    }
+    SECTION("one update call records entries of several plans") {
+        OutboxEntry sent = outbox_entry("plan-1", "#a", 100);
+        sent.state = OutboxState::sent;
+        sent.sent_message_id = "p-1";
+        OutboxEntry failed = outbox_entry("plan-2", "#b", 200);
+        failed.state = OutboxState::failed;
+        failed.attempts = 3;
+        failed.error = "forbidden";
+        ok(store->outbox_update(std::vector{sent, failed}));
+
+        CHECK(ok(store->outbox_plan("plan-1"))[0].sent_message_id == "p-1");
+        const auto plan_2 = ok(store->outbox_plan("plan-2"));
+        REQUIRE(plan_2.size() == 1);
+        CHECK(plan_2[0].state == OutboxState::failed);
+        CHECK(plan_2[0].attempts == 3);
+        CHECK(plan_2[0].error == "forbidden");
+        CHECK(ok(store->outbox_pending()).size() == 1);
+        CHECK(store->outbox_update(std::vector<OutboxEntry>{}).has_value());
+    }
+    SECTION("an update call with a missing entry fails naming it, and still records the others") {
+        OutboxEntry sent = outbox_entry("plan-1", "#a", 100);
+        sent.state = OutboxState::sent;
+        OutboxEntry also_sent = outbox_entry("plan-2", "#b", 200);
+        also_sent.state = OutboxState::sent;
+        const auto result = store->outbox_update(
+            std::vector{sent, outbox_entry("plan-9", "#a", 100), outbox_entry("plan-1", "#zzz", 100), also_sent});
+        REQUIRE_FALSE(result.has_value());
+        CHECK(result.error().code == "outbox_entry_not_found");
+        CHECK(result.error().message.find("plan-9") != std::string::npos);
+        CHECK(ok(store->outbox_plan("plan-1"))[0].state == OutboxState::sent);
+        CHECK(ok(store->outbox_plan("plan-2"))[0].state == OutboxState::sent);
+        CHECK(ok(store->outbox_plan("plan-9")).empty());
+        CHECK(ok(store->outbox_pending()).size() == 1);
     }
     SECTION("replies produced while handling a message enter the outbox with it") {
         ok(store->commit(
