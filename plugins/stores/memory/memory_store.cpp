@@ -1,6 +1,9 @@
 #include "memory_store.hpp"
 
 #include <algorithm>
+#include <bit>
+#include <functional>
+#include <string_view>
 #include <tuple>
 
 namespace switchboard::stores {
@@ -40,9 +43,97 @@ void MemoryStore::apply_write(const KeyValueWrite& write) {
     }
 }
 
-void MemoryStore::add_outbox_entry(const OutboxEntry& entry) {
-    auto [it, inserted] = outbox_.try_emplace(pair_key(entry.plan_id, entry.recipient.to_string()));
-    if (inserted) it->second = StoredEntry{entry, outbox_sequence_++};
+namespace {
+
+std::size_t address_hash(const Address& address) noexcept {
+    std::size_t h = std::hash<std::string_view>{}(address.target);
+    h ^= std::hash<std::string_view>{}(address.connection) + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2);
+    return address.is_user ? ~h : h;
+}
+
+}  // namespace
+
+MemoryStore::StoredEntry* MemoryStore::find_entry(PlanOutbox& plan, const Address& recipient) {
+    if (plan.index.empty()) {
+        for (StoredEntry& stored : plan.entries) {
+            if (stored.recipient == recipient) return &stored;
+        }
+        return nullptr;
+    }
+    const std::size_t mask = plan.index.size() - 1;
+    for (std::size_t i = address_hash(recipient) & mask;; i = (i + 1) & mask) {
+        const std::uint32_t slot = plan.index[i];
+        if (slot == 0) return nullptr;
+        if (plan.entries[slot - 1].recipient == recipient) return &plan.entries[slot - 1];
+    }
+}
+
+// Adds entries[position] to the plan's index, building or growing the index as needed.
+void MemoryStore::index_entry(PlanOutbox& plan, std::uint32_t position) {
+    const std::size_t count = plan.entries.size();
+    if (count <= kLinearEntries) return;
+    if (plan.index.size() < count * 2) {
+        plan.index.assign(std::bit_ceil(count * 4), 0);
+        const std::size_t mask = plan.index.size() - 1;
+        for (std::uint32_t p = 0; p < count; ++p) {
+            std::size_t i = address_hash(plan.entries[p].recipient) & mask;
+            while (plan.index[i] != 0) i = (i + 1) & mask;
+            plan.index[i] = p + 1;
+        }
+        return;
+    }
+    const std::size_t mask = plan.index.size() - 1;
+    std::size_t i = address_hash(plan.entries[position].recipient) & mask;
+    while (plan.index[i] != 0) i = (i + 1) & mask;
+    plan.index[i] = position + 1;
+}
+
+OutboxEntry MemoryStore::to_entry(const std::string& plan_id, const PlanOutbox& plan, const StoredEntry& stored) {
+    const PlanMessage& message = plan.messages[stored.message];
+    OutboxEntry entry;
+    entry.plan_id = plan_id;
+    entry.recipient = stored.recipient;
+    entry.text = message.text;
+    entry.reply_to = message.reply_to;
+    entry.state = stored.state;
+    entry.sent_message_id = stored.sent_message_id;
+    entry.attempts = stored.attempts;
+    entry.error = stored.error;
+    entry.created_ms = stored.created_ms;
+    return entry;
+}
+
+// The caller holds mutex_. @p last caches the plan of the previous entry: a batch is mostly one plan's entries.
+void MemoryStore::add_outbox_entry(const OutboxEntry& entry, PlanCache& last) {
+    if (last.plan == nullptr || *last.plan_id != entry.plan_id) {
+        auto [it, inserted] = outbox_.try_emplace(entry.plan_id);
+        if (inserted) it->second = std::make_unique<PlanOutbox>();
+        last.plan = it->second.get();
+        last.plan_id = &entry.plan_id;  // the caller's entries outlive the call; map keys move when the map grows
+    }
+    PlanOutbox& plan = *last.plan;
+    if (find_entry(plan, entry.recipient) != nullptr) return;  // kept as it is
+
+    // Entries of one plan normally share one text: look for it from the last one added.
+    std::uint32_t message = static_cast<std::uint32_t>(plan.messages.size());
+    for (std::uint32_t m = message; m-- > 0;) {
+        if (plan.messages[m].text == entry.text && plan.messages[m].reply_to == entry.reply_to) {
+            message = m;
+            break;
+        }
+    }
+    if (message == plan.messages.size()) plan.messages.push_back(PlanMessage{entry.text, entry.reply_to});
+
+    StoredEntry& stored = plan.entries.emplace_back();
+    stored.recipient = entry.recipient;
+    stored.message = message;
+    stored.state = entry.state;
+    stored.attempts = entry.attempts;
+    stored.sent_message_id = entry.sent_message_id;
+    stored.error = entry.error;
+    stored.created_ms = entry.created_ms;
+    stored.sequence = outbox_sequence_++;
+    index_entry(plan, static_cast<std::uint32_t>(plan.entries.size() - 1));
 }
 
 Result<bool> MemoryStore::is_processed(const MessageKey& key) {
@@ -53,6 +144,7 @@ Result<bool> MemoryStore::is_processed(const MessageKey& key) {
 
 Result<void> MemoryStore::commit(std::span<const ProcessedMessage> batch) {
     std::lock_guard lock(mutex_);
+    PlanCache plans;
     for (const ProcessedMessage& item : batch) {
         const Message& message = item.message;
         // Consecutive messages are mostly of one channel: look it up only when it changes.
@@ -74,7 +166,7 @@ Result<void> MemoryStore::commit(std::span<const ProcessedMessage> batch) {
             log.insert(after, message);
         }
         for (const KeyValueWrite& write : item.writes) apply_write(write);
-        for (const OutboxEntry& entry : item.outbox) add_outbox_entry(entry);
+        for (const OutboxEntry& entry : item.outbox) add_outbox_entry(entry, plans);
     }
     return {};
 }
@@ -129,24 +221,31 @@ Result<void> MemoryStore::put_values(std::span<const KeyValueWrite> writes) {
 
 Result<void> MemoryStore::outbox_add(std::span<const OutboxEntry> entries) {
     std::lock_guard lock(mutex_);
-    for (const OutboxEntry& entry : entries) add_outbox_entry(entry);
+    PlanCache plans;
+    for (const OutboxEntry& entry : entries) add_outbox_entry(entry, plans);
     return {};
 }
 
 Result<void> MemoryStore::outbox_update(std::span<const OutboxEntry> entries) {
     std::lock_guard lock(mutex_);
     const OutboxEntry* missing = nullptr;
+    PlanOutbox* plan = nullptr;
+    const std::string* plan_id = nullptr;
     for (const OutboxEntry& entry : entries) {
-        auto it = outbox_.find(pair_key(entry.plan_id, entry.recipient.to_string()));
-        if (it == outbox_.end()) {
+        if (plan_id == nullptr || *plan_id != entry.plan_id) {
+            auto it = outbox_.find(entry.plan_id);
+            plan = it == outbox_.end() ? nullptr : it->second.get();
+            plan_id = &entry.plan_id;
+        }
+        StoredEntry* stored = plan != nullptr ? find_entry(*plan, entry.recipient) : nullptr;
+        if (stored == nullptr) {
             if (missing == nullptr) missing = &entry;
             continue;
         }
-        OutboxEntry& stored = it->second.entry;
-        stored.state = entry.state;
-        stored.sent_message_id = entry.sent_message_id;
-        stored.attempts = entry.attempts;
-        stored.error = entry.error;
+        stored->state = entry.state;
+        stored->sent_message_id = entry.sent_message_id;
+        stored->attempts = entry.attempts;
+        stored->error = entry.error;
     }
     if (missing != nullptr) {
         return fail("outbox_entry_not_found", "no outbox entry for plan '" + missing->plan_id + "' and recipient '" +
@@ -157,30 +256,34 @@ Result<void> MemoryStore::outbox_update(std::span<const OutboxEntry> entries) {
 
 Result<std::vector<OutboxEntry>> MemoryStore::outbox_pending() {
     std::lock_guard lock(mutex_);
-    std::vector<const StoredEntry*> found;
-    for (const auto& [key, stored] : outbox_) {
-        if (stored.entry.state == OutboxState::pending) found.push_back(&stored);
+    struct Found {
+        const std::string* plan_id;
+        const PlanOutbox* plan;
+        const StoredEntry* stored;
+    };
+    std::vector<Found> found;
+    for (const auto& [plan_id, plan] : outbox_) {
+        for (const StoredEntry& stored : plan->entries) {
+            if (stored.state == OutboxState::pending) found.push_back(Found{&plan_id, plan.get(), &stored});
+        }
     }
-    std::sort(found.begin(), found.end(), [](const StoredEntry* a, const StoredEntry* b) {
-        return std::tie(a->entry.created_ms, a->sequence) < std::tie(b->entry.created_ms, b->sequence);
+    std::sort(found.begin(), found.end(), [](const Found& a, const Found& b) {
+        return std::tie(a.stored->created_ms, a.stored->sequence) < std::tie(b.stored->created_ms, b.stored->sequence);
     });
     std::vector<OutboxEntry> result;
     result.reserve(found.size());
-    for (const StoredEntry* stored : found) result.push_back(stored->entry);
+    for (const Found& f : found) result.push_back(to_entry(*f.plan_id, *f.plan, *f.stored));
     return result;
 }
 
 Result<std::vector<OutboxEntry>> MemoryStore::outbox_plan(const std::string& plan_id) {
     std::lock_guard lock(mutex_);
-    std::vector<const StoredEntry*> found;
-    for (const auto& [key, stored] : outbox_) {
-        if (stored.entry.plan_id == plan_id) found.push_back(&stored);
-    }
-    std::sort(found.begin(), found.end(),
-              [](const StoredEntry* a, const StoredEntry* b) { return a->sequence < b->sequence; });
     std::vector<OutboxEntry> result;
-    result.reserve(found.size());
-    for (const StoredEntry* stored : found) result.push_back(stored->entry);
+    auto it = outbox_.find(plan_id);
+    if (it == outbox_.end()) return result;
+    const PlanOutbox& plan = *it->second;
+    result.reserve(plan.entries.size());
+    for (const StoredEntry& stored : plan.entries) result.push_back(to_entry(it->first, plan, stored));
     return result;
 }
 

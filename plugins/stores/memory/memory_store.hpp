@@ -5,7 +5,9 @@
 #include <boost/unordered/unordered_flat_map.hpp>
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <switchboard/store.hpp>
 #include <unordered_map>
@@ -58,24 +60,51 @@ private:
         std::optional<Cursor> cursor;
         std::deque<Message> log;
     };
+    // The outbox is kept per plan, so a plan's entries are found without looking at any other plan's. A plan keeps
+    // its entries in the order they were added, each text (with its reply_to) once, and, once it has more than a
+    // few entries, an index by recipient.
     struct StoredEntry {
-        OutboxEntry entry;
-        std::uint64_t sequence = 0;  // insertion order, the tie-break for "oldest first"
+        Address recipient;
+        std::uint32_t message = 0;  // index into PlanOutbox::messages
+        OutboxState state = OutboxState::pending;
+        std::int32_t attempts = 0;
+        std::string sent_message_id;
+        std::string error;
+        std::int64_t created_ms = 0;
+        std::uint64_t sequence = 0;  // insertion order over the whole outbox, the tie-break for "oldest first"
     };
-
-    // The caller holds mutex_. Both use key_ as scratch space, so the key is built without allocating.
+    struct PlanMessage {
+        std::string text;
+        std::optional<std::string> reply_to;
+    };
+    struct PlanOutbox {
+        std::vector<PlanMessage> messages;
+        std::vector<StoredEntry> entries;
+        // Open addressing over entry positions (position + 1; 0 is empty), a power of two at most half full; empty
+        // while the plan has no more than kLinearEntries entries and a scan is cheaper.
+        std::vector<std::uint32_t> index;
+    };
+    static constexpr std::size_t kLinearEntries = 8;
+    struct PlanCache {
+        PlanOutbox* plan = nullptr;
+        const std::string* plan_id = nullptr;
+    };
+    // The caller holds mutex_. The first two use key_ as scratch space, so the key is built without allocating.
     Channel* find_channel(const std::string& connection, const std::string& channel);
     Channel& channel_for(const std::string& connection, const std::string& channel);
     void apply_write(const KeyValueWrite& write);
-    void add_outbox_entry(const OutboxEntry& entry);
+    void add_outbox_entry(const OutboxEntry& entry, PlanCache& last);
     const std::string& pair_key(const std::string& first, const std::string& second);
+    static StoredEntry* find_entry(PlanOutbox& plan, const Address& recipient);
+    static void index_entry(PlanOutbox& plan, std::uint32_t position);
+    static OutboxEntry to_entry(const std::string& plan_id, const PlanOutbox& plan, const StoredEntry& stored);
 
     std::mutex mutex_;
     std::string key_;
     std::unordered_map<std::string, Channel> channels_;    // by pair_key(connection, channel); nodes stay put
     FlatMap<std::string> connection_state_;                // by pair_key(connection, key)
     FlatMap<std::string> values_;                          // by pair_key(space, key)
-    std::unordered_map<std::string, StoredEntry> outbox_;  // by pair_key(plan_id, recipient text)
+    FlatMap<std::unique_ptr<PlanOutbox>> outbox_;          // by plan id; entries stay put when the map grows
     std::uint64_t outbox_sequence_ = 0;
     Channel* last_channel_ = nullptr;  // the channel of the last committed message (channels are never erased)
 };

@@ -274,6 +274,47 @@ STORE_TEST_CASE("the outbox tracks each recipient of a plan") {
     }
 }
 
+STORE_TEST_CASE("a plan with many recipients keeps, finds and updates each one, and its texts") {
+    TestType factory;
+    auto store = factory.open();
+    std::vector<OutboxEntry> entries;
+    for (int i = 0; i < 300; ++i) {
+        OutboxEntry entry = outbox_entry("big", "#c" + std::to_string(i), 10);
+        entry.text = i % 100 == 7 ? "odd one out" : "to everyone";
+        if (i % 2 == 1) entry.recipient = Address::user("irc", "#c" + std::to_string(i));
+        entries.push_back(entry);
+    }
+    entries[5].reply_to = "m-5";
+    ok(store->outbox_add(std::vector(entries.begin(), entries.begin() + 150)));
+    ok(store->outbox_add(std::vector{outbox_entry("other", "#c1", 5)}));
+    OutboxEntry replayed = entries[3];
+    replayed.text = "changed";
+    ok(store->outbox_add(std::vector{replayed}));  // kept as it was
+    ok(store->outbox_add(std::vector(entries.begin() + 140, entries.end())));
+
+    std::vector<OutboxEntry> updates;
+    for (int i = 0; i < 300; i += 3) {
+        OutboxEntry update = entries[i];
+        update.state = OutboxState::sent;
+        update.sent_message_id = "p-" + std::to_string(i);
+        updates.push_back(update);
+    }
+    ok(store->outbox_update(updates));
+
+    const auto plan = ok(store->outbox_plan("big"));
+    REQUIRE(plan.size() == 300);
+    for (int i = 0; i < 300; ++i) {
+        INFO("entry " << i);
+        CHECK(plan[i].recipient == entries[i].recipient);
+        CHECK(plan[i].text == entries[i].text);
+        CHECK(plan[i].reply_to == entries[i].reply_to);
+        CHECK(plan[i].state == (i % 3 == 0 ? OutboxState::sent : OutboxState::pending));
+        CHECK(plan[i].sent_message_id == (i % 3 == 0 ? "p-" + std::to_string(i) : ""));
+    }
+    CHECK(ok(store->outbox_plan("other")).size() == 1);
+    CHECK(ok(store->outbox_pending()).size() == 201);
+}
+
 STORE_TEST_CASE("the message log returns a channel's messages in a time range, oldest first, up to a limit") {
     TestType factory;
     auto store = factory.open();
