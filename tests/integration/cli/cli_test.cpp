@@ -271,3 +271,24 @@ TEST_CASE("connection limits are validated like every other key", "[cli][route]"
     CHECK(result.err.find("limits.yaml:2:62: error:") != std::string::npos);  // concurrency must be an integer
     CHECK(result.err.find("limits.yaml:2:68: error:") != std::string::npos);  // unknown key speed
 }
+
+TEST_CASE("a bot routes to a group through the real host and gets the delivery report", "[cli][route]") {
+    TempDir dir;
+    write(dir / "announce.yaml",
+          "store: { plugin: memory }\n"
+          "connections:\n  - { name: console, plugin: console, user: boss }\n"
+          "channels:\n  lobby: { connection: console, id: console }\n"
+          "users:\n  alice: { connection: console, id: alice }\n  bob: { connection: console, id: bob }\n"
+          "groups:\n  team: { members: [alice, bob], delivery: atomic }\n"
+          "bots:\n  - { plugin: announce }\n");
+    const auto result = switchboard_run({"run", "-c", "announce.yaml"}, dir.path(),
+                                        "!announce team standup in 5\n!announce nobody hello\n!announce team\n");
+    INFO(result.out << result.err);
+    REQUIRE(result.exit_code == 0);
+    CHECK(result.out.find("<switchboard to @alice> [boss] standup in 5\n") != std::string::npos);
+    CHECK(result.out.find("<switchboard to @bob> [boss] standup in 5\n") != std::string::npos);
+    CHECK(result.err.find("announcement to 'team': delivered, 2 of 2 delivered") != std::string::npos);
+    CHECK(result.err.find("announcement to 'nobody': group_dissolved (group_dissolved), 0 of 0 delivered") !=
+          std::string::npos);
+    CHECK(result.out.find("<switchboard> usage: !announce GROUP TEXT\n") != std::string::npos);
+}
