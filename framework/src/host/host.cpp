@@ -236,12 +236,18 @@ struct Host::Impl {
         return std::move(*strategies);
     }
 
-    void resume_pending() {
+    // What the last run left pending. Read before any connector starts: once messages flow, this run's own
+    // replies are pending between their commit and their send, and would be sent twice.
+    std::vector<OutboxEntry> left_pending() {
         auto pending = store->outbox_pending();
         if (!pending) throw ErrorException(pending.error());
-        if (pending->empty()) return;
-        logger.info("finishing " + std::to_string(pending->size()) + " send(s) left pending by the last run");
-        engine->resume(std::move(*pending));
+        return std::move(*pending);
+    }
+
+    void resume_pending(std::vector<OutboxEntry> pending) {
+        if (pending.empty()) return;
+        logger.info("finishing " + std::to_string(pending.size()) + " send(s) left pending by the last run");
+        engine->resume(std::move(pending));
     }
 
     int run() {
@@ -258,10 +264,11 @@ struct Host::Impl {
             build();
             logger.info("running: " + std::to_string(connections.size()) + " connection(s), " +
                         std::to_string(bots.size()) + " bot(s), store " + config.store.plugin);
+            auto pending = left_pending();
             for (auto& connection : connections) connection->connector_ptr()->start(*connection);
             // What the last run left pending goes out now; a connector still connecting answers retryable, and the
             // engine retries.
-            resume_pending();
+            resume_pending(std::move(pending));
             std::unique_lock lock(mutex);
             stop_requested.wait(lock, [this] { return stop_reason.has_value(); });
             logger.info("stopping: " + *stop_reason);
