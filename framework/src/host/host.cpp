@@ -202,11 +202,9 @@ struct Host::Impl {
         router = std::make_unique<routing::Router>(config, *directory, create_strategies(), engine.get());
         pipeline = std::make_unique<Pipeline>(*store, bots, names, *workers, logger_for("pipeline"), router.get(),
                                               [this](std::vector<StagedDelivery> staged) {
-                                                  for (auto& s : staged) {
-                                                      engine->execute(std::move(s.delivery), true,
-                                                                      s.done ? std::move(s.done) : ReportCallback(
-                                                                                  [](DeliveryReport) {}));
-                                                  }
+                                                  // One call for the batch: the outbox records what its replies
+                                                  // did in shared rounds, not one write per reply.
+                                                  engine->execute_all(std::move(staged), true);
                                               });
         for (const auto& c : config.connections) {
             std::vector<std::string> channel_ids;

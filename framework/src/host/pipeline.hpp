@@ -33,11 +33,9 @@ struct BotBinding {
     std::set<std::pair<std::string, std::string>> channels;
 };
 
-/// A plan staged while a message was handled: its recipients are in the outbox with the message.
-struct StagedDelivery {
-    routing::PlannedDelivery delivery;
-    ReportCallback done;  // may be empty
-};
+/// A plan staged while a message was handled (its recipients are in the outbox with the message), and the
+/// callback for its report (may be empty).
+using StagedDelivery = routing::Execution;
 
 /// Receives the staged plans once the message that produced them is durable.
 using DeliveryHandler = std::function<void(std::vector<StagedDelivery>)>;

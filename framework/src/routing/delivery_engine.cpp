@@ -37,7 +37,9 @@
 // inbound message), group-commit flushes of completed recipients (at most one per plan at a time; what completes
 // while it runs joins it, so a slow store gets larger rounds while a crash re-sends at most what was in flight), and
 // the final flush, after which the report is delivered, so the outbox already says what the report says. Only a
-// deadline report goes out at once, before its flush. A round is one outbox_update call.
+// deadline report goes out at once, before its flush. Flushes due while a thread drains a lane or starts a batch of
+// plans wait in that thread's write scope and go out together (see "write scopes" below): a round is one
+// outbox_update call for every plan in it.
 //
 // Who may touch what: fields fixed before a plan is shared are read freely. A recipient's RecipientOutcome and Slot
 // are written under the plan's lock, and only while the recipient is not final (or, for compensation, once no store
@@ -221,6 +223,35 @@ struct Actions {
     bool become_idle = false;
 };
 
+// ---- write scopes -----------------------------------------------------------------------------------------------
+//
+// A store write (group or final flush) normally goes to the store executor as soon as it is due. While a thread
+// drains a lane, or starts a batch of plans (execute_all, resume), it holds a write scope instead: the writes due on
+// that thread are held there and written together — one Store::outbox_update call for every plan concerned — once
+// the scope has seen `limit` completions (the lane's concurrency limit, or kRoundLimit for a batch) or closes. So
+// a send that completes inline is recorded after at most `limit` sends, as many as an asynchronous connector may
+// have in flight, and a batch of one-recipient replies costs one store transaction rather than one each. A thread
+// holds at most one scope (the outermost one wins).
+
+enum class WriteKind : std::uint8_t { group, final };
+
+struct DeferredWrite {
+    Plan* plan;
+    WriteKind kind;
+};
+
+// Completions per write round at most, whatever a scope asks for.
+constexpr std::size_t kRoundLimit = 256;
+
+struct WriteScope {
+    Core* core = nullptr;
+    std::size_t limit = 1;
+    std::size_t completions = 0;
+    std::vector<DeferredWrite> writes;
+};
+
+inline thread_local WriteScope* t_write_scope = nullptr;
+
 class Core : public std::enable_shared_from_this<Core> {
 public:
     Core(Store& store, const Directory& directory, asio::io_context& io, StoreExecutor store_executor, Logger& logger,
@@ -284,6 +315,25 @@ public:
     }
 
     void execute(PlannedDelivery delivery, bool persisted, ReportCallback done) {
+        const boost::intrusive_ptr<Plan> plan = launch(std::move(delivery), persisted, std::move(done));
+        arm_deadline(*plan);
+    }
+
+    void execute_all(std::vector<Execution> executions, bool persisted) {
+        std::vector<boost::intrusive_ptr<Plan>> plans;
+        plans.reserve(executions.size());
+        {
+            WriteScopeGuard writes(*this, kRoundLimit);
+            for (Execution& execution : executions) {
+                plans.push_back(launch(std::move(execution.delivery), persisted, std::move(execution.done)));
+            }
+        }
+        // After the scope wrote what it held: plans that finished meanwhile need no timer.
+        for (const auto& plan : plans) arm_deadline(*plan);
+    }
+
+    // Starts a plan; the caller arms its deadline.
+    boost::intrusive_ptr<Plan> launch(PlannedDelivery delivery, bool persisted, ReportCallback done) {
         const std::int64_t now = clock_();
         boost::intrusive_ptr<Plan> plan(new Plan(shared_from_this()));
         active_.fetch_add(1, std::memory_order_relaxed);
@@ -319,9 +369,19 @@ public:
             }
         }
         start(p, persisted, true, now);
+        return plan;
     }
 
     void resume(std::vector<OutboxEntry> pending) {
+        std::vector<boost::intrusive_ptr<Plan>> plans;
+        {
+            WriteScopeGuard writes(*this, kRoundLimit);
+            plans = resume_plans(pending);
+        }
+        for (const auto& plan : plans) arm_deadline(*plan);
+    }
+
+    std::vector<boost::intrusive_ptr<Plan>> resume_plans(std::vector<OutboxEntry>& pending) {
         // One plan per (plan id, text, reply_to): entries of one plan normally share the message.
         std::map<std::tuple<std::string_view, std::string_view, std::optional<std::string_view>>, std::size_t> by_plan;
         std::vector<std::vector<OutboxEntry*>> groups;
@@ -332,9 +392,12 @@ public:
             if (inserted) groups.emplace_back();
             groups[it->second].push_back(&entry);
         }
+        std::vector<boost::intrusive_ptr<Plan>> plans;
+        plans.reserve(groups.size());
         for (const std::vector<OutboxEntry*>& group : groups) {
             const std::int64_t now = clock_();
             boost::intrusive_ptr<Plan> plan(new Plan(shared_from_this()));
+            plans.push_back(plan);
             active_.fetch_add(1, std::memory_order_relaxed);
             Plan& p = *plan;
             p.serial = next_serial_.fetch_add(1, std::memory_order_relaxed) + 1;
@@ -362,6 +425,7 @@ public:
             // ready answers retryable, and the engine retries.
             start(p, true, false, now);
         }
+        return plans;
     }
 
     bool wait_idle(std::chrono::milliseconds timeout) {
@@ -393,6 +457,7 @@ public:
             complete_send_locked(p, index, result, actions);
         }
         run(p, actions);
+        note_completion();
         if (pump_lane) pump(lane);
         intrusive_ptr_release(&p);
     }
@@ -429,6 +494,7 @@ public:
             }
         }
         run(p, actions);
+        note_completion();
         if (pump_lane) pump(lane);
         intrusive_ptr_release(&p);
     }
@@ -472,46 +538,51 @@ public:
         run(p, actions);
     }
 
-    // Group commit: writes what is dirty, then what became dirty meanwhile, until nothing is left. Completions that
-    // arrive while it runs join it, so a slow store sees fewer, larger rounds; a fast one records each completion
-    // before its lane sends again (a crash re-sends at most what was in flight).
-    void group_flush(Plan& p) {
-        std::unique_lock lock(p.mutex);
-        while (!p.dirty.empty()) {
-            p.flushing.swap(p.dirty);
-            lock.unlock();
-            write_entries(p, p.flushing);  // `flushing` is only touched by this task
-            lock.lock();
-            p.flushing.clear();
+    // Group commit: one round writes what is dirty in every plan of @p writes with one store call, then whatever
+    // became dirty in those plans meanwhile, until nothing is left. Completions that arrive while a round runs join
+    // the next, so a slow store sees fewer, larger rounds.
+    void write_rounds(std::vector<DeferredWrite> writes) {
+        std::vector<DeferredWrite> again;
+        while (!writes.empty()) {
+            write_round(writes);
+            again.clear();
+            for (const DeferredWrite& write : writes) {
+                if (write.kind == WriteKind::group && !group_write_done(*write.plan)) again.push_back(write);
+            }
+            writes.swap(again);
         }
-        Actions actions;
-        p.flush_pending = false;
-        --p.store_tasks;
-        if (p.waiting_for_tasks && p.store_tasks == 0) {
-            p.waiting_for_tasks = false;
-            finalize_locked(p, actions);
-        }
-        check_idle_locked(p, actions);
-        lock.unlock();
-        run(p, actions);
     }
 
-    void final_flush(Plan& p) {
-        write_entries(p, p.final_dirty);  // final_dirty is left alone while `finishing`
-        Actions actions;
-        {
-            std::lock_guard lock(p.mutex);
-            p.final_dirty.clear();
-            --p.store_tasks;
-            if (p.store_tasks == 0) {
-                finalize_locked(p, actions);
-            } else {
-                p.waiting_for_tasks = true;
-            }
-            check_idle_locked(p, actions);
-        }
-        run(p, actions);
+    // As write_rounds() for one plan, without a vector.
+    void write_rounds(Plan& p, WriteKind kind) {
+        const DeferredWrite write{&p, kind};
+        do {
+            write_round(std::span(&write, 1));
+        } while (kind == WriteKind::group && !group_write_done(p));
     }
+
+    // Opens a write scope on this thread unless one is open: while it is, the outbox writes of what completes on
+    // this thread are held and written in rounds of up to @p limit completions.
+    class WriteScopeGuard {
+    public:
+        WriteScopeGuard(Core& core, std::size_t limit) {
+            if (t_write_scope != nullptr) return;
+            scope_.emplace();
+            scope_->core = &core;
+            scope_->limit = std::clamp<std::size_t>(limit, 1, kRoundLimit);
+            t_write_scope = &*scope_;
+        }
+        ~WriteScopeGuard() {
+            if (!scope_) return;
+            t_write_scope = nullptr;
+            scope_->core->flush_scope(*scope_);
+        }
+        WriteScopeGuard(const WriteScopeGuard&) = delete;
+        WriteScopeGuard& operator=(const WriteScopeGuard&) = delete;
+
+    private:
+        std::optional<WriteScope> scope_;
+    };
 
 private:
     [[nodiscard]] std::uint32_t batch_size(std::uint32_t requested) const noexcept {
@@ -590,7 +661,6 @@ private:
             }
         }
         run(p, actions);
-        arm_deadline(p);
     }
 
     void apply_existing_locked(Plan& p, const std::vector<OutboxEntry>& existing) {
@@ -1072,18 +1142,8 @@ private:
         if (actions.retry) schedule_retry(p, actions.retry_index, actions.retry_delay_ms);
         if (actions.release_end > actions.release_begin) enqueue_range(p, actions.release_begin, actions.release_end);
         if (!actions.removes.empty()) enqueue_removes(p, actions.removes);
-        if (actions.group_flush) {
-            store_executor_([plan = &p] {
-                plan->engine->group_flush(*plan);
-                intrusive_ptr_release(plan);
-            });
-        }
-        if (actions.final_flush) {
-            store_executor_([plan = &p] {
-                plan->engine->final_flush(*plan);
-                intrusive_ptr_release(plan);
-            });
-        }
+        if (actions.group_flush) schedule_write(p, WriteKind::group);
+        if (actions.final_flush) schedule_write(p, WriteKind::final);
         if (actions.become_idle) {
             // seq_cst on both sides (here and in wait_idle): either the waiter sees the count at zero, or this
             // sees the waiter.
@@ -1095,34 +1155,134 @@ private:
         }
     }
 
-    // Writes the state of final recipients, in one store call (outbox_update ignores text, reply_to and created_ms).
-    void write_entries(Plan& p, const IndexList& indexes) {
-        if (indexes.empty()) return;
-        thread_local std::vector<OutboxEntry> scratch;
-        std::vector<OutboxEntry> large;
-        std::vector<OutboxEntry>& entries = indexes.size() <= kScratchEntries ? scratch : large;
-        entries.resize(indexes.size());
-        for (std::size_t k = 0; k < indexes.size(); ++k) {
-            const std::uint32_t i = indexes[k];
-            const Slot& slot = p.slots[i];
-            const RecipientOutcome& out = p.out[i];
-            OutboxEntry& entry = entries[k];
-            entry.plan_id = p.plan_id;
-            entry.recipient = out.address;
-            entry.state = slot.entry_state;
-            entry.sent_message_id = out.message_id;
-            entry.attempts = slot.stored_attempts;
-            if (slot.entry_state == OutboxState::pending || slot.entry_state == OutboxState::failed) {
-                entry.error = out.error_code;
+    // ---- outbox writes ------------------------------------------------------------------------------------------
+
+    // Runs @p p's write now (through the store executor), or holds it in this thread's write scope. The write owns
+    // one reference of the plan and one of its store tasks.
+    void schedule_write(Plan& p, WriteKind kind) {
+        if (WriteScope* scope = t_write_scope; scope != nullptr && scope->core == this) {
+            scope->writes.push_back(DeferredWrite{&p, kind});
+            return;
+        }
+        store_executor_([plan = &p, kind] { plan->engine->write_rounds(*plan, kind); });
+    }
+
+    // A send or deletion completed: in a write scope, the round is written once the scope holds its limit.
+    void note_completion() {
+        if (WriteScope* scope = t_write_scope;
+            scope != nullptr && scope->core == this && ++scope->completions >= scope->limit) {
+            flush_scope(*scope);
+        }
+    }
+
+    void flush_scope(WriteScope& scope) {
+        scope.completions = 0;
+        if (scope.writes.empty()) return;
+        if (scope.writes.size() == 1) {
+            const DeferredWrite write = scope.writes.front();
+            scope.writes.clear();
+            store_executor_([write] { write.plan->engine->write_rounds(*write.plan, write.kind); });
+            return;
+        }
+        std::vector<DeferredWrite> writes;
+        writes.swap(scope.writes);
+        store_executor_([writes = std::move(writes)]() mutable {
+            Core& core = *writes.front().plan->engine;
+            core.write_rounds(std::move(writes));
+        });
+    }
+
+    // Writes the state of the final recipients of every plan of @p writes with one store call (outbox_update
+    // ignores text, reply_to and created_ms), then lets each plan go on. A group write takes what is dirty now; a
+    // final write takes final_dirty, which nobody touches while the plan is finishing.
+    void write_round(std::span<const DeferredWrite> writes) {
+        std::size_t count = 0;
+        for (const DeferredWrite& write : writes) {
+            Plan& p = *write.plan;
+            if (write.kind == WriteKind::group) {
+                std::lock_guard lock(p.mutex);
+                p.flushing.swap(p.dirty);  // `flushing` is only touched by this task
+                count += p.flushing.size();
             } else {
-                entry.error.clear();
+                count += p.final_dirty.size();
             }
         }
-        if (auto updated = store_.outbox_update(entries); !updated) {
-            logger_.error("delivery: could not record the outbox state of " + std::to_string(indexes.size()) +
-                          " recipient(s) of plan '" + p.plan_id + "' (" + updated.error().to_string() +
-                          "); a restart may send them again");
+        if (count > 0) {
+            thread_local std::vector<OutboxEntry> scratch;
+            std::vector<OutboxEntry> large;
+            std::vector<OutboxEntry>& entries = count <= kScratchEntries ? scratch : large;
+            entries.resize(count);
+            std::size_t k = 0;
+            for (const DeferredWrite& write : writes) {
+                Plan& p = *write.plan;
+                const IndexList& indexes = write.kind == WriteKind::group ? p.flushing : p.final_dirty;
+                for (const std::uint32_t i : indexes) fill_entry(p, i, entries[k++]);
+            }
+            if (auto updated = store_.outbox_update(entries); !updated) {
+                const std::string& first = writes.front().plan->plan_id;
+                logger_.error("delivery: could not record the outbox state of " + std::to_string(count) +
+                              " recipient(s) of " +
+                              (writes.size() == 1 ? "plan '" + first + "'"
+                                                  : std::to_string(writes.size()) + " plans (first: '" + first + "')") +
+                              " (" + updated.error().to_string() + "); a restart may send them again");
+            }
         }
+        for (const DeferredWrite& write : writes) {
+            if (write.kind == WriteKind::final) final_write_done(*write.plan);
+        }
+    }
+
+    // The recorded state of final recipient @p i.
+    static void fill_entry(const Plan& p, std::uint32_t i, OutboxEntry& entry) {
+        const Slot& slot = p.slots[i];
+        const RecipientOutcome& out = p.out[i];
+        entry.plan_id = p.plan_id;
+        entry.recipient = out.address;
+        entry.state = slot.entry_state;
+        entry.sent_message_id = out.message_id;
+        entry.attempts = slot.stored_attempts;
+        if (slot.entry_state == OutboxState::pending || slot.entry_state == OutboxState::failed) {
+            entry.error = out.error_code;
+        } else {
+            entry.error.clear();
+        }
+    }
+
+    // After a group write: false if more became dirty meanwhile (the write goes on, keeping its reference and
+    // store task), else the write is over.
+    bool group_write_done(Plan& p) {
+        Actions actions;
+        std::unique_lock lock(p.mutex);
+        p.flushing.clear();
+        if (!p.dirty.empty()) return false;
+        p.flush_pending = false;
+        --p.store_tasks;
+        if (p.waiting_for_tasks && p.store_tasks == 0) {
+            p.waiting_for_tasks = false;
+            finalize_locked(p, actions);
+        }
+        check_idle_locked(p, actions);
+        lock.unlock();
+        run(p, actions);
+        intrusive_ptr_release(&p);
+        return true;
+    }
+
+    void final_write_done(Plan& p) {
+        Actions actions;
+        {
+            std::lock_guard lock(p.mutex);
+            p.final_dirty.clear();
+            --p.store_tasks;
+            if (p.store_tasks == 0) {
+                finalize_locked(p, actions);
+            } else {
+                p.waiting_for_tasks = true;
+            }
+            check_idle_locked(p, actions);
+        }
+        run(p, actions);
+        intrusive_ptr_release(&p);
     }
 
     // ---- lanes --------------------------------------------------------------------------------------------------
@@ -1201,6 +1361,8 @@ private:
             return;
         }
         lane.pumping = true;
+        // Closes when this returns, after the lane's lock was released: the writes it held go out then.
+        WriteScopeGuard writes(*this, lane.concurrency);
         const bool limited = !lane.bucket.unlimited();
         bool waiting_for_token = false;
         for (;;) {
@@ -1383,6 +1545,10 @@ void DeliveryEngine::clear_connections() { impl_->clear_connections(); }
 
 void DeliveryEngine::execute(PlannedDelivery delivery, bool persisted, ReportCallback done) {
     impl_->execute(std::move(delivery), persisted, std::move(done));
+}
+
+void DeliveryEngine::execute_all(std::vector<Execution> executions, bool persisted) {
+    impl_->execute_all(std::move(executions), persisted);
 }
 
 void DeliveryEngine::resume(std::vector<OutboxEntry> pending) { impl_->resume(std::move(pending)); }

@@ -7,6 +7,11 @@
 // Batches: a plan releases its next batch when every recipient of the previous one has a final outcome, so at most
 // one batch per plan is queued or in flight; connections are shared fairly by queueing (FIFO per connection).
 //
+// Outbox writes are group commits: what completes while a write runs joins the next one, and sends that complete
+// inline (inside Connector::send) are recorded in rounds of at most the connection's concurrency limit (256 within
+// execute_all() and resume()), one Store::outbox_update call per round whatever the number of plans. So a crash
+// re-sends at most what was in flight or in the round being gathered, with the same idempotency keys.
+//
 // Status rules (error_code in parentheses):
 //   - every recipient delivered (or already `sent` in the outbox) → delivered;
 //   - atomic plan with an unreachable member → rejected (atomic_unreachable); every member is listed, the unreachable
@@ -65,6 +70,12 @@ struct PlannedDelivery {
     std::int64_t deadline_ms = 0;
 };
 
+/// A plan with the callback that receives its report, for execute_all().
+struct Execution {
+    PlannedDelivery delivery;
+    ReportCallback done;
+};
+
 /// Engine tuning.
 struct EngineOptions {
     /// Recipients per batch when the plan does not say.
@@ -110,6 +121,12 @@ public:
     /// means 30 s from now. With an inline store executor and a connector that completes inline, @p done is called
     /// before execute() returns and no timer is armed.
     void execute(PlannedDelivery delivery, bool persisted, ReportCallback done);
+
+    /// Carries out each plan of @p executions as execute() does, with their outbox writes grouped: what completes
+    /// while they start (sends that complete inline) is recorded in rounds of up to 256 recipients, one
+    /// Store::outbox_update call per round, rather than one call per plan. The pipeline hands over the replies of
+    /// an inbound batch this way. Empty callbacks are allowed.
+    void execute_all(std::vector<Execution> executions, bool persisted);
 
     /// Finishes plans that the outbox holds as pending (after a restart): sends each pending entry once, logging
     /// each plan's report.

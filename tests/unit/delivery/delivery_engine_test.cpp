@@ -89,6 +89,77 @@ TEST_CASE("An inline connector, an inline store and a private plan report before
     CHECK(sink.calls() == 1);  // no hop through the io_context, no timer
 }
 
+TEST_CASE("execute_all records what inline sends did in one store call per round of 256, before the reports",
+          "[delivery]") {
+    ThreadNotingStore store;
+    Harness h({}, {}, &store);
+    auto irc = std::make_shared<SinkConnector>();
+    h.engine->add_connection("irc", irc, {});
+    std::vector<routing::Execution> executions;
+    std::vector<OutboxEntry> persisted;
+    ReportSink first_report;
+    int reports = 0;
+    int recorded_before_report = 0;
+    for (int i = 0; i < 300; ++i) {
+        routing::Execution& execution = executions.emplace_back();
+        execution.delivery = planned("reply-" + std::to_string(i), {kOps});
+        execution.delivery.plan.batch_size = 1;
+        persisted.push_back(entry(execution.delivery.plan_id, kOps, "hello"));
+        if (i == 0) {
+            execution.done = first_report.callback();
+        } else if (i != 1) {  // the second one has no callback at all
+            execution.done = [&, plan_id = execution.delivery.plan_id](DeliveryReport report) {
+                ++reports;
+                const auto outbox = outbox_of(store, plan_id);
+                if (report.status == DeliveryStatus::delivered && outbox.at("irc/#ops").state == OutboxState::sent) {
+                    ++recorded_before_report;
+                }
+            };
+        }
+    }
+    REQUIRE(store.outbox_add(persisted).has_value());  // as the pipeline's commit does
+
+    h.engine->execute_all(std::move(executions), true);
+
+    CHECK(irc->send_count() == 300);
+    CHECK(store.update_sizes() == std::vector<std::size_t>{256, 44});
+    CHECK(reports == 298);
+    CHECK(recorded_before_report == 298);
+    REQUIRE(first_report.wait(0ms));
+    CHECK(first_report.wait(0ms)->status == DeliveryStatus::delivered);
+    CHECK(store.outbox_pending()->empty());
+    CHECK(h.engine->wait_idle(1s));
+}
+
+TEST_CASE("An inline fan-out is recorded in rounds: never more sends unrecorded than the concurrency limit",
+          "[delivery]") {
+    ThreadNotingStore store;
+    Harness h({}, {}, &store);
+    auto irc = std::make_shared<SinkConnector>();
+    routing::ConnectionLimits limits;
+    limits.concurrency = 4;
+    h.engine->add_connection("irc", irc, limits);
+    std::size_t recorded = 0;
+    std::size_t most_unrecorded = 0;
+    store.on_update = [&](std::span<const OutboxEntry> entries) {
+        most_unrecorded = std::max(most_unrecorded, irc->send_count() - recorded);
+        recorded += entries.size();
+    };
+    ReportSink sink;
+    auto delivery = planned("p1", channels("irc", 100));
+    delivery.plan.batch_size = 10;
+
+    h.engine->execute(std::move(delivery), false, sink.callback());
+
+    const auto report = sink.wait(0ms);
+    REQUIRE(report);
+    CHECK(report->status == DeliveryStatus::delivered);
+    CHECK(recorded == 100);
+    CHECK(most_unrecorded <= 4);
+    CHECK(store.update_sizes().size() >= 25);
+    CHECK(store.outbox_pending()->empty());
+}
+
 TEST_CASE("A best-effort plan skips unreachable members and reports partial naming them", "[delivery]") {
     Harness h;
     auto irc = std::make_shared<SinkConnector>();

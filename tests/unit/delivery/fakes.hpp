@@ -309,13 +309,20 @@ private:
     std::vector<std::string> lines_;
 };
 
-/// The memory store, noting the thread of every outbox call; outbox_add fails while `fail_outbox_add` is set.
+/// The memory store, noting the thread of every outbox call and the size of every outbox_update call;
+/// outbox_add fails while `fail_outbox_add` is set, and `on_update` (set before use) sees every update call first.
 class ThreadNotingStore final : public Store {
 public:
     std::atomic<bool> fail_outbox_add{false};
+    std::function<void(std::span<const OutboxEntry>)> on_update;
     [[nodiscard]] std::set<std::thread::id> threads() const {
         std::lock_guard lock(mutex_);
         return threads_;
+    }
+    /// Entries per outbox_update call, in call order.
+    [[nodiscard]] std::vector<std::size_t> update_sizes() const {
+        std::lock_guard lock(mutex_);
+        return update_sizes_;
     }
     Result<bool> is_processed(const MessageKey& key) override { return inner_.is_processed(key); }
     Result<void> commit(std::span<const ProcessedMessage> batch) override { return inner_.commit(batch); }
@@ -340,6 +347,11 @@ public:
     }
     Result<void> outbox_update(std::span<const OutboxEntry> e) override {
         note();
+        {
+            std::lock_guard lock(mutex_);
+            update_sizes_.push_back(e.size());
+        }
+        if (on_update) on_update(e);
         return inner_.outbox_update(e);
     }
     Result<std::vector<OutboxEntry>> outbox_pending() override { return inner_.outbox_pending(); }
@@ -361,6 +373,7 @@ private:
     stores::MemoryStore inner_;
     mutable std::mutex mutex_;
     std::set<std::thread::id> threads_;
+    std::vector<std::size_t> update_sizes_;
 };
 
 /// Collects reports; wait() blocks until one arrives or the timeout passes.
