@@ -71,31 +71,43 @@ DeliveryReport Router::report_for(const Error& error) {
 
 std::variant<PlannedDelivery, DeliveryReport> Router::plan(const Envelope& envelope,
                                                            const std::string& strategy) const {
+    return plan_impl(envelope, strategy);
+}
+
+// For a const envelope (plan) or one the router may take apart (send): its text, key and reply_to move into the plan.
+template <class EnvelopeRef>
+std::variant<PlannedDelivery, DeliveryReport> Router::plan_impl(EnvelopeRef&& envelope,
+                                                                const std::string& strategy) const {
     const std::string name = strategy.empty() ? std::string(to_string(envelope.kind)) : strategy;
     auto found = strategies_.find(name);
     if (found == strategies_.end()) {
         return report_for(fail("no_strategy", "no routing strategy named '" + name +
                                                   "' is loaded; add its plugin to the plugin path"));
     }
-    Result<DeliveryPlan> plan = fail("strategy_failed", "strategy '" + name + "' failed");
-    try {
-        plan = found->second->plan(envelope, directory_);
-    } catch (const std::exception& e) {
-        plan = fail("strategy_failed", "strategy '" + name + "' threw: " + e.what());
-    }
+    Result<DeliveryPlan> plan = [&]() -> Result<DeliveryPlan> {
+        try {
+            return found->second->plan(envelope, directory_);
+        } catch (const std::exception& e) {
+            return fail("strategy_failed", "strategy '" + name + "' threw: " + e.what());
+        }
+    }();
     if (!plan) return report_for(plan.error());
     const std::int64_t now = clock_();
     PlannedDelivery delivery;
-    delivery.plan_id = envelope.idempotency_key.empty() ? generated_key(now) : envelope.idempotency_key;
+    if (envelope.idempotency_key.empty()) {
+        delivery.plan_id = generated_key(now);
+    } else {
+        delivery.plan_id = std::forward<EnvelopeRef>(envelope).idempotency_key;
+    }
     delivery.plan = std::move(*plan);
-    delivery.text = envelope.text;
-    delivery.reply_to = envelope.reply_to;
+    delivery.text = std::forward<EnvelopeRef>(envelope).text;
+    delivery.reply_to = std::forward<EnvelopeRef>(envelope).reply_to;
     delivery.deadline_ms = envelope.deadline_ms != 0 ? envelope.deadline_ms : now + kDefaultDeadlineMs;
     return delivery;
 }
 
 void Router::send(Envelope envelope, const std::string& strategy, ReportCallback done) {
-    auto planned = plan(envelope, strategy);
+    auto planned = plan_impl(std::move(envelope), strategy);
     if (auto* report = std::get_if<DeliveryReport>(&planned)) {
         done(std::move(*report));
         return;

@@ -66,6 +66,9 @@ public:
     [[nodiscard]] static DeliveryReport report_for(const Error& error);
 
 private:
+    template <class EnvelopeRef>
+    std::variant<PlannedDelivery, DeliveryReport> plan_impl(EnvelopeRef&& envelope, const std::string& strategy) const;
+
     std::vector<config::RouteConfig> routes_;
     const ConfigDirectory& directory_;
     std::map<std::string, std::shared_ptr<Strategy>> strategies_;
