@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <cstring>
 #include <functional>
 #include <string_view>
 #include <tuple>
@@ -45,13 +46,50 @@ void MemoryStore::apply_write(const KeyValueWrite& write) {
 
 namespace {
 
+// Eight bytes at a time, multiply and fold: addresses are short, and std::hash's out-of-line call (or a byte-wise
+// loop) costs more than hashing them here.
+inline std::uint64_t mix(std::uint64_t h, std::uint64_t word) noexcept {
+    h = (h ^ word) * 0x9e3779b97f4a7c15ULL;
+    return h ^ (h >> 29);
+}
+
+inline std::uint64_t hash_bytes(std::uint64_t h, std::string_view bytes) noexcept {
+    const char* p = bytes.data();
+    std::size_t n = bytes.size();
+    for (; n >= 8; p += 8, n -= 8) {
+        std::uint64_t word;
+        std::memcpy(&word, p, 8);
+        h = mix(h, word);
+    }
+    std::uint64_t tail = 0;
+    for (std::size_t i = 0; i < n; ++i) tail |= static_cast<std::uint64_t>(static_cast<unsigned char>(p[i])) << (8 * i);
+    return mix(h, tail ^ (static_cast<std::uint64_t>(bytes.size()) << 56));
+}
+
 std::size_t address_hash(const Address& address) noexcept {
-    std::size_t h = std::hash<std::string_view>{}(address.target);
-    h ^= std::hash<std::string_view>{}(address.connection) + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2);
-    return address.is_user ? ~h : h;
+    std::uint64_t h = hash_bytes(address.is_user ? 0x75736572ULL : 0x6368616eULL, address.connection);
+    h = hash_bytes(h, address.target);
+    h *= 0xff51afd7ed558ccdULL;
+    return static_cast<std::size_t>(h ^ (h >> 32));
 }
 
 }  // namespace
+
+MemoryStore::PlanOutbox* MemoryStore::find_plan(const std::string& plan_id) {
+    auto it = plan_numbers_.find(plan_id);
+    return it == plan_numbers_.end() ? nullptr : &plan_at(it->second);
+}
+
+MemoryStore::PlanOutbox& MemoryStore::plan_for(const std::string& plan_id) {
+    auto [it, inserted] = plan_numbers_.try_emplace(plan_id, plan_count_);
+    if (inserted) {
+        if ((plan_count_ >> kPlanChunkBits) == plan_chunks_.size()) {
+            plan_chunks_.push_back(std::make_unique<PlanOutbox[]>(std::size_t{1} << kPlanChunkBits));
+        }
+        ++plan_count_;
+    }
+    return plan_at(it->second);
+}
 
 MemoryStore::StoredEntry* MemoryStore::find_entry(PlanOutbox& plan, const Address& recipient) {
     if (plan.index.empty()) {
@@ -60,32 +98,31 @@ MemoryStore::StoredEntry* MemoryStore::find_entry(PlanOutbox& plan, const Addres
         }
         return nullptr;
     }
+    const std::uint32_t slot = *index_slot(plan, recipient);
+    return slot == 0 ? nullptr : &plan.entries[slot - 1];
+}
+
+// Makes room for @p more entries: storage, and an index big enough for all of them (built once, not grown).
+void MemoryStore::reserve_entries(PlanOutbox& plan, std::size_t more) {
+    const std::size_t count = plan.entries.size() + more;
+    plan.entries.reserve(count);
+    if (count <= kLinearEntries || plan.index.size() >= count * 2) return;
+    plan.index.assign(std::bit_ceil(count * 2), 0);
     const std::size_t mask = plan.index.size() - 1;
-    for (std::size_t i = address_hash(recipient) & mask;; i = (i + 1) & mask) {
-        const std::uint32_t slot = plan.index[i];
-        if (slot == 0) return nullptr;
-        if (plan.entries[slot - 1].recipient == recipient) return &plan.entries[slot - 1];
+    for (std::uint32_t p = 0; p < plan.entries.size(); ++p) {
+        std::size_t i = address_hash(plan.entries[p].recipient) & mask;
+        while (plan.index[i] != 0) i = (i + 1) & mask;
+        plan.index[i] = p + 1;
     }
 }
 
-// Adds entries[position] to the plan's index, building or growing the index as needed.
-void MemoryStore::index_entry(PlanOutbox& plan, std::uint32_t position) {
-    const std::size_t count = plan.entries.size();
-    if (count <= kLinearEntries) return;
-    if (plan.index.size() < count * 2) {
-        plan.index.assign(std::bit_ceil(count * 4), 0);
-        const std::size_t mask = plan.index.size() - 1;
-        for (std::uint32_t p = 0; p < count; ++p) {
-            std::size_t i = address_hash(plan.entries[p].recipient) & mask;
-            while (plan.index[i] != 0) i = (i + 1) & mask;
-            plan.index[i] = p + 1;
-        }
-        return;
-    }
+// The index slot holding @p recipient's entry, or the empty slot where it would go. The plan has an index.
+std::uint32_t* MemoryStore::index_slot(PlanOutbox& plan, const Address& recipient) {
     const std::size_t mask = plan.index.size() - 1;
-    std::size_t i = address_hash(plan.entries[position].recipient) & mask;
-    while (plan.index[i] != 0) i = (i + 1) & mask;
-    plan.index[i] = position + 1;
+    for (std::size_t i = address_hash(recipient) & mask;; i = (i + 1) & mask) {
+        std::uint32_t& slot = plan.index[i];
+        if (slot == 0 || plan.entries[slot - 1].recipient == recipient) return &slot;
+    }
 }
 
 OutboxEntry MemoryStore::to_entry(const std::string& plan_id, const PlanOutbox& plan, const StoredEntry& stored) {
@@ -103,37 +140,52 @@ OutboxEntry MemoryStore::to_entry(const std::string& plan_id, const PlanOutbox& 
     return entry;
 }
 
-// The caller holds mutex_. @p last caches the plan of the previous entry: a batch is mostly one plan's entries.
-void MemoryStore::add_outbox_entry(const OutboxEntry& entry, PlanCache& last) {
-    if (last.plan == nullptr || *last.plan_id != entry.plan_id) {
-        auto [it, inserted] = outbox_.try_emplace(entry.plan_id);
-        if (inserted) it->second = std::make_unique<PlanOutbox>();
-        last.plan = it->second.get();
-        last.plan_id = &entry.plan_id;  // the caller's entries outlive the call; map keys move when the map grows
-    }
-    PlanOutbox& plan = *last.plan;
-    if (find_entry(plan, entry.recipient) != nullptr) return;  // kept as it is
+// The caller holds mutex_. Entries of one plan come in runs (a fan-out is one long run): the plan is looked up
+// and its storage reserved once per run.
+void MemoryStore::add_outbox_entries(std::span<const OutboxEntry> entries) {
+    std::size_t i = 0;
+    while (i < entries.size()) {
+        const std::string& plan_id = entries[i].plan_id;
+        std::size_t end = i + 1;
+        while (end < entries.size() && entries[end].plan_id == plan_id) ++end;
+        PlanOutbox& plan = plan_for(plan_id);
+        reserve_entries(plan, end - i);
+        for (; i < end; ++i) {
+            const OutboxEntry& entry = entries[i];
+            std::uint32_t* slot = nullptr;  // where the new entry goes in the index, if the plan has one
+            if (plan.index.empty()) {
+                if (find_entry(plan, entry.recipient) != nullptr) continue;  // kept as it is
+            } else {
+                slot = index_slot(plan, entry.recipient);
+                if (*slot != 0) continue;
+            }
 
-    // Entries of one plan normally share one text: look for it from the last one added.
-    std::uint32_t message = static_cast<std::uint32_t>(plan.messages.size());
-    for (std::uint32_t m = message; m-- > 0;) {
-        if (plan.messages[m].text == entry.text && plan.messages[m].reply_to == entry.reply_to) {
-            message = m;
-            break;
+            // Entries of one plan normally share one text: look for it from the last one added.
+            auto message = static_cast<std::uint32_t>(plan.messages.size());
+            for (std::uint32_t m = message; m-- > 0;) {
+                if (plan.messages[m].text == entry.text && plan.messages[m].reply_to == entry.reply_to) {
+                    message = m;
+                    break;
+                }
+            }
+            if (message == plan.messages.size()) {
+                PlanMessage& added = plan.messages.emplace_back();
+                added.text = entry.text;
+                added.reply_to = entry.reply_to;
+            }
+
+            StoredEntry& stored = plan.entries.emplace_back();
+            stored.recipient = entry.recipient;
+            stored.message = message;
+            stored.state = entry.state;
+            stored.attempts = entry.attempts;
+            stored.sent_message_id = entry.sent_message_id;
+            stored.error = entry.error;
+            stored.created_ms = entry.created_ms;
+            stored.sequence = outbox_sequence_++;
+            if (slot != nullptr) *slot = static_cast<std::uint32_t>(plan.entries.size());
         }
     }
-    if (message == plan.messages.size()) plan.messages.push_back(PlanMessage{entry.text, entry.reply_to});
-
-    StoredEntry& stored = plan.entries.emplace_back();
-    stored.recipient = entry.recipient;
-    stored.message = message;
-    stored.state = entry.state;
-    stored.attempts = entry.attempts;
-    stored.sent_message_id = entry.sent_message_id;
-    stored.error = entry.error;
-    stored.created_ms = entry.created_ms;
-    stored.sequence = outbox_sequence_++;
-    index_entry(plan, static_cast<std::uint32_t>(plan.entries.size() - 1));
 }
 
 Result<bool> MemoryStore::is_processed(const MessageKey& key) {
@@ -144,7 +196,6 @@ Result<bool> MemoryStore::is_processed(const MessageKey& key) {
 
 Result<void> MemoryStore::commit(std::span<const ProcessedMessage> batch) {
     std::lock_guard lock(mutex_);
-    PlanCache plans;
     for (const ProcessedMessage& item : batch) {
         const Message& message = item.message;
         // Consecutive messages are mostly of one channel: look it up only when it changes.
@@ -166,7 +217,7 @@ Result<void> MemoryStore::commit(std::span<const ProcessedMessage> batch) {
             log.insert(after, message);
         }
         for (const KeyValueWrite& write : item.writes) apply_write(write);
-        for (const OutboxEntry& entry : item.outbox) add_outbox_entry(entry, plans);
+        add_outbox_entries(item.outbox);
     }
     return {};
 }
@@ -221,8 +272,7 @@ Result<void> MemoryStore::put_values(std::span<const KeyValueWrite> writes) {
 
 Result<void> MemoryStore::outbox_add(std::span<const OutboxEntry> entries) {
     std::lock_guard lock(mutex_);
-    PlanCache plans;
-    for (const OutboxEntry& entry : entries) add_outbox_entry(entry, plans);
+    add_outbox_entries(entries);
     return {};
 }
 
@@ -233,8 +283,7 @@ Result<void> MemoryStore::outbox_update(std::span<const OutboxEntry> entries) {
     const std::string* plan_id = nullptr;
     for (const OutboxEntry& entry : entries) {
         if (plan_id == nullptr || *plan_id != entry.plan_id) {
-            auto it = outbox_.find(entry.plan_id);
-            plan = it == outbox_.end() ? nullptr : it->second.get();
+            plan = find_plan(entry.plan_id);
             plan_id = &entry.plan_id;
         }
         StoredEntry* stored = plan != nullptr ? find_entry(*plan, entry.recipient) : nullptr;
@@ -262,9 +311,10 @@ Result<std::vector<OutboxEntry>> MemoryStore::outbox_pending() {
         const StoredEntry* stored;
     };
     std::vector<Found> found;
-    for (const auto& [plan_id, plan] : outbox_) {
-        for (const StoredEntry& stored : plan->entries) {
-            if (stored.state == OutboxState::pending) found.push_back(Found{&plan_id, plan.get(), &stored});
+    for (const auto& [plan_id, number] : plan_numbers_) {
+        const PlanOutbox& plan = plan_at(number);
+        for (const StoredEntry& stored : plan.entries) {
+            if (stored.state == OutboxState::pending) found.push_back(Found{&plan_id, &plan, &stored});
         }
     }
     std::sort(found.begin(), found.end(), [](const Found& a, const Found& b) {
@@ -279,11 +329,10 @@ Result<std::vector<OutboxEntry>> MemoryStore::outbox_pending() {
 Result<std::vector<OutboxEntry>> MemoryStore::outbox_plan(const std::string& plan_id) {
     std::lock_guard lock(mutex_);
     std::vector<OutboxEntry> result;
-    auto it = outbox_.find(plan_id);
-    if (it == outbox_.end()) return result;
-    const PlanOutbox& plan = *it->second;
-    result.reserve(plan.entries.size());
-    for (const StoredEntry& stored : plan.entries) result.push_back(to_entry(it->first, plan, stored));
+    const PlanOutbox* plan = find_plan(plan_id);
+    if (plan == nullptr) return result;
+    result.reserve(plan->entries.size());
+    for (const StoredEntry& stored : plan->entries) result.push_back(to_entry(plan_id, *plan, stored));
     return result;
 }
 

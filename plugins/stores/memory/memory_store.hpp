@@ -2,6 +2,7 @@
 // The `memory` store: every Store call served from standard containers behind one mutex. Nothing survives the
 // process; it exists for tests and benchmarks, and as the reference for the semantics the other stores share.
 
+#include <boost/container/small_vector.hpp>
 #include <boost/unordered/unordered_flat_map.hpp>
 #include <cstdint>
 #include <deque>
@@ -62,7 +63,8 @@ private:
     };
     // The outbox is kept per plan, so a plan's entries are found without looking at any other plan's. A plan keeps
     // its entries in the order they were added, each text (with its reply_to) once, and, once it has more than a
-    // few entries, an index by recipient.
+    // few entries, an index by recipient. Plans live in fixed chunks (they never move; a map from plan id gives
+    // their number), so a plan is one map slot of four bytes plus its own storage.
     struct StoredEntry {
         Address recipient;
         std::uint32_t message = 0;  // index into PlanOutbox::messages
@@ -77,26 +79,31 @@ private:
         std::string text;
         std::optional<std::string> reply_to;
     };
+    // Most plans are one reply to one recipient: their message and entry live inline.
     struct PlanOutbox {
-        std::vector<PlanMessage> messages;
-        std::vector<StoredEntry> entries;
+        boost::container::small_vector<PlanMessage, 1> messages;
+        boost::container::small_vector<StoredEntry, 1> entries;
         // Open addressing over entry positions (position + 1; 0 is empty), a power of two at most half full; empty
         // while the plan has no more than kLinearEntries entries and a scan is cheaper.
         std::vector<std::uint32_t> index;
     };
     static constexpr std::size_t kLinearEntries = 8;
-    struct PlanCache {
-        PlanOutbox* plan = nullptr;
-        const std::string* plan_id = nullptr;
-    };
+    static constexpr std::uint32_t kPlanChunkBits = 8;  // plans per chunk: 256
+
     // The caller holds mutex_. The first two use key_ as scratch space, so the key is built without allocating.
     Channel* find_channel(const std::string& connection, const std::string& channel);
     Channel& channel_for(const std::string& connection, const std::string& channel);
     void apply_write(const KeyValueWrite& write);
-    void add_outbox_entry(const OutboxEntry& entry, PlanCache& last);
+    void add_outbox_entries(std::span<const OutboxEntry> entries);
     const std::string& pair_key(const std::string& first, const std::string& second);
+    PlanOutbox& plan_at(std::uint32_t number) {
+        return plan_chunks_[number >> kPlanChunkBits][number & ((1U << kPlanChunkBits) - 1)];
+    }
+    PlanOutbox* find_plan(const std::string& plan_id);
+    PlanOutbox& plan_for(const std::string& plan_id);
     static StoredEntry* find_entry(PlanOutbox& plan, const Address& recipient);
-    static void index_entry(PlanOutbox& plan, std::uint32_t position);
+    static void reserve_entries(PlanOutbox& plan, std::size_t more);
+    static std::uint32_t* index_slot(PlanOutbox& plan, const Address& recipient);
     static OutboxEntry to_entry(const std::string& plan_id, const PlanOutbox& plan, const StoredEntry& stored);
 
     std::mutex mutex_;
@@ -104,7 +111,9 @@ private:
     std::unordered_map<std::string, Channel> channels_;    // by pair_key(connection, channel); nodes stay put
     FlatMap<std::string> connection_state_;                // by pair_key(connection, key)
     FlatMap<std::string> values_;                          // by pair_key(space, key)
-    FlatMap<std::unique_ptr<PlanOutbox>> outbox_;          // by plan id; entries stay put when the map grows
+    FlatMap<std::uint32_t> plan_numbers_;                  // plan id -> plan number
+    std::vector<std::unique_ptr<PlanOutbox[]>> plan_chunks_;
+    std::uint32_t plan_count_ = 0;
     std::uint64_t outbox_sequence_ = 0;
     Channel* last_channel_ = nullptr;  // the channel of the last committed message (channels are never erased)
 };
