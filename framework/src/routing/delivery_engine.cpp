@@ -12,6 +12,7 @@
 #include <limits>
 #include <map>
 #include <mutex>
+#include <span>
 #include <string_view>
 #include <tuple>
 #include <unordered_map>
@@ -72,8 +73,19 @@ constexpr const char* kAborted = "aborted";
 // Not sent because the engine's connections were cleared (shutdown); the outbox entry stays pending.
 constexpr const char* kShuttingDown = "shutting_down";
 
-// Outbox writes of plans up to this size reuse a per-thread scratch vector (no allocation once warm).
+// Outbox writes reuse a per-thread scratch vector of entries, never shrunk, so their strings keep their capacity and
+// building entries allocates nothing once warm: rounds of updates up to kScratchEntries, and the initial write of a
+// plan up to kScratchPlanEntries recipients with a text of up to kScratchTextBytes (which bounds what a thread keeps:
+// a few MB). Bigger ones build a vector of their own.
 constexpr std::size_t kScratchEntries = 1024;
+constexpr std::size_t kScratchPlanEntries = 16'384;
+constexpr std::size_t kScratchTextBytes = 256;
+
+// The first @p n entries of @p scratch, grown (never shrunk) to hold them.
+inline std::span<OutboxEntry> scratch_entries(std::vector<OutboxEntry>& scratch, std::size_t n) {
+    if (scratch.size() < n) scratch.resize(n);
+    return std::span<OutboxEntry>(scratch.data(), n);
+}
 
 struct Plan;
 class Core;
@@ -247,7 +259,7 @@ struct WriteScope {
     Core* core = nullptr;
     std::size_t limit = 1;
     std::size_t completions = 0;
-    std::vector<DeferredWrite> writes;
+    boost::container::small_vector<DeferredWrite, 8> writes;
 };
 
 inline thread_local WriteScope* t_write_scope = nullptr;
@@ -703,8 +715,8 @@ private:
         thread_local std::vector<OutboxEntry> scratch;
         std::vector<OutboxEntry> large;
         const std::size_t n = p.out.size();
-        std::vector<OutboxEntry>& entries = n <= kScratchEntries ? scratch : large;
-        entries.resize(n);
+        const bool fits = n <= kScratchPlanEntries && p.text.size() <= kScratchTextBytes;
+        const std::span<OutboxEntry> entries = scratch_entries(fits ? scratch : large, n);
         for (std::size_t i = 0; i < n; ++i) {
             OutboxEntry& entry = entries[i];
             const Slot& slot = p.slots[i];
@@ -1184,8 +1196,8 @@ private:
             store_executor_([write] { write.plan->engine->write_rounds(*write.plan, write.kind); });
             return;
         }
-        std::vector<DeferredWrite> writes;
-        writes.swap(scope.writes);
+        std::vector<DeferredWrite> writes(scope.writes.begin(), scope.writes.end());
+        scope.writes.clear();
         store_executor_([writes = std::move(writes)]() mutable {
             Core& core = *writes.front().plan->engine;
             core.write_rounds(std::move(writes));
@@ -1210,8 +1222,7 @@ private:
         if (count > 0) {
             thread_local std::vector<OutboxEntry> scratch;
             std::vector<OutboxEntry> large;
-            std::vector<OutboxEntry>& entries = count <= kScratchEntries ? scratch : large;
-            entries.resize(count);
+            const std::span<OutboxEntry> entries = scratch_entries(count <= kScratchEntries ? scratch : large, count);
             std::size_t k = 0;
             for (const DeferredWrite& write : writes) {
                 Plan& p = *write.plan;
