@@ -330,15 +330,17 @@ void inbound_baseline(benchmark::State& state) {
     state.counters["received"] = static_cast<double>(sequence);
 }
 
-// (c) Store::commit of each batch (dedup entry, cursor, message log, the reply in the outbox: one transaction),
-// then the batch's replies through the engine with persisted = true, as the host hands them over (execute_all):
-// sink, outbox update (grouped), report.
+// (c) Store::commit of each batch (dedup entry, cursor, the reply in the outbox, and with range(0) = 1 the message
+// log: one transaction), then the batch's replies through the engine with persisted = true, as the host hands them
+// over (execute_all): sink, outbox update (grouped), report.
 void inbound_sqlite(benchmark::State& state) {
     TempDir dir;
     auto directory = make_directory();
     std::uint64_t sequence = 0;
     {
-        stores::SqliteStore store(dir.path() / "bench.db");
+        stores::SqliteOptions options;
+        options.message_log = state.range(0) != 0;
+        stores::SqliteStore store(dir.path() / "bench.db", options);
         Stack stack(store, *directory);
         Reports reports;
         const ReportCallback done = reports.callback();
@@ -450,7 +452,8 @@ void cached_group(benchmark::State& state) {
 BENCHMARK(private_baseline)->Name("private/baseline")->Iterations(scaled(1'000'000))->UseRealTime();
 BENCHMARK(private_memory)->Name("private/memory")->Iterations(scaled(500'000))->UseRealTime();
 BENCHMARK(inbound_baseline)->Name("inbound/baseline")->Iterations(scaled(1000))->UseRealTime();
-BENCHMARK(inbound_sqlite)->Name("inbound/sqlite")->Iterations(scaled(400))->UseRealTime();
+BENCHMARK(inbound_sqlite)->Name("inbound/sqlite")->ArgName("message_log")->Arg(1)->Arg(0)->Iterations(scaled(400))
+    ->UseRealTime();
 BENCHMARK(fanout_baseline)->Name("fanout/baseline")->Arg(10'000)->Arg(100'000)->Iterations(scaled(50))
     ->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(fanout)->Name("fanout/memory")->Arg(10'000)->Iterations(scaled(50))->UseManualTime()

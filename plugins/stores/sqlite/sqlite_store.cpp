@@ -266,7 +266,10 @@ std::optional<std::string> optional_text(const SQLite::Column& column) {
 
 struct SqliteStore::Impl {
     Impl(std::filesystem::path file, const SqliteOptions& options)
-        : path(prepare_path(std::move(file))), lock(path), db(open_database(path, options)) {}
+        : path(prepare_path(std::move(file))),
+          message_log(options.message_log),
+          lock(path),
+          db(open_database(path, options)) {}
 
     // Turns a failure of a runtime call into a value naming the file, what was being done and what to do.
     [[nodiscard]] Error runtime_error(std::string_view what, const SQLite::Exception& e) {
@@ -423,6 +426,7 @@ struct SqliteStore::Impl {
     }
 
     const std::filesystem::path path;
+    const bool message_log;
     LockFile lock;
     SQLite::Database db;  // declared after the lock: the connection closes before the lock is released
 
@@ -495,6 +499,9 @@ const ConfigSchema& SqliteStore::config_schema() {
                   "normal (WAL: a power cut may lose the last commits, never corrupts) or full (sync every commit)."},
         ConfigKey{"dedup_window", ValueType::duration, false, "14d",
                   "How long processed message ids and logged messages are kept before the host prunes them."},
+        ConfigKey{"message_log", ValueType::boolean, false, "true",
+                  "Keep every processed message in the message log (what bots read back by channel and time). "
+                  "false: a commit writes only the dedup entry, cursor, key-value writes and outbox (faster)."},
     }};
     return schema;
 }
@@ -536,6 +543,7 @@ SqliteOptions options_from(const PluginConfig& config) {
     SqliteOptions options;
     options.busy_timeout = std::chrono::milliseconds(config.get_int("busy_timeout", 5000));
     options.synchronous = *parse_synchronous(config.get_string("synchronous", "normal"));
+    options.message_log = config.get_bool("message_log", true);
     return options;
 }
 
@@ -598,7 +606,7 @@ Result<void> SqliteStore::commit(std::span<const ProcessedMessage> batch) {
                 *it = &message;
             }
 
-            s.log_message(message);
+            if (s.message_log) s.log_message(message);
             for (const KeyValueWrite& write : item.writes) s.put_value(write);
             for (const OutboxEntry& entry : item.outbox) s.add_outbox_entry(entry);
         }

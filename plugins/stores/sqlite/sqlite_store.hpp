@@ -23,6 +23,9 @@ struct SqliteOptions {
     std::chrono::milliseconds busy_timeout{5000};
     /// Sync level.
     SqliteSynchronous synchronous = SqliteSynchronous::normal;
+    /// Append every processed message to the message log (Store::messages()). Off, a commit writes only the dedup
+    /// entry, the cursor, the key-value writes and the outbox, and messages() finds nothing logged from then on.
+    bool message_log = true;
 };
 
 class SqliteStore final : public Store {
@@ -32,7 +35,7 @@ public:
     /// The schema version this build creates and understands (`PRAGMA user_version`).
     static constexpr int kSchemaVersion = 1;
 
-    /// The keys `path`, `busy_timeout`, `synchronous` and `dedup_window`.
+    /// The keys `path`, `busy_timeout`, `synchronous`, `dedup_window` and `message_log`.
     [[nodiscard]] static const ConfigSchema& config_schema();
     /// Rejects a `synchronous` other than normal or full, an empty `path` and a negative `busy_timeout`.
     [[nodiscard]] static std::vector<ConfigProblem> check_config(const PluginConfig& config);

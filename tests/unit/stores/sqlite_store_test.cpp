@@ -145,7 +145,7 @@ TEST_CASE("the sqlite store declares its settings and rejects a bad synchronous 
         CHECK_FALSE(key.description.empty());
         CHECK_FALSE(key.default_value.empty());
     }
-    CHECK(names == std::vector<std::string>{"path", "busy_timeout", "synchronous", "dedup_window"});
+    CHECK(names == std::vector<std::string>{"path", "busy_timeout", "synchronous", "dedup_window", "message_log"});
 
     PluginConfig config;
     config.set("synchronous", std::string("full"));
@@ -179,6 +179,29 @@ TEST_CASE("the sqlite plugin constructor opens the configured path with its sett
     CHECK(std::filesystem::exists(path.string() + ".lock"));
     REQUIRE(logger.lines.size() == 1);
     CHECK_THAT(logger.lines[0], Catch::Contains(path.string()));
+}
+
+TEST_CASE("the sqlite store with message_log off still deduplicates, moves cursors and fills the outbox") {
+    TempDir dir;
+    PluginConfig config;
+    config.set("path", (dir / "store.db").string());
+    config.set("message_log", false);
+    NullLogger logger;
+    boost::asio::io_context io;
+    SqliteStore store(PluginContext("store", logger, io), config);
+    const std::vector batch{
+        processed(make_message("#ops", "m1", 100), {{"echo", "n", "1"}}, {outbox_entry("plan-1", "#ops", 100)}),
+        processed(make_message("#ops", "m2", 200), {}, {outbox_entry("plan-2", "#ops", 200)})};
+
+    ok(store.commit(batch));
+    ok(store.commit(batch));  // a retried batch is still harmless
+
+    CHECK(ok(store.is_processed({"irc", "#ops", "m1"})));
+    CHECK(ok(store.is_processed({"irc", "#ops", "m2"})));
+    CHECK(ok(store.cursor("irc", "#ops")) == Cursor{"m2", 200});
+    CHECK(ok(store.get_value("echo", "n")) == "1");
+    CHECK(ok(store.outbox_pending()).size() == 2);
+    CHECK(ok(store.messages("irc", "#ops", 0, 1000, 10)).empty());
 }
 
 // Not run by default: `store_tests "[.bench]"` prints messages committed per second by each store.
