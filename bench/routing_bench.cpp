@@ -11,6 +11,7 @@
 // Benchmarks whose stores grow run a fixed number of iterations. SWITCHBOARD_BENCH_SCALE (default 1) multiplies
 // those counts, e.g. 0.01 for a quick check that everything still runs.
 
+#include <SQLiteCpp/SQLiteCpp.h>
 #include <benchmark/benchmark.h>
 #include <malloc.h>
 #include <stdlib.h>
@@ -330,6 +331,85 @@ void inbound_baseline(benchmark::State& state) {
     state.counters["received"] = static_cast<double>(sequence);
 }
 
+// (a) for (c), the floor SQLite itself sets: the same batches, and per message the same three writes the store
+// makes (dedup entry, outbox entry; after the sends, the outbox update), plus the cursors, as bare prepared
+// statements over the tables of the store's schema (version 1; kept in step with sqlite_store.cpp by hand), in
+// the same two transactions per batch. No engine, no sends.
+void inbound_sqlite_floor(benchmark::State& state) {
+    TempDir dir;
+    SQLite::Database db((dir.path() / "floor.db").string(), SQLite::OPEN_READWRITE | SQLite::OPEN_CREATE);
+    db.exec("PRAGMA journal_mode = WAL");
+    db.exec("PRAGMA synchronous = NORMAL");
+    db.exec(R"sql(
+CREATE TABLE dedup (connection TEXT NOT NULL, channel TEXT NOT NULL, message_id TEXT NOT NULL,
+    timestamp_ms INTEGER NOT NULL, PRIMARY KEY (connection, channel, message_id)) WITHOUT ROWID;
+CREATE TABLE cursors (connection TEXT NOT NULL, channel TEXT NOT NULL, message_id TEXT NOT NULL,
+    timestamp_ms INTEGER NOT NULL, PRIMARY KEY (connection, channel)) WITHOUT ROWID;
+CREATE TABLE outbox (plan_id TEXT NOT NULL, recipient TEXT NOT NULL, text TEXT NOT NULL, reply_to TEXT,
+    state TEXT NOT NULL, sent_message_id TEXT NOT NULL DEFAULT '', attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT NOT NULL DEFAULT '', created_ms INTEGER NOT NULL, PRIMARY KEY (plan_id, recipient));
+CREATE INDEX outbox_pending ON outbox (created_ms) WHERE state = 'pending';
+)sql");
+    SQLite::Statement dedup(db, "INSERT OR IGNORE INTO dedup VALUES (?1, ?2, ?3, ?4)");
+    SQLite::Statement cursor(db,
+                             "INSERT INTO cursors VALUES (?1, ?2, ?3, ?4) ON CONFLICT (connection, channel) "
+                             "DO UPDATE SET message_id = excluded.message_id, timestamp_ms = excluded.timestamp_ms");
+    SQLite::Statement add(db,
+                          "INSERT INTO outbox (plan_id, recipient, text, reply_to, state, created_ms) "
+                          "VALUES (?1, ?2, ?3, ?4, 'pending', ?5) ON CONFLICT (plan_id, recipient) DO NOTHING");
+    SQLite::Statement update(db,
+                             "UPDATE outbox SET state = 'sent', sent_message_id = '', attempts = 1, error = '' "
+                             "WHERE plan_id = ?1 AND recipient = ?2");
+    InboundBatch batch;
+    std::uint64_t sequence = 0;
+    const std::int64_t now = system_ms();
+    const ReportCallback done = [](DeliveryReport) {};
+    std::string recipient;
+    for (auto _ : state) {
+        batch.fill(sequence, now, done);
+        db.exec("BEGIN IMMEDIATE");
+        for (const ProcessedMessage& p : batch.processed) {
+            const Message& m = p.message;
+            dedup.reset();
+            dedup.bindNoCopy(1, m.connection);
+            dedup.bindNoCopy(2, m.channel);
+            dedup.bindNoCopy(3, m.id);
+            dedup.bind(4, static_cast<std::int64_t>(m.timestamp_ms));
+            dedup.exec();
+            const OutboxEntry& entry = p.outbox.front();
+            recipient = entry.recipient.to_string();
+            add.reset();
+            add.bindNoCopy(1, entry.plan_id);
+            add.bindNoCopy(2, recipient);
+            add.bindNoCopy(3, entry.text);
+            add.bindNoCopy(4, *entry.reply_to);
+            add.bind(5, static_cast<std::int64_t>(entry.created_ms));
+            add.exec();
+        }
+        for (std::size_t c = 0; c < kChannels; ++c) {
+            const Message& m = batch.processed[batch.processed.size() - kChannels + c].message;
+            cursor.reset();
+            cursor.bindNoCopy(1, m.connection);
+            cursor.bindNoCopy(2, m.channel);
+            cursor.bindNoCopy(3, m.id);
+            cursor.bind(4, static_cast<std::int64_t>(m.timestamp_ms));
+            cursor.exec();
+        }
+        db.exec("COMMIT");
+        db.exec("BEGIN IMMEDIATE");
+        for (const routing::Execution& reply : batch.replies) {
+            recipient = reply.delivery.plan.recipients.front().address.to_string();
+            update.reset();
+            update.bindNoCopy(1, reply.delivery.plan_id);
+            update.bindNoCopy(2, recipient);
+            update.exec();
+        }
+        db.exec("COMMIT");
+    }
+    state.SetItemsProcessed(state.iterations() * static_cast<std::int64_t>(kInboundBatch));
+    state.counters["received"] = static_cast<double>(sequence);
+}
+
 // (c) Store::commit of each batch (dedup entry, cursor, the reply in the outbox, and with range(0) = 1 the message
 // log: one transaction), then the batch's replies through the engine with persisted = true, as the host hands them
 // over (execute_all): sink, outbox update (grouped), report.
@@ -452,6 +532,7 @@ void cached_group(benchmark::State& state) {
 BENCHMARK(private_baseline)->Name("private/baseline")->Iterations(scaled(1'000'000))->UseRealTime();
 BENCHMARK(private_memory)->Name("private/memory")->Iterations(scaled(500'000))->UseRealTime();
 BENCHMARK(inbound_baseline)->Name("inbound/baseline")->Iterations(scaled(1000))->UseRealTime();
+BENCHMARK(inbound_sqlite_floor)->Name("inbound/sqlite_floor")->Iterations(scaled(400))->UseRealTime();
 BENCHMARK(inbound_sqlite)->Name("inbound/sqlite")->ArgName("message_log")->Arg(1)->Arg(0)->Iterations(scaled(400))
     ->UseRealTime();
 BENCHMARK(fanout_baseline)->Name("fanout/baseline")->Arg(10'000)->Arg(100'000)->Iterations(scaled(50))
