@@ -9,7 +9,8 @@
 // moves them into a vector, so the ratio of the two shows what the framework itself costs.
 //
 // Benchmarks whose stores grow run a fixed number of iterations. SWITCHBOARD_BENCH_SCALE (default 1) multiplies
-// those counts, e.g. 0.01 for a quick check that everything still runs.
+// those counts; ctest runs everything at 0.001 as a smoke test. A benchmark whose sink did not receive every
+// message, or whose reports were not all `delivered`, is marked with an error and the program exits 1.
 
 #include <SQLiteCpp/SQLiteCpp.h>
 #include <benchmark/benchmark.h>
@@ -182,14 +183,21 @@ struct Stack {
     routing::Router router;
 };
 
+// Set when a benchmark could not do what it measures; main() then exits 1, so the smoke test (ctest) fails.
+bool g_failed = false;
+
+void fail_benchmark(benchmark::State& state, const std::string& why) {
+    g_failed = true;
+    state.SkipWithError(why.c_str());
+}
+
 bool delivered_all(benchmark::State& state, const SinkConnector& sink, const Reports& reports,
                    std::uint64_t messages, std::uint64_t plans) {
     if (sink.writes == messages && reports.delivered == plans && reports.other == 0) return true;
-    state.SkipWithError(("expected " + std::to_string(messages) + " writes and " + std::to_string(plans) +
-                         " delivered reports, got " + std::to_string(sink.writes) + " writes, " +
-                         std::to_string(reports.delivered) + " delivered and " + std::to_string(reports.other) +
-                         " other reports")
-                            .c_str());
+    fail_benchmark(state, "expected " + std::to_string(messages) + " writes and " + std::to_string(plans) +
+                              " delivered reports, got " + std::to_string(sink.writes) + " writes, " +
+                              std::to_string(reports.delivered) + " delivered and " + std::to_string(reports.other) +
+                              " other reports");
     return false;
 }
 
@@ -432,7 +440,7 @@ void inbound_sqlite(benchmark::State& state) {
             batch.fill(sequence, now, done);
             const auto start = SteadyClock::now();
             if (auto committed = store.commit(batch.processed); !committed) {
-                state.SkipWithError(committed.error().to_string().c_str());
+                fail_benchmark(state, committed.error().to_string());
                 break;
             }
             const auto committed = SteadyClock::now();
@@ -519,7 +527,7 @@ void cached_group(benchmark::State& state) {
         state.SetIterationTime(seconds(SteadyClock::now() - start));
         bytes = static_cast<double>(heap_in_use() - before);
         if (group == nullptr || group->members.size() != members) {
-            state.SkipWithError("the group did not resolve");
+            fail_benchmark(state, "the group did not resolve");
             break;
         }
     }
@@ -544,4 +552,10 @@ BENCHMARK(fanout)->Name("fanout/memory")->Arg(100'000)->Iterations(scaled(10))->
 BENCHMARK(cached_group)->Name("directory/cached_group")->Arg(100'000)->Iterations(scaled(5))->UseManualTime()
     ->Unit(benchmark::kMillisecond);
 
-BENCHMARK_MAIN();
+int main(int argc, char** argv) {
+    benchmark::Initialize(&argc, argv);
+    if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 2;
+    benchmark::RunSpecifiedBenchmarks();
+    benchmark::Shutdown();
+    return g_failed ? 1 : 0;
+}
