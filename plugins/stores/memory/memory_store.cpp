@@ -286,7 +286,17 @@ Result<void> MemoryStore::outbox_update(std::span<const OutboxEntry> entries) {
             plan = find_plan(entry.plan_id);
             plan_id = &entry.plan_id;
         }
-        StoredEntry* stored = plan != nullptr ? find_entry(*plan, entry.recipient) : nullptr;
+        StoredEntry* stored = nullptr;
+        if (plan != nullptr) {
+            // A fan-out's completions come mostly in plan order: try the entry after the last one updated first.
+            const std::uint32_t next = plan->next_update;
+            if (next < plan->entries.size() && plan->entries[next].recipient == entry.recipient) {
+                stored = &plan->entries[next];
+            } else {
+                stored = find_entry(*plan, entry.recipient);
+            }
+            if (stored != nullptr) plan->next_update = static_cast<std::uint32_t>(stored - plan->entries.data()) + 1;
+        }
         if (stored == nullptr) {
             if (missing == nullptr) missing = &entry;
             continue;

@@ -86,6 +86,7 @@ private:
         // Open addressing over entry positions (position + 1; 0 is empty), a power of two at most half full; empty
         // while the plan has no more than kLinearEntries entries and a scan is cheaper.
         std::vector<std::uint32_t> index;
+        std::uint32_t next_update = 0;  // the entry after the one outbox_update last found
     };
     static constexpr std::size_t kLinearEntries = 8;
     static constexpr std::uint32_t kPlanChunkBits = 8;  // plans per chunk: 256
