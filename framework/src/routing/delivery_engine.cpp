@@ -326,8 +326,9 @@ public:
         close_lanes(lanes);
     }
 
-    void execute(PlannedDelivery delivery, bool persisted, ReportCallback done) {
-        const boost::intrusive_ptr<Plan> plan = launch(std::move(delivery), persisted, std::move(done));
+    // By reference: the caller's copy is taken apart here, not moved through every layer.
+    void execute(PlannedDelivery& delivery, bool persisted, ReportCallback& done) {
+        const boost::intrusive_ptr<Plan> plan = launch(delivery, persisted, done);
         arm_deadline(*plan);
     }
 
@@ -337,15 +338,15 @@ public:
         {
             WriteScopeGuard writes(*this, kRoundLimit);
             for (Execution& execution : executions) {
-                plans.push_back(launch(std::move(execution.delivery), persisted, std::move(execution.done)));
+                plans.push_back(launch(execution.delivery, persisted, execution.done));
             }
         }
         // After the scope wrote what it held: plans that finished meanwhile need no timer.
         for (const auto& plan : plans) arm_deadline(*plan);
     }
 
-    // Starts a plan; the caller arms its deadline.
-    boost::intrusive_ptr<Plan> launch(PlannedDelivery delivery, bool persisted, ReportCallback done) {
+    // Starts a plan, moving what it keeps out of @p delivery and @p done; the caller arms its deadline.
+    boost::intrusive_ptr<Plan> launch(PlannedDelivery& delivery, bool persisted, ReportCallback& done) {
         const std::int64_t now = clock_();
         boost::intrusive_ptr<Plan> plan(new Plan(shared_from_this()));
         active_.fetch_add(1, std::memory_order_relaxed);
@@ -1555,7 +1556,7 @@ void DeliveryEngine::add_connection(const std::string& name, std::shared_ptr<Con
 void DeliveryEngine::clear_connections() { impl_->clear_connections(); }
 
 void DeliveryEngine::execute(PlannedDelivery delivery, bool persisted, ReportCallback done) {
-    impl_->execute(std::move(delivery), persisted, std::move(done));
+    impl_->execute(delivery, persisted, done);
 }
 
 void DeliveryEngine::execute_all(std::vector<Execution> executions, bool persisted) {
