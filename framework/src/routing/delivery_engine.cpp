@@ -135,7 +135,7 @@ struct Lane {
     std::uint64_t timer_generation = 0;
     OutboundMessage scratch;         // filled by the draining thread only; reused, so no allocation per send once warm
     std::uint64_t scratch_plan = 0;  // serial of the plan whose text, reply_to and key prefix it holds
-    std::size_t scratch_prefix = 0;  // length of "plan_id|" in scratch.idempotency_key
+    std::size_t scratch_prefix = 0;  // length of "plan_id|connection/" (or "/@") in scratch.idempotency_key
 };
 
 enum class SlotState : std::uint8_t {
@@ -1436,16 +1436,23 @@ private:
             } else {
                 message.reply_to.reset();
             }
+            lane.scratch_prefix = 0;  // the key's prefix follows with the first recipient
+        }
+        // Every recipient of a lane is on its connection, so only the target changes from one send to the next (and,
+        // rarely, channel or person).
+        const Address& to = p.out[index].address;
+        if (lane.scratch_prefix == 0 || message.to.is_user != to.is_user) {
+            message.to.connection = to.connection;
+            message.to.is_user = to.is_user;
             key.assign(p.plan_id);
             key += '|';
+            key += to.connection;
+            key += to.is_user ? "/@" : "/";
             lane.scratch_prefix = key.size();
         }
-        const Address& to = p.out[index].address;
-        message.to = to;
+        message.to.target = to.target;
         // Stable per (plan, recipient), so a platform with nonces drops a resend after a crash.
         key.resize(lane.scratch_prefix);
-        key += to.connection;
-        key += to.is_user ? "/@" : "/";
         key += to.target;
     }
 
