@@ -4,6 +4,7 @@
 #include <bit>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <string_view>
 #include <utility>
 
@@ -64,16 +65,28 @@ private:
         }
     }
 
-    // FNV-1a over the address's bytes, then a murmur3 finaliser so that the low bits (the slot) and the high bits
-    // (the tag) are both well mixed. Inline: addresses are short, and a call per string costs more than the hash.
+    // Eight bytes at a time, multiply and fold, then a murmur3 finaliser so that the low bits (the slot) and the
+    // high bits (the tag) are both well mixed. Inline: addresses are short, and a call per string (or a loop per
+    // byte) costs more than the hash.
+    static std::uint64_t mix(std::uint64_t h, std::uint64_t word) noexcept {
+        h = (h ^ word) * 0x9e3779b97f4a7c15ULL;
+        return h ^ (h >> 29);
+    }
+    static std::uint64_t add(std::uint64_t h, std::string_view bytes) noexcept {
+        const char* p = bytes.data();
+        std::size_t n = bytes.size();
+        for (; n >= 8; p += 8, n -= 8) {
+            std::uint64_t word;
+            std::memcpy(&word, p, 8);
+            h = mix(h, word);
+        }
+        std::uint64_t tail = 0;
+        for (std::size_t i = 0; i < n; ++i) tail |= static_cast<std::uint64_t>(static_cast<unsigned char>(p[i])) << (8 * i);
+        return mix(h, tail ^ (static_cast<std::uint64_t>(bytes.size()) << 56));
+    }
     static std::uint64_t hash(const Address& address) noexcept {
-        std::uint64_t h = 0xcbf29ce484222325ULL;
-        auto add = [&h](std::string_view bytes) {
-            for (const char c : bytes) h = (h ^ static_cast<unsigned char>(c)) * 0x100000001b3ULL;
-        };
-        add(address.connection);
-        h = (h ^ (address.is_user ? 0x40U : 0x2fU)) * 0x100000001b3ULL;  // '@' or '/' between the parts
-        add(address.target);
+        std::uint64_t h = add(address.is_user ? 0x40U : 0x2fU, address.connection);  // '@' or '/' between the parts
+        h = add(h, address.target);
         h ^= h >> 33;
         h *= 0xff51afd7ed558ccdULL;
         h ^= h >> 33;
