@@ -179,8 +179,8 @@ void MemoryStore::add_outbox_entries(std::span<const OutboxEntry> entries) {
             stored.message = message;
             stored.state = entry.state;
             stored.attempts = entry.attempts;
-            stored.sent_message_id = entry.sent_message_id;
-            stored.error = entry.error;
+            if (!entry.sent_message_id.empty()) stored.sent_message_id = entry.sent_message_id;  // new: empty
+            if (!entry.error.empty()) stored.error = entry.error;
             stored.created_ms = entry.created_ms;
             stored.sequence = outbox_sequence_++;
             if (slot != nullptr) *slot = static_cast<std::uint32_t>(plan.entries.size());
