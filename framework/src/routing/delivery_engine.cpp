@@ -461,7 +461,7 @@ public:
         run(p, actions);
     }
 
-    void on_sent(Plan& p, std::uint32_t index, Result<SentMessage> result) {
+    void on_sent(Plan& p, std::uint32_t index, Result<SentMessage>&& result) {
         Lane& lane = *p.slots[index].lane;  // fixed at setup
         const bool pump_lane = release_lane_slot(lane);
         Actions actions;
