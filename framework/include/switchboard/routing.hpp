@@ -150,8 +150,10 @@ struct RecipientOutcome {
 ///
 /// Stable error codes: `unreachable` (a recipient's connection is down or the person is absent), `group_dissolved`,
 /// `recipient_not_found`, `atomic_unreachable` (atomic group not sent because a member is unreachable),
-/// `deadline_exceeded`, `rate_limited`, `send_failed`, `compensated` (atomic plan undone), `unknown_connection`,
-/// `no_strategy`, and a connector's own codes for platform failures.
+/// `deadline_exceeded`, `rate_limited`, `send_failed`, `compensated` (atomic plan undone), `aborted` (an atomic
+/// plan's recipient left unsent after another failed for good), `shutting_down` (the host stopped first; the
+/// recipient stays pending in the outbox), `unknown_connection`, `no_strategy`, `strategy_failed`, and a connector's
+/// own codes for platform failures.
 struct DeliveryReport {
     /// @brief Overall status.
     DeliveryStatus status = DeliveryStatus::delivered;
