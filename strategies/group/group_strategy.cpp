@@ -44,7 +44,7 @@ private:
     };
 
     std::uint64_t hash_and_prefetch(std::size_t index) const noexcept {
-        const std::uint64_t h = hash(members_[index].address);
+        const std::uint64_t h = hash_address(members_[index].address);
 #if defined(__GNUC__) || defined(__clang__)
         __builtin_prefetch(&slots_[h & mask_]);
 #endif
@@ -65,35 +65,6 @@ private:
         }
     }
 
-    // Eight bytes at a time, multiply and fold, then a murmur3 finaliser so that the low bits (the slot) and the
-    // high bits (the tag) are both well mixed. Inline: addresses are short, and a call per string (or a loop per
-    // byte) costs more than the hash.
-    static std::uint64_t mix(std::uint64_t h, std::uint64_t word) noexcept {
-        h = (h ^ word) * 0x9e3779b97f4a7c15ULL;
-        return h ^ (h >> 29);
-    }
-    static std::uint64_t add(std::uint64_t h, std::string_view bytes) noexcept {
-        const char* p = bytes.data();
-        std::size_t n = bytes.size();
-        for (; n >= 8; p += 8, n -= 8) {
-            std::uint64_t word;
-            std::memcpy(&word, p, 8);
-            h = mix(h, word);
-        }
-        std::uint64_t tail = 0;
-        for (std::size_t i = 0; i < n; ++i) tail |= static_cast<std::uint64_t>(static_cast<unsigned char>(p[i])) << (8 * i);
-        return mix(h, tail ^ (static_cast<std::uint64_t>(bytes.size()) << 56));
-    }
-    static std::uint64_t hash(const Address& address) noexcept {
-        std::uint64_t h = add(address.is_user ? 0x40U : 0x2fU, address.connection);  // '@' or '/' between the parts
-        h = add(h, address.target);
-        h ^= h >> 33;
-        h *= 0xff51afd7ed558ccdULL;
-        h ^= h >> 33;
-        h *= 0xc4ceb9fe1a85ec53ULL;
-        h ^= h >> 33;
-        return h;
-    }
 
     const std::vector<Recipient>& members_;
     std::vector<Slot> slots_;

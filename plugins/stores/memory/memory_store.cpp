@@ -44,37 +44,6 @@ void MemoryStore::apply_write(const KeyValueWrite& write) {
     }
 }
 
-namespace {
-
-// Eight bytes at a time, multiply and fold: addresses are short, and std::hash's out-of-line call (or a byte-wise
-// loop) costs more than hashing them here.
-inline std::uint64_t mix(std::uint64_t h, std::uint64_t word) noexcept {
-    h = (h ^ word) * 0x9e3779b97f4a7c15ULL;
-    return h ^ (h >> 29);
-}
-
-inline std::uint64_t hash_bytes(std::uint64_t h, std::string_view bytes) noexcept {
-    const char* p = bytes.data();
-    std::size_t n = bytes.size();
-    for (; n >= 8; p += 8, n -= 8) {
-        std::uint64_t word;
-        std::memcpy(&word, p, 8);
-        h = mix(h, word);
-    }
-    std::uint64_t tail = 0;
-    for (std::size_t i = 0; i < n; ++i) tail |= static_cast<std::uint64_t>(static_cast<unsigned char>(p[i])) << (8 * i);
-    return mix(h, tail ^ (static_cast<std::uint64_t>(bytes.size()) << 56));
-}
-
-std::size_t address_hash(const Address& address) noexcept {
-    std::uint64_t h = hash_bytes(address.is_user ? 0x75736572ULL : 0x6368616eULL, address.connection);
-    h = hash_bytes(h, address.target);
-    h *= 0xff51afd7ed558ccdULL;
-    return static_cast<std::size_t>(h ^ (h >> 32));
-}
-
-}  // namespace
-
 MemoryStore::PlanOutbox* MemoryStore::find_plan(const std::string& plan_id) {
     auto it = plan_numbers_.find(plan_id);
     return it == plan_numbers_.end() ? nullptr : &plan_at(it->second);
@@ -110,7 +79,7 @@ void MemoryStore::reserve_entries(PlanOutbox& plan, std::size_t more) {
     plan.index.assign(std::bit_ceil(count * 2), 0);
     const std::size_t mask = plan.index.size() - 1;
     for (std::uint32_t p = 0; p < plan.entries.size(); ++p) {
-        std::size_t i = address_hash(plan.entries[p].recipient) & mask;
+        std::size_t i = hash_address(plan.entries[p].recipient) & mask;
         while (plan.index[i] != 0) i = (i + 1) & mask;
         plan.index[i] = p + 1;
     }
@@ -119,7 +88,7 @@ void MemoryStore::reserve_entries(PlanOutbox& plan, std::size_t more) {
 // The index slot holding @p recipient's entry, or the empty slot where it would go. The plan has an index.
 std::uint32_t* MemoryStore::index_slot(PlanOutbox& plan, const Address& recipient) {
     const std::size_t mask = plan.index.size() - 1;
-    for (std::size_t i = address_hash(recipient) & mask;; i = (i + 1) & mask) {
+    for (std::size_t i = hash_address(recipient) & mask;; i = (i + 1) & mask) {
         std::uint32_t& slot = plan.index[i];
         if (slot == 0 || plan.entries[slot - 1].recipient == recipient) return &slot;
     }
