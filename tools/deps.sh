@@ -10,7 +10,7 @@ packages=(
   libyaml-cpp-dev nlohmann-json3-dev libsqlitecpp-dev libsqlite3-dev libspdlog-dev
 )
 if [[ "${1:-}" == "test" ]]; then
-  packages+=(catch2 libbenchmark-dev)
+  packages+=(catch2 libbenchmark-dev inspircd ngircd)
 fi
 
 missing=()
