@@ -4,6 +4,7 @@
 
 #include <switchboard/message.hpp>
 #include <switchboard/plugin.hpp>
+#include <switchboard/rate_limit.hpp>
 #include <switchboard/result.hpp>
 
 #include <cstdint>
@@ -108,6 +109,28 @@ public:
     /// @brief Reports who is present in @p channel now (platform user ids), for connectors that know. The
     /// directory then treats a person on this connection as reachable only while present in some channel.
     virtual void report_members(const std::string& channel, std::vector<std::string> user_ids) = 0;
+
+    /// @brief This connection's rate-limit scheduler (see rate_limit.hpp), shared with the delivery engine, which
+    /// acquires send_route(address) before every send() to this connector. A connector that learns limits from its
+    /// responses reports them with observe() (sends on send_route(message.to)); requests it makes by itself
+    /// (history, deletions, polling) it acquires and reports on routes of its own. A connector may define() its
+    /// platform's static buckets from start() (its `"global"` only applies when the connection's `limits:` sets no
+    /// `rate`). The scheduler lives as long as the connection; grants still waiting when the host stops are
+    /// cancelled (`cancelled`) after stop() returned, on the stopping thread.
+    [[nodiscard]] virtual RateLimitScheduler& rate_limits() = 0;
+
+    /// @brief The value this connection saved under @p key earlier, in this run or an earlier one (resume state such
+    /// as Discord's session id, sequence and resume URL), or nullopt if none (or the store failed, which is logged).
+    /// Sees every save_state() made before it, even those not yet written. A short synchronous read of the store's
+    /// connection state: call it from start() or from the connector's own threads, not in a hot path of an I/O
+    /// callback.
+    [[nodiscard]] virtual std::optional<std::string> load_state(const std::string& key) = 0;
+
+    /// @brief Saves @p value under @p key for this connection. Returns at once and never blocks: the write happens
+    /// off the I/O threads, in the order of the calls; when a key is saved again before its last value was written,
+    /// only the latest value is written. A write that fails is logged. Saves made before stop() returns are written
+    /// before the host closes the store.
+    virtual void save_state(std::string key, std::string value) = 0;
 };
 
 /// @brief The interface every connector plugin implements.

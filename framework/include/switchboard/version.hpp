@@ -10,7 +10,10 @@
 #define SWITCHBOARD_VERSION_STRING "0.1.0"
 
 /// @brief Plugin ABI version. Bumped on purpose whenever an SDK type or interface changes layout or meaning.
-#define SWITCHBOARD_ABI_VERSION 2
+///
+/// 3: ConnectorHost gained rate_limits(), load_state() and save_state() (its vtable changed), and rate_limit.hpp
+/// (RateLimitScheduler and its types) joined the SDK.
+#define SWITCHBOARD_ABI_VERSION 3
 
 #define SWITCHBOARD_DETAIL_STR2(x) #x
 #define SWITCHBOARD_DETAIL_STR(x) SWITCHBOARD_DETAIL_STR2(x)

@@ -19,8 +19,15 @@ namespace switchboard::config {
 const ConfigSchema& connection_limits_schema() {
     static const ConfigSchema schema{{
         {"concurrency", ValueType::integer, false, "8", "Sends in flight at once on this connection."},
-        {"rate", ValueType::number, false, "0", "Sustained sends per second (token bucket); 0 means no limit."},
-        {"burst", ValueType::integer, false, "10", "Sends allowed at once before the rate applies."},
+        {"rate", ValueType::number, false, "",
+         "Requests per second on this connection (its rate-limit scheduler's \"global\" token bucket: sends, "
+         "history fetches and every other request the connector makes); 0 means no limit. Unset: the connector's "
+         "platform default, or no limit."},
+        {"burst", ValueType::integer, false, "10", "Requests allowed at once before the rate applies."},
+        {"invalid_budget", ValueType::integer, false, "10000",
+         "Invalid requests (401, 403, 429) the platform tolerates per invalid_window before it bans; a warning is "
+         "logged at 80% of it, an error at all of it. 0: not watched."},
+        {"invalid_window", ValueType::duration, false, "10m", "The window of invalid_budget."},
     }};
     return schema;
 }

@@ -43,7 +43,7 @@ struct ConnectionConfig {
     std::string name;
     PluginUse connector;  // kind connector; settings = every key but name/plugin/recovery
     PluginUse recovery;   // kind recovery; `recovery: { policy: NAME, ...settings }`, default policy `none`
-    PluginConfig limits;  // `limits: { concurrency, rate, burst }` (connection_limits_schema()), defaults applied
+    PluginConfig limits;  // `limits:` (connection_limits_schema()), defaults applied (`rate` has none)
     SourcePosition position;
 };
 
@@ -139,8 +139,9 @@ struct LoadResult {
 /// Parses a duration (`250ms`, `30s`, `5m`, `2h`, `14d`, or a bare number of milliseconds).
 [[nodiscard]] std::optional<std::int64_t> parse_duration_ms(const std::string& text);
 
-/// The core schema of a connection's `limits:` block: concurrency (sends in flight), rate (sends per second,
-/// 0 = unlimited) and burst (token bucket size).
+/// The core schema of a connection's `limits:` block: concurrency (sends in flight), rate (requests per second in
+/// the connection's "global" bucket, 0 = unlimited, unset = the connector's default), burst (its size), and the
+/// invalid-request budget (invalid_budget per invalid_window).
 [[nodiscard]] const ConfigSchema& connection_limits_schema();
 
 /// Settings holding every default of @p schema (for a plugin the config names without a settings block).

@@ -1,6 +1,7 @@
 #include "host/host.hpp"
 
 #include "host/pipeline.hpp"
+#include "ratelimit/scheduler.hpp"
 #include "routing/delivery_engine.hpp"
 #include "routing/directory.hpp"
 #include "routing/router.hpp"
@@ -16,6 +17,7 @@
 #include <algorithm>
 #include <condition_variable>
 #include <csignal>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -28,9 +30,16 @@ namespace {
 /// One configured connection while it runs: the connector's host, and its recovery policy's context.
 class Connection final : public ConnectorHost, public RecoveryContext {
 public:
+    /// @p store_executor runs save_state() writes off the I/O threads (the host's worker pool).
     Connection(std::string name, std::vector<std::string> channels, Logger& logger,
-               routing::ConfigDirectory& directory)
-        : name_(std::move(name)), channels_(std::move(channels)), logger_(logger), directory_(directory) {}
+               routing::ConfigDirectory& directory, std::shared_ptr<ratelimit::Scheduler> rate_limits,
+               routing::StoreExecutor store_executor)
+        : name_(std::move(name)),
+          channels_(std::move(channels)),
+          logger_(logger),
+          directory_(directory),
+          rate_limits_(std::move(rate_limits)),
+          store_executor_(std::move(store_executor)) {}
 
     void bind(std::shared_ptr<Connector> connector, std::shared_ptr<RecoveryPolicy> policy, Pipeline& pipeline,
               Store& store, std::function<void()> on_finished) {
@@ -67,6 +76,48 @@ public:
         directory_.set_members(name_, channel, std::move(user_ids));
     }
 
+    RateLimitScheduler& rate_limits() override { return *rate_limits_; }
+
+    std::optional<std::string> load_state(const std::string& key) override {
+        {
+            // A save not written yet is the latest value.
+            std::lock_guard lock(saves_mutex_);
+            for (auto it = saves_.rbegin(); it != saves_.rend(); ++it) {
+                if (it->first == key) return it->second;
+            }
+            if (writing_ && writing_->first == key) return writing_->second;
+        }
+        auto value = store_->connection_state(name_, key);
+        if (!value) {
+            logger_.warn("could not read saved state '" + key + "' (" + value.error().to_string() +
+                             "); the connector starts without it",
+                         LogFields{name_, {}, {}});
+            return std::nullopt;
+        }
+        return std::move(*value);
+    }
+
+    void save_state(std::string key, std::string value) override {
+        std::lock_guard lock(saves_mutex_);
+        // Latest value wins: an earlier save of the key that is not written yet is dropped, and the key goes to
+        // the back, so values are written in the order they were last saved.
+        const auto stale = std::find_if(saves_.begin(), saves_.end(), [&](const auto& s) { return s.first == key; });
+        if (stale != saves_.end()) saves_.erase(stale);
+        saves_.emplace_back(std::move(key), std::move(value));
+        if (writing_) return;  // the running writer picks it up
+        writing_.emplace();
+        store_executor_([this] { write_saves(); });
+    }
+
+    /// Waits (up to @p timeout) until every save_state() so far is written.
+    bool wait_saves(std::chrono::milliseconds timeout) {
+        std::unique_lock lock(saves_mutex_);
+        return saves_done_.wait_for(lock, timeout, [this] { return !writing_; });
+    }
+
+    /// This connection's scheduler (shared with the delivery engine).
+    const std::shared_ptr<ratelimit::Scheduler>& scheduler() const { return rate_limits_; }
+
     // RecoveryContext
     const std::string& connection() const override { return name_; }
     std::vector<std::string> channels() const override { return channels_; }
@@ -100,10 +151,35 @@ public:
     }
 
 private:
+    // One writer at a time per connection (so writes keep their order), on the store executor.
+    void write_saves() {
+        std::unique_lock lock(saves_mutex_);
+        while (!saves_.empty()) {
+            *writing_ = std::move(saves_.front());
+            saves_.pop_front();
+            lock.unlock();
+            auto written = store_->put_connection_state(name_, writing_->first, writing_->second);
+            if (!written) {
+                logger_.warn("could not save state '" + writing_->first + "' (" + written.error().to_string() +
+                                 "); a restart may not resume where this run was",
+                             LogFields{name_, {}, {}});
+            }
+            lock.lock();
+        }
+        writing_.reset();
+        saves_done_.notify_all();
+    }
+
     std::string name_;
     std::vector<std::string> channels_;
     Logger& logger_;
     routing::ConfigDirectory& directory_;
+    std::shared_ptr<ratelimit::Scheduler> rate_limits_;
+    routing::StoreExecutor store_executor_;
+    std::mutex saves_mutex_;
+    std::condition_variable saves_done_;
+    std::deque<std::pair<std::string, std::string>> saves_;           // not written yet, oldest first
+    std::optional<std::pair<std::string, std::string>> writing_;      // set while a writer runs: what it writes
     std::shared_ptr<Connector> connector_;
     std::shared_ptr<RecoveryPolicy> policy_;
     Pipeline* pipeline_ = nullptr;
@@ -211,8 +287,10 @@ struct Host::Impl {
             for (const auto& channel : config.channels) {
                 if (channel.connection == c.name) channel_ids.push_back(channel.id);
             }
-            auto connection =
-                std::make_unique<Connection>(c.name, std::move(channel_ids), logger_for(c.name), *directory);
+            Logger& connection_logger = logger_for(c.name);
+            auto connection = std::make_unique<Connection>(c.name, std::move(channel_ids), connection_logger,
+                                                           *directory, make_scheduler(c, connection_logger),
+                                                           store_executor());
             auto policy = create<RecoveryPolicy>(c.recovery, c.name + "/recovery");
             auto connector = create<Connector>(c.connector, c.name);
             routing::ConnectionLimits limits;
@@ -224,6 +302,27 @@ struct Host::Impl {
                              [this] { connection_finished(); });
             connections.push_back(std::move(connection));
         }
+    }
+
+    routing::StoreExecutor store_executor() {
+        return [this](std::function<void()> work) { boost::asio::post(*workers, std::move(work)); };
+    }
+
+    // The connection's scheduler: "global" from `limits:` when it sets a rate (the connector's default otherwise).
+    std::shared_ptr<ratelimit::Scheduler> make_scheduler(const config::ConnectionConfig& c, Logger& connection_logger) {
+        ratelimit::SchedulerOptions options;
+        options.connection = c.name;
+        options.invalid_budget = static_cast<std::uint32_t>(
+            std::clamp<std::int64_t>(c.limits.get_int("invalid_budget", 10'000), 0, UINT32_MAX));
+        options.invalid_window = std::chrono::milliseconds(
+            std::max<std::int64_t>(1, c.limits.get_int("invalid_window", 10 * 60 * 1000)));
+        auto scheduler = std::make_shared<ratelimit::Scheduler>(io, connection_logger, options);
+        if (c.limits.has("rate")) {
+            scheduler->configure_global(
+                c.limits.get_number("rate", 0),
+                static_cast<std::uint32_t>(std::clamp<std::int64_t>(c.limits.get_int("burst", 10), 1, UINT32_MAX)));
+        }
+        return scheduler;
     }
 
     std::map<std::string, std::shared_ptr<Strategy>> create_strategies() {
@@ -297,6 +396,15 @@ struct Host::Impl {
             logger.warn("stop: deliveries still in progress; they stay pending in the store for the next start");
         }
         if (engine) engine->clear_connections();
+        // What still waits for a rate limit (a connector's requests, sends the drain gave up on) is cancelled now,
+        // while the connectors are stopped but not yet destroyed; their last saved state is written before the store
+        // closes.
+        for (auto& connection : connections) {
+            connection->scheduler()->shutdown();
+            if (!connection->wait_saves(options.drain_timeout)) {
+                logger.warn("stop: the saved state of a connection was not written in time");
+            }
+        }
         boost::system::error_code ignored;
         signals.cancel(ignored);
         io.stop();

@@ -5,6 +5,7 @@
 
 #include <unistd.h>
 
+#include <map>
 #include <mutex>
 #include <sstream>
 
@@ -15,8 +16,43 @@ using switchboard::console::parse_console_line;
 
 namespace {
 
+/// A scheduler with no limits: grants every request at once and counts what it saw.
+class UnlimitedRateLimits final : public RateLimitScheduler {
+public:
+    void define(const std::string&, double, std::uint32_t) override {}
+    void acquire(RateRequest, RateGrant grant) override {
+        {
+            std::lock_guard lock(mutex_);
+            ++stats_.granted;
+        }
+        grant(Result<void>());
+    }
+    void observe(const std::string&, const RateLimitInfo& info) override {
+        std::lock_guard lock(mutex_);
+        if (info.limited) ++stats_.limited;
+    }
+    RateLimitStats stats() const override {
+        std::lock_guard lock(mutex_);
+        return stats_;
+    }
+
+private:
+    mutable std::mutex mutex_;
+    RateLimitStats stats_;
+};
+
 class RecordingHost final : public ConnectorHost {
 public:
+    RateLimitScheduler& rate_limits() override { return rate_limits_; }
+    std::optional<std::string> load_state(const std::string& key) override {
+        std::lock_guard lock(mutex);
+        auto it = state.find(key);
+        return it == state.end() ? std::nullopt : std::optional<std::string>(it->second);
+    }
+    void save_state(std::string key, std::string value) override {
+        std::lock_guard lock(mutex);
+        state[std::move(key)] = std::move(value);
+    }
     void deliver(Message message) override {
         std::lock_guard lock(mutex);
         messages.push_back(std::move(message));
@@ -33,6 +69,8 @@ public:
     std::mutex mutex;
     std::vector<Message> messages;
     std::vector<ConnectionEvent> events;
+    std::map<std::string, std::string> state;
+    UnlimitedRateLimits rate_limits_;
 };
 
 }  // namespace
