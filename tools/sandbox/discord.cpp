@@ -1480,8 +1480,9 @@ private:
                 route_limits_[name] = value;
             }
         }
-        buckets_.clear();  // new limits apply from a fresh window
+        buckets_.clear();  // new limits apply from a fresh window, with no wait pending
         global_count_ = 0;
+        global_blocked_until_ = TimePoint{};
         return HttpResponse::json(200, config_json());
     }
 
