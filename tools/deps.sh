@@ -11,6 +11,7 @@ packages=(
 )
 if [[ "${1:-}" == "test" ]]; then
   packages+=(catch2 libbenchmark-dev inspircd ngircd)
+  command -v node >/dev/null && command -v npm >/dev/null || packages+=(nodejs npm)  # tests/compat
 fi
 
 missing=()

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs the compat tests' npm packages (discord.js, ws) into DIR from the committed package-lock.json, with
+# `npm ci`; skipped when DIR/node_modules already holds exactly that lock file's packages.
+#   tests/compat/discord/npm_ci.sh DIR
+set -euo pipefail
+cd "$1"
+stamp=node_modules/.switchboard-lock-sha256
+want=$(sha256sum package-lock.json | cut -d' ' -f1)
+if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+  echo "npm_ci.sh: node_modules matches package-lock.json"
+  exit 0
+fi
+npm ci --no-audit --no-fund --loglevel=error
+echo "$want" > "$stamp"
+echo "npm_ci.sh: installed $(ls node_modules | wc -l) packages"
