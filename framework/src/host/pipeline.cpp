@@ -152,6 +152,8 @@ struct Pipeline::Impl {
         explicit Lane(boost::asio::thread_pool& pool) : strand(boost::asio::make_strand(pool)) {}
         Strand strand;
         std::deque<Item> queue;
+        // hold(): channels whose live messages are parked, each with what was parked, in order.
+        std::map<std::string, std::vector<Message>> held;
         bool scheduled = false;
         std::chrono::milliseconds retry_delay{0};
     };
@@ -198,7 +200,14 @@ struct Pipeline::Impl {
             } else {
                 while (!l.queue.empty() && batch.size() < kMaxBatch &&
                        std::holds_alternative<Message>(l.queue.front())) {
-                    batch.push_back(std::move(std::get<Message>(l.queue.front())));
+                    Message& message = std::get<Message>(l.queue.front());
+                    if (auto held = l.held.find(message.channel); held != l.held.end() && !message.recovered) {
+                        held->second.push_back(std::move(message));
+                        ++stats.held;
+                        --pending;
+                    } else {
+                        batch.push_back(std::move(message));
+                    }
                     l.queue.pop_front();
                 }
             }
@@ -212,7 +221,7 @@ struct Pipeline::Impl {
             }
         } else {
             done = batch.size();
-            if (!process(batch)) {
+            if (!batch.empty() && !process(batch)) {
                 retry_later(l, std::move(batch));
                 return;
             }
@@ -356,6 +365,29 @@ void Pipeline::submit(Message message) {
 
 void Pipeline::post(const std::string& connection, std::function<void()> task) {
     impl_->enqueue(connection, std::move(task));
+}
+
+void Pipeline::hold(const std::string& connection, const std::string& channel) {
+    Impl& impl = *impl_;
+    post(connection, [&impl, connection, channel] {
+        std::lock_guard lock(impl.mutex);
+        impl.lane(connection).held.try_emplace(channel);
+    });
+}
+
+void Pipeline::release(const std::string& connection, const std::string& channel) {
+    Impl& impl = *impl_;
+    post(connection, [&impl, connection, channel] {
+        std::lock_guard lock(impl.mutex);
+        Impl::Lane& l = impl.lane(connection);
+        auto held = l.held.find(channel);
+        if (held == l.held.end()) return;
+        std::vector<Message> parked = std::move(held->second);
+        l.held.erase(held);
+        if (impl.closed) return;
+        for (Message& message : parked) l.queue.push_back(std::move(message));
+        impl.pending += parked.size();
+    });
 }
 
 bool Pipeline::wait_idle(std::chrono::milliseconds timeout) {

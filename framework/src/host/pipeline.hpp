@@ -46,6 +46,7 @@ struct PipelineStats {
     std::uint64_t processed = 0;   // committed as processed
     std::uint64_t duplicates = 0;  // dropped by dedup
     std::uint64_t recovered = 0;   // processed with recovered = true
+    std::uint64_t held = 0;        // live messages parked while their channel recovered (released ones included)
     std::uint64_t store_failures = 0;
 };
 
@@ -67,7 +68,18 @@ public:
     /// Runs @p task on @p connection's lane, after every message submitted before it (for connection events).
     void post(const std::string& connection, std::function<void()> task);
 
-    /// Waits until every lane is empty and idle, or @p timeout passes; returns whether it drained.
+    /// Holds back live messages of @p channel on @p connection while its recovery runs: from the moment this call
+    /// takes effect in the lane's order, messages of that channel with `recovered = false` are parked instead of
+    /// handled; recovered ones pass. Without this a live message would be handled before the older ones recovery
+    /// still fetches, out of order, and would move the cursor past messages not yet handled.
+    void hold(const std::string& connection, const std::string& channel);
+
+    /// Ends a hold(): the parked messages go to the back of the lane, in order, after every message submitted
+    /// before this call (the recovered ones); dedup drops those recovery fetched too. No-op without a hold.
+    void release(const std::string& connection, const std::string& channel);
+
+    /// Waits until every lane is empty and idle, or @p timeout passes; returns whether it drained. Parked messages
+    /// (hold()) do not count: they are not lost when the host stops, as their cursor never moved past them.
     bool wait_idle(std::chrono::milliseconds timeout);
 
     /// Stops accepting messages; later submit() calls are dropped (and counted as not received).

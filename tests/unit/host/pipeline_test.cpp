@@ -303,3 +303,34 @@ TEST_CASE("a message on a routed channel is relayed to the route's target with t
     REQUIRE(entries.has_value());
     CHECK(entries->size() == 2);
 }
+
+TEST_CASE("while a channel recovers its live messages wait, and follow the recovered ones in order", "[pipeline]") {
+    Fixture f;
+    f.pipeline.submit(message("a", 1));
+    f.pipeline.hold("a", "lobby");
+    // live messages 5 and 6 arrive while recovery still fetches 2..5
+    f.pipeline.submit(message("a", 5));
+    f.pipeline.submit(message("a", 6));
+    Message other = message("a", 7);
+    other.channel = "elsewhere";  // another channel is not held
+    f.pipeline.submit(other);
+    REQUIRE(f.pipeline.wait_idle(std::chrono::seconds(10)));
+    CHECK(f.bot->snapshot() == std::vector<std::string>{"a:m1", "a:m7"});
+    auto cursor = f.store.cursor("a", "lobby");
+    REQUIRE(cursor.has_value());
+    CHECK((*cursor)->message_id == message("a", 1).id);  // not moved past what recovery has not handled yet
+    for (int n = 2; n <= 5; ++n) {
+        Message recovered = message("a", n);
+        recovered.recovered = true;
+        f.pipeline.submit(recovered);
+    }
+    f.pipeline.release("a", "lobby");
+    REQUIRE(f.pipeline.wait_idle(std::chrono::seconds(10)));
+    CHECK(f.bot->snapshot() == std::vector<std::string>{"a:m1", "a:m7", "a:m2", "a:m3", "a:m4", "a:m5", "a:m6"});
+    CHECK(f.pipeline.stats().held == 2);
+    CHECK(f.pipeline.stats().duplicates == 1);  // 5 came live and recovered
+    // released: live messages flow again
+    f.pipeline.submit(message("a", 8));
+    REQUIRE(f.pipeline.wait_idle(std::chrono::seconds(10)));
+    CHECK(f.bot->snapshot().back() == "a:m8");
+}
