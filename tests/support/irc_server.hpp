@@ -1,0 +1,186 @@
+#pragma once
+// A real IRC server for tests: InspIRCd (IRCv3 tags, msgid, batches and chanhistory) or ngIRCd (no history), each
+// on a free loopback port with a config written into its own TempDir from tests/support/irc/*.conf.in. start()
+// waits until the server answers a registration; the destructor always stops it (SIGTERM, then SIGKILL).
+
+#include "irc_test_client.hpp"
+#include "test_support.hpp"
+
+#include <boost/process.hpp>
+
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <thread>
+
+#ifndef SWITCHBOARD_TEST_SOURCE_DIR
+#error "irc_server.hpp needs SWITCHBOARD_TEST_SOURCE_DIR (switchboard_add_test defines it)"
+#endif
+
+namespace switchboard::testing_support {
+
+/// A loopback TCP port that was free a moment ago (bound to port 0, then released).
+inline std::uint16_t free_loopback_port() {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    address.sin_port = 0;
+    socklen_t length = sizeof address;
+    if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0 ||
+        ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) != 0) {
+        if (fd >= 0) ::close(fd);
+        throw std::runtime_error("cannot find a free loopback port");
+    }
+    ::close(fd);
+    return ntohs(address.sin_port);
+}
+
+enum class IrcServerKind { inspircd, ngircd };
+
+inline const char* to_string(IrcServerKind kind) { return kind == IrcServerKind::inspircd ? "inspircd" : "ngircd"; }
+
+/// Where the server binary is, or nullopt when it is not installed (tools/deps.sh test installs both).
+inline std::optional<std::filesystem::path> irc_server_binary(IrcServerKind kind) {
+    for (const char* dir : {"/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"}) {
+        const auto path = std::filesystem::path(dir) / to_string(kind);
+        if (std::filesystem::exists(path)) return path;
+    }
+    return std::nullopt;
+}
+
+class IrcServer {
+public:
+    static constexpr const char* kOperName = "testoper";
+    static constexpr const char* kOperPassword = "testoperpass";
+
+    explicit IrcServer(IrcServerKind kind) : kind_(kind) {}
+    ~IrcServer() { stop(); }
+    IrcServer(const IrcServer&) = delete;
+    IrcServer& operator=(const IrcServer&) = delete;
+
+    /// Writes the config, starts the server and waits (up to @p timeout) until a client can register. Tries a few
+    /// ports in case another process took the free one first. Returns false (with why()) when it does not come up.
+    bool start(std::chrono::milliseconds timeout = std::chrono::seconds(20)) {
+        const auto binary = irc_server_binary(kind_);
+        if (!binary) {
+            why_ = std::string(to_string(kind_)) + " is not installed (tools/deps.sh test installs it)";
+            return false;
+        }
+        for (int attempt = 0; attempt < 3; ++attempt) {
+            port_ = free_loopback_port();
+            write_config();
+            launch(*binary);
+            if (wait_ready(timeout)) return true;
+            stop();
+        }
+        return false;
+    }
+
+    /// SIGTERM, then SIGKILL after 5 s. Safe to call twice.
+    void stop() {
+        if (!child_) return;
+        if (child_->running()) {
+            ::kill(child_->id(), SIGTERM);
+            const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+            while (child_->running() && std::chrono::steady_clock::now() < deadline) {
+                std::this_thread::sleep_for(std::chrono::milliseconds(10));
+            }
+            if (child_->running()) ::kill(child_->id(), SIGKILL);
+        }
+        std::error_code ignored;
+        child_->wait(ignored);
+        child_.reset();
+    }
+
+    [[nodiscard]] std::uint16_t port() const { return port_; }
+    [[nodiscard]] IrcServerKind kind() const { return kind_; }
+    [[nodiscard]] const std::string& why() const { return why_; }
+    [[nodiscard]] std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+    /// The server's own output and log, for failure messages.
+    [[nodiscard]] std::string output() const {
+        return slurp(dir_ / "server.out") + slurp(dir_ / "server.err") + slurp(dir_ / "ircd.log");
+    }
+
+    /// A registered test client as @p nick (the server's ready check uses the same).
+    std::unique_ptr<IrcTestClient> client(const std::string& nick, const std::string& caps = "") const {
+        auto c = std::make_unique<IrcTestClient>(port_);
+        if (!c->register_as(nick, std::chrono::seconds(10), caps)) return nullptr;
+        return c;
+    }
+
+private:
+    static std::string slurp(const std::filesystem::path& path) {
+        std::ifstream in(path, std::ios::binary);
+        std::ostringstream text;
+        text << in.rdbuf();
+        return text.str();
+    }
+
+    static void replace_all(std::string& text, const std::string& what, const std::string& with) {
+        for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + with.size())) {
+            text.replace(at, what.size(), with);
+        }
+    }
+
+    void write_config() {
+        const auto source = std::filesystem::path(SWITCHBOARD_TEST_SOURCE_DIR) / "tests/support/irc" /
+                            (std::string(to_string(kind_)) + ".conf.in");
+        std::string text = slurp(source);
+        if (text.empty()) throw std::runtime_error("cannot read " + source.string());
+        replace_all(text, "@RUNDIR@", dir_.path().string());
+        replace_all(text, "@PORT@", std::to_string(port_));
+        replace_all(text, "@OPER_NAME@", kOperName);
+        replace_all(text, "@OPER_PASSWORD@", kOperPassword);
+        std::ofstream(dir_ / "server.conf", std::ios::binary) << text;
+    }
+
+    void launch(const std::filesystem::path& binary) {
+        namespace bp = boost::process;
+        std::vector<std::string> args;
+        if (kind_ == IrcServerKind::inspircd) {
+            args = {"--config", (dir_ / "server.conf").string(), "--nofork", "--nolog"};
+            if (::geteuid() == 0) args.emplace_back("--runasroot");
+        } else {
+            args = {"--nodaemon", "--config", (dir_ / "server.conf").string()};
+        }
+        child_ = std::make_unique<bp::child>(binary.string(), bp::args(args), bp::start_dir(dir_.path().string()),
+                                             bp::std_in < bp::null, bp::std_out > (dir_ / "server.out").string(),
+                                             bp::std_err > (dir_ / "server.err").string());
+    }
+
+    bool wait_ready(std::chrono::milliseconds timeout) {
+        const auto deadline = std::chrono::steady_clock::now() + timeout;
+        while (std::chrono::steady_clock::now() < deadline) {
+            if (!child_->running()) {
+                why_ = std::string(to_string(kind_)) + " exited at start: " + output();
+                return false;
+            }
+            try {
+                if (client("ready" + std::to_string(port_ % 1000))) return true;
+            } catch (const std::exception&) {
+                // not listening yet
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        }
+        why_ = std::string(to_string(kind_)) + " did not answer a registration in time: " + output();
+        return false;
+    }
+
+    IrcServerKind kind_;
+    TempDir dir_;
+    std::uint16_t port_ = 0;
+    std::unique_ptr<boost::process::child> child_;
+    std::string why_;
+};
+
+}  // namespace switchboard::testing_support
