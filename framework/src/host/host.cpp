@@ -295,9 +295,8 @@ struct Host::Impl {
             auto connector = create<Connector>(c.connector, c.name);
             routing::ConnectionLimits limits;
             limits.concurrency = static_cast<std::uint32_t>(std::max<std::int64_t>(1, c.limits.get_int("concurrency", 8)));
-            limits.rate_per_second = c.limits.get_number("rate", 0);
-            limits.burst = static_cast<std::uint32_t>(std::max<std::int64_t>(1, c.limits.get_int("burst", 10)));
-            engine->add_connection(c.name, connector, limits);
+            // Rate and burst live in the connection's scheduler ("global"), which its connector shares.
+            engine->add_connection(c.name, connector, limits, connection->scheduler());
             connection->bind(std::move(connector), std::move(policy), *pipeline, *store,
                              [this] { connection_finished(); });
             connections.push_back(std::move(connection));

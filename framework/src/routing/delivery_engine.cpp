@@ -18,7 +18,7 @@
 #include <unordered_map>
 #include <utility>
 
-#include "routing/rate_limiter.hpp"
+#include "ratelimit/scheduler.hpp"
 
 // How the engine works
 //
@@ -27,8 +27,12 @@
 //
 // Recipients go out in batches: batch k+1 is released only when every recipient of batch k has a final outcome, so
 // at most one batch per plan is queued or in flight. A released recipient is queued on its connection's lane. A lane
-// sends while it has a free slot under its concurrency limit and a token in its bucket; when it runs out of tokens,
-// or holds retries that are not due yet, one steady_timer per lane wakes it. Nothing sleeps.
+// sends while it has a free slot under its concurrency limit, each send once the connection's rate-limit scheduler
+// grants its route (send_route(address), live): at once when the scheduler can (try_acquire), otherwise the send
+// waits for its grant holding its slot, and the grant puts it on the lane's `granted` queue, which the draining
+// thread sends first. A recipient cut (deadline, atomic failure) while it waits is not sent; its unused grant is
+// reported back to the scheduler with an empty observe(). Retries that are not due yet wait in a heap, and one
+// steady_timer per lane wakes it for them. Nothing sleeps.
 //
 // Completions may come inline (inside Connector::send) or later on any thread. A lane is drained by one thread at a
 // time (`pumping`); a completion that arrives while its lane is being drained only flags it (`repump`) and returns,
@@ -106,26 +110,38 @@ struct DelayedItem {
 // Min-heap order for DelayedItem.
 inline bool later_due(const DelayedItem& a, const DelayedItem& b) noexcept { return a.due > b.due; }
 
-// One connection: its connector, its limits and its queue.
+// A send the scheduler granted after a wait, with its route: a plan that reported has given its addresses away.
+struct GrantedItem {
+    LaneItem item;
+    std::string route;
+};
+
+// One connection: its connector, its limits, its rate-limit scheduler and its queues.
 struct Lane {
-    Lane(std::string name_, std::shared_ptr<Connector> connector_, const ConnectionLimits& limits, asio::io_context& io)
+    Lane(std::string name_, std::shared_ptr<Connector> connector_, const ConnectionLimits& limits,
+         std::shared_ptr<ratelimit::Scheduler> rate_limits_, bool owns_rate_limits_, asio::io_context& io)
         : name(std::move(name_)),
           connector(std::move(connector_)),
           can_delete(connector->capabilities().can_delete),
           concurrency(limits.concurrency == 0 ? std::numeric_limits<std::uint32_t>::max() : limits.concurrency),
-          bucket(limits.rate_per_second, limits.burst, SteadyClock::now()),
-          timer(io) {}
+          rate_limits(std::move(rate_limits_)),
+          owns_rate_limits(owns_rate_limits_),
+          timer(io) {
+        request.priority = RequestPriority::live;
+    }
 
     const std::string name;
     std::shared_ptr<Connector> connector;  // let go when the lane is closed and nobody is sending through it
     const bool can_delete;
     const std::uint32_t concurrency;
+    const std::shared_ptr<ratelimit::Scheduler> rate_limits;  // the connection's, shared with its connector
+    const bool owns_rate_limits;                              // made by the engine: shut down with the lane
 
     std::mutex mutex;
-    TokenBucket bucket;
     std::deque<LaneItem> queue;
+    std::deque<GrantedItem> granted;  // sends the scheduler granted after a wait; each holds a slot (in_flight)
     std::vector<DelayedItem> delayed;  // retries not due yet, a min-heap by due time
-    std::uint32_t in_flight = 0;
+    std::uint32_t in_flight = 0;  // sends and deletions at the connector, and sends waiting for their grant
     bool pumping = false;  // a thread is draining the queue
     bool repump = false;   // something changed while it was: look again
     bool closed = false;   // clear_connections(): nothing more is sent here
@@ -136,6 +152,7 @@ struct Lane {
     OutboundMessage scratch;         // filled by the draining thread only; reused, so no allocation per send once warm
     std::uint64_t scratch_plan = 0;  // serial of the plan whose text, reply_to and key prefix it holds
     std::size_t scratch_prefix = 0;  // length of "plan_id|connection/" (or "/@") in scratch.idempotency_key
+    RateRequest request;             // the draining thread's scratch for the route of a send
 };
 
 enum class SlotState : std::uint8_t {
@@ -287,9 +304,19 @@ public:
     Core& operator=(const Core&) = delete;
     ~Core() = default;
 
-    void add_connection(const std::string& name, std::shared_ptr<Connector> connector, ConnectionLimits limits) {
+    void add_connection(const std::string& name, std::shared_ptr<Connector> connector, ConnectionLimits limits,
+                        std::shared_ptr<ratelimit::Scheduler> rate_limits) {
         std::unique_ptr<Lane> lane;
-        if (connector) lane = std::make_unique<Lane>(name, std::move(connector), limits, io_);
+        if (connector) {
+            const bool owned = !rate_limits;
+            if (owned) {
+                ratelimit::SchedulerOptions options;
+                options.connection = name;
+                rate_limits = std::make_shared<ratelimit::Scheduler>(io_, logger_, options);
+                if (limits.rate_per_second > 0) rate_limits->configure_global(limits.rate_per_second, limits.burst);
+            }
+            lane = std::make_unique<Lane>(name, std::move(connector), limits, std::move(rate_limits), owned, io_);
+        }
         std::lock_guard lock(lanes_mutex_);
         auto it = std::find_if(lanes_.begin(), lanes_.end(), [&](const auto& l) { return l.first == name; });
         if (!lane) {
@@ -459,6 +486,22 @@ public:
             deadline_locked(p, actions);
         }
         run(p, actions);
+    }
+
+    // The scheduler's answer for a send that waited for its grant (on the scheduler's strand).
+    void on_granted(Plan& p, std::uint32_t index, std::string& route, Result<void> granted) {
+        Lane& lane = *p.slots[index].lane;  // fixed at setup
+        const LaneItem item{&p, index, Op::send};
+        std::unique_lock lock(lane.mutex);
+        if (granted && !lane.closed) {
+            lane.granted.push_back(GrantedItem{item, std::move(route)});
+            pump(lane, std::move(lock));  // or the thread draining the lane sends it
+            return;
+        }
+        --lane.in_flight;
+        lock.unlock();
+        if (granted) lane.rate_limits->observe(route, RateLimitInfo{});  // closed meanwhile: unused
+        on_dropped(p, item);  // cancelled (shutdown) or closed: stays pending; releases the queue's reference
     }
 
     void on_sent(Plan& p, std::uint32_t index, Result<SentMessage>&& result) {
@@ -1375,11 +1418,8 @@ private:
         lane.pumping = true;
         // Closes when this returns, after the lane's lock was released: the writes it held go out then.
         WriteScopeGuard writes(*this, lane.concurrency);
-        const bool limited = !lane.bucket.unlimited();
-        bool waiting_for_token = false;
         for (;;) {
             lane.repump = false;
-            waiting_for_token = false;
             if (!lane.delayed.empty()) {
                 const auto now = SteadyClock::now();
                 while (!lane.delayed.empty() && lane.delayed.front().due <= now) {
@@ -1388,26 +1428,52 @@ private:
                     lane.delayed.pop_back();
                 }
             }
-            while (!lane.queue.empty() && lane.in_flight < lane.concurrency && !lane.closed) {
-                if (limited && !lane.bucket.try_take(SteadyClock::now())) {
-                    waiting_for_token = true;
-                    break;
+            // Sends granted after a wait go first: they hold their slot already.
+            while (!lane.granted.empty() && !lane.closed) {
+                const LaneItem item = lane.granted.front().item;
+                if (!claim(item)) {  // cut while it waited
+                    --lane.in_flight;
+                    lane.request.route.swap(lane.granted.front().route);
+                    lane.granted.pop_front();
+                    unused_grant(lane, item, lock);
+                    continue;
                 }
+                lane.granted.pop_front();
+                send_claimed(lane, item, lock);
+            }
+            while (!lane.queue.empty() && lane.in_flight < lane.concurrency && !lane.closed) {
                 const LaneItem item = lane.queue.front();
                 lane.queue.pop_front();
+                if (item.op == Op::send) {
+                    set_route(lane.request.route, *item.plan, item.index);
+                    if (!lane.rate_limits->try_acquire(lane.request)) {
+                        // It waits for its grant holding a slot; on_granted() hands it back.
+                        ++lane.in_flight;
+                        RateRequest request = lane.request;
+                        Plan* plan = item.plan;
+                        const std::uint32_t index = item.index;
+                        lock.unlock();
+                        lane.rate_limits->acquire(
+                            std::move(request),
+                            [plan, index, route = lane.request.route](Result<void> granted) mutable {
+                                plan->engine->on_granted(*plan, index, route, std::move(granted));
+                            });
+                        lock.lock();
+                        continue;
+                    }
+                }
                 if (!claim(item)) {  // cancelled: deadline, atomic failure, already final
-                    if (limited) lane.bucket.give_back();
-                    lock.unlock();
-                    intrusive_ptr_release(item.plan);
-                    lock.lock();
+                    if (item.op == Op::send) {
+                        unused_grant(lane, item, lock);  // lane.request.route is still its route
+                    } else {
+                        lock.unlock();
+                        intrusive_ptr_release(item.plan);
+                        lock.lock();
+                    }
                     continue;
                 }
                 ++lane.in_flight;
-                Connector& connector = *lane.connector;
-                if (item.op == Op::send) fill_message(lane, *item.plan, item.index);
-                lock.unlock();
-                dispatch(connector, lane, item);
-                lock.lock();
+                send_claimed(lane, item, lock);
             }
             if (!lane.repump) break;
         }
@@ -1416,9 +1482,34 @@ private:
         if (lane.closed) {
             retired = std::move(lane.connector);
         } else {
-            arm_lane_timer_locked(lane, waiting_for_token);
+            arm_lane_timer_locked(lane);
         }
         lock.unlock();
+    }
+
+    // Hands claimed @p item (its slot counted in lane.in_flight) to the connector, with the lane unlocked.
+    void send_claimed(Lane& lane, const LaneItem& item, std::unique_lock<std::mutex>& lock) {
+        Connector& connector = *lane.connector;
+        if (item.op == Op::send) fill_message(lane, *item.plan, item.index);
+        lock.unlock();
+        dispatch(connector, lane, item);
+        lock.lock();
+    }
+
+    // A grant on route lane.request.route for @p item that will not be used (the recipient was cut): the scheduler
+    // hears that no response comes, and the queue's reference of the plan goes.
+    void unused_grant(Lane& lane, const LaneItem& item, std::unique_lock<std::mutex>& lock) {
+        lock.unlock();
+        lane.rate_limits->observe(lane.request.route, RateLimitInfo{});
+        intrusive_ptr_release(item.plan);
+        lock.lock();
+    }
+
+    // send_route(address) of recipient @p index (not reported yet), into @p route without allocating once warm.
+    static void set_route(std::string& route, const Plan& p, std::uint32_t index) {
+        const Address& to = p.out[index].address;
+        route.assign(to.is_user ? "send @" : "send ");
+        route += to.target;
     }
 
     static void fill_message(Lane& lane, const Plan& p, std::uint32_t index) {
@@ -1483,10 +1574,9 @@ private:
         }
     }
 
-    void arm_lane_timer_locked(Lane& lane, bool waiting_for_token) {
+    void arm_lane_timer_locked(Lane& lane) {
         std::optional<SteadyClock::time_point> wake;
-        if (waiting_for_token) wake = lane.bucket.next_token(SteadyClock::now());
-        if (!lane.delayed.empty() && (!wake || lane.delayed.front().due < *wake)) wake = lane.delayed.front().due;
+        if (!lane.delayed.empty()) wake = lane.delayed.front().due;
         if (!wake || (lane.timer_armed && lane.timer_due <= *wake)) return;
         lane.timer_armed = true;
         lane.timer_due = *wake;
@@ -1505,6 +1595,7 @@ private:
     void close_lanes(const std::vector<Lane*>& lanes) {
         for (Lane* lane : lanes) {
             std::deque<LaneItem> queued;
+            std::deque<GrantedItem> granted;
             std::vector<DelayedItem> delayed;
             std::shared_ptr<Connector> retired;
             {
@@ -1512,6 +1603,8 @@ private:
                 if (lane->closed) continue;
                 lane->closed = true;
                 queued.swap(lane->queue);
+                granted.swap(lane->granted);
+                lane->in_flight -= static_cast<std::uint32_t>(granted.size());
                 delayed.swap(lane->delayed);
                 ++lane->timer_generation;
                 lane->timer_armed = false;
@@ -1519,7 +1612,14 @@ private:
                 if (!lane->pumping) retired = std::move(lane->connector);  // else the draining thread lets go
             }
             for (const LaneItem& item : queued) on_dropped(*item.plan, item);
+            for (const GrantedItem& granted_item : granted) {
+                lane->rate_limits->observe(granted_item.route, RateLimitInfo{});
+                on_dropped(*granted_item.item.plan, granted_item.item);
+            }
             for (const DelayedItem& item : delayed) on_dropped(*item.item.plan, item.item);
+            // Sends still waiting for a grant of the engine's own scheduler end now (on_granted() drops them); the
+            // host shuts down the schedulers it gave.
+            if (lane->owns_rate_limits) lane->rate_limits->shutdown();
         }
     }
 
@@ -1556,8 +1656,8 @@ DeliveryEngine::DeliveryEngine(Store& store, const Directory& directory, boost::
 DeliveryEngine::~DeliveryEngine() { impl_->shutdown(); }
 
 void DeliveryEngine::add_connection(const std::string& name, std::shared_ptr<Connector> connector,
-                                    ConnectionLimits limits) {
-    impl_->add_connection(name, std::move(connector), limits);
+                                    ConnectionLimits limits, std::shared_ptr<ratelimit::Scheduler> rate_limits) {
+    impl_->add_connection(name, std::move(connector), limits, std::move(rate_limits));
 }
 
 void DeliveryEngine::clear_connections() { impl_->clear_connections(); }

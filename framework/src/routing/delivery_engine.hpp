@@ -1,6 +1,7 @@
 #pragma once
 // The delivery engine (DESIGN §3): carries out delivery plans. Fan-out runs in parallel and in batches, with a
-// concurrency limit and a token-bucket rate limit per connection, retries retryable failures with backoff, and
+// concurrency limit per connection and every send acquired from the connection's rate-limit scheduler (route
+// send_route(address), priority live), retries retryable failures with backoff, and
 // ends every plan in a DeliveryReport before its deadline — never a silent timeout. Each recipient's state lives in
 // the store's outbox, so a plan interrupted by a crash is finished at the next start without sending anyone twice.
 //
@@ -47,15 +48,20 @@ namespace boost::asio {
 class io_context;
 }  // namespace boost::asio
 
+namespace switchboard::ratelimit {
+class Scheduler;
+}  // namespace switchboard::ratelimit
+
 namespace switchboard::routing {
 
 /// Limits of one connection.
 struct ConnectionLimits {
-    /// Sends in flight at once.
+    /// Sends in flight at once, counting those waiting for their rate-limit grant.
     std::uint32_t concurrency = 8;
-    /// Token bucket: sustained sends per second (0: unlimited).
+    /// Only when add_connection() is given no scheduler: the "global" bucket of the one the engine makes, sustained
+    /// sends per second (0: unlimited).
     double rate_per_second = 0;
-    /// Token bucket: sends allowed in a burst.
+    /// Only when add_connection() is given no scheduler: that bucket's burst.
     std::uint32_t burst = 1;
 };
 
@@ -102,11 +108,16 @@ public:
     DeliveryEngine(const DeliveryEngine&) = delete;
     DeliveryEngine& operator=(const DeliveryEngine&) = delete;
 
-    /// Sends through @p connector for every address on connection @p name, within @p limits.
-    void add_connection(const std::string& name, std::shared_ptr<Connector> connector, ConnectionLimits limits);
+    /// Sends through @p connector for every address on connection @p name, at most limits.concurrency at once,
+    /// each after a grant of @p rate_limits (the connection's scheduler, shared with its connector; the host's).
+    /// Without one the engine makes its own from limits.rate_per_second and limits.burst, and shuts it down with
+    /// the connection.
+    void add_connection(const std::string& name, std::shared_ptr<Connector> connector, ConnectionLimits limits,
+                        std::shared_ptr<ratelimit::Scheduler> rate_limits = nullptr);
 
     /// Forgets every connector (at shutdown, after they stopped): what is still queued stays pending in the outbox.
-    /// Plans with recipients queued on them end `retryable` / `shutting_down` once their sends in flight complete.
+    /// Plans with recipients queued on them end `retryable` / `shutting_down` once their sends in flight complete;
+    /// sends waiting for a grant of a scheduler the host gave end so when the host shuts that scheduler down.
     void clear_connections();
 
     /// Carries out @p delivery and calls @p done exactly once, before the deadline, with the report.

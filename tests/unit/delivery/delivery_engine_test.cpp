@@ -505,7 +505,7 @@ TEST_CASE("A plan has at most one batch in flight: the next starts when the prev
     }
 }
 
-TEST_CASE("The token bucket holds a burst to its size and the rest of the sends to its rate", "[delivery]") {
+TEST_CASE("The connection's global bucket holds a burst to its size and the rest of the sends to its rate", "[delivery]") {
     Harness h;
     auto irc = std::make_shared<SinkConnector>();
     routing::ConnectionLimits limits;
