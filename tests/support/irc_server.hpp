@@ -63,7 +63,8 @@ public:
     static constexpr const char* kOperName = "testoper";
     static constexpr const char* kOperPassword = "testoperpass";
 
-    explicit IrcServer(IrcServerKind kind) : kind_(kind) {}
+    /// @p tls (InspIRCd only): also a TLS client port, with a certificate for 127.0.0.1 made by `openssl`.
+    explicit IrcServer(IrcServerKind kind, bool tls = false) : kind_(kind), tls_(tls) {}
     ~IrcServer() { stop(); }
     IrcServer(const IrcServer&) = delete;
     IrcServer& operator=(const IrcServer&) = delete;
@@ -76,8 +77,10 @@ public:
             why_ = std::string(to_string(kind_)) + " is not installed (tools/deps.sh test installs it)";
             return false;
         }
+        if (tls_ && !make_certificate()) return false;
         for (int attempt = 0; attempt < 3; ++attempt) {
             port_ = free_loopback_port();
+            tls_port_ = tls_ ? free_loopback_port() : 0;
             write_config();
             launch(*binary);
             if (wait_ready(timeout)) return true;
@@ -106,6 +109,10 @@ public:
     [[nodiscard]] IrcServerKind kind() const { return kind_; }
     [[nodiscard]] const std::string& why() const { return why_; }
     [[nodiscard]] std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+    /// The TLS port's address (with tls).
+    [[nodiscard]] std::string tls_address() const { return "127.0.0.1:" + std::to_string(tls_port_); }
+    /// The server's certificate, to trust as a CA (with tls).
+    [[nodiscard]] std::filesystem::path certificate() const { return dir_ / "cert.pem"; }
     /// The server's own output and log, for failure messages.
     [[nodiscard]] std::string output() const {
         return slurp(dir_ / "server.out") + slurp(dir_ / "server.err") + slurp(dir_ / "ircd.log");
@@ -137,11 +144,32 @@ private:
                             (std::string(to_string(kind_)) + ".conf.in");
         std::string text = slurp(source);
         if (text.empty()) throw std::runtime_error("cannot read " + source.string());
+        if (tls_) text += slurp(std::filesystem::path(SWITCHBOARD_TEST_SOURCE_DIR) / "tests/support/irc/inspircd-tls.conf.in");
+        replace_all(text, "@TLS_PORT@", std::to_string(tls_port_));
         replace_all(text, "@RUNDIR@", dir_.path().string());
         replace_all(text, "@PORT@", std::to_string(port_));
         replace_all(text, "@OPER_NAME@", kOperName);
         replace_all(text, "@OPER_PASSWORD@", kOperPassword);
         std::ofstream(dir_ / "server.conf", std::ios::binary) << text;
+    }
+
+    bool make_certificate() {
+        namespace bp = boost::process;
+        if (kind_ != IrcServerKind::inspircd) {
+            why_ = "TLS is only set up for InspIRCd";
+            return false;
+        }
+        const auto openssl = bp::search_path("openssl");
+        if (openssl.empty()) {
+            why_ = "openssl (the command) is not installed";
+            return false;
+        }
+        const int status = bp::system(openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                                      "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout",
+                                      (dir_ / "key.pem").string(), "-out", (dir_ / "cert.pem").string(),
+                                      bp::std_out > bp::null, bp::std_err > (dir_ / "openssl.err").string());
+        if (status != 0) why_ = "openssl could not make a certificate: " + slurp(dir_ / "openssl.err");
+        return status == 0;
     }
 
     void launch(const std::filesystem::path& binary) {
@@ -178,7 +206,9 @@ private:
 
     IrcServerKind kind_;
     TempDir dir_;
+    bool tls_ = false;
     std::uint16_t port_ = 0;
+    std::uint16_t tls_port_ = 0;
     std::unique_ptr<boost::process::child> child_;
     std::string why_;
 };

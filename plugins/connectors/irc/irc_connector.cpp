@@ -198,7 +198,13 @@ private:
         if (settings_.tls) {
             tls_context_ = std::make_unique<asio::ssl::context>(asio::ssl::context::tls_client);
             if (settings_.tls_verify) {
-                tls_context_->set_default_verify_paths();
+                error_code loaded;
+                if (settings_.tls_ca_file.empty()) {
+                    tls_context_->set_default_verify_paths(loaded);
+                } else {
+                    tls_context_->load_verify_file(settings_.tls_ca_file, loaded);
+                }
+                if (loaded) return fail_io("load the certificates to trust (" + settings_.tls_ca_file + ")", loaded);
                 tls_context_->set_verify_mode(asio::ssl::verify_peer);
             } else {
                 tls_context_->set_verify_mode(asio::ssl::verify_none);

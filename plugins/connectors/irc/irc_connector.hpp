@@ -31,6 +31,7 @@ struct IrcSettings {
     std::uint16_t port = 6667;
     bool tls = false;
     bool tls_verify = true;
+    std::string tls_ca_file;             ///< PEM file of certificates to trust (else the system's).
     std::string nick = "switchbot";
     std::vector<std::string> alt_nicks;  ///< Tried in order after 433; then nick + "_", then nick + digits.
     std::string username = "switchbot";

@@ -56,6 +56,7 @@ IrcSettings settings_from_config(const PluginConfig& config) {
     s.host = server->host;
     s.port = server->port.value_or(s.tls ? 6697 : 6667);
     s.tls_verify = config.get_bool("tls_verify", true);
+    s.tls_ca_file = config.get_string("tls_ca_file");
     s.nick = config.get_string("nick", s.nick);
     s.alt_nicks = config.get_list("alt_nicks");
     s.username = config.get_string("username");

@@ -81,12 +81,13 @@ private:
     std::unique_ptr<bp::child> child_;
 };
 
-std::string bot_config(const IrcServer& server, const std::string& policy, const std::string& extra = "") {
+std::string bot_config(const IrcServer& server, const std::string& policy, const std::string& extra = "",
+                       const std::string& address = "") {
     return "store: { plugin: sqlite, path: data/switchboard.db }\n"
            "connections:\n"
            "  - name: irc\n"
            "    plugin: irc\n"
-           "    server: " + server.address() + "\n"
+           "    server: " + (address.empty() ? server.address() : address) + "\n"
            "    nick: " + kBot + "\n"
            "    join: [\"#ops\"]\n"
            "    reconnect_min: 200ms\n"
@@ -103,8 +104,8 @@ std::string bot_config(const IrcServer& server, const std::string& policy, const
 }
 
 /// Starts @p kind, or skips the test with the reason when the server is not installed.
-std::unique_ptr<IrcServer> start_server(IrcServerKind kind) {
-    auto server = std::make_unique<IrcServer>(kind);
+std::unique_ptr<IrcServer> start_server(IrcServerKind kind, bool tls = false) {
+    auto server = std::make_unique<IrcServer>(kind, tls);
     if (!irc_server_binary(kind)) {
         WARN(std::string(to_string(kind)) + " is not installed; run tools/deps.sh test");
         return nullptr;
@@ -320,4 +321,33 @@ TEST_CASE("hostile input through a real server leaves the connector running", "[
     CHECK(bot.log_has("not valid UTF-8"));
     CHECK(bot.running());
     CHECK(bot.stop() == 0);
+}
+
+TEST_CASE("the bot talks TLS to a server whose certificate it checks against tls_ca_file", "[irc][inspircd][tls]") {
+    auto server = start_server(IrcServerKind::inspircd, true);
+    if (!server) return;
+    auto alice = person(*server, "alice");
+    SECTION("trusted: it joins and answers") {
+        TempDir dir;
+        Bot bot(dir.path(),
+                bot_config(*server, "irc-replay",
+                           "    tls: true\n    tls_ca_file: " + server->certificate().string() + "\n",
+                           server->tls_address()));
+        bot.start();
+        REQUIRE_JOINED(bot, *alice);
+        alice->privmsg("#ops", "over tls");
+        REQUIRE(alice->wait_for([](const IrcTestLine& l) { return l.nick() == kBot && l.param(1) == "echo: over tls"; },
+                                15s));
+        CHECK(bot.stop() == 0);
+        CHECK(bot.log_has("(TLS)"));
+    }
+    SECTION("not trusted: it refuses the server and keeps trying") {
+        TempDir dir;
+        Bot bot(dir.path(), bot_config(*server, "irc-replay", "    tls: true\n", server->tls_address()));
+        bot.start();
+        REQUIRE(wait_until([&] { return bot.log_has("TLS handshake"); }, 15s));
+        CHECK(bot.log_has("certificate verify failed"));
+        CHECK_FALSE(alice->wait_for([](const IrcTestLine& l) { return l.command == "JOIN" && l.nick() == kBot; }, 1s));
+        CHECK(bot.stop() == 0);
+    }
 }
