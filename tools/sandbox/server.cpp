@@ -144,7 +144,7 @@ public:
     WebSocketSession(tcp::socket&& socket, Service& service, HttpRequest request)
         : ws_(std::move(socket)), service_(service), request_(std::move(request)) {
         beast::error_code ec;
-        const auto endpoint = beast::get_lowest_layer(ws_).socket().remote_endpoint(ec);
+        const auto endpoint = ws_.next_layer().remote_endpoint(ec);
         if (!ec) peer_ = endpoint.address().to_string() + ":" + std::to_string(endpoint.port());
     }
 
@@ -177,7 +177,7 @@ public:
         if (finished_) return;
         queue_.clear();
         beast::error_code ignored;
-        auto& socket = beast::get_lowest_layer(ws_).socket();
+        auto& socket = ws_.next_layer();
         socket.shutdown(tcp::socket::shutdown_both, ignored);
         socket.close(ignored);
     }
@@ -252,11 +252,11 @@ private:
             how.reason = std::string(ws_.reason().reason.c_str());
         }
         beast::error_code ignored;
-        beast::get_lowest_layer(ws_).socket().close(ignored);
+        ws_.next_layer().close(ignored);
         if (auto handler = std::move(handler_)) handler->on_closed(how);
     }
 
-    websocket::stream<beast::tcp_stream> ws_;
+    websocket::stream<tcp::socket> ws_;  // its own timer bounds the handshakes: no tcp_stream
     beast::flat_buffer buffer_;
     Service& service_;
     HttpRequest request_;
