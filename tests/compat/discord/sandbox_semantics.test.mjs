@@ -140,15 +140,15 @@ test('POST messages returns a full message object, and enforce_nonce makes a res
 
 test('a route bucket answers 429 with Discord\'s headers, per channel, and logs requests sent while told to wait', async () => {
   const route = 'POST /channels/{channel.id}/messages';
-  await sandbox.post('/config', { routes: { [route]: { limit: 2, window_ms: 1500 } } });
+  await sandbox.post('/config', { routes: { [route]: { limit: 2, window_ms: 3000 } } });
   try {
     const send = (channel) => sandbox.api('POST', `/channels/${channel}/messages`, { content: 'rl' });
     const first = await send('101');
     assert.equal(first.status, 200);
     assert.equal(first.headers.get('x-ratelimit-limit'), '2');
     assert.equal(first.headers.get('x-ratelimit-remaining'), '1');
-    assert.ok(Number(first.headers.get('x-ratelimit-reset-after')) > 1.0);
-    assert.ok(Math.abs(Number(first.headers.get('x-ratelimit-reset')) * 1000 - Date.now() - 1500) < 1000);
+    assert.ok(Number(first.headers.get('x-ratelimit-reset-after')) > 2.0);
+    assert.ok(Math.abs(Number(first.headers.get('x-ratelimit-reset')) * 1000 - Date.now() - 3000) < 1000);
     assert.match(first.headers.get('x-ratelimit-bucket'), /^[0-9a-f]+$/);
     const second = await send('101');
     assert.equal(second.headers.get('x-ratelimit-remaining'), '0');
@@ -156,7 +156,7 @@ test('a route bucket answers 429 with Discord\'s headers, per channel, and logs 
     const limited = await send('101');
     assert.equal(limited.status, 429);
     assert.equal(limited.body.global, false);
-    assert.ok(limited.body.retry_after > 0 && limited.body.retry_after <= 1.5);
+    assert.ok(limited.body.retry_after > 0 && limited.body.retry_after <= 3);
     assert.ok(Number(limited.headers.get('retry-after')) >= 1);
     assert.equal(limited.headers.get('x-ratelimit-scope'), 'user');
     assert.equal(limited.headers.get('x-ratelimit-global'), null);
@@ -181,12 +181,12 @@ test('the global limit, 429 storms and slow responses', async () => {
   try {
     const statuses = [];
     let global;
-    for (let i = 0; i < 4; i++) {
+    for (let i = 0; i < 8 && !global; i++) {
       const response = await sandbox.api('GET', '/users/@me');
       statuses.push(response.status);
       if (response.status === 429) global = response;
     }
-    assert.ok(statuses.includes(429), `a 4th request within a second is limited (${statuses})`);
+    assert.ok(global, `a 4th request within a second is limited (${statuses})`);
     assert.equal(global.headers.get('x-ratelimit-global'), 'true');
     assert.equal(global.body.global, true);
   } finally {
