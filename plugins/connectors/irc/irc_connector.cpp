@@ -22,6 +22,7 @@
 #include <deque>
 #include <future>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <random>
 #include <set>
@@ -119,25 +120,40 @@ public:
     }
 
     void stop() {
-        if (stopped_.exchange(true)) return;
         std::promise<void> closed;
         auto done = closed.get_future();
-        asio::post(strand_, [self = shared_from_this(), &closed] {
-            self->teardown("stopping", false);
-            self->reconnect_timer_.cancel();
-            closed.set_value();
-        });
-        // The host's I/O threads run the strand; without them (a test that never ran them) nothing is in flight.
+        {
+            // Whatever was posted before this is queued ahead of the teardown and runs (and answers) first;
+            // nothing is posted after it.
+            std::lock_guard lock(post_mutex_);
+            if (stopped_) return;
+            stopped_ = true;
+            asio::post(strand_, [self = shared_from_this(), &closed] {
+                self->teardown("stopping", false);
+                self->reconnect_timer_.cancel();
+                closed.set_value();
+            });
+        }
         done.wait_for(std::chrono::seconds(10));
     }
 
     void send(const OutboundMessage& message, SendCallback done) {
+        std::unique_lock lock(post_mutex_);
+        if (stopped_) {
+            lock.unlock();
+            return done(stopping_error());
+        }
         asio::post(strand_, [self = shared_from_this(), message, done = std::move(done)]() mutable {
             self->do_send(message, std::move(done));
         });
     }
 
     void fetch_history(const HistoryRequest& request, HistoryCallback done) {
+        std::unique_lock lock(post_mutex_);
+        if (stopped_) {
+            lock.unlock();
+            return done(stopping_error());
+        }
         asio::post(strand_, [self = shared_from_this(), request, done = std::move(done)]() mutable {
             self->do_fetch_history(request, std::move(done));
         });
@@ -173,6 +189,11 @@ private:
         HistoryCallback done;
         std::unique_ptr<asio::steady_timer> timeout;
     };
+
+    static Error stopping_error() {
+        return Error{"cancelled", "the IRC connector is stopping; the send stays pending for the next start", true,
+                     1000};
+    }
 
     // ---- connecting -------------------------------------------------------------------------------------------
 
@@ -868,6 +889,12 @@ private:
         write_line(line);
         host_->rate_limits().acquire(RateRequest{job->route, {}, RequestPriority::live},
                                      [self = shared_from_this(), job](Result<void> granted) {
+                                         // Grants come on the host's threads, cancellations even after stop().
+                                         std::unique_lock lock(self->post_mutex_);
+                                         if (self->stopped_) {
+                                             lock.unlock();
+                                             return job->done(stopping_error());
+                                         }
                                          asio::post(self->strand_, [self, job, granted] {
                                              if (!granted) return job->done(granted.error());
                                              self->send_line(job);
@@ -1010,6 +1037,7 @@ private:
     std::string connection_;
     ConnectorHost* host_ = nullptr;
     std::atomic<bool> stopped_ = false;
+    std::mutex post_mutex_;  // orders stop() against posts from other threads
 
     asio::strand<asio::io_context::executor_type> strand_;
     tcp::resolver resolver_;

@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 
 #include <future>
+#include <set>
 #include <thread>
 
 using namespace switchboard;
@@ -373,4 +374,51 @@ TEST_CASE("sending while disconnected is retryable", "[irc]") {
     const auto result = rig.send("#ops", "hello");
     REQUIRE_FALSE(result.has_value());
     CHECK(result.error().retryable);
+}
+
+TEST_CASE("after stop, sends and history requests are answered at once", "[irc]") {
+    FakeIrcServer server;
+    Rig rig(Rig::settings(server.port()));
+    rig.connector->stop();
+    const auto sent = rig.send("#ops", "late");
+    REQUIRE_FALSE(sent.has_value());
+    CHECK(sent.error().code == "cancelled");
+    const auto page = rig.history("#ops", std::nullopt, 10);
+    REQUIRE_FALSE(page.has_value());
+    CHECK(page.error().code == "cancelled");
+}
+
+TEST_CASE("settings: the server address, TLS port default, channels with keys, and what check_config refuses",
+          "[irc]") {
+    PluginConfig config;
+    config.set("server", std::string("irc.example.org"));
+    config.set("tls", true);
+    config.set("join", std::vector<std::string>{"#ops", "#secret  hunter2"});
+    config.set("nick", std::string("sb"));
+    auto settings = irc::settings_from_config(config);
+    CHECK(settings.host == "irc.example.org");
+    CHECK(settings.port == 6697);
+    CHECK(settings.username == "sb");
+    REQUIRE(settings.channels.size() == 2);
+    CHECK(settings.channels[1].name == "#secret");
+    CHECK(settings.channels[1].key == "hunter2");
+    CHECK(irc::check_irc_config(config).empty());
+
+    config.set("server", std::string("[::1]:7000"));
+    config.set("tls", false);
+    settings = irc::settings_from_config(config);
+    CHECK(settings.host == "::1");
+    CHECK(settings.port == 7000);
+
+    PluginConfig bad;
+    bad.set("server", std::string("host:99999"));
+    bad.set("nick", std::string("two words"));
+    bad.set("join", std::vector<std::string>{"ops", "#a,#b"});
+    bad.set("sasl_user", std::string("only-user"));
+    bad.set("realname", std::string("line\r\nQUIT"));
+    const auto problems = irc::check_irc_config(bad);
+    std::set<std::string> keys;
+    for (const auto& problem : problems) keys.insert(problem.key);
+    CHECK(keys == std::set<std::string>{"server", "nick", "join", "sasl_user", "realname"});
+    CHECK_THROWS_AS(irc::settings_from_config(bad), ErrorException);
 }
