@@ -806,11 +806,12 @@ private:
                         {"flags", 0}};
         for (const auto& [key, value] : extra.items()) message[key] = value;
         channel.messages[id] = message;
-        if (live) dispatch_message_create(channel, message);
+        if (live) dispatch_message("MESSAGE_CREATE", channel, message);
         return message;
     }
 
-    void dispatch_message_create(const Channel& channel, const json& message) {
+    /// MESSAGE_CREATE or MESSAGE_UPDATE to every session with the intent, content blanked where the intents say.
+    void dispatch_message(const std::string& type, const Channel& channel, const json& message) {
         const bool guild_message = !channel.guild_id.empty();
         json full = message;
         full["channel_type"] = channel.type;  // discord.js 14.2x needs it to build an uncached DM channel
@@ -827,7 +828,7 @@ private:
             stripped["attachments"] = json::array();
             stripped["components"] = json::array();
         }
-        dispatch_all("MESSAGE_CREATE", guild_message ? kIntentGuildMessages : kIntentDirectMessages,
+        dispatch_all(type, guild_message ? kIntentGuildMessages : kIntentDirectMessages,
                      [&](const Session& session) -> const json& {
                          return exempt || (session.intents & kIntentMessageContent) ? full : stripped;
                      });
@@ -1080,13 +1081,17 @@ private:
         if (name == "GET /channels/{channel.id}/messages/{message.id}")
             return HttpResponse::json(200, rest_view(channel, message->second));
         // DELETE
-        channel.messages.erase(message);
+        delete_message(channel, message);
         deleted_.push_back({{"channel_id", channel.id}, {"message_id", route.params[1]}, {"t", unix_ms()}});
-        json deletion = {{"id", route.params[1]}, {"channel_id", channel.id}};
+        return HttpResponse::empty(204);
+    }
+
+    void delete_message(Channel& channel, std::map<std::uint64_t, json>::iterator message) {
+        json deletion = {{"id", std::to_string(message->first)}, {"channel_id", channel.id}};
         if (!channel.guild_id.empty()) deletion["guild_id"] = channel.guild_id;
+        channel.messages.erase(message);
         dispatch_all("MESSAGE_DELETE", channel.guild_id.empty() ? kIntentDirectMessages : kIntentGuildMessages,
                      [&](const Session&) -> const json& { return deletion; });
-        return HttpResponse::empty(204);
     }
 
     HttpResponse list_messages(const Channel& channel, const HttpRequest& request) const {
@@ -1238,6 +1243,7 @@ private:
             if (post && path == "/users") return control_add_user(body);
             if (post && path == "/messages") return control_post_messages(body);
             if (get && path == "/messages") return control_history(request);
+            if (post && (path == "/messages/edit" || path == "/messages/delete")) return control_change(path, body);
             if (get && path == "/sent") return control_sent(request);
             if (get && path == "/stats") return HttpResponse::json(200, stats_json(request.query_param("log") != "0"));
             if (post && path == "/stats/reset") {
@@ -1264,7 +1270,8 @@ private:
     static json control_index() {
         return {{"endpoints",
                  json::array({"GET /_sandbox/world", "POST /_sandbox/guilds", "POST /_sandbox/channels",
-                              "POST /_sandbox/users", "POST /_sandbox/messages", "GET /_sandbox/messages?channel_id=",
+                              "POST /_sandbox/users", "POST /_sandbox/messages", "POST /_sandbox/messages/edit",
+                              "POST /_sandbox/messages/delete", "GET /_sandbox/messages?channel_id=",
                               "GET /_sandbox/sent[?channel_id=]", "GET /_sandbox/stats[?log=0]",
                               "POST /_sandbox/stats/reset", "GET|POST /_sandbox/config", "GET /_sandbox/sessions",
                               "POST /_sandbox/gateway/drop", "POST /_sandbox/gateway/reconnect",
@@ -1377,6 +1384,28 @@ private:
                                         {"first_id", ids.front()},
                                         {"last_id", ids.back()},
                                         {"ids", ids}});
+    }
+
+    /// A user edits or deletes a stored message (MESSAGE_UPDATE with the whole new message, or MESSAGE_DELETE).
+    HttpResponse control_change(const std::string& path, const json& body) {
+        const std::string channel_id = string_field(body, "channel_id", "100");
+        auto channel = channels_.find(channel_id);
+        if (channel == channels_.end()) return control_error(404, "no channel " + channel_id);
+        const auto id = parse_snowflake(string_field(body, "message_id"));
+        auto message = id ? channel->second.messages.find(*id) : channel->second.messages.end();
+        if (message == channel->second.messages.end()) return control_error(404, "no such message in " + channel_id);
+        if (path == "/messages/delete") {
+            delete_message(channel->second, message);
+            return HttpResponse::json(200, {{"ok", true}});
+        }
+        json& stored = message->second;
+        const std::string content = body.value("content", stored.value("content", ""));
+        stored["content"] = content;
+        stored["mentions"] = mentions_in(content);
+        stored["mention_everyone"] = content.find("@everyone") != std::string::npos;
+        stored["edited_timestamp"] = iso8601(unix_ms());
+        if (body.value("dispatch", true)) dispatch_message("MESSAGE_UPDATE", channel->second, stored);
+        return HttpResponse::json(200, stored);
     }
 
     HttpResponse control_history(const HttpRequest& request) const {

@@ -211,7 +211,7 @@ test('the global limit, 429 storms and slow responses', async () => {
   assert.ok(Date.now() - started >= 280, 'the response was delayed');
 });
 
-test('Identify gives READY and GUILD_CREATE; MESSAGE_CREATE carries guild_id, member and increasing seq', async () => {
+test('Identify gives READY and GUILD_CREATE; MESSAGE_CREATE carries guild_id, member and increasing seq; edits and deletes dispatch', async () => {
   const gateway = await Gateway.open();
   const ready = await gateway.identify();
   assert.equal(ready.v, 10);
@@ -233,6 +233,16 @@ test('Identify gives READY and GUILD_CREATE; MESSAGE_CREATE carries guild_id, me
   assert.equal(dm.d.guild_id, undefined);
   gateway.send({ op: 1, d: gateway.lastSeq });
   await gateway.next((f) => f.op === 11, 'Heartbeat ACK');
+
+  await sandbox.post('/messages/edit', { channel_id: '100', message_id: one.d.id, content: 'seq one, edited' });
+  const update = await gateway.next((f) => f.t === 'MESSAGE_UPDATE', 'MESSAGE_UPDATE');
+  assert.equal(update.d.content, 'seq one, edited');
+  assert.ok(update.d.edited_timestamp);
+  await sandbox.post('/messages/delete', { channel_id: '100', message_id: two.d.id });
+  const deletion = await gateway.next((f) => f.t === 'MESSAGE_DELETE', 'MESSAGE_DELETE');
+  assert.deepEqual(deletion.d, { id: two.d.id, channel_id: '100', guild_id: '1' });
+  assert.equal((await sandbox.api('GET', `/channels/100/messages/${two.d.id}`)).status, 404);
+  assert.equal((await sandbox.api('GET', `/channels/100/messages/${one.d.id}`)).body.content, 'seq one, edited');
   gateway.ws.close(1000);
   await gateway.closed;
 });
