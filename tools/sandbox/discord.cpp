@@ -34,6 +34,9 @@ constexpr std::int64_t kIdentifyWindowMs = 24 * 3600 * 1000;
 
 // --- small helpers ------------------------------------------------------------------------------------------------
 
+/// Serialises without ever throwing: bytes that are not UTF-8 (a test may send any) become U+FFFD.
+std::string dump(const json& value) { return value.dump(-1, ' ', false, json::error_handler_t::replace); }
+
 std::string iso8601(std::int64_t ms) {
     const std::time_t seconds = static_cast<std::time_t>(ms / 1000);
     std::tm tm{};
@@ -418,7 +421,8 @@ private:
         detail["t"] = unix_ms();
         detail["connection"] = connection.id;
         if (connection.session) detail["session_id"] = connection.session->id;
-        if (options_.verbose) std::cerr << "sandbox: gateway " << detail.dump() << "\n";
+        if (options_.verbose)
+            std::cerr << "sandbox: gateway " << dump(detail) << "\n";
         stats_.gateway_events.push_back(std::move(detail));
         if (stats_.gateway_events.size() > 10000) stats_.gateway_events.erase(stats_.gateway_events.begin());
     }
@@ -435,7 +439,7 @@ private:
 
     void send_frame(Connection& connection, const json& frame) {
         if (connection.silent || connection.closing || !connection.socket) return;
-        connection.socket->send(frame.dump());
+        connection.socket->send(dump(frame));
     }
 
     void server_close(Connection& connection, std::uint16_t code, const std::string& reason, bool resumable) {
@@ -557,7 +561,7 @@ private:
 
     void dispatch(Session& session, const std::string& type, const json& d) {
         const std::int64_t seq = ++session.seq;
-        session.buffer.push_back({seq, json{{"op", 0}, {"d", d}, {"s", seq}, {"t", type}}.dump()});
+        session.buffer.push_back({seq, dump(json{{"op", 0}, {"d", d}, {"s", seq}, {"t", type}})});
         while (session.buffer.size() > options_.replay_buffer) session.buffer.pop_front();
         ++stats_.dispatches;
         if (auto connection = session.connection.lock();

@@ -13,6 +13,7 @@
 
 #include <cctype>
 #include <deque>
+#include <iostream>
 #include <stdexcept>
 
 namespace switchboard::sandbox {
@@ -39,7 +40,7 @@ HttpResponse HttpResponse::json(int status, const nlohmann::json& body) {
     HttpResponse response;
     response.status = status;
     response.headers.emplace_back("Content-Type", "application/json");
-    response.body = body.dump();
+    response.body = body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);  // never throws on bad UTF-8
     return response;
 }
 
@@ -130,7 +131,12 @@ public:
         auto timer = std::make_shared<AsioTimer>(io_);
         timer->timer_.expires_after(delay);
         timer->timer_.async_wait([timer, task = std::move(task)](beast::error_code ec) {
-            if (!ec && !timer->cancelled_) task();
+            if (ec || timer->cancelled_) return;
+            try {
+                task();
+            } catch (const std::exception& error) {
+                std::cerr << "switchboard-sandbox: error in a timer: " << error.what() << "\n";
+            }
         });
         return timer;
     }
@@ -206,7 +212,12 @@ private:
         if (ec) return finish(ec);
         std::string data = beast::buffers_to_string(buffer_.data());
         buffer_.consume(buffer_.size());
-        if (handler_) handler_->on_message(data);
+        try {
+            if (handler_) handler_->on_message(data);
+        } catch (const std::exception& error) {  // a platform bug must not take the server down
+            std::cerr << "switchboard-sandbox: error on a WebSocket message: " << error.what() << "\n";
+            close(websocket::close_code::internal_error, "sandbox error");
+        }
         do_read();
     }
 
@@ -253,7 +264,13 @@ private:
         }
         beast::error_code ignored;
         ws_.next_layer().close(ignored);
-        if (auto handler = std::move(handler_)) handler->on_closed(how);
+        if (auto handler = std::move(handler_)) {
+            try {
+                handler->on_closed(how);
+            } catch (const std::exception& error) {
+                std::cerr << "switchboard-sandbox: error on a WebSocket close: " << error.what() << "\n";
+            }
+        }
     }
 
     websocket::stream<tcp::socket> ws_;  // its own timer bounds the handshakes: no tcp_stream
@@ -300,11 +317,19 @@ private:
         keep_alive_ = message.keep_alive();
         version_ = message.version();
         auto answered = std::make_shared<bool>(false);
-        service_.handle(to_request(message), [self = shared_from_this(), answered](HttpResponse response) {
+        Respond respond = [self = shared_from_this(), answered](HttpResponse response) {
             if (*answered) return;
             *answered = true;
             self->write(std::move(response));
-        });
+        };
+        try {
+            service_.handle(to_request(message), respond);
+        } catch (const std::exception& error) {  // a platform bug must not take the server down
+            std::cerr << "switchboard-sandbox: error on " << message.method_string() << " " << message.target()
+                      << ": " << error.what() << "\n";
+            respond(HttpResponse::json(500, {{"message", std::string("switchboard-sandbox error: ") + error.what()},
+                                             {"code", 0}}));
+        }
     }
 
     void write(HttpResponse response) {
