@@ -64,7 +64,10 @@ public:
     static constexpr const char* kOperPassword = "testoperpass";
 
     /// @p tls (InspIRCd only): also a TLS client port, with a certificate for 127.0.0.1 made by `openssl`.
-    explicit IrcServer(IrcServerKind kind, bool tls = false) : kind_(kind), tls_(tls) {}
+    /// @p flood_port (InspIRCd only): also a port whose clients the server disconnects for "Excess Flood" when
+    /// they send more than 10 commands at once or more than 2 a second after that (the other ports have no limit).
+    explicit IrcServer(IrcServerKind kind, bool tls = false, bool flood_port = false)
+        : kind_(kind), tls_(tls), flood_(flood_port) {}
     ~IrcServer() { stop(); }
     IrcServer(const IrcServer&) = delete;
     IrcServer& operator=(const IrcServer&) = delete;
@@ -81,6 +84,7 @@ public:
         for (int attempt = 0; attempt < 3; ++attempt) {
             port_ = free_loopback_port();
             tls_port_ = tls_ ? free_loopback_port() : 0;
+            flood_port_ = flood_ ? free_loopback_port() : 0;
             write_config();
             launch(*binary);
             if (wait_ready(timeout)) return true;
@@ -111,6 +115,8 @@ public:
     [[nodiscard]] std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
     /// The TLS port's address (with tls).
     [[nodiscard]] std::string tls_address() const { return "127.0.0.1:" + std::to_string(tls_port_); }
+    /// The address of the port with flood limits (with flood_port).
+    [[nodiscard]] std::string flood_address() const { return "127.0.0.1:" + std::to_string(flood_port_); }
     /// The server's certificate, to trust as a CA (with tls).
     [[nodiscard]] std::filesystem::path certificate() const { return dir_ / "cert.pem"; }
     /// The server's own output and log, for failure messages.
@@ -146,6 +152,17 @@ private:
         if (text.empty()) throw std::runtime_error("cannot read " + source.string());
         if (tls_) text += slurp(std::filesystem::path(SWITCHBOARD_TEST_SOURCE_DIR) / "tests/support/irc/inspircd-tls.conf.in");
         replace_all(text, "@TLS_PORT@", std::to_string(tls_port_));
+        if (flood_) {
+            // Connect classes match in order: the flood port's class comes before the unlimited one.
+            const std::string flood_class =
+                "<bind address=\"127.0.0.1\" port=\"" + std::to_string(flood_port_) + "\" type=\"clients\">\n"
+                "<connect allow=\"*\" port=\"" + std::to_string(flood_port_) +
+                "\" timeout=\"60\" threshold=\"10\" commandrate=\"2000\" fakelag=\"off\" pingfreq=\"120\" "
+                "localmax=\"1000\" globalmax=\"1000\">\n";
+            const auto at = text.find("<connect ");
+            if (at == std::string::npos) throw std::runtime_error("no <connect> in " + source.string());
+            text.insert(at, flood_class);
+        }
         replace_all(text, "@RUNDIR@", dir_.path().string());
         replace_all(text, "@PORT@", std::to_string(port_));
         replace_all(text, "@OPER_NAME@", kOperName);
@@ -207,8 +224,10 @@ private:
     IrcServerKind kind_;
     TempDir dir_;
     bool tls_ = false;
+    bool flood_ = false;
     std::uint16_t port_ = 0;
     std::uint16_t tls_port_ = 0;
+    std::uint16_t flood_port_ = 0;
     std::unique_ptr<boost::process::child> child_;
     std::string why_;
 };

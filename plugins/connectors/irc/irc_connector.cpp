@@ -335,7 +335,7 @@ private:
 
     void handle(const IrcLine& line, std::string_view raw) {
         const std::string& c = line.command;
-        if (c == "PING") return write_line("PONG :" + (line.params.empty() ? std::string("x") : line.params.back()));
+        if (c == "PING") return write_now("PONG :" + (line.params.empty() ? std::string("x") : line.params.back()));
         if (c == "PONG") return on_pong(line);
         if (c == "CAP") return on_cap(line);
         if (c == "AUTHENTICATE") return on_authenticate(line);
@@ -409,7 +409,7 @@ private:
     void on_authenticate(const IrcLine& line) {
         if (line.param(0) != "+") return;
         for (const std::string& chunk : sasl_plain_chunks(settings_.sasl_user, settings_.sasl_password)) {
-            write_line("AUTHENTICATE " + chunk, nullptr, /*log_as=*/"AUTHENTICATE (credentials)");
+            write_line("AUTHENTICATE " + chunk, /*log_as=*/"AUTHENTICATE (credentials)");
         }
     }
 
@@ -500,7 +500,7 @@ private:
                               LogFields{connection_, channel.name, {}});
                 continue;
             }
-            write_line("JOIN " + channel.name + (channel.key.empty() ? "" : " " + channel.key), nullptr,
+            write_line("JOIN " + channel.name + (channel.key.empty() ? "" : " " + channel.key),
                        channel.key.empty() ? "" : "JOIN " + channel.name + " (key)");
             if (server_has_history_mode()) write_line("MODE " + channel.name);
             ++pending_joins_;
@@ -877,7 +877,7 @@ private:
         const bool last = job->next + 1 == job->lines.size();
         const std::string line = job->prefix + job->lines[job->next++];
         if (last) {
-            write_line(line, [job](bool written) {
+            write_now(line, [job](bool written) {
                 if (written) {
                     job->done(SentMessage{});
                 } else {
@@ -886,7 +886,7 @@ private:
             });
             return;
         }
-        write_line(line);
+        write_now(line);
         host_->rate_limits().acquire(RateRequest{job->route, {}, RequestPriority::live},
                                      [self = shared_from_this(), job](Result<void> granted) {
                                          // Grants come on the host's threads, cancellations even after stop().
@@ -902,7 +902,35 @@ private:
                                      });
     }
 
-    void write_line(std::string line, std::function<void(bool)> written = nullptr, const std::string& log_as = "") {
+    // A line the server counts against its flood limit: it waits for a token of the connection's "global" bucket
+    // (the route "irc commands"), in order with the other such lines. Registration, JOIN, MODE, CHATHISTORY, ...
+    void write_line(std::string line, const std::string& log_as = "") {
+        paced_.emplace_back(std::move(line), log_as);
+        if (!pacing_) acquire_paced();
+    }
+
+    void acquire_paced() {
+        if (paced_.empty() || host_ == nullptr) return;
+        pacing_ = true;
+        host_->rate_limits().acquire(
+            RateRequest{"irc commands", {}, RequestPriority::live},
+            [self = shared_from_this(), g = generation_](Result<void> granted) {
+                std::unique_lock lock(self->post_mutex_);
+                if (self->stopped_) return;
+                asio::post(self->strand_, [self, g, granted] {
+                    if (g != self->generation_ || self->paced_.empty()) return;  // that session is gone
+                    self->pacing_ = false;
+                    if (!granted) return;  // the scheduler is shutting down
+                    auto [line, log_as] = std::move(self->paced_.front());
+                    self->paced_.pop_front();
+                    self->write_now(std::move(line), nullptr, log_as);
+                    self->acquire_paced();
+                });
+            });
+    }
+
+    // A line written at once: PONG, our lag PING, and the lines of a send (which hold their tokens already).
+    void write_now(std::string line, std::function<void(bool)> written = nullptr, const std::string& log_as = "") {
         // Nothing with CR, LF or NUL reaches the wire: the line ends where one would start another command.
         const auto bad = line.find_first_of(std::string_view("\r\n\0", 3));
         if (bad != std::string::npos) line.resize(bad);
@@ -956,7 +984,7 @@ private:
             }
             self->awaiting_pong_ = true;
             self->ping_sent_ = Clock::now();
-            self->write_line("PING :" + std::string(kLagToken) + "-" + std::to_string(now_ms()));
+            self->write_now("PING :" + std::string(kLagToken) + "-" + std::to_string(now_ms()));
             self->schedule_ping(self->settings_.ping_timeout);
         });
     }
@@ -992,6 +1020,8 @@ private:
             if (write.written) write.written(false);
         }
         writes_.clear();
+        paced_.clear();
+        pacing_ = false;
         for (HistoryQuery& query : history_queries_) {
             query.done(Error{"disconnected", "the connection dropped before the history arrived", true, 1000});
         }
@@ -1061,6 +1091,8 @@ private:
     bool discarding_ = false;
     std::uint64_t skipped_lines_ = 0;
     std::deque<PendingWrite> writes_;
+    std::deque<std::pair<std::string, std::string>> paced_;  // (line, what to log instead) waiting for a token
+    bool pacing_ = false;                                     // an acquire for paced_.front() is out
 
     std::map<std::string, std::string, std::less<>> caps_offered_;
     std::set<std::string, std::less<>> caps_enabled_;

@@ -104,8 +104,8 @@ std::string bot_config(const IrcServer& server, const std::string& policy, const
 }
 
 /// Starts @p kind, or skips the test with the reason when the server is not installed.
-std::unique_ptr<IrcServer> start_server(IrcServerKind kind, bool tls = false) {
-    auto server = std::make_unique<IrcServer>(kind, tls);
+std::unique_ptr<IrcServer> start_server(IrcServerKind kind, bool tls = false, bool flood_port = false) {
+    auto server = std::make_unique<IrcServer>(kind, tls, flood_port);
     if (!irc_server_binary(kind)) {
         WARN(std::string(to_string(kind)) + " is not installed; run tools/deps.sh test");
         return nullptr;
@@ -348,6 +348,44 @@ TEST_CASE("the bot talks TLS to a server whose certificate it checks against tls
         REQUIRE(wait_until([&] { return bot.log_has("TLS handshake"); }, 15s));
         CHECK(bot.log_has("certificate verify failed"));
         CHECK_FALSE(alice->wait_for([](const IrcTestLine& l) { return l.command == "JOIN" && l.nick() == kBot; }, 1s));
+        CHECK(bot.stop() == 0);
+    }
+}
+
+TEST_CASE("the connector's default flood limit keeps the bot under a real server's Excess Flood kill",
+          "[irc][inspircd][flood]") {
+    auto server = start_server(IrcServerKind::inspircd, false, true);
+    if (!server) return;
+    auto alice = person(*server, "alice");  // on the unlimited port
+    constexpr int kLines = 25;
+    SECTION("default flood_rate (2 lines/s, burst 5): every echo arrives, paced, and the bot stays") {
+        TempDir dir;
+        Bot bot(dir.path(), bot_config(*server, "irc-replay", "    limits: { concurrency: 1 }\n", server->flood_address()));
+        bot.start();
+        REQUIRE_JOINED(bot, *alice);
+        for (int i = 0; i < kLines; ++i) alice->privmsg("#ops", "paced " + std::to_string(i));
+        REQUIRE(alice->wait_for_texts_from(kBot, 1, 15s));
+        const auto first = std::chrono::steady_clock::now();
+        REQUIRE(alice->wait_for_texts_from(kBot, kLines, 40s));
+        const auto spread = std::chrono::steady_clock::now() - first;
+        check_exactly_once_in_order(echoes(*alice), "paced ", kLines);
+        // 5 at once, then 2 a second: the last of 25 leaves about 10 s after the first
+        CHECK(spread >= 8s);
+        CHECK_FALSE(bot.log_has("connection lost"));
+        CHECK(bot.stop() == 0);
+    }
+    SECTION("control: without the limit the same burst gets the bot killed for Excess Flood") {
+        TempDir dir;
+        Bot bot(dir.path(), bot_config(*server, "irc-replay", "    flood_rate: 0\n    limits: { concurrency: 1 }\n",
+                                       server->flood_address()));
+        bot.start();
+        REQUIRE_JOINED(bot, *alice);
+        for (int i = 0; i < kLines; ++i) alice->privmsg("#ops", "unpaced " + std::to_string(i));
+        REQUIRE(alice->wait_for(
+            [](const IrcTestLine& l) {
+                return l.command == "QUIT" && l.nick() == kBot && l.param(0).find("Excess Flood") != std::string::npos;
+            },
+            20s));
         CHECK(bot.stop() == 0);
     }
 }
