@@ -389,3 +389,24 @@ TEST_CASE("the connector's default flood limit keeps the bot under a real server
         CHECK(bot.stop() == 0);
     }
 }
+
+TEST_CASE("switchboard check reports bad irc settings at their line", "[irc]") {
+    TempDir dir;
+    std::ofstream(dir / "bad.yaml", std::ios::binary) << "store: { plugin: memory }\n"
+                                                         "connections:\n"
+                                                         "  - name: irc\n"
+                                                         "    plugin: irc\n"
+                                                         "    server: \"nope:99999\"\n"
+                                                         "    join: [\"ops\", \"#ok key\"]\n"
+                                                         "    sasl_user: x\n"
+                                                         "    recovery: irc-replay\n"
+                                                         "channels:\n"
+                                                         "  ops: { connection: irc, id: \"#ops\" }\n";
+    const auto result = run_process(kSwitchboard, {"check", "-c", "bad.yaml"}, dir.path());
+    INFO(result.out + result.err);
+    CHECK(result.exit_code == 2);
+    const std::string all = result.out + result.err;
+    CHECK(all.find("bad.yaml:5:5: error: connection 'irc': 'nope:99999' is not host or host:port") != std::string::npos);
+    CHECK(all.find("bad.yaml:6:5: error: connection 'irc': 'ops' is not \"#channel\"") != std::string::npos);
+    CHECK(all.find("bad.yaml:7:5: error: connection 'irc': set both sasl_user and sasl_password") != std::string::npos);
+}
