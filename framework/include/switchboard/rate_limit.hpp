@@ -50,7 +50,10 @@ struct RateRequest {
 
 /// @brief What one response said about limits, as the connector parsed it from its platform's headers and body.
 struct RateLimitInfo {
-    /// @brief The platform's bucket id (Discord's `X-RateLimit-Bucket`); routes with the same id share a bucket.
+    /// @brief The platform's bucket id; routes with the same id share a bucket. Report the id of the limit the
+    /// platform really applies: for Discord, `X-RateLimit-Bucket` joined with the route's top-level resource (channel,
+    /// guild or webhook id, e.g. `"<bucket>:<channel id>"`), because Discord keeps one bucket per resource under the
+    /// same header value — the bare header would make every channel's sends share one channel's limit.
     std::optional<std::string> bucket;
     /// @brief Requests allowed per window (`X-RateLimit-Limit`).
     std::optional<std::uint32_t> limit;
@@ -88,7 +91,9 @@ struct RateLimitStats {
 };
 
 /// @brief Called when a request may be sent (an empty success), or with an error when the scheduler is shut down
-/// (`cancelled`). Runs on one of the host's I/O threads: do not block in it.
+/// (`cancelled`). A grant runs on one of the host's I/O threads, never inside acquire(): do not block in it. A
+/// cancellation runs on the thread that shuts the scheduler down (the host's, after the connector's stop()), or on
+/// an I/O thread for a request made after that.
 using RateGrant = std::function<void(Result<void>)>;
 
 /// @brief One connection's rate-limit scheduler. All members are thread-safe.

@@ -76,7 +76,7 @@ struct LearnedBucket {
 
 struct Route {
     std::shared_ptr<LearnedBucket> bucket;  // null until a response on the route said something about limits
-    std::uint32_t unmapped_in_flight = 0;   // grants before that
+    std::uint32_t unmapped_in_flight = 0;   // grants before that (counted once the connector observes at all)
     TimePoint last_grant{};
 };
 
@@ -104,7 +104,7 @@ struct Scheduler::State {
           logger(logger_),
           options(std::move(options_)),
           clock(clock_ ? std::move(clock_) : Clock([] { return SteadyClock::now(); })) {
-        statics["global"] = StaticBucket{};
+        global = &statics["global"];
     }
 
     asio::strand<asio::io_context::executor_type> strand;
@@ -117,7 +117,11 @@ struct Scheduler::State {
     mutable std::mutex mutex;
     bool shut_down = false;
     bool global_configured = false;
+    // observe() was called: the connector reports responses, so grants on routes without a bucket are counted (a
+    // connector that never observes costs no entry per route).
+    bool observing = false;
     std::unordered_map<std::string, StaticBucket> statics;  // never erased: waiters' passes keep pointers into it
+    StaticBucket* global = nullptr;                          // statics["global"]
     TimePoint global_hold{};
     std::unordered_map<std::string, Route> routes;
     std::unordered_map<std::string, std::shared_ptr<LearnedBucket>> buckets;
@@ -201,12 +205,12 @@ struct Scheduler::State {
                 block(&bucket, bucket.next_token());
             }
         };
-        need_static(statics.find("global")->second);
+        need_static(*global);
         for (const std::string& name : request.buckets) {
             if (auto it = statics.find(name); it != statics.end()) need_static(it->second);
         }
         LearnedBucket* learned = nullptr;
-        auto route = routes.find(request.route);
+        auto route = routes.empty() ? routes.end() : routes.find(request.route);
         if (route != routes.end() && route->second.bucket) {
             learned = route->second.bucket.get();
             if (is_taken(learned)) {
@@ -218,14 +222,16 @@ struct Scheduler::State {
         if (blocked) return false;
 
         for (StaticBucket* bucket : needed) bucket->take();
-        if (route == routes.end()) route = routes.emplace(request.route, Route{}).first;
-        Route& r = route->second;
-        r.last_grant = now;
         if (learned != nullptr) {
             if (learned->counted && learned->remaining > 0) --learned->remaining;
             learned->in_flight.push_back(now);
-        } else {
+        } else if (observing) {
+            if (route == routes.end()) route = routes.emplace(request.route, Route{}).first;
+            Route& r = route->second;
+            // Grants older than the in-flight timeout are forgotten, as on a bucket.
+            if (r.last_grant + options.in_flight_timeout <= now) r.unmapped_in_flight = 0;
             ++r.unmapped_in_flight;
+            r.last_grant = now;
         }
         return true;
     }
@@ -331,7 +337,10 @@ struct Scheduler::State {
                                                           TimePoint now) {
         std::optional<std::pair<LogLevel, std::string>> line;
         if (info.invalid) line = count_invalid(now);
+        observing = true;
 
+        const bool learned = info.bucket || info.limit || info.remaining || info.reset_after_s ||
+                             (info.limited && !info.global);
         auto route_it = routes.find(route_key);
         // This response ends one grant on the route.
         if (route_it != routes.end()) {
@@ -341,10 +350,12 @@ struct Scheduler::State {
             } else if (!r.bucket && r.unmapped_in_flight > 0) {
                 --r.unmapped_in_flight;
             }
+            if (!r.bucket && r.unmapped_in_flight == 0 && !learned) {
+                routes.erase(route_it);  // nothing to remember about it
+                route_it = routes.end();
+            }
         }
 
-        const bool learned = info.bucket || info.limit || info.remaining || info.reset_after_s ||
-                             (info.limited && !info.global);
         if (learned) {
             if (route_it == routes.end()) route_it = routes.emplace(route_key, Route{}).first;
             Route& r = route_it->second;

@@ -13,8 +13,9 @@
 // A learned bucket counts down its `remaining` at each grant, and a response sets it to what the platform says less
 // the requests still in flight on it, never above the count of the same window (responses may come out of order and
 // report older, larger counts). At its reset the window is full again, less what is in flight. In-flight requests
-// are the grants not yet followed by their observe(); one older than `in_flight_timeout` is forgotten, so a lost
-// observe() slows a bucket down for a while but never stops it.
+// are the grants not yet followed by their observe() (on a route that has no bucket yet, counted only once the
+// connector has called observe() at all, so a connector that never does costs nothing per route); one older than
+// `in_flight_timeout` is forgotten, so a lost observe() slows a bucket down for a while but never stops it.
 //
 // Waiters: every live waiter is considered before any backfill waiter, and each in arrival order. A waiter that is
 // held back marks what holds it (the global hold, a static bucket, a learned bucket) as taken for everyone after it,

@@ -484,3 +484,25 @@ TEST_CASE("on the real clock the scheduler's timer wakes waiters on the io_conte
     guard.reset();
     runner.join();
 }
+
+TEST_CASE("grants made before a route's first response count as in flight on the bucket it then reports",
+          "[ratelimit]") {
+    Fixture f;
+    f.scheduler->observe("elsewhere", RateLimitInfo{});  // the connector reports its responses
+    const std::string route = "send #new";
+    for (int i = 0; i < 4; ++i) f.acquire("r" + std::to_string(i), live(route));
+    f.run();
+    CHECK(f.granted.size() == 4);  // nothing known yet
+    // The first answer: 3 of 5 left, but three more of ours are still on their way.
+    f.scheduler->observe(route, window("new", 5, 3, 1.0));
+    f.acquire("next", live(route));
+    f.run();
+    CHECK(f.granted.size() == 4);
+    CHECK(f.scheduler->next_wake().has_value());
+    f.advance(1s);  // the window reset; the three in flight may still land in the new one, which leaves 2
+    CHECK(f.granted.size() == 5);
+    f.acquire("one more", live(route));
+    f.acquire("too many", live(route));
+    f.run();
+    CHECK(f.granted.size() == 6);
+}
