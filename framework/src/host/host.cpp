@@ -25,6 +25,62 @@
 #include <thread>
 
 namespace switchboard::host {
+
+ConnectionState::ConnectionState(std::string connection, Store& store, Executor executor, Logger& logger)
+    : connection_(std::move(connection)), store_(store), executor_(std::move(executor)), logger_(logger) {}
+
+std::optional<std::string> ConnectionState::load(const std::string& key) {
+    {
+        std::lock_guard lock(mutex_);
+        for (auto it = waiting_.rbegin(); it != waiting_.rend(); ++it) {
+            if (it->first == key) return it->second;
+        }
+        if (writing_ && writing_->first == key) return writing_->second;
+    }
+    auto value = store_.connection_state(connection_, key);
+    if (!value) {
+        logger_.warn("could not read saved state '" + key + "' (" + value.error().to_string() +
+                         "); the connector goes on without it",
+                     LogFields{connection_, {}, {}});
+        return std::nullopt;
+    }
+    return std::move(*value);
+}
+
+void ConnectionState::save(std::string key, std::string value) {
+    std::lock_guard lock(mutex_);
+    const auto stale = std::find_if(waiting_.begin(), waiting_.end(), [&](const auto& w) { return w.first == key; });
+    if (stale != waiting_.end()) waiting_.erase(stale);
+    waiting_.emplace_back(std::move(key), std::move(value));
+    if (writer_) return;  // the running writer takes it
+    writer_ = true;
+    executor_([this] { write(); });
+}
+
+bool ConnectionState::wait_written(std::chrono::milliseconds timeout) {
+    std::unique_lock lock(mutex_);
+    return written_.wait_for(lock, timeout, [this] { return !writer_; });
+}
+
+void ConnectionState::write() {
+    std::unique_lock lock(mutex_);
+    while (!waiting_.empty()) {
+        writing_ = std::move(waiting_.front());
+        waiting_.pop_front();
+        lock.unlock();
+        auto written = store_.put_connection_state(connection_, writing_->first, writing_->second);
+        if (!written) {
+            logger_.warn("could not save state '" + writing_->first + "' (" + written.error().to_string() +
+                             "); a restart may not resume where this run was",
+                         LogFields{connection_, {}, {}});
+        }
+        lock.lock();
+    }
+    writing_.reset();
+    writer_ = false;
+    written_.notify_all();
+}
+
 namespace {
 
 /// One configured connection while it runs: the connector's host, and its recovery policy's context.
@@ -48,6 +104,7 @@ public:
         pipeline_ = &pipeline;
         store_ = &store;
         on_finished_ = std::move(on_finished);
+        state_.emplace(name_, store, store_executor_, logger_);
     }
 
     // ConnectorHost
@@ -78,42 +135,12 @@ public:
 
     RateLimitScheduler& rate_limits() override { return *rate_limits_; }
 
-    std::optional<std::string> load_state(const std::string& key) override {
-        {
-            // A save not written yet is the latest value.
-            std::lock_guard lock(saves_mutex_);
-            for (auto it = saves_.rbegin(); it != saves_.rend(); ++it) {
-                if (it->first == key) return it->second;
-            }
-            if (writing_ && writing_->first == key) return writing_->second;
-        }
-        auto value = store_->connection_state(name_, key);
-        if (!value) {
-            logger_.warn("could not read saved state '" + key + "' (" + value.error().to_string() +
-                             "); the connector starts without it",
-                         LogFields{name_, {}, {}});
-            return std::nullopt;
-        }
-        return std::move(*value);
-    }
+    std::optional<std::string> load_state(const std::string& key) override { return state_->load(key); }
 
-    void save_state(std::string key, std::string value) override {
-        std::lock_guard lock(saves_mutex_);
-        // Latest value wins: an earlier save of the key that is not written yet is dropped, and the key goes to
-        // the back, so values are written in the order they were last saved.
-        const auto stale = std::find_if(saves_.begin(), saves_.end(), [&](const auto& s) { return s.first == key; });
-        if (stale != saves_.end()) saves_.erase(stale);
-        saves_.emplace_back(std::move(key), std::move(value));
-        if (writing_) return;  // the running writer picks it up
-        writing_.emplace();
-        store_executor_([this] { write_saves(); });
-    }
+    void save_state(std::string key, std::string value) override { state_->save(std::move(key), std::move(value)); }
 
     /// Waits (up to @p timeout) until every save_state() so far is written.
-    bool wait_saves(std::chrono::milliseconds timeout) {
-        std::unique_lock lock(saves_mutex_);
-        return saves_done_.wait_for(lock, timeout, [this] { return !writing_; });
-    }
+    bool wait_saves(std::chrono::milliseconds timeout) { return !state_ || state_->wait_written(timeout); }
 
     /// This connection's scheduler (shared with the delivery engine).
     const std::shared_ptr<ratelimit::Scheduler>& scheduler() const { return rate_limits_; }
@@ -151,35 +178,13 @@ public:
     }
 
 private:
-    // One writer at a time per connection (so writes keep their order), on the store executor.
-    void write_saves() {
-        std::unique_lock lock(saves_mutex_);
-        while (!saves_.empty()) {
-            *writing_ = std::move(saves_.front());
-            saves_.pop_front();
-            lock.unlock();
-            auto written = store_->put_connection_state(name_, writing_->first, writing_->second);
-            if (!written) {
-                logger_.warn("could not save state '" + writing_->first + "' (" + written.error().to_string() +
-                                 "); a restart may not resume where this run was",
-                             LogFields{name_, {}, {}});
-            }
-            lock.lock();
-        }
-        writing_.reset();
-        saves_done_.notify_all();
-    }
-
     std::string name_;
     std::vector<std::string> channels_;
     Logger& logger_;
     routing::ConfigDirectory& directory_;
     std::shared_ptr<ratelimit::Scheduler> rate_limits_;
     routing::StoreExecutor store_executor_;
-    std::mutex saves_mutex_;
-    std::condition_variable saves_done_;
-    std::deque<std::pair<std::string, std::string>> saves_;           // not written yet, oldest first
-    std::optional<std::pair<std::string, std::string>> writing_;      // set while a writer runs: what it writes
+    std::optional<ConnectionState> state_;  // from bind(), when the store is known
     std::shared_ptr<Connector> connector_;
     std::shared_ptr<RecoveryPolicy> policy_;
     Pipeline* pipeline_ = nullptr;
@@ -400,6 +405,14 @@ struct Host::Impl {
         // closes.
         for (auto& connection : connections) {
             connection->scheduler()->shutdown();
+            const RateLimitStats limits = connection->scheduler()->stats();
+            if (limits.delayed > 0 || limits.limited > 0 || limits.invalid > 0) {
+                logger.info("rate limits of '" + connection->connection() + "': " + std::to_string(limits.granted) +
+                            " granted, " + std::to_string(limits.delayed) + " delayed (" +
+                            std::to_string(limits.waited_ms) + " ms in all), " + std::to_string(limits.limited) +
+                            " 429s (" + std::to_string(limits.global_limited) + " global), " +
+                            std::to_string(limits.invalid) + " invalid");
+            }
             if (!connection->wait_saves(options.drain_timeout)) {
                 logger.warn("stop: the saved state of a connection was not written in time");
             }

@@ -5,11 +5,53 @@
 #include "host/logging.hpp"
 #include "plugin/registry.hpp"
 
+#include <switchboard/store.hpp>
+
 #include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <functional>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <string>
+#include <utility>
 
 namespace switchboard::host {
+
+/// One connection's saved state, behind ConnectorHost::load_state() and save_state(). Writes go to the store's
+/// connection state through @p executor (the host's worker pool), one writer at a time, so they keep the order of
+/// the calls; a key saved again before its value was written keeps only its latest value, which moves behind the
+/// other keys waiting. load() sees values not written yet. A failed read or write is logged. The owner waits with
+/// wait_written() before it destroys this object or the store.
+class ConnectionState {
+public:
+    using Executor = std::function<void(std::function<void()>)>;
+
+    ConnectionState(std::string connection, Store& store, Executor executor, Logger& logger);
+    ConnectionState(const ConnectionState&) = delete;
+    ConnectionState& operator=(const ConnectionState&) = delete;
+
+    /// The latest value saved under @p key (written or not), or nullopt (none, or the store failed).
+    [[nodiscard]] std::optional<std::string> load(const std::string& key);
+    /// Queues @p value for @p key; never blocks on the store.
+    void save(std::string key, std::string value);
+    /// Waits until every save so far is written, or @p timeout passes; returns whether they were.
+    bool wait_written(std::chrono::milliseconds timeout);
+
+private:
+    void write();
+
+    const std::string connection_;
+    Store& store_;
+    const Executor executor_;
+    Logger& logger_;
+    std::mutex mutex_;
+    std::condition_variable written_;
+    std::deque<std::pair<std::string, std::string>> waiting_;     // not written yet, in the order to write them
+    std::optional<std::pair<std::string, std::string>> writing_;  // set while a writer runs: what it writes now
+    bool writer_ = false;                                          // a writer is posted or running
+};
 
 struct HostOptions {
     /// How long a stop waits for queued messages and in-flight sends before it gives up on them (they stay
