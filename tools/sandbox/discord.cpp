@@ -139,7 +139,7 @@ struct Channel {
     std::string name;
     std::string topic;
     int position = 0;
-    std::string recipient_id;  // DMs
+    std::string recipient_id;                // DMs
     std::map<std::uint64_t, json> messages;  // by id, so always in platform order
 };
 
@@ -178,8 +178,8 @@ public:
 
 private:
     static std::uint64_t make(std::int64_t ms, int worker, int increment) {
-        return (static_cast<std::uint64_t>(ms - kDiscordEpoch) << 22) | (static_cast<std::uint64_t>(worker & 31) << 17) |
-               static_cast<std::uint64_t>(increment);
+        return (static_cast<std::uint64_t>(ms - kDiscordEpoch) << 22) |
+               (static_cast<std::uint64_t>(worker & 31) << 17) | static_cast<std::uint64_t>(increment);
     }
     std::int64_t last_ms_ = 0;
     int increment_ = 0;
@@ -220,7 +220,7 @@ public:
     std::int64_t sent_seq = 0;  // the last dispatch this socket carried
     bool silent = false;        // a zombie: takes everything, answers nothing
     bool hello_sent = false;
-    bool closing = false;       // the server closed or dropped it
+    bool closing = false;  // the server closed or dropped it
     bool invalidate_on_close = false;
     std::deque<TimePoint> received;
     TimerPtr close_timer;
@@ -421,8 +421,7 @@ private:
         detail["t"] = unix_ms();
         detail["connection"] = connection.id;
         if (connection.session) detail["session_id"] = connection.session->id;
-        if (options_.verbose)
-            std::cerr << "sandbox: gateway " << dump(detail) << "\n";
+        if (options_.verbose) std::cerr << "sandbox: gateway " << dump(detail) << "\n";
         stats_.gateway_events.push_back(std::move(detail));
         if (stats_.gateway_events.size() > 10000) stats_.gateway_events.erase(stats_.gateway_events.begin());
     }
@@ -643,13 +642,18 @@ private:
     }
 
     json channel_json(const Channel& channel) const {
-        const std::string last = channel.messages.empty() ? std::string() : std::to_string(channel.messages.rbegin()->first);
+        const std::string last =
+            channel.messages.empty() ? std::string() : std::to_string(channel.messages.rbegin()->first);
         const json last_id = last.empty() ? json(nullptr) : json(last);
         if (channel.type == 1) {
             json recipients = json::array();
             if (auto user = users_.find(channel.recipient_id); user != users_.end())
                 recipients.push_back(user_json(user->second));
-            return {{"id", channel.id}, {"type", 1}, {"last_message_id", last_id}, {"flags", 0}, {"recipients", recipients}};
+            return {{"id", channel.id},
+                    {"type", 1},
+                    {"last_message_id", last_id},
+                    {"flags", 0},
+                    {"recipients", recipients}};
         }
         return {{"id", channel.id},
                 {"type", channel.type},
@@ -689,16 +693,15 @@ private:
                 {"features", json::array()},
                 {"emojis", json::array()},
                 {"stickers", json::array()},
-                {"roles",
-                 json::array({{{"id", guild.id},
-                               {"name", "@everyone"},
-                               {"permissions", "2248473465835073"},
-                               {"position", 0},
-                               {"color", 0},
-                               {"hoist", false},
-                               {"managed", false},
-                               {"mentionable", false},
-                               {"flags", 0}}})}};
+                {"roles", json::array({{{"id", guild.id},
+                                        {"name", "@everyone"},
+                                        {"permissions", "2248473465835073"},
+                                        {"position", 0},
+                                        {"color", 0},
+                                        {"hoist", false},
+                                        {"managed", false},
+                                        {"mentionable", false},
+                                        {"flags", 0}}})}};
     }
 
     std::string owner_id() const {
@@ -711,7 +714,8 @@ private:
         json out = guild_json(guild);
         json channels = json::array();
         for (const auto& id : guild.channel_ids)
-            if (auto channel = channels_.find(id); channel != channels_.end()) channels.push_back(channel_json(channel->second));
+            if (auto channel = channels_.find(id); channel != channels_.end())
+                channels.push_back(channel_json(channel->second));
         json members = json::array();
         for (const auto& [id, user] : users_) members.push_back(member_json(guild, &user));
         out["unavailable"] = false;
@@ -866,8 +870,10 @@ private:
         if (n == 3 && is(0, "users") && is(1, "@me") && is(2, "guilds") && method == "GET")
             return route("/users/@me/guilds", "", {});
         if (n == 2 && is(0, "users") && method == "GET") return route("/users/{user.id}", "", {parts[1]});
-        if (n == 2 && is(0, "applications") && is(1, "@me") && method == "GET") return route("/applications/@me", "", {});
-        if (n == 2 && is(0, "channels") && method == "GET") return route("/channels/{channel.id}", parts[1], {parts[1]});
+        if (n == 2 && is(0, "applications") && is(1, "@me") && method == "GET")
+            return route("/applications/@me", "", {});
+        if (n == 2 && is(0, "channels") && method == "GET")
+            return route("/channels/{channel.id}", parts[1], {parts[1]});
         if (n == 3 && is(0, "channels") && is(2, "messages") && (method == "GET" || method == "POST"))
             return route("/channels/{channel.id}/messages", parts[1], {parts[1]});
         if (n == 4 && is(0, "channels") && is(2, "messages") && (method == "GET" || method == "DELETE"))
@@ -899,7 +905,8 @@ private:
         const double reset_after = seconds_between(now, bucket.reset_at);
         const double reset = static_cast<double>(unix_ms()) / 1000.0 + reset_after;
         response.headers.emplace_back("X-RateLimit-Limit", std::to_string(bucket.limit));
-        response.headers.emplace_back("X-RateLimit-Remaining", std::to_string(std::max(0, bucket.limit - bucket.count)));
+        response.headers.emplace_back("X-RateLimit-Remaining",
+                                      std::to_string(std::max(0, bucket.limit - bucket.count)));
         response.headers.emplace_back("X-RateLimit-Reset", decimal3(reset));
         response.headers.emplace_back("X-RateLimit-Reset-After", decimal3(reset_after));
         response.headers.emplace_back("X-RateLimit-Bucket", bucket.hash);
@@ -937,9 +944,8 @@ private:
             log_request(std::move(entry));
             if (delay_.active(now)) {
                 if (delay_.remaining > 0) --delay_.remaining;
-                loop_.after(Ms(delay_.ms), [respond, response = std::move(response)]() mutable {
-                    respond(std::move(response));
-                });
+                loop_.after(Ms(delay_.ms),
+                            [respond, response = std::move(response)]() mutable { respond(std::move(response)); });
                 return;
             }
             respond(std::move(response));
@@ -969,8 +975,8 @@ private:
         if (storm_.active(now) && (storm_.route.empty() || storm_.route == route->name) &&
             (storm_.channel_id.empty() || storm_.channel_id == route->major)) {
             if (storm_.remaining > 0) --storm_.remaining;
-            const auto until = now + std::chrono::duration_cast<Clock::duration>(
-                                         std::chrono::duration<double>(storm_.retry_after));
+            const auto until =
+                now + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(storm_.retry_after));
             entry["storm"] = true;
             if (storm_.global) {
                 global_blocked_until_ = std::max(global_blocked_until_, until);
@@ -1027,7 +1033,8 @@ private:
                       {"session_start_limit",
                        {{"total", options_.identify_budget},
                         {"remaining", identify_remaining_},
-                        {"reset_after", std::max<std::int64_t>(0, kIdentifyWindowMs - (unix_ms() - identify_window_start_ms_))},
+                        {"reset_after",
+                         std::max<std::int64_t>(0, kIdentifyWindowMs - (unix_ms() - identify_window_start_ms_))},
                         {"max_concurrency", 1}}}});
         }
         if (name == "GET /users/@me") return HttpResponse::json(200, user_json(bot_, true));
@@ -1048,8 +1055,12 @@ private:
         if (name == "GET /users/@me/guilds") {
             json out = json::array();
             for (const auto& [id, guild] : guilds_)
-                out.push_back({{"id", id}, {"name", guild.name}, {"icon", nullptr}, {"owner", false},
-                               {"permissions", "2248473465835073"}, {"features", json::array()}});
+                out.push_back({{"id", id},
+                               {"name", guild.name},
+                               {"icon", nullptr},
+                               {"owner", false},
+                               {"permissions", "2248473465835073"},
+                               {"features", json::array()}});
             return HttpResponse::json(200, out);
         }
         if (name == "POST /users/@me/channels") {
@@ -1057,7 +1068,8 @@ private:
             if (body.is_discarded() || !body.is_object()) return api_error(400, "400: Bad Request", 50109);
             const std::string recipient = string_field(body, "recipient_id");
             if (users_.find(recipient) == users_.end() || recipient == bot_.id)
-                return form_error("recipient_id", "NUMBER_TYPE_COERCE", "Value \"" + recipient + "\" is not snowflake.");
+                return form_error("recipient_id", "NUMBER_TYPE_COERCE",
+                                  "Value \"" + recipient + "\" is not snowflake.");
             return HttpResponse::json(200, channel_json(dm_channel_for(recipient)));
         }
         if (name == "GET /guilds/{guild.id}") {
@@ -1108,7 +1120,8 @@ private:
             limit = static_cast<int>(*value);
         }
         std::optional<std::uint64_t> around, before, after;
-        for (auto [key, target] : {std::pair{"around", &around}, std::pair{"before", &before}, std::pair{"after", &after}}) {
+        for (auto [key, target] :
+             {std::pair{"around", &around}, std::pair{"before", &before}, std::pair{"after", &after}}) {
             if (auto text = request.query_param(key)) {
                 *target = parse_snowflake(*text);
                 if (!*target) return form_error(key, "NUMBER_TYPE_COERCE", "Value \"" + *text + "\" is not snowflake.");
@@ -1135,7 +1148,8 @@ private:
                  it != messages.rend() && static_cast<int>(picked.size()) < limit; ++it)
                 picked.push_back(&it->second);
         } else if (after) {
-            for (auto it = messages.upper_bound(*after); it != messages.end() && static_cast<int>(picked.size()) < limit; ++it)
+            for (auto it = messages.upper_bound(*after);
+                 it != messages.end() && static_cast<int>(picked.size()) < limit; ++it)
                 picked.push_back(&it->second);
             std::reverse(picked.begin(), picked.end());
         } else {
@@ -1166,12 +1180,15 @@ private:
         }
         const json body = json::parse(text, nullptr, false);
         if (body.is_discarded() || !body.is_object()) return api_error(400, "400: Bad Request", 50109);
-        const std::string content = body.contains("content") && body["content"].is_string() ? body["content"].get<std::string>() : "";
+        const std::string content =
+            body.contains("content") && body["content"].is_string() ? body["content"].get<std::string>() : "";
         if (utf8_length(content) > 2000)
             return form_error("content", "BASE_TYPE_MAX_LENGTH", "Must be 2000 or fewer in length.");
         const bool has_embeds = body.contains("embeds") && body["embeds"].is_array() && !body["embeds"].empty();
-        const bool has_stickers = body.contains("sticker_ids") && body["sticker_ids"].is_array() && !body["sticker_ids"].empty();
-        if (content.empty() && !has_embeds && !has_stickers) return api_error(400, "Cannot send an empty message", 50006);
+        const bool has_stickers =
+            body.contains("sticker_ids") && body["sticker_ids"].is_array() && !body["sticker_ids"].empty();
+        if (content.empty() && !has_embeds && !has_stickers)
+            return api_error(400, "Cannot send an empty message", 50006);
         if (has_embeds && body["embeds"].size() > 10)
             return form_error("embeds", "BASE_TYPE_MAX_LENGTH", "Must be 10 or fewer in length.");
 
@@ -1179,7 +1196,8 @@ private:
         std::string nonce_key;
         if (nonce.is_string()) {
             nonce_key = nonce.get<std::string>();
-            if (nonce_key.size() > 25) return form_error("nonce", "BASE_TYPE_MAX_LENGTH", "Must be 25 or fewer in length.");
+            if (nonce_key.size() > 25)
+                return form_error("nonce", "BASE_TYPE_MAX_LENGTH", "Must be 25 or fewer in length.");
         } else if (nonce.is_number_integer()) {
             nonce_key = nonce.dump();
         } else if (!nonce.is_null()) {
@@ -1268,21 +1286,34 @@ private:
         } catch (const json::exception& error) {
             return control_error(400, std::string("bad field type: ") + error.what());
         }
-        return control_error(404, "no control endpoint " + request.method + " " + request.path + " (GET /_sandbox/ lists them)");
+        return control_error(
+            404, "no control endpoint " + request.method + " " + request.path + " (GET /_sandbox/ lists them)");
     }
 
     static json control_index() {
-        return {{"endpoints",
-                 json::array({"GET /_sandbox/world", "POST /_sandbox/guilds", "POST /_sandbox/channels",
-                              "POST /_sandbox/users", "POST /_sandbox/messages", "POST /_sandbox/messages/edit",
-                              "POST /_sandbox/messages/delete", "GET /_sandbox/messages?channel_id=",
-                              "GET /_sandbox/sent[?channel_id=]", "GET /_sandbox/stats[?log=0]",
-                              "POST /_sandbox/stats/reset", "GET|POST /_sandbox/config", "GET /_sandbox/sessions",
-                              "POST /_sandbox/gateway/drop", "POST /_sandbox/gateway/reconnect",
-                              "POST /_sandbox/gateway/invalid_session", "POST /_sandbox/gateway/close",
-                              "POST /_sandbox/gateway/heartbeat_acks", "POST /_sandbox/gateway/request_heartbeat",
-                              "POST /_sandbox/gateway/invalidate_sessions", "POST /_sandbox/rest/storm",
-                              "POST /_sandbox/rest/delay", "POST /_sandbox/rest/clear"})},
+        return {{"endpoints", json::array({"GET /_sandbox/world",
+                                           "POST /_sandbox/guilds",
+                                           "POST /_sandbox/channels",
+                                           "POST /_sandbox/users",
+                                           "POST /_sandbox/messages",
+                                           "POST /_sandbox/messages/edit",
+                                           "POST /_sandbox/messages/delete",
+                                           "GET /_sandbox/messages?channel_id=",
+                                           "GET /_sandbox/sent[?channel_id=]",
+                                           "GET /_sandbox/stats[?log=0]",
+                                           "POST /_sandbox/stats/reset",
+                                           "GET|POST /_sandbox/config",
+                                           "GET /_sandbox/sessions",
+                                           "POST /_sandbox/gateway/drop",
+                                           "POST /_sandbox/gateway/reconnect",
+                                           "POST /_sandbox/gateway/invalid_session",
+                                           "POST /_sandbox/gateway/close",
+                                           "POST /_sandbox/gateway/heartbeat_acks",
+                                           "POST /_sandbox/gateway/request_heartbeat",
+                                           "POST /_sandbox/gateway/invalidate_sessions",
+                                           "POST /_sandbox/rest/storm",
+                                           "POST /_sandbox/rest/delay",
+                                           "POST /_sandbox/rest/clear"})},
                 {"docs", "tools/sandbox/README.md"}};
     }
 
@@ -1300,7 +1331,10 @@ private:
             entry["message_count"] = channel.messages.size();
             channels.push_back(entry);
         }
-        return {{"bot", user_json(bot_, true)}, {"token", options_.token}, {"users", users}, {"guilds", guilds},
+        return {{"bot", user_json(bot_, true)},
+                {"token", options_.token},
+                {"users", users},
+                {"guilds", guilds},
                 {"channels", channels}};
     }
 
@@ -1464,7 +1498,8 @@ private:
 
     json config_json() const {
         json routes = json::object();
-        for (const auto& [name, limit] : route_limits_) routes[name] = {{"limit", limit.limit}, {"window_ms", limit.window_ms}};
+        for (const auto& [name, limit] : route_limits_)
+            routes[name] = {{"limit", limit.limit}, {"window_ms", limit.window_ms}};
         return {{"heartbeat_interval_ms", options_.heartbeat_interval_ms},
                 {"resume_timeout_ms", options_.resume_timeout_ms},
                 {"reconnect_close_ms", options_.reconnect_close_ms},
@@ -1534,9 +1569,8 @@ private:
                 entry["connection"] = connection->id;
                 entry["silent"] = connection->silent;
             } else {
-                entry["expires_in_ms"] =
-                    std::max<std::int64_t>(0, options_.resume_timeout_ms -
-                                                  std::chrono::duration_cast<Ms>(now - session->detached_at).count());
+                entry["expires_in_ms"] = std::max<std::int64_t>(
+                    0, options_.resume_timeout_ms - std::chrono::duration_cast<Ms>(now - session->detached_at).count());
             }
             out.push_back(entry);
         }
@@ -1593,7 +1627,8 @@ private:
             const bool resumable = body.value("resumable", not_resumable.count(code) == 0);
             for (auto& connection : targets(body)) {
                 note(*connection);
-                server_close(*connection, static_cast<std::uint16_t>(code), body.value("reason", "sandbox fault"), resumable);
+                server_close(*connection, static_cast<std::uint16_t>(code), body.value("reason", "sandbox fault"),
+                             resumable);
             }
         } else if (action == "heartbeat_acks") {
             const bool enabled = body.value("enabled", true);

@@ -53,6 +53,7 @@ int run_discord(const std::vector<std::string>& args) {
     double route_window = options.route_window_ms / 1000.0;
     double nonce_window = options.nonce_window_ms / 1000.0;
     po::options_description described("switchboard-sandbox discord [options]");
+    // clang-format off
     described.add_options()("help,h", "this help")
         ("host", po::value(&host)->default_value(host), "address to listen on")
         ("port", po::value(&port)->default_value(port), "port to listen on (0: a free one, printed on stdout)")
@@ -79,6 +80,7 @@ int run_discord(const std::vector<std::string>& args) {
          "dispatches kept per session for resume")
         ("exit-with-parent", "stop when the process that started the sandbox dies")
         ("verbose,v", "log every request and gateway event to stderr");
+    // clang-format on
     po::variables_map vm;
     try {
         po::store(po::command_line_parser(args).options(described).run(), vm);
@@ -100,10 +102,9 @@ int run_discord(const std::vector<std::string>& args) {
     options.nonce_window_ms = static_cast<int>(nonce_window * 1000);
     options.message_content_allowed = vm.count("no-message-content") == 0;
     options.verbose = vm.count("verbose") != 0;
-    return serve(host, static_cast<std::uint16_t>(port), vm.count("exit-with-parent") != 0,
-                 [&](sandbox::Loop& loop, std::uint16_t bound) {
-                     return sandbox::discord::make_service(loop, bound, options);
-                 });
+    return serve(
+        host, static_cast<std::uint16_t>(port), vm.count("exit-with-parent") != 0,
+        [&](sandbox::Loop& loop, std::uint16_t bound) { return sandbox::discord::make_service(loop, bound, options); });
 }
 
 }  // namespace

@@ -97,8 +97,9 @@ HttpRequest to_request(const http::request<http::string_body>& message) {
             const std::string_view pair = rest.substr(0, amp);
             if (!pair.empty()) {
                 const auto eq = pair.find('=');
-                request.query.emplace_back(percent_decode(pair.substr(0, eq), true),
-                                           eq == std::string_view::npos ? "" : percent_decode(pair.substr(eq + 1), true));
+                request.query.emplace_back(
+                    percent_decode(pair.substr(0, eq), true),
+                    eq == std::string_view::npos ? "" : percent_decode(pair.substr(eq + 1), true));
             }
             if (amp == std::string_view::npos) break;
             rest.remove_prefix(amp + 1);
@@ -156,7 +157,7 @@ public:
 
     void start(const http::request<http::string_body>& upgrade) {
         websocket::stream_base::timeout timeouts{};
-        timeouts.handshake_timeout = std::chrono::seconds(10);  // also bounds the closing handshake
+        timeouts.handshake_timeout = std::chrono::seconds(10);   // also bounds the closing handshake
         timeouts.idle_timeout = websocket::stream_base::none();  // a zombie socket must stay open
         timeouts.keep_alive_pings = false;
         ws_.set_option(timeouts);
@@ -310,8 +311,7 @@ private:
         stream_.expires_never();
         if (websocket::is_upgrade(message)) {
             auto request = to_request(message);
-            std::make_shared<WebSocketSession>(stream_.release_socket(), service_, std::move(request))
-                ->start(message);
+            std::make_shared<WebSocketSession>(stream_.release_socket(), service_, std::move(request))->start(message);
             return;
         }
         keep_alive_ = message.keep_alive();
@@ -325,10 +325,10 @@ private:
         try {
             service_.handle(to_request(message), respond);
         } catch (const std::exception& error) {  // a platform bug must not take the server down
-            std::cerr << "switchboard-sandbox: error on " << message.method_string() << " " << message.target()
-                      << ": " << error.what() << "\n";
-            respond(HttpResponse::json(500, {{"message", std::string("switchboard-sandbox error: ") + error.what()},
-                                             {"code", 0}}));
+            std::cerr << "switchboard-sandbox: error on " << message.method_string() << " " << message.target() << ": "
+                      << error.what() << "\n";
+            respond(HttpResponse::json(
+                500, {{"message", std::string("switchboard-sandbox error: ") + error.what()}, {"code", 0}}));
         }
     }
 

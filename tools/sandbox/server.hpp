@@ -19,9 +19,9 @@ namespace switchboard::sandbox {
 
 /// One HTTP request, already read whole. Header names are lower-case.
 struct HttpRequest {
-    std::string method;  ///< "GET", "POST", …
-    std::string target;  ///< as sent: path and query
-    std::string path;    ///< percent-decoded, without the query
+    std::string method;                                        ///< "GET", "POST", …
+    std::string target;                                        ///< as sent: path and query
+    std::string path;                                          ///< percent-decoded, without the query
     std::vector<std::pair<std::string, std::string>> query;    ///< percent-decoded, in order
     std::vector<std::pair<std::string, std::string>> headers;  ///< names lower-case
     std::string body;
