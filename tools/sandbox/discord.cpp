@@ -1398,7 +1398,17 @@ private:
         const std::int64_t interval = body.value("interval_ms", 0);
         const bool live = body.value("dispatch", true);
         json extra = json::object();
-        if (body.contains("message_reference")) extra["message_reference"] = body["message_reference"];
+        if (body.contains("message_reference")) {  // a reply, as Discord shows one
+            json reference = body["message_reference"];
+            const std::string referenced_channel = string_field(reference, "channel_id", channel->id);
+            reference["channel_id"] = referenced_channel;
+            extra["message_reference"] = reference;
+            extra["type"] = 19;
+            const auto referenced_id = parse_snowflake(string_field(reference, "message_id"));
+            if (auto target = channels_.find(referenced_channel); target != channels_.end() && referenced_id)
+                if (auto it = target->second.messages.find(*referenced_id); it != target->second.messages.end())
+                    extra["referenced_message"] = it->second;
+        }
 
         auto next_id = [&](std::int64_t index) {
             return at_ms ? ids_.at(std::min(now_ms, *at_ms + index * interval)) : ids_.next();
