@@ -68,14 +68,14 @@ TEST_CASE("A connection's configured rate holds a burst of sends to the schedule
     CHECK(report->status == DeliveryStatus::delivered);
     const auto sends = irc->sends();
     REQUIRE(sends.size() == 20);
-    // Five at once, then 50/s: the last of the 15 others no sooner than 0.3 s after the first send.
-    CHECK(sends[19].at - sends[0].at >= 290ms);
-    for (std::size_t i = 0; i + 5 < sends.size(); ++i) {
-        const double seconds = std::chrono::duration<double>(sends[i + 5].at - sends[i].at).count();
-        INFO("sends " << i << ".." << i + 5 << " in " << seconds << " s");
-        CHECK(6.0 <= 5.0 + 50.0 * seconds + 0.5);
+    // Five at once, then 50/s: send k (k >= 5) no sooner than its token, (k - 4) * 20 ms after the first send, which
+    // went at once. (Lower bounds only: a loaded machine delays sends, it cannot make them early. The exact bucket
+    // law is tested on the scheduler with a fake clock.)
+    for (std::size_t k = 5; k < sends.size(); ++k) {
+        INFO("send " << k);
+        CHECK(sends[k].at - sends[0].at >= std::chrono::milliseconds(20 * (k - 4)) - 1ms);
     }
-    CHECK(scheduler->stats().delayed >= 10);
+    CHECK(scheduler->stats().granted == 20);
 }
 
 TEST_CASE("A 429 the connector reports on a send's route holds later sends to that address, and only to it",
@@ -178,6 +178,7 @@ TEST_CASE("A scheduler's waiting sends hold their concurrency slots, so the limi
     limits.concurrency = 2;
     h.engine->add_connection("irc", irc, limits, scheduler);
     // #c0 and #c1 are held by a 429 for 200 ms; with two slots, #c2 waits behind them.
+    const auto start = SteadyClock::now();
     RateLimitInfo info;
     info.limited = true;
     info.retry_after_s = 0.2;
@@ -186,7 +187,6 @@ TEST_CASE("A scheduler's waiting sends hold their concurrency slots, so the limi
     ReportSink sink;
     auto delivery = planned("p1", channels("irc", 3));
     delivery.plan.batch_size = 3;
-    const auto start = SteadyClock::now();
 
     h.engine->execute(std::move(delivery), false, sink.callback());
 
