@@ -352,6 +352,13 @@ private:
             c == "489") {
             return on_join_refused(line);
         }
+        if (c == "401" || c == "404" || c == "411" || c == "412") {
+            // A send the server refused after we had reported it sent (IRC has no send acknowledgement).
+            logger_.warn("the server refused a message to " + excerpt(line.param(1)) + " (" + c + " " +
+                             excerpt(line.params.empty() ? "" : line.params.back()) + ")",
+                         LogFields{connection_, line.param(1), {}});
+            return;
+        }
         if (c == "BATCH") return on_batch(line);
         if (c == "PRIVMSG") return on_privmsg(line, raw);
         if (c == "NICK") return on_nick(line);

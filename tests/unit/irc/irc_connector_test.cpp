@@ -213,6 +213,7 @@ TEST_CASE("hostile input is logged and skipped and the connector keeps running",
     peer->send_raw(std::string("\x00\xff\xfe random \x01\x02 bytes\r\n", 22));             // garbage
     peer->send(":alice!a@h PRIVMSG #ops");                                                 // no text
     peer->send("@" + std::string(9000, 't') + " :alice!a@h PRIVMSG #ops :huge tags");     // over the tag limit
+    peer->send(":fake 401 bot ghost :No such nick/channel");                               // a refused send
     peer->send(":alice!a@h PRIVMSG #ops :still here");
     REQUIRE(rig.host.wait_messages(1));
     rig.host.wait_messages(2, 300ms);
@@ -222,6 +223,7 @@ TEST_CASE("hostile input is logged and skipped and the connector keeps running",
     CHECK(rig.logger.contains("overlong line"));
     CHECK(rig.logger.contains("not valid UTF-8"));
     CHECK(rig.logger.contains("not IRC"));
+    CHECK(rig.logger.contains("refused a message to ghost"));
     CHECK(rig.host.count(ConnectionEvent::Type::disconnected) == 0);
     // and it still sends
     REQUIRE(rig.send("#ops", "ok").has_value());
