@@ -717,6 +717,8 @@ private:
         const auto msgid = line.tag("msgid");
         message.id = msgid && !msgid->empty() ? *msgid : fallback_message_id(message.timestamp_ms, nick, text);
         message.author = Author{nick, nick, line.tags.count("bot") != 0 || line.tags.count("draft/bot") != 0};
+        if (auto reply = line.tag("+draft/reply"); reply && !reply->empty()) message.reply_to = *reply;
+        if (auto reply = line.tag("+reply"); reply && !reply->empty()) message.reply_to = *reply;
         message.text = text;
         message.raw = "{\"line\":" + json_string(repair_utf8(raw)) + "}";
         ChannelState* channel = nullptr;
@@ -861,6 +863,10 @@ private:
         if (lines.empty()) return done(SentMessage{});
         auto job = std::make_shared<SendJob>();
         job->prefix = "PRIVMSG " + target + " :";
+        // The message it answers, as an IRCv3 client tag (first line only), where the server relays tags.
+        if (message.reply_to && !message.reply_to->empty() && caps_enabled_.count("message-tags") != 0) {
+            job->first_tags = "@+draft/reply=" + escape_tag_value(*message.reply_to) + " ";
+        }
         job->lines = std::move(lines);
         job->route = send_route(message.to);
         job->done = std::move(done);
@@ -875,14 +881,16 @@ private:
         std::string route;
         SendCallback done;
         std::uint64_t generation = 0;
+        std::string first_tags;
     };
 
     void send_line(const std::shared_ptr<SendJob>& job) {
         if (job->generation != generation_ || state_ != State::ready || stopped_) {
             return job->done(Error{"disconnected", "the connection dropped while sending; it will be resent", true, 1000});
         }
-        const bool last = job->next + 1 == job->lines.size();
-        const std::string line = job->prefix + job->lines[job->next++];
+        const std::size_t index = job->next++;
+        const bool last = index + 1 == job->lines.size();
+        const std::string line = (index == 0 ? job->first_tags : std::string()) + job->prefix + job->lines[index];
         if (last) {
             write_now(line, [job](bool written) {
                 if (written) {
@@ -941,9 +949,19 @@ private:
         // Nothing with CR, LF or NUL reaches the wire: the line ends where one would start another command.
         const auto bad = line.find_first_of(std::string_view("\r\n\0", 3));
         if (bad != std::string::npos) line.resize(bad);
-        if (line.size() > kMaxLine - 2) {
-            std::size_t cut = kMaxLine - 2;
-            while (cut > 0 && (static_cast<unsigned char>(line[cut]) & 0xC0) == 0x80) --cut;
+        // Tags have a budget of their own (4096 bytes for client tags); the rest is held to 512 with CR LF.
+        std::size_t tags = 0;
+        if (!line.empty() && line.front() == '@') {
+            const auto space = line.find(' ');
+            tags = space == std::string::npos ? line.size() : space + 1;
+            if (tags > 4096) {
+                line.erase(0, tags);
+                tags = 0;
+            }
+        }
+        if (line.size() - tags > kMaxLine - 2) {
+            std::size_t cut = tags + kMaxLine - 2;
+            while (cut > tags && (static_cast<unsigned char>(line[cut]) & 0xC0) == 0x80) --cut;
             line.resize(cut);
         }
         logger_.debug(">> " + (log_as.empty() ? excerpt(line) : log_as), LogFields{connection_, {}, {}});

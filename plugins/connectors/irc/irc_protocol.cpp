@@ -149,6 +149,23 @@ std::string unescape_tag_value(std::string_view value) {
     return out;
 }
 
+std::string escape_tag_value(std::string_view value) {
+    std::string out;
+    out.reserve(value.size());
+    for (char c : value) {
+        switch (c) {
+            case ';': out += "\\:"; break;
+            case ' ': out += "\\s"; break;
+            case '\\': out += "\\\\"; break;
+            case '\r': out += "\\r"; break;
+            case '\n': out += "\\n"; break;
+            case '\0': break;
+            default: out.push_back(c);
+        }
+    }
+    return out;
+}
+
 std::optional<std::int64_t> parse_server_time(std::string_view text) {
     // 2026-11-26T22:12:55.737Z
     if (text.size() < 20 || text[4] != '-' || text[7] != '-' || text[10] != 'T' || text[13] != ':' ||

@@ -38,6 +38,9 @@ inline constexpr std::size_t kMaxLine = 512;
 /// IRCv3 tag value unescaping (`\:` `;`, `\s` space, `\\`, `\r`, `\n`; a lone trailing `\` is dropped).
 [[nodiscard]] std::string unescape_tag_value(std::string_view value);
 
+/// IRCv3 tag value escaping, the inverse of unescape_tag_value.
+[[nodiscard]] std::string escape_tag_value(std::string_view value);
+
 /// `YYYY-MM-DDThh:mm:ss[.sss]Z` as milliseconds since the epoch; nullopt when malformed.
 [[nodiscard]] std::optional<std::int64_t> parse_server_time(std::string_view text);
 

@@ -180,7 +180,7 @@ TEST_CASE("channel and private PRIVMSGs become group and private messages with m
     peer->send("@time=2026-11-26T22:12:55.737Z;msgid=abc :alice!a@h PRIVMSG #OPS :hello");
     peer->send(":bob!b@h PRIVMSG bot :psst");
     peer->send("@msgid=own :bot!bot@127.0.0.1 PRIVMSG #ops :my own echo");
-    peer->send("@bot;msgid=b1 :otherbot!o@h PRIVMSG #ops :beep");
+    peer->send("@bot;msgid=b1;+draft/reply=abc :otherbot!o@h PRIVMSG #ops :beep");
     REQUIRE(rig.host.wait_messages(3));
     const auto messages = rig.host.messages();
     REQUIRE(messages.size() == 3);
@@ -196,6 +196,8 @@ TEST_CASE("channel and private PRIVMSGs become group and private messages with m
     CHECK(messages[1].author.id == "bob");
     CHECK(messages[1].id.rfind("h-", 0) == 0);  // no msgid: the (time, nick, text) hash
     CHECK(messages[2].author.is_bot);
+    CHECK(messages[2].reply_to == std::optional<std::string>("abc"));
+    CHECK_FALSE(messages[0].reply_to.has_value());
 }
 
 TEST_CASE("hostile input is logged and skipped and the connector keeps running", "[irc]") {
@@ -244,6 +246,19 @@ TEST_CASE("outbound text is split to fit 512 bytes and cannot inject commands", 
     CHECK(peer->expect("PRIVMSG") == std::optional<std::string>("PRIVMSG #ops :QUIT :bye"));
     CHECK(peer->expect("PRIVMSG") == std::optional<std::string>("PRIVMSG #ops :JOIN #evil"));
     CHECK(rig.send("#ops\r\nQUIT", "x").has_value() == false);
+
+    // the message it answers goes as an IRCv3 client tag, escaped, on the first line only
+    OutboundMessage reply;
+    reply.to = Address::channel("irc", "#ops");
+    reply.text = "re 1\nre 2";
+    reply.reply_to = "id;with space";
+    std::promise<Result<SentMessage>> replied;
+    rig.connector->send(reply, [&replied](Result<SentMessage> r) { replied.set_value(std::move(r)); });
+    const auto tagged = peer->expect("@+draft/reply");
+    CHECK(tagged == std::optional<std::string>("@+draft/reply=id\\:with\\s"
+                                                                         "space PRIVMSG #ops :re 1"));
+    CHECK(peer->expect("PRIVMSG") == std::optional<std::string>("PRIVMSG #ops :re 2"));
+    REQUIRE(replied.get_future().get().has_value());
 
     std::string text;
     for (int i = 0; i < 300; ++i) text += (i == 0 ? "" : " ") + std::string("w\xC3\xB6rd") + std::to_string(i);

@@ -134,3 +134,9 @@ TEST_CASE("CTCP, capability lists and case mapping", "[irc]") {
     CHECK_FALSE(safe_param(":x"));
     CHECK_FALSE(safe_param("a b"));
 }
+
+TEST_CASE("tag values escape and unescape to the same text", "[irc]") {
+    const std::string value = "a;b c\\d\r\ne";
+    CHECK(escape_tag_value(value) == "a\\:b\\sc\\\\d\\r\\ne");
+    CHECK(unescape_tag_value(escape_tag_value(value)) == value);
+}
