@@ -232,7 +232,9 @@ private:
             }
             tls_ = std::make_unique<asio::ssl::stream<tcp::socket>>(strand_, *tls_context_);
             if (settings_.tls_verify) tls_->set_verify_callback(asio::ssl::host_name_verification(settings_.host));
-            SSL_set_tlsext_host_name(tls_->native_handle(), settings_.host.c_str());
+            error_code not_an_address;
+            asio::ip::make_address(settings_.host, not_an_address);
+            if (not_an_address) SSL_set_tlsext_host_name(tls_->native_handle(), settings_.host.c_str());  // SNI: names only
         } else {
             socket_ = std::make_unique<tcp::socket>(strand_);
         }
@@ -266,7 +268,7 @@ private:
         nick_ = settings_.nick;
         own_source_.clear();
         batches_.clear();
-        if (!settings_.password.empty()) write_line("PASS " + settings_.password);
+        if (!settings_.password.empty()) write_line("PASS " + settings_.password, "PASS (hidden)");
         write_line("CAP LS 302");
         write_line("NICK " + nick_);
         write_line("USER " + settings_.username + " 0 * :" + settings_.realname);

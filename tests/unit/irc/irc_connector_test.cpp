@@ -104,12 +104,14 @@ TEST_CASE("the connector negotiates capabilities, logs in with SASL PLAIN, joins
     settings.sasl_user = "bot";
     settings.sasl_password = "s3cret";
     settings.channels = {{"#ops", "hunter2"}};
+    settings.password = "serverpw";
     Rig rig(settings);
     rig.connector->start(rig.host);
     CHECK(rig.host.scheduler.defined.at("global") == std::make_pair(2.0, std::uint32_t{5}));
 
     auto peer = server.accept();
     REQUIRE(peer);
+    CHECK(peer->read_line() == std::optional<std::string>("PASS serverpw"));
     REQUIRE(peer->expect("CAP LS 302"));
     peer->send(":fake CAP * LS * :multi-prefix sasl=PLAIN server-time");
     peer->send(":fake CAP * LS :message-tags batch echo-message draft/chathistory");
