@@ -120,18 +120,18 @@ public:
     }
 
     void stop() {
-        std::promise<void> closed;
-        auto done = closed.get_future();
+        auto closed = std::make_shared<std::promise<void>>();  // outlives a wait that gave up
+        auto done = closed->get_future();
         {
             // Whatever was posted before this is queued ahead of the teardown and runs (and answers) first;
             // nothing is posted after it.
             std::lock_guard lock(post_mutex_);
             if (stopped_) return;
             stopped_ = true;
-            asio::post(strand_, [self = shared_from_this(), &closed] {
+            asio::post(strand_, [self = shared_from_this(), closed] {
                 self->teardown("stopping", false);
                 self->reconnect_timer_.cancel();
-                closed.set_value();
+                closed->set_value();
             });
         }
         done.wait_for(std::chrono::seconds(10));
