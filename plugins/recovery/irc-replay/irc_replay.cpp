@@ -25,6 +25,7 @@ struct ChannelRun : std::enable_shared_from_this<ChannelRun> {
     std::int64_t rejoined_at = 0;
     RecoveryReport report;
     std::uint32_t pages = 0;
+    std::shared_ptr<IrcReplayPolicy::Outage> outage;
 
     void start() {
         report.channel = channel;
@@ -123,6 +124,16 @@ struct ChannelRun : std::enable_shared_from_this<ChannelRun> {
 
     void gap_from_error(const Error& error) {
         report.gap = true;
+        if (error.retryable && outage) {
+            // The connection dropped again before the history came: the next rejoin recovers from the same point.
+            std::lock_guard lock(outage->mutex);
+            const std::int64_t since = disconnected_at ? *disconnected_at : rejoined_at;
+            if (!outage->since || *outage->since > since) outage->since = since;
+            report.gap_reason = "recovery interrupted (" + error.code + ": " + error.message +
+                                "); it runs again after the next rejoin";
+            context->finish(report);
+            return;
+        }
         const std::string from = disconnected_at ? format_utc(*disconnected_at)
                                                  : cursor ? "the last processed message (" +
                                                                 format_utc(cursor->timestamp_ms) + ")"
@@ -154,14 +165,14 @@ IrcReplayPolicy::IrcReplayPolicy(ReplaySettings settings, std::function<std::int
 void IrcReplayPolicy::on_event(const ConnectionEvent& event, RecoveryContext& context) {
     std::optional<std::int64_t> disconnected_at;
     {
-        std::lock_guard lock(mutex_);
+        std::lock_guard lock(outage_->mutex);
         if (event.type == ConnectionEvent::Type::disconnected) {
-            if (!disconnected_at_) disconnected_at_ = clock_();
+            if (!outage_->since) outage_->since = clock_();
             return;
         }
         if (event.type != ConnectionEvent::Type::connected) return;
-        disconnected_at = disconnected_at_;
-        disconnected_at_.reset();
+        disconnected_at = outage_->since;
+        outage_->since.reset();
     }
     const std::int64_t rejoined_at = clock_();
     for (const std::string& channel : context.channels()) recover(context, channel, disconnected_at, rejoined_at);
@@ -175,6 +186,7 @@ void IrcReplayPolicy::recover(RecoveryContext& context, const std::string& chann
     run->channel = channel;
     run->disconnected_at = disconnected_at;
     run->rejoined_at = rejoined_at;
+    run->outage = outage_;
     try {
         run->cursor = context.cursor(channel);
     } catch (const std::exception& e) {

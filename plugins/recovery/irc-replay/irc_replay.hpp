@@ -6,6 +6,8 @@
 #include <switchboard/recovery.hpp>
 
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <mutex>
 #include <optional>
 
@@ -23,14 +25,20 @@ public:
 
     void on_event(const ConnectionEvent& event, RecoveryContext& context) override;
 
+    /// Shared with the channel runs: a run cut short by a new disconnect gives its outage start back, so the next
+    /// rejoin recovers and reports from there.
+    struct Outage {
+        std::mutex mutex;
+        std::optional<std::int64_t> since;  // ms since the epoch, of the first disconnect not yet recovered
+    };
+
 private:
     void recover(RecoveryContext& context, const std::string& channel, std::optional<std::int64_t> disconnected_at,
                  std::int64_t rejoined_at);
 
     ReplaySettings settings_;
     std::function<std::int64_t()> clock_;
-    std::mutex mutex_;
-    std::optional<std::int64_t> disconnected_at_;  // ms since the epoch, of this run's last disconnect
+    std::shared_ptr<Outage> outage_ = std::make_shared<Outage>();
 };
 
 /// `2026-11-26T22:12:55.737Z`, for gap reports.

@@ -161,3 +161,22 @@ TEST_CASE("where the server pages, the policy asks CHATHISTORY AFTER the cursor 
     CHECK(ids(context.fed) == std::vector<std::string>{"m2", "m3", "m4"});
     CHECK_FALSE(context.reports.at(0).gap);
 }
+
+TEST_CASE("a recovery cut short by a new disconnect runs again from the first outage at the next rejoin", "[irc]") {
+    std::int64_t now = 1'795'731'175'000;
+    irc_replay::IrcReplayPolicy policy({}, [&now] { return now; });
+    FakeContext context;
+    policy.on_event(kDown, context);  // 22:12:55
+    now += 5000;
+    context.scripted.answers.push_back(Error{"not_connected", "dropped again", true, 1000});
+    policy.on_event(kUp, context);
+    REQUIRE(context.reports.size() == 1);
+    CHECK(context.reports[0].gap_reason.find("recovery interrupted") != std::string::npos);
+    now += 5000;
+    policy.on_event(kDown, context);  // a later disconnect does not move the start
+    now += 5000;
+    context.scripted.answers.push_back(fail("no_history", "none kept"));
+    policy.on_event(kUp, context);
+    REQUIRE(context.reports.size() == 2);
+    CHECK(context.reports[1].gap_reason.find("from 2026-11-26T22:12:55.000Z") != std::string::npos);
+}
