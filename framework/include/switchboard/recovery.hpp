@@ -7,6 +7,7 @@
 #include <switchboard/store.hpp>
 
 #include <cstddef>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -39,6 +40,20 @@ public:
     [[nodiscard]] virtual std::optional<Cursor> cursor(const std::string& channel) = 0;
     /// @brief The connector, to fetch history.
     [[nodiscard]] virtual Connector& connector() = 0;
+    /// @brief True if @p message (its channel and id, on this connection) was already processed and is still in
+    /// the dedup set: feeding it again would be dropped as a duplicate. A blocking store read: call it where
+    /// on_event() runs or in a task given to post(), never on an I/O thread (a fetch_history() callback). The
+    /// default, for contexts without a store, fails with `unsupported`.
+    [[nodiscard]] virtual Result<bool> is_processed(const Message& message) {
+        (void)message;
+        return fail("unsupported", "this recovery context cannot tell whether a message was processed");
+    }
+    /// @brief Runs @p task where on_event() runs: on the connection's lane, one task at a time, in order with
+    /// on_event() calls and after every message fed or delivered before it. Thread-safe; a fetch_history()
+    /// callback uses it to get off the I/O thread before reading the store or feeding. Once the host stops, tasks
+    /// are dropped unrun. The default, for contexts without a lane (simple test fakes), runs @p task at once on
+    /// the calling thread.
+    virtual void post(std::function<void()> task) { task(); }
     /// @brief Feeds a recovered message into the inbound pipeline (dedup makes overlap harmless).
     virtual void feed(Message message) = 0;
     /// @brief Reports one channel's outcome; call once per channel per run.
@@ -54,6 +69,8 @@ public:
     static constexpr PluginKind kKind = PluginKind::recovery;
 
     /// @brief Reacts to a connection event; typically starts fetching on `connected` after a `disconnected`.
+    /// Called on the connection's lane (see RecoveryContext::post()), never on an I/O thread; it returns soon,
+    /// continuing long work in fetch_history() callbacks that post() back to the lane.
     virtual void on_event(const ConnectionEvent& event, RecoveryContext& context) = 0;
 };
 

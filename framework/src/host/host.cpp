@@ -15,6 +15,7 @@
 #include <boost/asio/thread_pool.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <csignal>
 #include <deque>
@@ -154,6 +155,14 @@ public:
         return *cursor;
     }
     Connector& connector() override { return *connector_; }
+    Result<bool> is_processed(const Message& message) override {
+        return store_->is_processed(MessageKey{name_, message.channel, message.id});
+    }
+    void post(std::function<void()> task) override {
+        // On the lane, like on_event. Dropped once release() began: a connector may complete a fetch while it is
+        // destroyed there, and the pipeline is gone by then.
+        if (!released_) pipeline_->post(name_, std::move(task));
+    }
     void feed(Message message) override {
         message.connection = name_;
         message.recovered = true;
@@ -173,6 +182,7 @@ public:
 
     const std::shared_ptr<Connector>& connector_ptr() const { return connector_; }
     void release() {
+        released_ = true;
         connector_.reset();
         policy_.reset();
     }
@@ -188,6 +198,7 @@ private:
     std::shared_ptr<Connector> connector_;
     std::shared_ptr<RecoveryPolicy> policy_;
     Pipeline* pipeline_ = nullptr;
+    std::atomic<bool> released_{false};
     Store* store_ = nullptr;
     std::function<void()> on_finished_;
 };
