@@ -132,6 +132,28 @@ TEST_CASE("switchboard plugins lists and documents the built plugins", "[cli]") 
     CHECK(unknown.exit_code == 2);
 }
 
+TEST_CASE("the discord-backfill policy documents its settings and switchboard check validates them", "[cli]") {
+    TempDir dir;
+    const auto describe = switchboard_run({"plugins", "--describe", "discord-backfill"}, dir.path());
+    INFO(describe.out << describe.err);
+    CHECK(describe.exit_code == 0);
+    for (const char* text : {"max_age", "page_size", "concurrency", "retries", "14d"}) {
+        CHECK(describe.out.find(text) != std::string::npos);
+    }
+    write(dir / "backfill.yaml",
+          "connections:\n"
+          "  - name: console\n"
+          "    plugin: console\n"
+          "    recovery: { policy: discord-backfill, max_age: 6h, page_size: 500 }\n"
+          "channels:\n"
+          "  lobby: { connection: console, id: console }\n");
+    const auto bad = switchboard_run({"check", "-c", "backfill.yaml"}, dir.path());
+    INFO(bad.err);
+    CHECK(bad.exit_code == 2);
+    CHECK(bad.err.find("backfill.yaml:4:") != std::string::npos);
+    CHECK(bad.err.find("page_size must be between 1 and 100") != std::string::npos);
+}
+
 TEST_CASE("a foreign file in a plugin directory is refused with one line naming it", "[cli]") {
     TempDir dir;
     fs::create_directories(dir / "extra");
