@@ -97,6 +97,7 @@ public:
     void stop() {
         if (!child_) return;
         if (child_->running()) {
+            ::kill(child_->id(), SIGCONT);  // a paused server cannot act on SIGTERM
             ::kill(child_->id(), SIGTERM);
             const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
             while (child_->running() && std::chrono::steady_clock::now() < deadline) {
@@ -107,6 +108,15 @@ public:
         std::error_code ignored;
         child_->wait(ignored);
         child_.reset();
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open, nothing is answered — a lagging server.
+    void pause() {
+        if (child_ && child_->running()) ::kill(child_->id(), SIGSTOP);
+    }
+    /// Lets a paused server go on (SIGCONT).
+    void resume() {
+        if (child_) ::kill(child_->id(), SIGCONT);
     }
 
     [[nodiscard]] std::uint16_t port() const { return port_; }

@@ -410,3 +410,31 @@ TEST_CASE("switchboard check reports bad irc settings at their line", "[irc]") {
     CHECK(all.find("bad.yaml:6:5: error: connection 'irc': 'ops' is not \"#channel\"") != std::string::npos);
     CHECK(all.find("bad.yaml:7:5: error: connection 'irc': set both sasl_user and sasl_password") != std::string::npos);
 }
+
+TEST_CASE("a server that stops answering is detected by the bot's own PINGs, and after it recovers nothing is lost",
+          "[irc][inspircd][lag]") {
+    auto server = start_server(IrcServerKind::inspircd);
+    if (!server) return;
+    auto alice = person(*server, "alice");
+    TempDir dir;
+    Bot bot(dir.path(), bot_config(*server, "irc-replay",
+                                   "    ping_interval: 500ms\n    ping_timeout: 1s\n    limits: { concurrency: 1 }\n"));
+    bot.start();
+    REQUIRE_JOINED(bot, *alice);
+    alice->privmsg("#ops", "before the freeze");
+    REQUIRE(alice->wait_for_texts_from(kBot, 1, 15s));
+
+    server->pause();
+    // Said while the server is frozen: it reads them when it goes on, after the bot has given up on it.
+    for (int i = 0; i < 5; ++i) alice->privmsg("#ops", "frozen " + std::to_string(i));
+    const bool detected = wait_until([&] { return bot.log_has("no PONG within"); }, 15s);
+    server->resume();
+    REQUIRE(detected);
+    REQUIRE_JOINED(bot, *alice);
+    REQUIRE(alice->wait_for_texts_from(kBot, 6, 30s));
+    alice->drain(1500ms);
+    const auto seen = echoes(*alice);
+    CHECK(seen.size() == 6);
+    check_exactly_once_in_order(seen, "frozen ", 5);
+    CHECK(bot.stop() == 0);
+}
