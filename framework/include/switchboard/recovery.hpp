@@ -54,6 +54,17 @@ public:
     /// are dropped unrun. The default, for contexts without a lane (simple test fakes), runs @p task at once on
     /// the calling thread.
     virtual void post(std::function<void()> task) { task(); }
+    /// @brief Holds back live messages of @p channel from now on (those with `recovered = false`: what the
+    /// connector delivers, including a resumed session's replay) until release(@p channel), so that the messages
+    /// this policy feeds are handled first and in order, and the channel's cursor never moves past a message not
+    /// handled yet. Call it on the lane (in on_event() or a post() task) before the channel's first feed(). Held
+    /// messages are not lost when the process stops: their cursor did not move, so the next run fetches them again.
+    /// The default, for contexts without a pipeline (simple test fakes), does nothing.
+    virtual void hold(const std::string& channel) { (void)channel; }
+    /// @brief Ends hold(): the held messages follow, in order, every message fed before this call; dedup drops
+    /// those that were also fed. Call it once the channel has caught up (or given up). A hold that is never
+    /// released stalls the channel, so a policy that holds must release, also after errors.
+    virtual void release(const std::string& channel) { (void)channel; }
     /// @brief Feeds a recovered message into the inbound pipeline (dedup makes overlap harmless).
     virtual void feed(Message message) = 0;
     /// @brief Reports one channel's outcome; call once per channel per run.

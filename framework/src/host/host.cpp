@@ -168,6 +168,8 @@ public:
         message.recovered = true;
         pipeline_->submit(std::move(message));
     }
+    void hold(const std::string& channel) override { pipeline_->hold(name_, channel); }
+    void release(const std::string& channel) override { pipeline_->release(name_, channel); }
     void finish(const RecoveryReport& report) override {
         const std::string text = "recovery: fetched " + std::to_string(report.fetched) + ", duplicates " +
                                  std::to_string(report.duplicates) +

@@ -368,11 +368,8 @@ void Pipeline::post(const std::string& connection, std::function<void()> task) {
 }
 
 void Pipeline::hold(const std::string& connection, const std::string& channel) {
-    Impl& impl = *impl_;
-    post(connection, [&impl, connection, channel] {
-        std::lock_guard lock(impl.mutex);
-        impl.lane(connection).held.try_emplace(channel);
-    });
+    std::lock_guard lock(impl_->mutex);
+    impl_->lane(connection).held.try_emplace(channel);
 }
 
 void Pipeline::release(const std::string& connection, const std::string& channel) {

@@ -68,9 +68,9 @@ public:
     /// Runs @p task on @p connection's lane, after every message submitted before it (for connection events).
     void post(const std::string& connection, std::function<void()> task);
 
-    /// Holds back live messages of @p channel on @p connection while its recovery runs: from the moment this call
-    /// takes effect in the lane's order, messages of that channel with `recovered = false` are parked instead of
-    /// handled; recovered ones pass. Without this a live message would be handled before the older ones recovery
+    /// Holds back live messages of @p channel on @p connection while its recovery runs: at once, messages of that
+    /// channel with `recovered = false` not yet taken into a batch are parked instead of handled (called from a
+    /// lane task, such as a recovery event, that is every message delivered after the event); recovered ones pass. Without this a live message would be handled before the older ones recovery
     /// still fetches, out of order, and would move the cursor past messages not yet handled.
     void hold(const std::string& connection, const std::string& channel);
 

@@ -86,6 +86,7 @@ struct DiscordBackfill::State : std::enable_shared_from_this<DiscordBackfill::St
     boost::asio::io_context& io;
     std::optional<Run> run;
     std::uint64_t last_run_id = 0;
+    bool started_once = false;  // a run was started in this process
     // Where each channel of a cut-short run stopped; the next run starts there at the latest.
     std::map<std::string, std::uint64_t> unfinished;
 
@@ -97,6 +98,13 @@ struct DiscordBackfill::State : std::enable_shared_from_this<DiscordBackfill::St
                 start(context, context.channels());
                 break;
             case Type::resumed: {
+                // The first session of this process resumed one saved by an earlier process: the gateway replays
+                // what followed the last sequence that process saved, but what it had received and not yet handled
+                // when it stopped nothing replays — the cursor tells, so backfill every channel from it.
+                if (!started_once) {
+                    start(context, context.channels());
+                    break;
+                }
                 // The gateway replays what followed the disconnect; what a cut-short run had not fetched yet from
                 // before it, nothing replays.
                 if (run || unfinished.empty()) break;
@@ -115,8 +123,10 @@ struct DiscordBackfill::State : std::enable_shared_from_this<DiscordBackfill::St
         }
     }
 
-    // Ends the run in progress: each channel not done reports a gap once, and remembers where it stopped. Late
-    // page callbacks and timers of the run find another run id (or none) and do nothing.
+    // Ends the run in progress: each channel not done reports a gap once, and remembers where it stopped; its hold
+    // stays, so live messages keep waiting until a later run has caught up (releasing them now would move the
+    // cursor past what was not fetched). Late page callbacks and timers of the run find another run id (or none)
+    // and do nothing.
     void interrupt(const std::string& why) {
         if (!run) return;
         Run ended = std::move(*run);
@@ -134,6 +144,7 @@ struct DiscordBackfill::State : std::enable_shared_from_this<DiscordBackfill::St
     }
 
     void start(RecoveryContext& context, std::vector<std::string> channel_ids) {
+        started_once = true;
         Run fresh;
         fresh.id = ++last_run_id;
         fresh.context = &context;
@@ -144,6 +155,7 @@ struct DiscordBackfill::State : std::enable_shared_from_this<DiscordBackfill::St
             channel.id = std::move(id);
             channel.report.channel = channel.id;
             plan(context, channel, oldest);
+            if (channel.needs_fetch) context.hold(channel.id);  // before any feed: live messages wait for these
             fresh.channels.push_back(std::move(channel));
         }
         run = std::move(fresh);
@@ -333,6 +345,7 @@ struct DiscordBackfill::State : std::enable_shared_from_this<DiscordBackfill::St
         Channel& channel = run->channels[index];
         channel.done = true;
         ++run->done;
+        if (channel.needs_fetch) run->context->release(channel.id);  // live messages held since start() follow
         run->context->finish(channel.report);
     }
 

@@ -1,8 +1,10 @@
 #pragma once
 // The `discord-backfill` recovery policy (DESIGN §5, PROTOCOLS §2 "Recovery policy"). When the Discord connector
-// reports a new session (`connected`: the gateway refused to resume, or the process restarted), every watched
-// channel is paged with `fetch_history(after = cursor)` until caught up, and each message that was missed is fed
-// back into the inbound pipeline, oldest first. A `resumed` session needs nothing: the gateway replays itself.
+// reports a new session (`connected`: the gateway refused to resume), and on the process's first session even when
+// it resumed (the gateway replays only what followed the sequence the last process saved, not what that process
+// received and never handled), every watched channel is held (its live messages wait), paged with
+// `fetch_history(after = cursor)` until caught up, each missed message fed back into the inbound pipeline oldest
+// first, and released. A later `resumed` session needs nothing: the gateway replays itself.
 //
 // Where things run. on_event() runs on the connection's lane (RecoveryContext), and so does every step that reads
 // the store or feeds: fetch_history() completes on the connector's I/O threads, and its callback only hands the
@@ -16,10 +18,10 @@
 // - A cursor older than now - max_age starts at the synthetic snowflake of now - max_age and reports the gap
 //   ("history older than max_age skipped").
 // - A run cut short (disconnected, finished, or a new `connected`) reports each unfinished channel once, with a
-//   gap, and remembers where each stopped: the next run starts there (or at the cursor, if that is older), because
-//   live messages of the session that came meanwhile may have moved the stored cursor past what was not fetched. A
-//   `resumed` after a cut-short run backfills those channels again, since the resumed session replays only what
-//   followed the disconnect. This memory does not survive a process restart.
+//   gap, keeps it held, and remembers where each stopped: the next run starts there (or at the cursor, if that is
+//   older). A `resumed` after a cut-short run backfills those channels again, since the resumed session replays
+//   only what followed the disconnect. This memory does not survive a process restart, and need not: held live
+//   messages never moved the cursor, so the next process's first run starts early enough.
 // - Pages are sorted by snowflake and deduplicated defensively (the connector already reorders Discord's
 //   newest-first pages); ids at or below the channel's position count as duplicates. Messages the store already
 //   processed are counted as duplicates and not fed (the pipeline's dedup would drop them anyway).

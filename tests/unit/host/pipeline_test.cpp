@@ -307,6 +307,7 @@ TEST_CASE("a message on a routed channel is relayed to the route's target with t
 TEST_CASE("while a channel recovers its live messages wait, and follow the recovered ones in order", "[pipeline]") {
     Fixture f;
     f.pipeline.submit(message("a", 1));
+    REQUIRE(f.pipeline.wait_idle(std::chrono::seconds(10)));
     f.pipeline.hold("a", "lobby");
     // live messages 5 and 6 arrive while recovery still fetches 2..5
     f.pipeline.submit(message("a", 5));

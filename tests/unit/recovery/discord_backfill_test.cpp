@@ -167,6 +167,8 @@ TEST_CASE("a new session feeds every missed message once, in order, page by page
     CHECK(general_after == std::vector<std::string>{std::to_string(general[9]), std::to_string(general[109]),
                                                     std::to_string(general[209])});
     CHECK(h.context.reports().size() == 2);  // once per channel
+    CHECK(h.context.held().empty());           // both released once caught up
+    CHECK_FALSE(h.context.fed_while_released());  // every feed came while live messages were held
     CHECK_FALSE(h.context.off_lane());
 }
 
@@ -255,13 +257,31 @@ TEST_CASE("history older than max_age is skipped and reported as a gap", "[disco
 TEST_CASE("a resumed session fetches nothing: the gateway replays what was missed", "[discord][recovery]") {
     Harness h({"general"});
     const auto ids = h.discord.add_history("general", kNow - kHour, 10);
+    h.context.set_cursor("general", ids[9]);
+    h.event(Type::connected);
+    REQUIRE(h.reports_reach(1));
+    const auto asked = h.discord.requests().size();
     h.context.set_cursor("general", ids[0]);
     h.event(Type::disconnected, "close code 4000");
     h.event(Type::resumed);
     REQUIRE(h.lane.wait_idle());
-    CHECK(h.discord.requests().empty());
+    CHECK(h.discord.requests().size() == asked);
     CHECK(h.context.fed().empty());
-    CHECK(h.context.reports().empty());
+    CHECK(h.context.reports().size() == 1);
+    CHECK(h.context.held().empty());
+}
+
+TEST_CASE("the first session of a process backfills even when it resumed a saved one", "[discord][recovery]") {
+    // The last process saved its sequence, received more, and died before handling it: the gateway replays only
+    // what followed the saved sequence, the cursor knows what was handled.
+    Harness h({"general"});
+    const auto ids = h.discord.add_history("general", kNow - kHour, 10);
+    h.context.set_cursor("general", ids[3]);
+    h.event(Type::resumed, "session saved by the last process");
+    REQUIRE(h.reports_reach(1));
+    CHECK(h.context.fed_ids("general") == as_strings(ids, 4));
+    CHECK(h.context.held().empty());
+    CHECK_FALSE(h.context.fed_while_released());
 }
 
 TEST_CASE("a disconnect mid-run stops it, late pages are dropped, the next session continues", "[discord][recovery]") {
@@ -287,6 +307,7 @@ TEST_CASE("a disconnect mid-run stops it, late pages are dropped, the next sessi
     CHECK(cut->gap);
     CHECK(cut->gap_reason.find("interrupted") != std::string::npos);
     CHECK(cut->fetched == 10);
+    CHECK(h.context.held() == std::set<std::string>{"general"});  // live messages keep waiting for the next run
 
     // The page in flight when the connection dropped comes late: nothing of it is fed, nothing more is asked.
     REQUIRE(h.discord.release() == 1);

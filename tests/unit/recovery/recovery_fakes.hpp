@@ -311,6 +311,17 @@ public:
         std::lock_guard lock(mutex_);
         return fed_;
     }
+    /// Channels held now (hold() without release() yet).
+    [[nodiscard]] std::set<std::string> held() const {
+        std::lock_guard lock(mutex_);
+        return held_;
+    }
+    /// Whether a hold was released before every feed of its channel was made (must stay false).
+    [[nodiscard]] bool fed_while_released() const {
+        std::lock_guard lock(mutex_);
+        return fed_while_released_;
+    }
+
     [[nodiscard]] std::vector<RecoveryReport> reports() const {
         std::lock_guard lock(mutex_);
         return reports_;
@@ -349,9 +360,20 @@ public:
         return processed_.count({message.channel, message.id}) > 0;
     }
     void post(std::function<void()> task) override { lane_.post(std::move(task)); }
+    void hold(const std::string& channel) override {
+        std::lock_guard lock(mutex_);
+        note_thread();
+        held_.insert(channel);
+    }
+    void release(const std::string& channel) override {
+        std::lock_guard lock(mutex_);
+        note_thread();
+        held_.erase(channel);
+    }
     void feed(Message message) override {
         std::lock_guard lock(mutex_);
         note_thread();
+        if (held_.count(message.channel) == 0) fed_while_released_ = true;
         processed_.insert({message.channel, message.id});
         fed_.push_back(std::move(message));
         changed_.notify_all();
@@ -378,6 +400,8 @@ private:
     std::set<std::pair<std::string, std::string>> processed_;
     std::vector<Message> fed_;
     std::vector<RecoveryReport> reports_;
+    std::set<std::string> held_;
+    bool fed_while_released_ = false;
     bool off_lane_ = false;
 };
 
