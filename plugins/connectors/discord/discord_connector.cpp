@@ -2,6 +2,11 @@
 
 #include <switchboard/rate_limit.hpp>
 
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+
+#include <thread>
+
 #include <atomic>
 #include <map>
 #include <mutex>
@@ -29,9 +34,24 @@ std::vector<std::string> split_ids(const std::string& joined) {
 
 }  // namespace
 
+// The connector runs on an io_context and thread of its own, not the host's: Asio keeps per-thread state in template
+// statics, and a plugin built with hidden visibility has its own copies of them, so handlers this library registered
+// crashed when the host's threads ran them (the IRC connector found the same).
+struct DiscordConnector::Runner {
+    boost::asio::io_context io{1};
+    boost::asio::executor_work_guard<boost::asio::io_context::executor_type> guard = boost::asio::make_work_guard(io);
+    std::thread thread{[this] { io.run(); }};
+
+    void finish() {
+        guard.reset();
+        io.stop();
+        if (thread.joinable()) thread.join();
+    }
+};
+
 struct DiscordConnector::Core : std::enable_shared_from_this<DiscordConnector::Core> {
-    Core(const PluginContext& context, DiscordSettings settings_, Endpoint api)
-        : io(context.io()), logger(context.logger()), connection(context.instance_name()),
+    Core(boost::asio::io_context& io_, const PluginContext& context, DiscordSettings settings_, Endpoint api)
+        : io(io_), logger(context.logger()), connection(context.instance_name()),
           settings(std::move(settings_)), rest(make_rest_client(io, std::move(api), settings, logger)) {}
 
     boost::asio::io_context& io;
@@ -205,12 +225,18 @@ struct DiscordConnector::Core : std::enable_shared_from_this<DiscordConnector::C
 DiscordConnector::DiscordConnector(const PluginContext& context, DiscordSettings settings) {
     auto api = parse_endpoint(settings.api_base);
     if (!api) throw ErrorException(fail("bad_config", "api_base: " + api.error().message));
-    core_ = std::make_shared<Core>(context, std::move(settings), std::move(*api));
+    runner_ = std::make_unique<Runner>();
+    core_ = std::make_shared<Core>(runner_->io, context, std::move(settings), std::move(*api));
 }
 
 DiscordConnector::~DiscordConnector() {
     if (core_->gateway) core_->gateway->stop();
     core_->rest->shutdown();
+    // Sends still in flight are abandoned here (the host drained deliveries before destroying connectors); their
+    // coroutines are destroyed with the io_context, after the last reference to the core here is gone.
+    runner_->finish();
+    core_.reset();
+    runner_.reset();
 }
 
 ConnectorCapabilities DiscordConnector::capabilities() const {

@@ -16,7 +16,8 @@ namespace switchboard::discord {
 
 class DiscordConnector : public Connector {
 public:
-    /// Uses @p context's io_context and logger. Throws ErrorException if @p settings' api_base is not a URL.
+    /// Uses @p context's logger; runs on an io_context and thread of its own. Throws ErrorException if @p settings'
+    /// api_base is not a URL.
     DiscordConnector(const PluginContext& context, DiscordSettings settings);
     ~DiscordConnector() override;
 
@@ -31,8 +32,10 @@ public:
     [[nodiscard]] GatewayStats gateway_stats() const;
 
     struct Core;
+    struct Runner;
 
 private:
+    std::unique_ptr<Runner> runner_;  // the connector's own io_context and thread (see the constructor)
     std::shared_ptr<Core> core_;
 };
 
