@@ -363,3 +363,14 @@ TEST_CASE("history comes back oldest first after a cursor, as backfill, and page
     REQUIRE_FALSE(missing.has_value());
     CHECK(missing.error().code == "unknown_channel");
 }
+
+TEST_CASE("asking for MESSAGE_CONTENT without the portal switch ends with a clear 4014 error", "[discord][integration]") {
+    Rig rig({"--route-limit", "1000", "--no-message-content"});
+    rig.start();
+    REQUIRE(rig.host.wait_for_event(ConnectionEvent::Type::finished));
+    INFO(rig.diagnostics());
+    CHECK(rig.host.events().back().detail.find("disallowed intents (4014)") != std::string::npos);
+    CHECK(rig.host.count(ConnectionEvent::Type::connected) == 0);
+    rig.connector->stop();
+    CHECK(rig.sandbox.stats()["gateway_connections"] == 1);
+}
