@@ -43,7 +43,7 @@ public:
 
     /// A control call: `control("POST", "/messages", {...})`; throws on a status other than 2xx.
     nlohmann::json control(const std::string& method, const std::string& path,
-                           const nlohmann::json& body = nlohmann::json()) {
+                           const nlohmann::json& body = nlohmann::json()) const {
         namespace beast = boost::beast;
         namespace http = beast::http;
         boost::asio::io_context io;

@@ -1,11 +1,7 @@
 #include "harness.hpp"
 
-#include <boost/asio/connect.hpp>
-#include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
-#include <boost/beast/core.hpp>
-#include <boost/beast/http.hpp>
 
 #include <cstdlib>
 #include <future>
@@ -16,58 +12,16 @@ namespace switchboard::discord::testing {
 namespace {
 
 namespace asio = boost::asio;
-namespace beast = boost::beast;
-namespace http = beast::http;
-
-json control_request(unsigned port, http::verb verb, const std::string& path, const std::string& body) {
-    asio::io_context io;
-    beast::tcp_stream stream(io);
-    asio::ip::tcp::resolver resolver(io);
-    stream.expires_after(std::chrono::seconds(10));
-    stream.connect(resolver.resolve("127.0.0.1", std::to_string(port)));
-    http::request<http::string_body> request{verb, "/_sandbox" + path, 11};
-    request.set(http::field::host, "127.0.0.1:" + std::to_string(port));
-    if (verb == http::verb::post) {
-        request.set(http::field::content_type, "application/json");
-        request.body() = body;
-    }
-    request.prepare_payload();
-    http::write(stream, request);
-    beast::flat_buffer buffer;
-    http::response<http::string_body> response;
-    http::read(stream, buffer, response);
-    beast::error_code ignored;
-    stream.socket().shutdown(asio::ip::tcp::socket::shutdown_both, ignored);
-    if (response.result_int() < 200 || response.result_int() >= 300) {
-        throw std::runtime_error("sandbox " + path + ": HTTP " + std::to_string(response.result_int()) + " " +
-                                 response.body());
-    }
-    return response.body().empty() ? json::object() : json::parse(response.body());
-}
 
 }  // namespace
 
-Sandbox::Sandbox(std::vector<std::string> extra_args) {
-    std::vector<std::string> args{"discord", "--port", "0", "--exit-with-parent"};
-    args.insert(args.end(), extra_args.begin(), extra_args.end());
-    child_ = boost::process::child(std::string(SWITCHBOARD_TEST_BIN_DIR) + "/switchboard-sandbox", boost::process::args(args),
-                                   boost::process::std_out > out_);
-    std::string line;
-    if (!std::getline(out_, line)) throw std::runtime_error("switchboard-sandbox printed no port");
-    port_ = json::parse(line).at("port").get<unsigned>();
-}
+Sandbox::Sandbox(std::vector<std::string> extra_args) : sandbox_(dir_.path(), std::move(extra_args)) {}
 
-Sandbox::~Sandbox() {
-    std::error_code ignored;
-    child_.terminate(ignored);
-    child_.wait(ignored);
-}
+Sandbox::~Sandbox() = default;
 
-json Sandbox::get(const std::string& path) const { return control_request(port_, http::verb::get, path, {}); }
+json Sandbox::get(const std::string& path) const { return sandbox_.control("GET", path); }
 
-json Sandbox::post(const std::string& path, const json& body) const {
-    return control_request(port_, http::verb::post, path, body.dump());
-}
+json Sandbox::post(const std::string& path, const json& body) const { return sandbox_.control("POST", path, body); }
 
 json Sandbox::sent(const std::string& channel_id) const {
     return get("/sent" + (channel_id.empty() ? std::string() : "?channel_id=" + channel_id));
@@ -125,7 +79,7 @@ void TestScheduler::grant_when_free(RateRequest request, RateGrant grant) {
         return;
     }
     auto timer = std::make_shared<asio::steady_timer>(io_, until);
-    timer->async_wait([this, timer, request = std::move(request), grant = std::move(grant)](beast::error_code) mutable {
+    timer->async_wait([this, timer, request = std::move(request), grant = std::move(grant)](boost::system::error_code) mutable {
         grant_when_free(std::move(request), std::move(grant));
     });
 }

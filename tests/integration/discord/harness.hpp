@@ -4,13 +4,14 @@
 // contract (grants, holds after a 429, learned empty buckets) in a few lines.
 
 #include "discord_connector.hpp"
+#include "discord_sandbox.hpp"
+#include "test_support.hpp"
 
 #include <switchboard/connector.hpp>
 #include <switchboard/rate_limit.hpp>
 
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
-#include <boost/process.hpp>
 
 #include <nlohmann/json.hpp>
 
@@ -38,8 +39,8 @@ public:
     Sandbox(const Sandbox&) = delete;
     Sandbox& operator=(const Sandbox&) = delete;
 
-    [[nodiscard]] unsigned port() const { return port_; }
-    [[nodiscard]] std::string api_base() const { return "http://127.0.0.1:" + std::to_string(port_) + "/api/v10"; }
+    [[nodiscard]] unsigned port() const { return static_cast<unsigned>(sandbox_.port()); }
+    [[nodiscard]] std::string api_base() const { return sandbox_.api_base(); }
     /// GET or POST on the control API (path below /_sandbox); throws on a non-2xx answer.
     json get(const std::string& path) const;
     json post(const std::string& path, const json& body = json::object()) const;
@@ -48,9 +49,8 @@ public:
     [[nodiscard]] json stats() const { return get("/stats?log=0"); }
 
 private:
-    boost::process::ipstream out_;
-    boost::process::child child_;
-    unsigned port_ = 0;
+    testing_support::TempDir dir_;  // the sandbox's output files
+    testing_support::DiscordSandbox sandbox_;
 };
 
 /// A logger that keeps every line.
