@@ -7,10 +7,10 @@ set -euo pipefail
 packages=(
   cmake ninja-build g++ pkg-config
   libboost1.81-dev libboost-program-options1.81-dev libboost-filesystem1.81-dev libboost-url1.81-dev libssl-dev
-  libyaml-cpp-dev nlohmann-json3-dev libsqlitecpp-dev libsqlite3-dev libspdlog-dev
+  libyaml-cpp-dev nlohmann-json3-dev libsqlitecpp-dev libsqlite3-dev libspdlog-dev libhiredis-dev
 )
 if [[ "${1:-}" == "test" ]]; then
-  packages+=(catch2 libbenchmark-dev inspircd ngircd)
+  packages+=(catch2 libbenchmark-dev inspircd ngircd redis-server)
   command -v node >/dev/null && command -v npm >/dev/null || packages+=(nodejs npm)  # tests/compat
 fi
 
