@@ -28,23 +28,6 @@
 
 namespace switchboard::testing_support {
 
-/// A loopback TCP port that was free a moment ago (bound to port 0, then released).
-inline std::uint16_t free_loopback_port() {
-    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in address{};
-    address.sin_family = AF_INET;
-    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    address.sin_port = 0;
-    socklen_t length = sizeof address;
-    if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0 ||
-        ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) != 0) {
-        if (fd >= 0) ::close(fd);
-        throw std::runtime_error("cannot find a free loopback port");
-    }
-    ::close(fd);
-    return ntohs(address.sin_port);
-}
-
 enum class IrcServerKind { inspircd, ngircd };
 
 inline const char* to_string(IrcServerKind kind) { return kind == IrcServerKind::inspircd ? "inspircd" : "ngircd"; }

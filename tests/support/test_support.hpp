@@ -1,10 +1,16 @@
 #pragma once
-// Small helpers shared by the tests: temporary directories and waiting on a condition with a deadline.
+// Small helpers shared by the tests: temporary directories, free loopback ports and waiting on a condition with a
+// deadline.
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <filesystem>
 #include <functional>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <system_error>
 #include <thread>
@@ -32,6 +38,23 @@ public:
 private:
     std::filesystem::path path_;
 };
+
+/// A loopback TCP port that was free a moment ago (bound to port 0, then released).
+inline std::uint16_t free_loopback_port() {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    address.sin_port = 0;
+    socklen_t length = sizeof address;
+    if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0 ||
+        ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) != 0) {
+        if (fd >= 0) ::close(fd);
+        throw std::runtime_error("cannot find a free loopback port");
+    }
+    ::close(fd);
+    return ntohs(address.sin_port);
+}
 
 /// Polls @p condition until it holds or @p timeout passes; returns whether it held. For events without a hook.
 inline bool wait_until(const std::function<bool()>& condition,
