@@ -1,16 +1,17 @@
 // switchboard-sandbox PLATFORM [options]: a local, protocol-faithful stand-in for a chat platform, for tests and for
 // plugin authors. Prints {"port":N,"url":"http://127.0.0.1:N"} on one line once it listens; stops on SIGTERM/SIGINT.
 
-#include "discord.hpp"
-#include "server.hpp"
+#include <sys/prctl.h>
+#include <unistd.h>
 
 #include <boost/program_options.hpp>
-
 #include <csignal>
 #include <cstdio>
 #include <iostream>
-#include <sys/prctl.h>
-#include <unistd.h>
+
+#include "discord.hpp"
+#include "server.hpp"
+#include "telegram.hpp"
 
 namespace po = boost::program_options;
 namespace sandbox = switchboard::sandbox;
@@ -22,6 +23,7 @@ constexpr const char* kUsage =
     "\n"
     "Platforms:\n"
     "  discord    Discord REST v10 + Gateway v10 + the /_sandbox/ control API on one port\n"
+    "  telegram   Telegram Bot API (getUpdates long polling) + the /_sandbox/ control API on one port\n"
     "\n"
     "Run `switchboard-sandbox PLATFORM --help` for its options; tools/sandbox/README.md documents the control API.\n";
 
@@ -107,6 +109,58 @@ int run_discord(const std::vector<std::string>& args) {
         [&](sandbox::Loop& loop, std::uint16_t bound) { return sandbox::discord::make_service(loop, bound, options); });
 }
 
+int run_telegram(const std::vector<std::string>& args) {
+    sandbox::telegram::Options options;
+    std::string host = "127.0.0.1";
+    unsigned port = 0;
+    po::options_description described("switchboard-sandbox telegram [options]");
+    // clang-format off
+    described.add_options()("help,h", "this help")
+        ("host", po::value(&host)->default_value(host), "address to listen on")
+        ("port", po::value(&port)->default_value(port), "port to listen on (0: a free one, printed on stdout)")
+        ("token", po::value(&options.token)->default_value(options.token),
+         "the bot token Bot API paths must carry (/bot<token>/<method>); the number before ':' is the bot's user id")
+        ("first-update-id", po::value(&options.first_update_id)->default_value(options.first_update_id),
+         "update_id of the first update")
+        ("chat-rate", po::value(&options.chat_rate)->default_value(options.chat_rate),
+         "sendMessage per second into one chat before a 429 (0: no limit)")
+        ("chat-burst", po::value(&options.chat_burst)->default_value(options.chat_burst),
+         "sends into one chat allowed at once before --chat-rate holds")
+        ("group-per-minute", po::value(&options.group_per_minute)->default_value(options.group_per_minute),
+         "sendMessage per minute into one group or supergroup before a 429 (0: no limit)")
+        ("global-rate", po::value(&options.global_rate)->default_value(options.global_rate),
+         "sendMessage per second over all chats before a 429 (0: no limit)")
+        ("retention", po::value(&options.retention_ms)->default_value(options.retention_ms),
+         "how long an unconfirmed update is kept on the sandbox clock, ms")
+        ("max-poll-timeout", po::value(&options.max_poll_timeout_s)->default_value(options.max_poll_timeout_s),
+         "getUpdates' timeout is capped at this many seconds")
+        ("exit-with-parent", "stop when the process that started the sandbox dies")
+        ("verbose,v", "log every request to stderr");
+    // clang-format on
+    po::variables_map vm;
+    try {
+        po::store(po::command_line_parser(args).options(described).run(), vm);
+        po::notify(vm);
+    } catch (const po::error& error) {
+        std::cerr << "switchboard-sandbox telegram: " << error.what() << "\n" << described;
+        return 2;
+    }
+    if (vm.count("help")) {
+        std::cout << described;
+        return 0;
+    }
+    if (port > 65535 || options.chat_rate < 0 || options.chat_burst < 1 || options.group_per_minute < 0 ||
+        options.global_rate < 0 || options.retention_ms < 1 || options.max_poll_timeout_s < 0 ||
+        options.first_update_id < 1) {
+        std::cerr << "switchboard-sandbox telegram: --port must be 0..65535, the limits >= 0, --chat-burst >= 1, "
+                     "--retention >= 1, --first-update-id >= 1\n";
+        return 2;
+    }
+    options.verbose = vm.count("verbose") != 0;
+    return serve(host, static_cast<std::uint16_t>(port), vm.count("exit-with-parent") != 0,
+                 [&](sandbox::Loop& loop, std::uint16_t) { return sandbox::telegram::make_service(loop, options); });
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -118,6 +172,7 @@ int main(int argc, char** argv) {
     const std::vector<std::string> args(argv + 2, argv + argc);
     try {
         if (platform == "discord") return run_discord(args);
+        if (platform == "telegram") return run_telegram(args);
         if (platform == "--help" || platform == "-h" || platform == "help") {
             std::cout << kUsage;
             return 0;

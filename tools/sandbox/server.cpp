@@ -10,7 +10,6 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/beast/websocket.hpp>
-
 #include <cctype>
 #include <deque>
 #include <iostream>
@@ -50,6 +49,13 @@ HttpResponse HttpResponse::empty(int status) {
     return response;
 }
 
+HttpResponse HttpResponse::dropped() {
+    HttpResponse response;
+    response.status = 0;
+    response.drop = true;
+    return response;
+}
+
 std::int64_t unix_ms() {
     return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
         .count();
@@ -83,6 +89,26 @@ std::string percent_decode(std::string_view text, bool plus_is_space) {
     return out;
 }
 
+}  // namespace
+
+std::vector<std::pair<std::string, std::string>> parse_form(std::string_view text) {
+    std::vector<std::pair<std::string, std::string>> out;
+    while (!text.empty()) {
+        const auto amp = text.find('&');
+        const std::string_view pair = text.substr(0, amp);
+        if (!pair.empty()) {
+            const auto eq = pair.find('=');
+            out.emplace_back(percent_decode(pair.substr(0, eq), true),
+                             eq == std::string_view::npos ? "" : percent_decode(pair.substr(eq + 1), true));
+        }
+        if (amp == std::string_view::npos) break;
+        text.remove_prefix(amp + 1);
+    }
+    return out;
+}
+
+namespace {
+
 HttpRequest to_request(const http::request<http::string_body>& message) {
     HttpRequest request;
     request.method = std::string(message.method_string());
@@ -90,21 +116,7 @@ HttpRequest to_request(const http::request<http::string_body>& message) {
     const std::string_view target = message.target();
     const auto question = target.find('?');
     request.path = percent_decode(target.substr(0, question), false);
-    if (question != std::string_view::npos) {
-        std::string_view rest = target.substr(question + 1);
-        while (!rest.empty()) {
-            const auto amp = rest.find('&');
-            const std::string_view pair = rest.substr(0, amp);
-            if (!pair.empty()) {
-                const auto eq = pair.find('=');
-                request.query.emplace_back(
-                    percent_decode(pair.substr(0, eq), true),
-                    eq == std::string_view::npos ? "" : percent_decode(pair.substr(eq + 1), true));
-            }
-            if (amp == std::string_view::npos) break;
-            rest.remove_prefix(amp + 1);
-        }
-    }
+    if (question != std::string_view::npos) request.query = parse_form(target.substr(question + 1));
     for (const auto& field : message) {
         std::string name(field.name_string());
         for (auto& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
@@ -316,23 +328,61 @@ private:
         }
         keep_alive_ = message.keep_alive();
         version_ = message.version();
+        const std::uint64_t generation = ++generation_;
+        gone_callbacks_.clear();
         auto answered = std::make_shared<bool>(false);
         Respond respond = [self = shared_from_this(), answered](HttpResponse response) {
             if (*answered) return;
             *answered = true;
+            self->gone_callbacks_.clear();
             self->write(std::move(response));
         };
+        auto request = to_request(message);
+        request.on_client_gone = [weak = weak_from_this(), answered](std::function<void()> callback) {
+            if (auto self = weak.lock(); self && !*answered) self->gone_callbacks_.push_back(std::move(callback));
+        };
         try {
-            service_.handle(to_request(message), respond);
+            service_.handle(request, respond);
         } catch (const std::exception& error) {  // a platform bug must not take the server down
             std::cerr << "switchboard-sandbox: error on " << message.method_string() << " " << message.target() << ": "
                       << error.what() << "\n";
             respond(HttpResponse::json(
                 500, {{"message", std::string("switchboard-sandbox error: ") + error.what()}, {"code", 0}}));
         }
+        if (!*answered && !gone_callbacks_.empty()) watch_for_close(generation);
+    }
+
+    /// While a request waits for its answer (a long poll), the socket is not read; this notices the client closing.
+    void watch_for_close(std::uint64_t generation) {
+        stream_.socket().async_wait(
+            tcp::socket::wait_read, [self = shared_from_this(), generation](beast::error_code ec) {
+                if (generation != self->generation_ || self->gone_callbacks_.empty()) return;  // answered meanwhile
+                char byte = 0;
+                beast::error_code peek_ec;
+                const auto got =
+                    ec ? 0 : self->stream_.socket().receive(asio::buffer(&byte, 1), tcp::socket::message_peek, peek_ec);
+                if (!ec && !peek_ec && got > 0) return;  // the client sent more (pipelining): it is still there
+                auto callbacks = std::move(self->gone_callbacks_);
+                self->gone_callbacks_.clear();
+                beast::error_code ignored;
+                self->stream_.socket().close(ignored);
+                for (auto& callback : callbacks) {
+                    try {
+                        callback();
+                    } catch (const std::exception& error) {
+                        std::cerr << "switchboard-sandbox: error after a client went away: " << error.what() << "\n";
+                    }
+                }
+            });
     }
 
     void write(HttpResponse response) {
+        if (response.drop) {
+            beast::error_code ignored;
+            stream_.socket().shutdown(tcp::socket::shutdown_both, ignored);
+            stream_.socket().close(ignored);
+            return;
+        }
         auto message = std::make_shared<http::response<http::string_body>>();
         message->version(version_);
         message->result(static_cast<unsigned>(response.status));
@@ -366,6 +416,8 @@ private:
     Service& service_;
     std::optional<http::request_parser<http::string_body>> parser_;
     std::shared_ptr<http::response<http::string_body>> response_;
+    std::vector<std::function<void()>> gone_callbacks_;  // of the request being answered
+    std::uint64_t generation_ = 0;                       // which request of the connection that is
     unsigned version_ = 11;
     bool keep_alive_ = true;
 };

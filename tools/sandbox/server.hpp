@@ -1,14 +1,13 @@
 #pragma once
-// The sandbox's shared HTTP + WebSocket core: one plain-TCP port, one I/O thread. A platform (discord.cpp, later
+// The sandbox's shared HTTP + WebSocket core: one plain-TCP port, one I/O thread. A platform (discord.cpp,
 // telegram.cpp) implements Service and never sees Beast or Asio: requests, responses, sockets and timers cross this
 // header as plain types, so the heavy headers stay in server.cpp alone.
-
-#include <nlohmann/json.hpp>
 
 #include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -30,18 +29,30 @@ struct HttpRequest {
     std::optional<std::string> query_param(std::string_view name) const;
     /// @brief The first header named @p name (lower-case), or "" when absent.
     std::string header(std::string_view name) const;
+
+    /// @brief Registers a callback that runs once, on the loop's thread, if the client closes its connection while
+    /// this request is still unanswered (a long poll forgets a poller that went away). Set by the server; calling it
+    /// after the answer was given does nothing.
+    std::function<void(std::function<void()>)> on_client_gone;
 };
+
+/// @brief Splits `a=1&b=two` (a query string or an `application/x-www-form-urlencoded` body), percent-decoding each
+/// name and value and reading `+` as a space.
+std::vector<std::pair<std::string, std::string>> parse_form(std::string_view text);
 
 /// One HTTP response. A JSON body gets `Content-Type: application/json` unless a header says otherwise.
 struct HttpResponse {
     int status = 200;
     std::vector<std::pair<std::string, std::string>> headers;
     std::string body;
+    bool drop = false;  ///< close the connection without writing anything (a network failure, as the client sees it)
 
     /// @brief A response whose body is @p body serialised, with the JSON content type.
     static HttpResponse json(int status, const nlohmann::json& body);
     /// @brief An empty response (e.g. 204).
     static HttpResponse empty(int status);
+    /// @brief No response at all: the server closes the connection (fault injection).
+    static HttpResponse dropped();
 };
 
 /// What a platform is handed for one accepted WebSocket. Calls after the socket closed are ignored.
