@@ -359,8 +359,13 @@ private:
                 if (generation != self->generation_ || self->gone_callbacks_.empty()) return;  // answered meanwhile
                 char byte = 0;
                 beast::error_code peek_ec;
-                const auto got =
-                    ec ? 0 : self->stream_.socket().receive(asio::buffer(&byte, 1), tcp::socket::message_peek, peek_ec);
+                std::size_t got = 0;
+                if (!ec) {
+                    auto& socket = self->stream_.socket();
+                    socket.non_blocking(true, peek_ec);  // never block the loop on a spurious wakeup
+                    if (!peek_ec) got = socket.receive(asio::buffer(&byte, 1), tcp::socket::message_peek, peek_ec);
+                    if (peek_ec == asio::error::would_block) return self->watch_for_close(generation);
+                }
                 if (!ec && !peek_ec && got > 0) return;  // the client sent more (pipelining): it is still there
                 auto callbacks = std::move(self->gone_callbacks_);
                 self->gone_callbacks_.clear();
