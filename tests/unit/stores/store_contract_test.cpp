@@ -1,15 +1,24 @@
-// The behaviour every store shares (DESIGN §4), written once and run against each store.
+// The behaviour every store shares (DESIGN §4), written once and run against each store: memory and sqlite in
+// store_tests, redis (which needs a redis-server per case) in redis_store_tests, built with STORE_CONTRACT_REDIS.
 
 #include <string>
 #include <thread>
 #include <vector>
 
+#ifdef STORE_CONTRACT_REDIS
+#include "redis_test_support.hpp"
+#else
 #include "store_test_support.hpp"
+#endif
 
 using namespace switchboard;
 using namespace switchboard::store_tests;
 
+#ifdef STORE_CONTRACT_REDIS
+#define STORE_TEST_CASE(name) TEMPLATE_TEST_CASE(name, "[store]", RedisStoreFactory)
+#else
 #define STORE_TEST_CASE(name) TEMPLATE_TEST_CASE(name, "[store]", MemoryStoreFactory, SqliteStoreFactory)
+#endif
 
 STORE_TEST_CASE("a store remembers which messages it has processed") {
     TestType factory;
