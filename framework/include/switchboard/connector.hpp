@@ -131,6 +131,13 @@ public:
     /// only the latest value is written. A write that fails is logged. Saves made before stop() returns are written
     /// before the host closes the store.
     virtual void save_state(std::string key, std::string value) = 0;
+
+    /// @brief True once @p message (its channel and id on this connection) was handled and committed: its dedup
+    /// entry, cursor and the bots' writes and replies are durable, so the platform may be told it was received
+    /// (Telegram's getUpdates offset). False while it is queued, held or being handled, or was never delivered. A
+    /// blocking read of the store's dedup set, like load_state(): call it from the connector's own threads, not in a
+    /// hot path of an I/O callback. Fails (with the store's error) when the store cannot answer.
+    [[nodiscard]] virtual Result<bool> is_processed(const Message& message) = 0;
 };
 
 /// @brief The interface every connector plugin implements.

@@ -48,6 +48,14 @@ public:
         (void)message;
         return fail("unsupported", "this recovery context cannot tell whether a message was processed");
     }
+    /// @brief The value this connection's connector saved under @p key (ConnectorHost::save_state()), or nullopt if
+    /// none: the same data as ConnectorHost::load_state(), for policies that read what the connector recorded (such
+    /// as a gap it detected). A blocking store read: call it where on_event() runs or in a post() task. The default,
+    /// for contexts without a store (simple test fakes), returns nullopt.
+    [[nodiscard]] virtual std::optional<std::string> load_state(const std::string& key) {
+        (void)key;
+        return std::nullopt;
+    }
     /// @brief Runs @p task where on_event() runs: on the connection's lane, one task at a time, in order with
     /// on_event() calls and after every message fed or delivered before it. Thread-safe; a fetch_history()
     /// callback uses it to get off the I/O thread before reading the store or feeding. Once the host stops, tasks

@@ -13,7 +13,8 @@
 ///
 /// 3: ConnectorHost gained rate_limits(), load_state() and save_state() (its vtable changed), and rate_limit.hpp
 /// (RateLimitScheduler and its types) joined the SDK.
-#define SWITCHBOARD_ABI_VERSION 3
+/// 4: ConnectorHost gained is_processed() and RecoveryContext gained load_state() (both vtables changed).
+#define SWITCHBOARD_ABI_VERSION 4
 
 #define SWITCHBOARD_DETAIL_STR2(x) #x
 #define SWITCHBOARD_DETAIL_STR(x) SWITCHBOARD_DETAIL_STR2(x)

@@ -159,6 +159,14 @@ std::optional<std::string> RecordingHost::load_state(const std::string& key) {
     return it->second;
 }
 
+Result<bool> RecordingHost::is_processed(const Message& message) {
+    std::lock_guard lock(mutex_);
+    for (const Message& m : messages_) {
+        if (m.channel == message.channel && m.id == message.id) return true;
+    }
+    return false;
+}
+
 void RecordingHost::save_state(std::string key, std::string value) {
     std::lock_guard lock(mutex_);
     state_[std::move(key)] = std::move(value);

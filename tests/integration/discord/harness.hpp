@@ -103,6 +103,8 @@ public:
     RateLimitScheduler& rate_limits() override { return scheduler_; }
     std::optional<std::string> load_state(const std::string& key) override;
     void save_state(std::string key, std::string value) override;
+    /// What it recorded counts as handled.
+    Result<bool> is_processed(const Message& message) override;
 
     /// Waits until @p condition (evaluated under the lock) holds; false after @p timeout.
     bool wait_for(const std::function<bool()>& condition, std::chrono::milliseconds timeout = 15s);

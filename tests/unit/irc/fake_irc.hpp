@@ -180,6 +180,13 @@ public:
     RateLimitScheduler& rate_limits() override { return scheduler; }
     std::optional<std::string> load_state(const std::string&) override { return std::nullopt; }
     void save_state(std::string, std::string) override {}
+    Result<bool> is_processed(const Message& message) override {  // what it recorded counts as handled
+        std::lock_guard lock(mutex_);
+        for (const Message& m : messages_) {
+            if (m.channel == message.channel && m.id == message.id) return true;
+        }
+        return false;
+    }
 
     std::vector<Message> messages() {
         std::lock_guard lock(mutex_);

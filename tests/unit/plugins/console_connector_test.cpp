@@ -53,6 +53,13 @@ public:
         std::lock_guard lock(mutex);
         state[std::move(key)] = std::move(value);
     }
+    Result<bool> is_processed(const Message& message) override {  // what it recorded counts as handled
+        std::lock_guard lock(mutex);
+        for (const Message& m : messages) {
+            if (m.channel == message.channel && m.id == message.id) return true;
+        }
+        return false;
+    }
     void deliver(Message message) override {
         std::lock_guard lock(mutex);
         messages.push_back(std::move(message));
