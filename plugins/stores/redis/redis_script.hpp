@@ -48,59 +48,100 @@ local function expire_with_newest(key, window)
   if newest[2] then redis.call('PEXPIREAT', key, int(tonumber(newest[2]) + window)) end
 end
 
+-- redis.call(command, key, <items...>) in pieces, so that no call unpacks more than Lua's stack allows.
+local function call_in_pieces(command, key, items)
+  for first = 1, #items, 1000 do
+    redis.call(command, key, unpack(items, first, math.min(first + 999, #items)))
+  end
+end
+
 if op == 'commit' then
   -- now, window, log (1/0), n, then per message: pair, connection, channel, id, timestamp, log blob, writes,
   -- outbox entries, and the writes and entries themselves. Returns how many messages were new.
+  -- Redis calls are what costs: the ledger is read (ZMSCORE) and written (ZADD) once per channel, not per message.
   local now, window, log = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5] == '1'
   local expired = '(' .. int(now - window)
-  local touched, pairs_in_order = {}, {}
-  local moves, moves_in_order = {}, {}
-  local added = 0
+
+  -- Pass 1: the messages, grouped by channel; per channel, expired entries go and the ledger is read.
+  local messages, channels, channel_list = {}, {}, {}
   local k = 7
-  for _ = 1, tonumber(ARGV[6]) do
-    local pair, connection, channel, id, ts = ARGV[k], ARGV[k + 1], ARGV[k + 2], ARGV[k + 3], ARGV[k + 4]
+  for m = 1, tonumber(ARGV[6]) do
     local writes, entries = tonumber(ARGV[k + 6]), tonumber(ARGV[k + 7])
-    local seen = p .. 'seen:' .. pair
-    if not touched[pair] then
-      touched[pair] = true
-      pairs_in_order[#pairs_in_order + 1] = pair
-      redis.call('ZREMRANGEBYSCORE', seen, '-inf', expired)
-      redis.call('ZREMRANGEBYSCORE', p .. 'log:' .. pair, '-inf', expired)
-      redis.call('SADD', p .. 'channels', pair)
+    local pair = ARGV[k]
+    local channel = channels[pair]
+    if channel == nil then
+      channel = { pair = pair, connection = ARGV[k + 1], name = ARGV[k + 2], seen = p .. 'seen:' .. pair,
+                  log = p .. 'log:' .. pair, ids = {}, new = {}, logged = {} }
+      channels[pair] = channel
+      channel_list[#channel_list + 1] = channel
     end
-    if redis.call('ZADD', seen, 'NX', ts, id) == 1 then
-      added = added + 1
-      local slot = connection .. '\n' .. channel
-      local move = moves[slot]
-      if move == nil then
-        local stored = redis.call('HGET', p .. 'cursors:' .. connection, channel)
-        move = { connection = connection, channel = channel }
-        if stored then move.at = tonumber(string.match(stored, '^(%S+)')) end
-        moves[slot] = move
-        moves_in_order[#moves_in_order + 1] = move
-      end
-      local at = tonumber(ts)
-      if move.at == nil or move.at <= at then
-        move.at, move.ts, move.id = at, ts, id
-      end
-      if log then
-        local seq = string.format('%016x', redis.call('INCR', p .. 'log-seq'))
-        redis.call('ZADD', p .. 'log:' .. pair, ts, seq .. ARGV[k + 5])
-      end
-      put_values(k + 8, writes)
-      outbox_add(k + 8 + 4 * writes, entries)
-    end
+    channel.ids[#channel.ids + 1] = ARGV[k + 3]
+    messages[m] = { channel = channel, at = k, writes = writes, entries = entries }
     k = k + 8 + 4 * writes + 6 * entries
   end
-  for _, move in ipairs(moves_in_order) do
-    if move.id then
-      redis.call('HSET', p .. 'cursors:' .. move.connection, move.channel, move.ts .. ' ' .. move.id)
-      redis.call('SADD', p .. 'connections', move.connection)
+  local known = {}
+  for _, channel in ipairs(channel_list) do
+    redis.call('ZREMRANGEBYSCORE', channel.seen, '-inf', expired)
+    redis.call('ZREMRANGEBYSCORE', channel.log, '-inf', expired)
+    redis.call('SADD', p .. 'channels', channel.pair)
+    local scores = redis.call('ZMSCORE', channel.seen, unpack(channel.ids))
+    local set = {}
+    for i, id in ipairs(channel.ids) do
+      if scores[i] then set[id] = true end
+    end
+    known[channel.pair] = set
+  end
+
+  -- Pass 2, in batch order: each new message's cursor move, log entry, writes and outbox entries.
+  local added = 0
+  for _, message in ipairs(messages) do
+    local channel, a = message.channel, message.at
+    local id, ts = ARGV[a + 3], ARGV[a + 4]
+    local set = known[channel.pair]
+    if not set[id] then
+      set[id] = true
+      added = added + 1
+      local new = channel.new
+      new[#new + 1] = ts
+      new[#new + 1] = id
+      local at = tonumber(ts)
+      if channel.at == nil then
+        local stored = redis.call('HGET', p .. 'cursors:' .. channel.connection, channel.name)
+        channel.at = stored and tonumber(string.match(stored, '^(%S+)')) or false
+      end
+      if channel.at == false or channel.at <= at then
+        channel.at, channel.ts, channel.id = at, ts, id
+      end
+      if log then
+        local logged = channel.logged
+        logged[#logged + 1] = ts
+        logged[#logged + 1] = ARGV[a + 5]
+      end
+      put_values(a + 8, message.writes)
+      outbox_add(a + 8 + 4 * message.writes, message.entries)
     end
   end
-  for _, pair in ipairs(pairs_in_order) do
-    expire_with_newest(p .. 'seen:' .. pair, window)
-    expire_with_newest(p .. 'log:' .. pair, window)
+
+  -- Pass 3, per channel: the ledger and the log written at once, the cursor, and the keys' expiry.
+  for _, channel in ipairs(channel_list) do
+    if #channel.new > 0 then
+      call_in_pieces('ZADD', channel.seen, channel.new)
+      if #channel.logged > 0 then
+        local count = #channel.logged / 2
+        local seq = redis.call('INCRBY', p .. 'log-seq', count) - count
+        for i = 2, #channel.logged, 2 do
+          seq = seq + 1
+          channel.logged[i] = string.format('%016x', seq) .. channel.logged[i]
+        end
+        call_in_pieces('ZADD', channel.log, channel.logged)
+      end
+    end
+    if channel.id then
+      redis.call('HSET', p .. 'cursors:' .. channel.connection, channel.name, channel.ts .. ' ' .. channel.id)
+      redis.call('SADD', p .. 'connections', channel.connection)
+    end
+    expire_with_newest(channel.seen, window)
+    expire_with_newest(channel.log, window)
   end
   return added
 end

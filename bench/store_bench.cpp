@@ -1,0 +1,198 @@
+// The store benchmarks (bench/README.md, "Store benchmarks"): how many inbound messages per second each store
+// records the way the host's pipeline does — batches of up to 256 (host::Pipeline::kMaxBatch) over 8 channels, each
+// batch one Store::commit (dedup entry, cursor, and with message_log the message itself) — for the memory, sqlite
+// and redis stores. The redis store talks to a redis-server this program starts on a free loopback port (nothing
+// kept on disk: `--save "" --appendonly no`) and stops at exit.
+//
+// Two shapes per store:
+//   commit  one Store::commit per batch: the dedup check is the commit's own (a message already in the ledger is
+//           skipped), so this is the store's throughput for "dedup + cursor".
+//   host    what host::Pipeline does today: Store::is_processed for every message, then the commit. For the redis
+//           store that is one round trip per message plus one per batch.
+// With threads (`threads:4`), each thread is one connection's lane with channels of its own, sharing one store.
+//
+// Each run ends with a check that every channel's cursor is the last message committed to it; if not, the run is
+// marked with an error and the program exits 1. SWITCHBOARD_BENCH_SCALE (default 1) scales the fixed iteration
+// counts; ctest runs everything at 0.01 as a smoke test.
+
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "memory_store.hpp"
+#include "redis_server.hpp"
+#include "redis_store.hpp"
+#include "sqlite_store.hpp"
+#include "test_support.hpp"
+
+namespace {
+
+using namespace switchboard;
+
+constexpr std::size_t kBatch = 256;   // host::Pipeline::kMaxBatch
+constexpr std::size_t kChannels = 8;  // per thread; batches take messages from them in turn
+constexpr std::int64_t kIterations = 400;  // batches per thread: 102,400 messages at scale 1
+const std::string kText = "the deploy finished, 3 services restarted";
+
+enum class Kind { memory, sqlite, redis };
+
+std::int64_t scaled(std::int64_t iterations) {
+    static const double scale = [] {
+        const char* text = std::getenv("SWITCHBOARD_BENCH_SCALE");
+        const double value = text != nullptr ? std::atof(text) : 1.0;
+        return value > 0 ? value : 1.0;
+    }();
+    return std::max<std::int64_t>(1, static_cast<std::int64_t>(static_cast<double>(iterations) * scale));
+}
+
+std::int64_t now_ms() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
+
+// Set when a run could not do what it measures; main() then exits 1, so the smoke test fails.
+std::atomic<bool> g_failed{false};
+
+void fail_run(benchmark::State& state, const std::string& why) {
+    g_failed = true;
+    state.SkipWithError(why.c_str());
+}
+
+testing_support::RedisServer& redis_server() {
+    static testing_support::RedisServer server;
+    static const bool started = server.start();
+    if (!started) throw std::runtime_error(server.why());
+    return server;
+}
+
+// The store of the current run, made by Setup before the threads start and dropped by Teardown after.
+struct Shared {
+    std::unique_ptr<testing_support::TempDir> dir;
+    std::unique_ptr<Store> store;
+};
+Shared g_shared;
+
+template <Kind kind, bool message_log>
+void open_store(const benchmark::State&) {
+    g_shared.dir = std::make_unique<testing_support::TempDir>();
+    if constexpr (kind == Kind::memory) {
+        g_shared.store = std::make_unique<stores::MemoryStore>();
+    } else if constexpr (kind == Kind::sqlite) {
+        stores::SqliteOptions options;
+        options.message_log = message_log;
+        g_shared.store = std::make_unique<stores::SqliteStore>(*g_shared.dir / "store.db", options);
+    } else {
+        auto& server = redis_server();
+        if (server.command({"FLUSHALL"}) != "OK") throw std::runtime_error("FLUSHALL failed");
+        stores::RedisOptions options;
+        options.message_log = message_log;
+        g_shared.store = std::make_unique<stores::RedisStore>(server.url(), options);
+    }
+}
+
+void close_store(const benchmark::State&) {
+    g_shared.store.reset();
+    g_shared.dir.reset();
+}
+
+// The batches one thread commits: channel "t<thread>-c<k>", ids "<thread>-<n>", timestamps rising from now.
+std::vector<std::vector<ProcessedMessage>> make_batches(int thread, std::int64_t batches) {
+    const std::int64_t base = now_ms();
+    std::vector<std::vector<ProcessedMessage>> result(static_cast<std::size_t>(batches));
+    std::size_t n = 0;
+    for (auto& batch : result) {
+        batch.reserve(kBatch);
+        for (std::size_t i = 0; i < kBatch; ++i, ++n) {
+            ProcessedMessage& item = batch.emplace_back();
+            Message& m = item.message;
+            m.connection = "bench";
+            m.channel = "t" + std::to_string(thread) + "-c" + std::to_string(n % kChannels);
+            m.id = std::to_string(thread) + "-" + std::to_string(n);
+            m.author = Author{"3100000000000" + std::to_string(n % 1000), "user " + std::to_string(n % 1000), false};
+            m.text = kText;
+            m.timestamp_ms = base + static_cast<std::int64_t>(n);
+        }
+    }
+    return result;
+}
+
+template <bool check_each>
+void commit_batches(benchmark::State& state) {
+    Store& store = *g_shared.store;
+    const auto batches = make_batches(state.thread_index(), state.max_iterations);
+    std::size_t next = 0;
+    for (auto _ : state) {
+        const auto& batch = batches[next++];
+        if constexpr (check_each) {
+            for (const ProcessedMessage& item : batch) {
+                const Message& m = item.message;
+                auto seen = store.is_processed(MessageKey{m.connection, m.channel, m.id});
+                if (!seen || *seen) {
+                    fail_run(state, seen ? "a new message was already processed" : seen.error().to_string());
+                    return;
+                }
+            }
+        }
+        if (auto committed = store.commit(batch); !committed) {
+            fail_run(state, committed.error().to_string());
+            return;
+        }
+    }
+    state.SetItemsProcessed(static_cast<std::int64_t>(next * kBatch));
+
+    // Every channel's cursor is its last message.
+    const auto& last = batches[next - 1];
+    for (std::size_t i = last.size() - kChannels; i < last.size(); ++i) {
+        const Message& m = last[i].message;
+        auto cursor = store.cursor(m.connection, m.channel);
+        if (!cursor || !*cursor || (*cursor)->message_id != m.id) {
+            fail_run(state, "the cursor of " + m.channel + " is not its last message " + m.id);
+            return;
+        }
+    }
+}
+
+template <Kind kind, bool message_log, bool check_each>
+void register_one(const std::string& name, int threads) {
+    benchmark::RegisterBenchmark(name.c_str(), commit_batches<check_each>)
+        ->Setup(open_store<kind, message_log>)
+        ->Teardown(close_store)
+        ->Iterations(scaled(kIterations))
+        ->Threads(threads)
+        ->UseRealTime()
+        ->Unit(benchmark::kMillisecond);
+}
+
+template <Kind kind>
+void register_store(const std::string& store, std::vector<int> threads) {
+    for (const int t : threads) {
+        register_one<kind, true, false>("store/" + store + "/commit/message_log:1", t);
+        register_one<kind, false, false>("store/" + store + "/commit/message_log:0", t);
+        register_one<kind, true, true>("store/" + store + "/host/message_log:1", t);
+    }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    register_store<Kind::memory>("memory", {1});
+    register_store<Kind::sqlite>("sqlite", {1});
+    register_store<Kind::redis>("redis", {1, 4});
+    benchmark::Initialize(&argc, argv);
+    if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 2;
+    try {
+        benchmark::RunSpecifiedBenchmarks();
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "store_bench: %s\n", e.what());
+        return 1;
+    }
+    benchmark::Shutdown();
+    return g_failed ? 1 : 0;
+}
