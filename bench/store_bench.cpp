@@ -11,6 +11,11 @@
 //           store that is one round trip per message plus one per batch.
 // With threads (`threads:4`), each thread is one connection's lane with channels of its own, sharing one store.
 //
+// The machine these figures come from is shared, so wall-clock rates depend on what else runs. Every redis run also
+// reports the CPU time each side spent per message — `cpu_time` (this program's thread, per batch of 256,
+// Google Benchmark's own column) and `server_cpu_us` (redis-server's used_cpu_user + used_cpu_sys from INFO cpu) — which
+// other work on the machine does not inflate.
+//
 // Each run ends with a check that every channel's cursor is the last message committed to it; if not, the run is
 // marked with an error and the program exits 1. SWITCHBOARD_BENCH_SCALE (default 1) scales the fixed iteration
 // counts; ctest runs everything at 0.01 as a smoke test.
@@ -21,6 +26,8 @@
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
+#include <sstream>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -123,10 +130,24 @@ std::vector<std::vector<ProcessedMessage>> make_batches(int thread, std::int64_t
     return result;
 }
 
-template <bool check_each>
+// redis-server's CPU time so far, in seconds.
+double redis_cpu_seconds() {
+    std::istringstream info(redis_server().command({"INFO", "cpu"}));
+    double total = 0;
+    for (std::string line; std::getline(info, line);) {
+        for (const char* field : {"used_cpu_user:", "used_cpu_sys:"}) {
+            if (line.starts_with(field)) total += std::atof(line.c_str() + std::strlen(field));
+        }
+    }
+    return total;
+}
+
+template <Kind kind, bool check_each>
 void commit_batches(benchmark::State& state) {
     Store& store = *g_shared.store;
     const auto batches = make_batches(state.thread_index(), state.max_iterations);
+    const bool measure_server = kind == Kind::redis && state.thread_index() == 0;
+    const double server_before = measure_server ? redis_cpu_seconds() : 0;
     std::size_t next = 0;
     for (auto _ : state) {
         const auto& batch = batches[next++];
@@ -146,6 +167,10 @@ void commit_batches(benchmark::State& state) {
         }
     }
     state.SetItemsProcessed(static_cast<std::int64_t>(next * kBatch));
+    if (measure_server) {
+        const double messages = static_cast<double>(next * kBatch) * state.threads();
+        state.counters["server_cpu_us"] = (redis_cpu_seconds() - server_before) * 1e6 / messages;
+    }
 
     // Every channel's cursor is its last message.
     const auto& last = batches[next - 1];
@@ -161,7 +186,7 @@ void commit_batches(benchmark::State& state) {
 
 template <Kind kind, bool message_log, bool check_each>
 void register_one(const std::string& name, int threads) {
-    benchmark::RegisterBenchmark(name.c_str(), commit_batches<check_each>)
+    benchmark::RegisterBenchmark(name.c_str(), commit_batches<kind, check_each>)
         ->Setup(open_store<kind, message_log>)
         ->Teardown(close_store)
         ->Iterations(scaled(kIterations))

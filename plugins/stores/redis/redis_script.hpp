@@ -1,8 +1,10 @@
 #pragma once
 // The one Lua script of the redis store. Every multi-key operation is one call of it, so Redis runs it atomically:
-// `EVALSHA <sha> 0 <operation> <prefix> <arguments...>`. Keys are built here from the prefix and parts the client
-// has already escaped (README.md, "Key layout"); numbers that become scores or values are passed through as the
-// client wrote them, never printed by Lua (whose "%.14g" would round them).
+// `EVALSHA <sha> 0 <operation> <prefix> <arguments...>`. Lists (a batch's messages, outbox entries, writes) come
+// packed into one MessagePack argument that the script unpacks with Redis's cmsgpack: many small arguments cost
+// far more to send and parse than the script takes to run. Keys are built here from the prefix and parts the client
+// has already escaped (README.md, "Key layout"); timestamps travel as text and are passed on as the client wrote
+// them, never printed by Lua (whose "%.14g" would round them).
 
 namespace switchboard::stores::redis_script {
 
@@ -13,31 +15,31 @@ local p = ARGV[2]
 -- the whole number @x as text, without Lua's rounding to 14 digits
 local function int(x) return string.format('%.0f', x) end
 
--- ARGV[k..]: n entries of (plan, recipient, created_ms, state, state blob, content blob). An entry whose
+-- items: a flat list of (plan, recipient, created_ms, state, state blob, content blob). An entry whose
 -- (plan, recipient) exists is kept as it is.
-local function outbox_add(first, n)
-  for k = first, first + 6 * n - 1, 6 do
-    local plan, recipient, created = ARGV[k], ARGV[k + 1], ARGV[k + 2]
+local function outbox_add(items)
+  for k = 1, #items, 6 do
+    local plan, recipient, created = items[k], items[k + 1], items[k + 2]
     local entries = p .. 'outbox:' .. plan
     if redis.call('HEXISTS', entries, recipient) == 0 then
       local seq = string.format('%016x', redis.call('INCR', p .. 'outbox-seq'))
-      redis.call('HSET', entries, recipient, seq .. created .. '\n' .. ARGV[k + 5])
-      redis.call('HSET', p .. 'outbox-state:' .. plan, recipient, ARGV[k + 4])
-      if ARGV[k + 3] == 'pending' then
+      redis.call('HSET', entries, recipient, seq .. created .. '\n' .. items[k + 5])
+      redis.call('HSET', p .. 'outbox-state:' .. plan, recipient, items[k + 4])
+      if items[k + 3] == 'pending' then
         redis.call('ZADD', p .. 'outbox-pending', created, seq .. plan .. '\n' .. recipient)
       end
     end
   end
 end
 
--- ARGV[k..]: n writes of (space, key, 's' or 'd', value).
-local function put_values(first, n)
-  for k = first, first + 4 * n - 1, 4 do
-    local space = p .. 'kv:' .. ARGV[k]
-    if ARGV[k + 2] == 's' then
-      redis.call('HSET', space, ARGV[k + 1], ARGV[k + 3])
+-- items: a flat list of (space, key, 's' or 'd', value), applied in order.
+local function put_values(items)
+  for k = 1, #items, 4 do
+    local space = p .. 'kv:' .. items[k]
+    if items[k + 2] == 's' then
+      redis.call('HSET', space, items[k + 1], items[k + 3])
     else
-      redis.call('HDEL', space, ARGV[k + 1])
+      redis.call('HDEL', space, items[k + 1])
     end
   end
 end
@@ -56,38 +58,38 @@ local function call_in_pieces(command, key, items)
 end
 
 if op == 'commit' then
-  -- now, window, log (1/0), n, then per message: pair, connection, channel, id, timestamp, log blob, writes,
-  -- outbox entries, and the writes and entries themselves. Returns how many messages were new.
+  -- now, window, log (1/0), then the packed batch: per message [pair, connection, channel, id, timestamp, log blob,
+  -- writes, outbox entries]. Returns how many messages were new.
   -- Redis calls are what costs: the ledger is read (ZMSCORE) and written (ZADD) once per channel, not per message.
   local now, window, log = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5] == '1'
   local expired = '(' .. int(now - window)
+  local messages = cmsgpack.unpack(ARGV[6])
 
   -- Pass 1: the messages, grouped by channel; per channel, expired entries go and the ledger is read.
-  local messages, channels, channel_list = {}, {}, {}
-  local k = 7
-  for m = 1, tonumber(ARGV[6]) do
-    local writes, entries = tonumber(ARGV[k + 6]), tonumber(ARGV[k + 7])
-    local pair = ARGV[k]
+  local channels, channel_list = {}, {}
+  for _, message in ipairs(messages) do
+    local pair = message[1]
     local channel = channels[pair]
     if channel == nil then
-      channel = { pair = pair, connection = ARGV[k + 1], name = ARGV[k + 2], seen = p .. 'seen:' .. pair,
+      channel = { pair = pair, connection = message[2], name = message[3], seen = p .. 'seen:' .. pair,
                   log = p .. 'log:' .. pair, ids = {}, new = {}, logged = {} }
       channels[pair] = channel
       channel_list[#channel_list + 1] = channel
     end
-    channel.ids[#channel.ids + 1] = ARGV[k + 3]
-    messages[m] = { channel = channel, at = k, writes = writes, entries = entries }
-    k = k + 8 + 4 * writes + 6 * entries
+    channel.ids[#channel.ids + 1] = message[4]
   end
   local known = {}
   for _, channel in ipairs(channel_list) do
     redis.call('ZREMRANGEBYSCORE', channel.seen, '-inf', expired)
     redis.call('ZREMRANGEBYSCORE', channel.log, '-inf', expired)
     redis.call('SADD', p .. 'channels', channel.pair)
-    local scores = redis.call('ZMSCORE', channel.seen, unpack(channel.ids))
-    local set = {}
-    for i, id in ipairs(channel.ids) do
-      if scores[i] then set[id] = true end
+    local set, ids = {}, channel.ids
+    for first = 1, #ids, 1000 do
+      local last = math.min(first + 999, #ids)
+      local scores = redis.call('ZMSCORE', channel.seen, unpack(ids, first, last))
+      for i = first, last do
+        if scores[i - first + 1] then set[ids[i]] = true end
+      end
     end
     known[channel.pair] = set
   end
@@ -95,8 +97,8 @@ if op == 'commit' then
   -- Pass 2, in batch order: each new message's cursor move, log entry, writes and outbox entries.
   local added = 0
   for _, message in ipairs(messages) do
-    local channel, a = message.channel, message.at
-    local id, ts = ARGV[a + 3], ARGV[a + 4]
+    local channel = channels[message[1]]
+    local id, ts = message[4], message[5]
     local set = known[channel.pair]
     if not set[id] then
       set[id] = true
@@ -115,10 +117,10 @@ if op == 'commit' then
       if log then
         local logged = channel.logged
         logged[#logged + 1] = ts
-        logged[#logged + 1] = ARGV[a + 5]
+        logged[#logged + 1] = message[6]
       end
-      put_values(a + 8, message.writes)
-      outbox_add(a + 8 + 4 * message.writes, message.entries)
+      put_values(message[7])
+      outbox_add(message[8])
     end
   end
 
@@ -147,28 +149,29 @@ if op == 'commit' then
 end
 
 if op == 'values' then
-  put_values(4, tonumber(ARGV[3]))
+  put_values(cmsgpack.unpack(ARGV[3]))
   return 0
 end
 
 if op == 'outbox_add' then
-  outbox_add(4, tonumber(ARGV[3]))
+  outbox_add(cmsgpack.unpack(ARGV[3]))
   return 0
 end
 
 if op == 'outbox_update' then
-  -- n, then per entry: plan, recipient, state, state blob. Returns the 1-based index of the first entry that does
+  -- Packed: per entry plan, recipient, state, state blob. Returns the 1-based index of the first entry that does
   -- not exist (the others are updated all the same), or 0.
   local missing = 0
   local pending = p .. 'outbox-pending'
-  local k = 4
-  for i = 1, tonumber(ARGV[3]) do
-    local plan, recipient, state = ARGV[k], ARGV[k + 1], ARGV[k + 2]
+  local items = cmsgpack.unpack(ARGV[3])
+  for k = 1, #items, 4 do
+    local i = (k + 3) / 4
+    local plan, recipient, state = items[k], items[k + 1], items[k + 2]
     local content = redis.call('HGET', p .. 'outbox:' .. plan, recipient)
     if not content then
       if missing == 0 then missing = i end
     else
-      redis.call('HSET', p .. 'outbox-state:' .. plan, recipient, ARGV[k + 3])
+      redis.call('HSET', p .. 'outbox-state:' .. plan, recipient, items[k + 3])
       local newline = string.find(content, '\n', 17, true)
       local member = string.sub(content, 1, 16) .. plan .. '\n' .. recipient
       if state == 'pending' then
@@ -177,7 +180,6 @@ if op == 'outbox_update' then
         redis.call('ZREM', pending, member)
       end
     end
-    k = k + 4
   end
   return missing
 end

@@ -200,24 +200,22 @@ private:
     std::deque<std::string> owned_;  // a deque: adding one never moves the others
 };
 
-// The script's arguments for one key-value write: space, key, 's' (set) or 'd' (erase), value.
-void add_write(Command& command, const KeyValueWrite& write) {
-    command.own(part(write.space)).arg(write.key);
-    if (write.value) {
-        command.arg("s").arg(*write.value);
-    } else {
-        command.arg("d").arg("");
-    }
+// The script's flat list for one key-value write: space, key, 's' (set) or 'd' (erase), value.
+void add_write(json& items, const KeyValueWrite& write) {
+    items.push_back(part(write.space));
+    items.push_back(write.key);
+    items.push_back(write.value ? "s" : "d");
+    items.push_back(write.value ? *write.value : std::string());
 }
 
-// The script's arguments for one outbox entry: plan, recipient, created_ms, state, state blob, content blob.
-void add_outbox_entry(Command& command, const OutboxEntry& entry) {
-    command.own(part(entry.plan_id))
-        .own(entry.recipient.to_string())
-        .number(entry.created_ms)
-        .arg(to_string(entry.state))
-        .own(outbox_state_blob(entry))
-        .own(outbox_content_blob(entry));
+// The script's flat list for one outbox entry: plan, recipient, created_ms, state, state blob, content blob.
+void add_outbox_entry(json& items, const OutboxEntry& entry) {
+    items.push_back(part(entry.plan_id));
+    items.push_back(entry.recipient.to_string());
+    items.push_back(std::to_string(entry.created_ms));
+    items.push_back(to_string(entry.state));
+    items.push_back(outbox_state_blob(entry));
+    items.push_back(outbox_content_blob(entry));
 }
 
 }  // namespace
@@ -641,26 +639,20 @@ Result<bool> RedisStore::is_processed(const MessageKey& key) {
 Result<void> RedisStore::commit(std::span<const ProcessedMessage> batch) {
     if (batch.empty()) return {};
     Impl& s = *impl_;
-    Command command = s.script("commit");
-    command.number(now_ms()).arg(s.window_text).arg(s.options.message_log ? "1" : "0").number(
-        static_cast<std::int64_t>(batch.size()));
+    json messages = json::array();
     for (const ProcessedMessage& item : batch) {
         const Message& message = item.message;
-        command.own(channel_pair(message.connection, message.channel))
-            .own(part(message.connection))
-            .arg(message.channel)
-            .arg(message.id)
-            .number(message.timestamp_ms);
-        if (s.options.message_log) {
-            command.own(message_blob(message));
-        } else {
-            command.arg("");
-        }
-        command.number(static_cast<std::int64_t>(item.writes.size()))
-            .number(static_cast<std::int64_t>(item.outbox.size()));
-        for (const KeyValueWrite& write : item.writes) add_write(command, write);
-        for (const OutboxEntry& entry : item.outbox) add_outbox_entry(command, entry);
+        json writes = json::array();
+        for (const KeyValueWrite& write : item.writes) add_write(writes, write);
+        json entries = json::array();
+        for (const OutboxEntry& entry : item.outbox) add_outbox_entry(entries, entry);
+        messages.push_back(json::array({channel_pair(message.connection, message.channel), part(message.connection),
+                                        message.channel, message.id, std::to_string(message.timestamp_ms),
+                                        s.options.message_log ? message_blob(message) : std::string(),
+                                        std::move(writes), std::move(entries)}));
     }
+    Command command = s.script("commit");
+    command.number(now_ms()).arg(s.window_text).arg(s.options.message_log ? "1" : "0").own(pack(messages));
     auto reply = s.run_one("committing a batch of " + std::to_string(batch.size()) + " processed messages",
                            std::move(command));
     if (!reply) return reply.error();
@@ -744,9 +736,10 @@ Result<std::optional<std::string>> RedisStore::get_value(const std::string& spac
 
 Result<void> RedisStore::put_values(std::span<const KeyValueWrite> writes) {
     if (writes.empty()) return {};
+    json items = json::array();
+    for (const KeyValueWrite& write : writes) add_write(items, write);
     Command command = impl_->script("values");
-    command.number(static_cast<std::int64_t>(writes.size()));
-    for (const KeyValueWrite& write : writes) add_write(command, write);
+    command.own(pack(items));
     auto reply = impl_->run_one("writing key-value entries", std::move(command));
     if (!reply) return reply.error();
     return {};
@@ -754,9 +747,10 @@ Result<void> RedisStore::put_values(std::span<const KeyValueWrite> writes) {
 
 Result<void> RedisStore::outbox_add(std::span<const OutboxEntry> entries) {
     if (entries.empty()) return {};
+    json items = json::array();
+    for (const OutboxEntry& entry : entries) add_outbox_entry(items, entry);
     Command command = impl_->script("outbox_add");
-    command.number(static_cast<std::int64_t>(entries.size()));
-    for (const OutboxEntry& entry : entries) add_outbox_entry(command, entry);
+    command.own(pack(items));
     auto reply = impl_->run_one("adding outbox entries", std::move(command));
     if (!reply) return reply.error();
     return {};
@@ -764,14 +758,15 @@ Result<void> RedisStore::outbox_add(std::span<const OutboxEntry> entries) {
 
 Result<void> RedisStore::outbox_update(std::span<const OutboxEntry> entries) {
     if (entries.empty()) return {};
-    Command command = impl_->script("outbox_update");
-    command.number(static_cast<std::int64_t>(entries.size()));
+    json items = json::array();
     for (const OutboxEntry& entry : entries) {
-        command.own(part(entry.plan_id))
-            .own(entry.recipient.to_string())
-            .arg(to_string(entry.state))
-            .own(outbox_state_blob(entry));
+        items.push_back(part(entry.plan_id));
+        items.push_back(entry.recipient.to_string());
+        items.push_back(to_string(entry.state));
+        items.push_back(outbox_state_blob(entry));
     }
+    Command command = impl_->script("outbox_update");
+    command.own(pack(items));
     auto reply = impl_->run_one("updating outbox entries", std::move(command));
     if (!reply) return reply.error();
     if ((*reply)->type != REDIS_REPLY_INTEGER) return impl_->corrupt("an outbox update's answer");
