@@ -1,0 +1,97 @@
+// The redis store as the host uses it: the real `switchboard` binary loads store_redis.so from its plugin directory,
+// runs the console connector and the echo bot on it, and refuses bad settings at their line or at start.
+
+#include <fstream>
+#include <process.hpp>
+
+#include "redis_test_support.hpp"
+
+using namespace switchboard;
+using namespace switchboard::testing_support;
+namespace fs = std::filesystem;
+
+namespace {
+
+const fs::path kSwitchboard = fs::path(SWITCHBOARD_TEST_BIN_DIR) / "switchboard";
+
+void write(const fs::path& path, const std::string& text) { std::ofstream(path, std::ios::binary) << text; }
+
+std::string console_config(const std::string& store_url) {
+    return "store:\n"
+           "  plugin: redis\n"
+           "  url: " + store_url + "\n"
+           "connections:\n"
+           "  - { name: console, plugin: console }\n"
+           "channels:\n"
+           "  lobby: { connection: console, id: console }\n"
+           "bots:\n"
+           "  - { plugin: echo, channels: [lobby] }\n";
+}
+
+std::size_t count(const std::string& text, const std::string& what) {
+    std::size_t n = 0;
+    for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + what.size())) ++n;
+    return n;
+}
+
+}  // namespace
+
+TEST_CASE("the host runs on the redis store: every line answered once, over two runs, with the ledger in Redis",
+          "[redis]") {
+    RedisServer server;
+    if (!server.start()) FAIL(server.why());
+    TempDir dir;
+    write(dir / "redis.yaml", console_config(server.url()));
+    std::string input;
+    for (int i = 0; i < 100; ++i) input += "line " + std::to_string(i) + "\n";
+
+    for (int run = 1; run <= 2; ++run) {
+        INFO("run " << run);
+        const auto result = run_process(kSwitchboard, {"run", "-c", "redis.yaml"}, dir.path(), input);
+        INFO(result.err);
+        REQUIRE(result.exit_code == 0);
+        CHECK(count(result.out, "<switchboard> line ") == 100);
+        for (int i = 0; i < 100; i += 9) CHECK(count(result.out, "<switchboard> line " + std::to_string(i) + "\n") == 1);
+        CHECK(result.err.find("redis store open: redis at 127.0.0.1:" + std::to_string(server.port()) + "/0") !=
+              std::string::npos);
+        CHECK(server.command({"ZCARD", "switchboard:seen:console:console"}) == std::to_string(100 * run));
+        CHECK(server.command({"ZCARD", "switchboard:log:console:console"}) == std::to_string(100 * run));
+    }
+    CHECK(server.command({"HEXISTS", "switchboard:cursors:console", "console"}) == "1");
+    // Every reply went out before the host stopped: nothing is left pending.
+    CHECK(server.command({"ZCARD", "switchboard:outbox-pending"}) == "0");
+    CHECK(server.command({"GET", "switchboard:outbox-seq"}) == "200");
+}
+
+TEST_CASE("switchboard check refuses a bad redis URL at its line, and plugins --describe documents the store",
+          "[redis]") {
+    TempDir dir;
+    write(dir / "tls.yaml", console_config("rediss://10.0.0.5:6380/0"));
+    const auto check = run_process(kSwitchboard, {"check", "-c", "tls.yaml"}, dir.path());
+    INFO(check.out << check.err);
+    CHECK(check.exit_code == 2);
+    CHECK(check.err.find("tls.yaml:3:") != std::string::npos);
+    CHECK(check.err.find("TLS") != std::string::npos);
+
+    const auto describe = run_process(kSwitchboard, {"plugins", "--describe", "redis"}, dir.path());
+    CHECK(describe.exit_code == 0);
+    for (const char* key : {"url", "prefix", "dedup_window", "reconnect_timeout", "pool_size"}) {
+        CHECK(describe.out.find(key) != std::string::npos);
+    }
+}
+
+TEST_CASE("the host does not start when redis refuses its password, and says why", "[redis]") {
+    RedisServerOptions options;
+    options.password = "right-password";
+    RedisServer server(options);
+    if (!server.start()) FAIL(server.why());
+    TempDir dir;
+    write(dir / "wrong.yaml",
+          console_config("redis://:wrong-password@127.0.0.1:" + std::to_string(server.port()) + "/0"));
+    const auto result = run_process(kSwitchboard, {"run", "-c", "wrong.yaml"}, dir.path(), "hello\n");
+    INFO(result.err);
+    CHECK(result.exit_code == 1);
+    CHECK(result.err.find("refused the password") != std::string::npos);
+    CHECK(result.err.find("wrong-password") == std::string::npos);
+    CHECK(result.out.find("<switchboard> hello") == std::string::npos);
+}
