@@ -459,7 +459,7 @@ struct RedisStore::Impl {
             }
             warned_ = true;
             const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline_ - SteadyClock::now());
-            std::this_thread::sleep_for(std::clamp(delay_, std::chrono::milliseconds(1), left));
+            std::this_thread::sleep_for(std::min(delay_, std::max(left, std::chrono::milliseconds(1))));
             delay_ = std::min(delay_ * 2, std::chrono::milliseconds(1000));
             return std::nullopt;
         }
