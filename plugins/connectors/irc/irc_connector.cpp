@@ -565,6 +565,7 @@ private:
         attempt_ = 0;
         std::string joined, failed;
         bool waiting = false;
+        std::vector<ChannelState*> no_history;
         for (auto& [lower, channel] : channels_) {
             std::string& list = channel.joined ? joined : failed;
             list += (list.empty() ? "" : ", ") + channel.name;
@@ -572,7 +573,7 @@ private:
             if (channel.replay) {
                 waiting = true;
             } else if (!chathistory_enabled() || !channel.joined) {
-                release(channel);
+                no_history.push_back(&channel);
             } else {
                 waiting = true;  // the policy asks with CHATHISTORY
             }
@@ -591,6 +592,9 @@ private:
                "registered as " + nick_ + " on " + settings_.host + ":" + std::to_string(settings_.port) +
                    "; joined " + (joined.empty() ? "no channel" : joined) +
                    (failed.empty() ? "" : "; not joined " + failed) + "; history: " + history);
+        // Held lines go only after `connected`: the host takes events and messages in order, and a line handled
+        // while the connection still counted as down could not be relayed to another of its channels.
+        for (ChannelState* channel : no_history) release(*channel);
     }
 
     void on_recovery_wait_over() {

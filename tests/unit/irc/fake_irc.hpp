@@ -171,6 +171,7 @@ public:
     void deliver(Message message) override {
         std::lock_guard lock(mutex_);
         messages_.push_back(std::move(message));
+        events_before_.push_back(events_.size());
     }
     void report(const ConnectionEvent& event) override {
         std::lock_guard lock(mutex_);
@@ -191,6 +192,11 @@ public:
     std::vector<Message> messages() {
         std::lock_guard lock(mutex_);
         return messages_;
+    }
+    /// How many events had been reported when message @p index was delivered.
+    std::size_t events_before_message(std::size_t index) {
+        std::lock_guard lock(mutex_);
+        return index < events_before_.size() ? events_before_[index] : 0;
     }
     std::vector<ConnectionEvent> events() {
         std::lock_guard lock(mutex_);
@@ -216,6 +222,7 @@ private:
     std::mutex mutex_;
     std::vector<Message> messages_;
     std::vector<ConnectionEvent> events_;
+    std::vector<std::size_t> events_before_;  // per message: events_.size() when it was delivered
 };
 
 }  // namespace switchboard::testing_support

@@ -345,6 +345,22 @@ TEST_CASE("without history, fetch_history says so and live lines flow at once", 
     CHECK(page.error().code == "no_history");
 }
 
+TEST_CASE("lines said during the join reach the host after it was told the connection is up", "[irc]") {
+    // The host handles events and messages in order; a line handled before `connected` would find the connection
+    // down, and a route from this channel to another of the same connection would not be sent.
+    FakeIrcServer server;
+    Rig rig(Rig::settings(server.port()));
+    rig.connector->start(rig.host);
+    auto peer = server.accept_registered();
+    REQUIRE(peer);
+    REQUIRE(finish_join(*peer, ":alice!a@h PRIVMSG #ops :during the join\r\n"));
+    REQUIRE(rig.host.wait_messages(1));
+    const auto events = rig.host.events();
+    REQUIRE_FALSE(events.empty());
+    CHECK(events.front().type == ConnectionEvent::Type::connected);
+    CHECK(rig.host.events_before_message(0) == 1);
+}
+
 TEST_CASE("a replay nobody asks for is dropped after recovery_wait and the live lines go", "[irc]") {
     FakeIrcServer server;
     Rig rig(Rig::settings(server.port()));
