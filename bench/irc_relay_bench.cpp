@@ -9,7 +9,10 @@
 // Prints one JSON object; exits 1 when something was lost, doubled, reordered or disconnected, 77 without InspIRCd.
 //
 //   build/bench/irc_relay_bench [--lines 10000] [--send-rate 0] [--rate 0] [--burst 10] [--concurrency 1]
-//                               [--store sqlite|memory]
+//                               [--store sqlite|memory] [--baseline 1]
+//
+// --baseline 1 runs no bridge: the sender says the lines in #b itself, so the figures are InspIRCd's and the test
+// clients' own, the floor under the relayed ones.
 #include "irc_server.hpp"
 #include "irc_test_client.hpp"
 #include "background_process.hpp"
@@ -21,6 +24,7 @@
 #include <cmath>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <thread>
 
 using namespace switchboard::testing_support;
@@ -44,6 +48,7 @@ struct Options {
     int burst = 10;
     int concurrency = 1;
     std::string store = "sqlite";
+    bool baseline = false;  // no bridge: the sender says the lines in #b itself (the server's own cost)
 };
 
 std::string config(const IrcServer& server, const Options& options) {
@@ -85,9 +90,10 @@ int main(int argc, char** argv) {
         else if (flag == "--burst") options.burst = std::stoi(value);
         else if (flag == "--concurrency") options.concurrency = std::stoi(value);
         else if (flag == "--store") options.store = value;
+        else if (flag == "--baseline") options.baseline = value == "1" || value == "true";
         else
             return fail("unknown flag " + flag +
-                        " (--lines N, --send-rate LINES_PER_S, --rate R, --burst B, --concurrency C, --store S)");
+                        " (--lines N, --send-rate LINES_PER_S, --rate R, --burst B, --concurrency C, --store S, --baseline 1)");
     }
     if (options.lines < 1) return fail("--lines must be at least 1");
     if (!irc_server_binary(IrcServerKind::inspircd)) {
@@ -98,23 +104,30 @@ int main(int argc, char** argv) {
     if (!server.start()) return fail("InspIRCd did not start: " + server.why());
     auto sender = server.client("sender");
     auto counter = server.client("counter");
-    if (!sender || !counter || !sender->join("#a") || !counter->join("#b")) return fail("the clients could not join");
+    // With --baseline the lines go from the sender into #b directly, and the counter counts the sender's own.
+    const std::string into = options.baseline ? "#b" : "#a";
+    const std::string from = options.baseline ? "sender" : kBot;
+    const std::string prefix = options.baseline ? "m " : "<sender> m ";
+    if (!sender || !counter || !sender->join(into) || !counter->join("#b")) return fail("the clients could not join");
 
     TempDir dir;
     std::ofstream(dir / "relay.yaml") << config(server, options);
-    BackgroundProcess host(fs::path(SWITCHBOARD_TEST_BIN_DIR) / "switchboard", {"run", "-c", "relay.yaml"}, dir.path(),
-                           "host");
-    const auto bot_joined = [](IrcTestClient& client) {
-        return client.wait_for([](const IrcTestLine& l) { return l.command == "JOIN" && l.nick() == kBot; },
-                               std::chrono::seconds(30))
-            .has_value();
-    };
-    if (!bot_joined(*sender) || !bot_joined(*counter)) return fail("the bridge did not join: " + host.err());
-    // One line through first: the bridge is past its join barrier and recovery, and relaying.
-    sender->privmsg("#a", "warm-up");
-    if (!counter->wait_for([](const IrcTestLine& l) { return l.command == "PRIVMSG" && l.nick() == kBot; },
-                           std::chrono::seconds(30)))
-        return fail("the warm-up line was not relayed: " + host.err());
+    std::optional<BackgroundProcess> host;
+    if (!options.baseline) {
+        host.emplace(fs::path(SWITCHBOARD_TEST_BIN_DIR) / "switchboard", std::vector<std::string>{"run", "-c", "relay.yaml"},
+                     dir.path(), "host");
+        const auto bot_joined = [](IrcTestClient& client) {
+            return client.wait_for([](const IrcTestLine& l) { return l.command == "JOIN" && l.nick() == kBot; },
+                                   std::chrono::seconds(30))
+                .has_value();
+        };
+        if (!bot_joined(*sender) || !bot_joined(*counter)) return fail("the bridge did not join: " + host->err());
+        // One line through first: the bridge is past its join barrier and recovery, and relaying.
+        sender->privmsg("#a", "warm-up");
+        if (!counter->wait_for([](const IrcTestLine& l) { return l.command == "PRIVMSG" && l.nick() == kBot; },
+                               std::chrono::seconds(30)))
+            return fail("the warm-up line was not relayed: " + host->err());
+    }
 
     const int n = options.lines;
     const auto origin = Clock::now();
@@ -130,11 +143,10 @@ int main(int argc, char** argv) {
     // The counter reads on its own thread while the sender writes: arrival times are taken as lines come in.
     std::thread counting([&] {
         int last = -1;
-        const std::string prefix = std::string("<sender> m ");
         const auto deadline = std::chrono::seconds(60) + std::chrono::milliseconds(20 * static_cast<std::int64_t>(n));
         counter->wait_for(
             [&](const IrcTestLine& l) {
-                if (l.command != "PRIVMSG" || l.nick() != kBot) return false;
+                if (l.command != "PRIVMSG" || l.nick() != from) return false;
                 const std::string& text = l.param(1);
                 if (text.rfind(prefix, 0) != 0) {
                     ++foreign;
@@ -161,7 +173,7 @@ int main(int argc, char** argv) {
             std::this_thread::sleep_until(due);
         }
         sent_at[static_cast<std::size_t>(i)] = micros();
-        sender->privmsg("#a", "m " + std::to_string(i) + " " + std::to_string(sent_at[static_cast<std::size_t>(i)]));
+        sender->privmsg(into, "m " + std::to_string(i) + " " + std::to_string(sent_at[static_cast<std::size_t>(i)]));
     }
     const double sending_s = static_cast<double>(micros()) / 1e6;
     counting.join();
@@ -171,15 +183,15 @@ int main(int argc, char** argv) {
     {
         std::vector<int> seen(static_cast<std::size_t>(n), 0);
         for (const auto& l : counter->lines()) {
-            if (l.command != "PRIVMSG" || l.nick() != kBot || l.param(1).rfind("<sender> m ", 0) != 0) continue;
-            const int seq = std::atoi(l.param(1).c_str() + 11);
+            if (l.command != "PRIVMSG" || l.nick() != from || l.param(1).rfind(prefix, 0) != 0) continue;
+            const int seq = std::atoi(l.param(1).c_str() + prefix.size());
             if (seq >= 0 && seq < n && ++seen[static_cast<std::size_t>(seq)] > 1) ++duplicates;
         }
     }
-    const bool host_running = host.running();
-    const std::string log = host.err();
+    const bool host_running = !host || host->running();
+    const std::string log = host ? host->err() : std::string();
     const bool disconnected = log.find("disconnected") != std::string::npos || sender->closed() || counter->closed();
-    host.stop();
+    if (host) host->stop();
 
     std::vector<double> latencies_ms;
     std::int64_t last_arrival = 0;
@@ -196,6 +208,7 @@ int main(int argc, char** argv) {
     const nlohmann::ordered_json out = {
         {"benchmark", "irc_relay"},
         {"lines", n},
+        {"relay", options.baseline ? "none (baseline: client to client)" : "switchboard route #a -> #b"},
         {"store", options.store},
         {"send_rate", options.send_rate},
         {"limits", {{"rate", options.rate}, {"burst", options.burst}, {"concurrency", options.concurrency}}},
