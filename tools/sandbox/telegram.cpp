@@ -973,8 +973,18 @@ private:
             for (const auto& method : storm.value("methods", json::array())) parsed.methods.insert(lower(method));
             next.storm = parsed;
         }
+        if (body.contains("drop_poll") && !body["drop_poll"].is_boolean())
+            return control_error(400, "drop_poll is true or false");
         faults_ = next;
-        return HttpResponse::json(200, faults_json());
+        json out = faults_json();
+        if (body.value("drop_poll", false)) {  // the network fails under the long poll waiting now
+            out["dropped_poll"] = poll_.has_value();
+            if (poll_) {
+                ++stats_.dropped;
+                finish_poll(HttpResponse::dropped());
+            }
+        }
+        return HttpResponse::json(200, out);
     }
 
     json config_json() const {

@@ -280,6 +280,21 @@ test('faults: drop closes without an answer, server_error is a 502, a storm hits
   assert.deepEqual(ids(fast.body.result), [update_id]);
 });
 
+test('drop_poll closes the waiting long poll without an answer; its update is still pending for the next', async () => {
+  const before = (await stats()).dropped;
+  const poll = sandbox.bot('getUpdates', { timeout: 40 });
+  await waitUntil(async () => (await stats()).polls_active === 1, 5000, 'the poll to wait');
+  const { dropped_poll } = await sandbox.post('/faults', { drop_poll: true });
+  assert.equal(dropped_poll, true);
+  await assert.rejects(within(poll, 5000, 'the dropped poll to fail'), /fetch failed/);
+  const now = await stats();
+  assert.equal(now.polls_active, 0);
+  assert.equal(now.dropped, before + 1);
+  assert.equal((await sandbox.post('/faults', { drop_poll: true })).dropped_poll, false, 'no poll, nothing to drop');
+  const { update_id } = await post(GROUP, 'after the drop');
+  assert.deepEqual(ids(await getUpdates()), [update_id]);
+});
+
 test('a bulk post queues K messages m0..m{K-1}, read back in order in pages of 100', async () => {
   const posted = await sandbox.post('/messages', { chat_id: SUPERGROUP, from: BOB, count: 250, text_prefix: 'm' });
   assert.equal(posted.update_ids.length, 250);
