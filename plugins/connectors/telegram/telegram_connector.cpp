@@ -195,20 +195,24 @@ struct TelegramConnector::Core : std::enable_shared_from_this<TelegramConnector:
         cancel_wait = nullptr;
     }
 
-    // One Bot API call of the poll loop, through the scheduler (route @p method); nullopt when stopping.
-    asio::awaitable<std::optional<Result<HttpResponse>>> call(const std::string& method, std::string body,
+    // One Bot API call of the poll loop, through the scheduler (route @p method); nullopt when stopping. (Every
+    // argument of a co_await here is a named object: GCC 12 destroys temporaries in co_await expressions twice.)
+    asio::awaitable<std::optional<Result<HttpResponse>>> call(std::string method, std::string body,
                                                              std::int64_t timeout_ms) {
         RateLimitScheduler* limits = scheduler;
-        auto granted = co_await wait_for<Result<void>>([limits, method](std::function<void(Result<void>)> done) {
-            limits->acquire(RateRequest{method, {}, RequestPriority::live}, std::move(done));
-        });
+        std::function<void(std::function<void(Result<void>)>)> acquire =
+            [limits, method](std::function<void(Result<void>)> done) {
+                limits->acquire(RateRequest{method, {}, RequestPriority::live}, std::move(done));
+            };
+        auto granted = co_await wait_for<Result<void>>(std::move(acquire));
         if (!granted) co_return std::nullopt;
         if (!*granted) co_return Result<HttpResponse>(granted->error());
         auto http = poll_http;
-        auto response = co_await wait_for<Result<HttpResponse>>(
+        std::function<void(std::function<void(Result<HttpResponse>)>)> request =
             [http, method, body = std::move(body), timeout_ms](std::function<void(Result<HttpResponse>)> done) {
                 http->request(method, body, milliseconds(timeout_ms), std::move(done));
-            });
+            };
+        auto response = co_await wait_for<Result<HttpResponse>>(std::move(request));
         RateLimitInfo info;
         if (response && *response) info = rate_limit_info(parse_response((*response)->status, (*response)->body));
         scheduler->observe(method, info);
@@ -298,7 +302,9 @@ struct TelegramConnector::Core : std::enable_shared_from_this<TelegramConnector:
         BotUser bot{token_user_id(settings.token), ""};
         // Who the bot is (its own messages are not delivered) and whether the token works at all.
         for (;;) {
-            auto response = co_await call("getMe", "{}", request_timeout);
+            std::string method = "getMe";
+            std::string body = "{}";
+            auto response = co_await call(std::move(method), std::move(body), request_timeout);
             if (!response) co_return;
             if (*response) {
                 const ApiResponse api = parse_response((*response)->status, (*response)->body);
@@ -357,10 +363,10 @@ struct TelegramConnector::Core : std::enable_shared_from_this<TelegramConnector:
                 first ? parse_int(host->load_state("last_poll")) : std::nullopt;
             // The first poll of a session and polls with something left to confirm return at once.
             const std::int64_t timeout_s = first || !settled ? 0 : settings.poll_timeout_s;
-            auto response = co_await call("getUpdates",
-                                          get_updates_body(sendable, settings.poll_limit, timeout_s,
-                                                           settings.allowed_updates),
-                                          timeout_s * 1000 + request_timeout);
+            std::string method = "getUpdates";
+            std::string body = get_updates_body(sendable, settings.poll_limit, timeout_s, settings.allowed_updates);
+            const std::int64_t timeout_ms = timeout_s * 1000 + request_timeout;
+            auto response = co_await call(std::move(method), std::move(body), timeout_ms);
             if (!response) break;
             if (!*response) {
                 const std::string detail = "getUpdates: " + (*response).error().message;

@@ -54,7 +54,7 @@ TEST_CASE("the Bot API envelope is read for success and failure", "[telegram]") 
     CHECK(proxy.error_code == 502);
 }
 
-TEST_CASE("updates become private and group messages; other updates and the bot's own are not delivered",
+TEST_CASE("updates become private and group messages but other updates and the bot's own are not delivered",
           "[telegram]") {
     json result = json::array();
     result.push_back(message_update(10, 2001, "private", 2001, "hi"));
@@ -109,7 +109,7 @@ TEST_CASE("updates become private and group messages; other updates and the bot'
     CHECK(bad.error().message.find("update_id") != std::string::npos);
 }
 
-TEST_CASE("request bodies carry chat ids as numbers, usernames as strings, and replies as reply_parameters",
+TEST_CASE("request bodies carry chat ids as numbers usernames as strings and replies as reply_parameters",
           "[telegram]") {
     auto body = json::parse(send_message_body("-100", "hi", std::string("42")));
     CHECK(body["chat_id"] == -100);
@@ -174,7 +174,7 @@ TEST_CASE("failed responses map to delivery outcomes", "[telegram]") {
     CHECK(migrated.message.find("-1001") != std::string::npos);
 }
 
-TEST_CASE("texts are split at 4096 UTF-16 code units, between code points, at a newline or space if one is near",
+TEST_CASE("texts are split at 4096 UTF-16 code units between code points at a newline or space if one is near",
           "[telegram]") {
     CHECK(utf16_length("abc") == 3);
     CHECK(utf16_length("\xC3\xA9") == 1);          // é
