@@ -429,7 +429,8 @@ private:
             if (response.status == 429) {
                 ++stats_.responses_429;
                 const json body = json::parse(response.body, nullptr, false);
-                if (!body.is_discarded()) (*entry)["retry_after"] = body["parameters"]["retry_after"];
+                if (!body.is_discarded() && body.contains("parameters"))
+                    (*entry)["retry_after"] = body["parameters"].value("retry_after", json());
             }
             log_request(std::move(*entry));
             respond(std::move(response));
