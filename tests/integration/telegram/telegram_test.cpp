@@ -294,3 +294,61 @@ TEST_CASE("a restart loses nothing and reports no gap but 25 hours away on the s
     CHECK(ledger.texts("telegram/2001") == std::vector<std::string>{"one", "three"});
     CHECK(ledger.texts("telegram/-100") == std::vector<std::string>{"two"});
 }
+
+TEST_CASE("switchboard check accepts both telegram-echo example configs", "[telegram]") {
+    TempDir dir;
+    const fs::path example = fs::path(SWITCHBOARD_TEST_SOURCE_DIR) / "examples" / "telegram-echo";
+    ::setenv("TELEGRAM_TOKEN", "123456:not-a-real-token", 1);
+    ::setenv("SANDBOX_PORT", "5123", 1);
+    for (const char* file : {"switchboard.yaml", "sandbox.yaml"}) {
+        const auto result = run_process(kSwitchboard, {"check", "-c", (example / file).string()}, dir.path());
+        INFO(file << "\n" << result.out << result.err);
+        CHECK(result.exit_code == 0);
+        CHECK(result.out.find(": ok:") != std::string::npos);
+    }
+}
+
+TEST_CASE("switchboard check names a bad telegram setting at its line", "[telegram]") {
+    TempDir dir;
+    write(dir / "bad.yaml",
+          "store: { plugin: sqlite, path: data/x.db }\n"
+          "connections:\n"
+          "  - name: telegram\n"
+          "    plugin: telegram\n"
+          "    token: \"1:x\"\n"
+          "    poll_limit: 500\n");
+    const auto result = run_process(kSwitchboard, {"check", "-c", (dir / "bad.yaml").string()}, dir.path());
+    INFO(result.out << result.err);
+    CHECK(result.exit_code == 2);
+    CHECK(result.err.find("bad.yaml:6:") != std::string::npos);
+    CHECK(result.err.find("between 1 and 100") != std::string::npos);
+}
+
+TEST_CASE("switchboard run with the sandbox example answers in a group and splits a long answer", "[telegram]") {
+    TempDir dir;
+    TelegramSandbox sandbox(dir.path());
+    const fs::path example = fs::path(SWITCHBOARD_TEST_SOURCE_DIR) / "examples" / "telegram-echo";
+    fs::copy_file(example / "sandbox.yaml", dir / "switchboard.yaml");
+    ::setenv("SANDBOX_PORT", std::to_string(sandbox.port()).c_str(), 1);
+    Host host(dir);
+    REQUIRE(connected(host.process, sandbox));
+    const json posted = sandbox.control("POST", "/messages", {{"chat_id", -100}, {"from", 2001}, {"text", "hello bot"}});
+    // 5,000 characters, an emoji (two UTF-16 code units) right where 4,096 units end, and a newline to prefer.
+    const std::string long_text = std::string(3500, 'a') + "\n" + std::string(588, 'b') + "\xF0\x9F\x98\x80" +
+                                  std::string(911, 'c');
+    sandbox.control("POST", "/messages", {{"chat_id", 2002}, {"from", 2002}, {"text", long_text}});
+    INFO(host.process.err());
+    const bool answered = poll_sandbox(
+        [&] { return sandbox.control("GET", "/sent").size() >= 3; }, std::chrono::seconds(30));
+    REQUIRE(host.process.stop() == 0);
+    CHECK(answered);
+    const json in_group = sandbox.control("GET", "/sent?chat_id=-100");
+    REQUIRE(in_group.size() == 1);
+    CHECK(in_group[0]["text"] == "echo: hello bot");
+    CHECK(in_group[0]["reply_to_message_id"] == posted["message_id"]);  // the echo bot replies to the message
+    const json to_bob = sandbox.control("GET", "/sent?chat_id=2002");
+    REQUIRE(to_bob.size() == 2);
+    const std::string first = to_bob[0]["text"], second = to_bob[1]["text"];
+    CHECK(first == "echo: " + std::string(3500, 'a') + "\n");  // cut after the newline, in the last quarter
+    CHECK(first + second == "echo: " + long_text);
+}
