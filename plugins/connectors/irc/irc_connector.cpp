@@ -14,6 +14,9 @@
 #include <boost/asio/strand.hpp>
 #include <boost/asio/write.hpp>
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+
 #include <algorithm>
 #include <array>
 #include <atomic>
@@ -247,6 +250,8 @@ private:
     void on_connect(std::uint64_t g, error_code ec) {
         if (g != generation_ || stopped_) return;
         if (ec) return fail_io("connect", ec);
+        error_code ignored;
+        lowest().set_option(tcp::no_delay(true), ignored);  // a line goes out when granted, not after the last ACK
         if (tls_) {
             tls_->async_handshake(asio::ssl::stream_base::client, [self = shared_from_this(), g](error_code ec) {
                 self->on_handshake(g, ec);
@@ -277,6 +282,18 @@ private:
 
     // ---- reading ----------------------------------------------------------------------------------------------
 
+    // What the server sent is acknowledged at once, not after the kernel's delayed-ACK time (up to 40 ms on
+    // Linux): a server that writes with Nagle's algorithm on (InspIRCd does) holds its next line to us until our
+    // ACK of the previous one, so a channel busier than one line per 40 ms reached the bot some 20 ms late on
+    // average (irc_relay_bench at 100 lines/s: p50 24 ms before, 0.5 ms after). Linux re-arms delayed ACKs after
+    // each receive, so this is asked again every time.
+    void acknowledge_at_once() {
+#ifdef TCP_QUICKACK
+        const int on = 1;
+        ::setsockopt(lowest().native_handle(), IPPROTO_TCP, TCP_QUICKACK, &on, sizeof on);
+#endif
+    }
+
     void read() {
         auto handler = [self = shared_from_this(), g = generation_](error_code ec, std::size_t n) {
             self->on_read(g, ec, n);
@@ -291,6 +308,7 @@ private:
     void on_read(std::uint64_t g, error_code ec, std::size_t n) {
         if (g != generation_ || stopped_) return;
         if (ec) return fail_io("read", ec);
+        acknowledge_at_once();
         read_buffer_.append(chunk_.data(), n);
         std::size_t start = 0;
         for (;;) {
