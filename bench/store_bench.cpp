@@ -13,8 +13,8 @@
 //
 // The machine these figures come from is shared, so wall-clock rates depend on what else runs. Every redis run also
 // reports the CPU time each side spent per message — `cpu_time` (this program's thread, per batch of 256,
-// Google Benchmark's own column) and `server_cpu_us` (redis-server's used_cpu_user + used_cpu_sys from INFO cpu) — which
-// other work on the machine does not inflate.
+// Google Benchmark's own column) and `server_cpu_us` (redis-server's used_cpu_user + used_cpu_sys from INFO cpu) —
+// which other work on the machine does not inflate.
 //
 // Each run ends with a check that every channel's cursor is the last message committed to it; if not, the run is
 // marked with an error and the program exits 1. SWITCHBOARD_BENCH_SCALE (default 1) scales the fixed iteration
@@ -27,9 +27,9 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
-#include <sstream>
 #include <memory>
 #include <mutex>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -43,8 +43,8 @@ namespace {
 
 using namespace switchboard;
 
-constexpr std::size_t kBatch = 256;   // host::Pipeline::kMaxBatch
-constexpr std::size_t kChannels = 8;  // per thread; batches take messages from them in turn
+constexpr std::size_t kBatch = 256;        // host::Pipeline::kMaxBatch
+constexpr std::size_t kChannels = 8;       // per thread; batches take messages from them in turn
 constexpr std::int64_t kIterations = 400;  // batches per thread: 102,400 messages at scale 1
 const std::string kText = "the deploy finished, 3 services restarted";
 

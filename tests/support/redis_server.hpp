@@ -4,9 +4,6 @@
 // so that a SIGKILL loses nothing it acknowledged and a restart (same port, same directory) brings the data back.
 // start() waits until the server answers PING; the destructor always stops it (SIGCONT, SIGTERM, then SIGKILL).
 
-#include "background_process.hpp"
-#include "test_support.hpp"
-
 #include <hiredis/hiredis.h>
 #include <sys/time.h>
 
@@ -17,6 +14,9 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "background_process.hpp"
+#include "test_support.hpp"
 
 namespace switchboard::testing_support {
 
@@ -131,10 +131,14 @@ private:
     static std::string to_text(const redisReply& reply) {
         switch (reply.type) {
             case REDIS_REPLY_STRING:
-            case REDIS_REPLY_STATUS: return std::string(reply.str, reply.len);
-            case REDIS_REPLY_ERROR: return "(error) " + std::string(reply.str, reply.len);
-            case REDIS_REPLY_INTEGER: return std::to_string(reply.integer);
-            case REDIS_REPLY_NIL: return "(nil)";
+            case REDIS_REPLY_STATUS:
+                return std::string(reply.str, reply.len);
+            case REDIS_REPLY_ERROR:
+                return "(error) " + std::string(reply.str, reply.len);
+            case REDIS_REPLY_INTEGER:
+                return std::to_string(reply.integer);
+            case REDIS_REPLY_NIL:
+                return "(nil)";
             case REDIS_REPLY_ARRAY: {
                 std::string text;
                 for (std::size_t i = 0; i < reply.elements; ++i) {
@@ -143,7 +147,8 @@ private:
                 }
                 return text;
             }
-            default: return "(unknown reply)";
+            default:
+                return "(unknown reply)";
         }
     }
 
@@ -153,8 +158,9 @@ private:
             why_ = "redis-server is not installed (tools/deps.sh test installs it)";
             return false;
         }
-        std::vector<std::string> args{"--port", std::to_string(port_), "--bind", "127.0.0.1", "--dir",
-                                      dir_.path().string(), "--save", "", "--daemonize", "no", "--loglevel", "warning"};
+        std::vector<std::string> args{
+            "--port", std::to_string(port_), "--bind", "127.0.0.1",  "--dir",  dir_.path().string(), "--save",
+            "",       "--daemonize",         "no",     "--loglevel", "warning"};
         if (options_.persistent) {
             for (const char* arg : {"--appendonly", "yes", "--appendfsync", "always"}) args.emplace_back(arg);
         } else {

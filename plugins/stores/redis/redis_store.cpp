@@ -1,7 +1,5 @@
 #include "redis_store.hpp"
 
-#include "redis_script.hpp"
-
 #include <hiredis/hiredis.h>
 #include <sys/time.h>
 
@@ -12,7 +10,6 @@
 #include <charconv>
 #include <condition_variable>
 #include <cstdlib>
-#include <deque>
 #include <limits>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -21,6 +18,8 @@
 #include <tuple>
 #include <unordered_map>
 #include <utility>
+
+#include "redis_script.hpp"
 
 namespace switchboard::stores {
 namespace {
@@ -175,15 +174,25 @@ bool is_text(const redisReply* reply) {
     return reply != nullptr && (reply->type == REDIS_REPLY_STRING || reply->type == REDIS_REPLY_STATUS);
 }
 
-// One command: views of the caller's strings (which outlive the call), and strings it keeps itself.
+// One command: views of the caller's strings (which outlive the call), and strings it keeps itself. Each kept
+// string has its own allocation, so the views stay valid when the command (or a vector of them) moves; a copy would
+// point into the original, so there is none.
 class Command {
 public:
+    Command() = default;
+    Command(Command&&) noexcept = default;
+    Command& operator=(Command&&) noexcept = default;
+    Command(const Command&) = delete;
+    Command& operator=(const Command&) = delete;
+
     Command& arg(std::string_view value) {
         argv_.push_back(value.empty() ? "" : value.data());
         lengths_.push_back(value.size());
         return *this;
     }
-    Command& own(std::string value) { return arg(owned_.emplace_back(std::move(value))); }
+    Command& own(std::string value) {
+        return arg(*owned_.emplace_back(std::make_unique<std::string>(std::move(value))));
+    }
     Command& number(std::int64_t value) { return own(std::to_string(value)); }
     void replace(std::size_t index, std::string_view value) {
         argv_[index] = value.data();
@@ -197,7 +206,7 @@ public:
 private:
     std::vector<const char*> argv_;
     std::vector<std::size_t> lengths_;
-    std::deque<std::string> owned_;  // a deque: adding one never moves the others
+    std::vector<std::unique_ptr<std::string>> owned_;
 };
 
 // The script's flat list for one key-value write: space, key, 's' (set) or 'd' (erase), value.
@@ -262,8 +271,10 @@ Result<RedisEndpoint> parse_redis_url(const std::string& url) {
     if (!path.empty()) {
         const auto database = parse_int(path);
         if (!database || *database < 0 || *database > std::numeric_limits<int>::max()) {
-            return fail("bad_url", "the database '" + path + "' after the host is not a number (0 to 15 on a default "
-                                   "redis-server); " + kForm);
+            return fail("bad_url", "the database '" + path +
+                                       "' after the host is not a number (0 to 15 on a default "
+                                       "redis-server); " +
+                                       kForm);
         }
         endpoint.database = static_cast<int>(*database);
     }
@@ -275,7 +286,10 @@ Result<RedisEndpoint> parse_redis_url(const std::string& url) {
 
 struct RedisStore::Impl {
     Impl(RedisEndpoint where, RedisOptions settings, Logger* log)
-        : endpoint(std::move(where)), options(std::move(settings)), server(endpoint.describe()), logger(log),
+        : endpoint(std::move(where)),
+          options(std::move(settings)),
+          server(endpoint.describe()),
+          logger(log),
           window_text(std::to_string(options.dedup_window.count())) {
         options.pool_size = std::max<std::size_t>(1, options.pool_size);
         // The first connection loads the script and proves the server usable; its failure is the constructor's.
@@ -288,8 +302,8 @@ struct RedisStore::Impl {
 
     // A new connection: connect, AUTH, SELECT, SCRIPT LOAD. A retryable error means "the server is not there (yet)".
     Result<Context> connect() {
-        Context context(redisConnectWithTimeout(endpoint.host.c_str(), endpoint.port,
-                                                to_timeval(options.connect_timeout)));
+        Context context(
+            redisConnectWithTimeout(endpoint.host.c_str(), endpoint.port, to_timeval(options.connect_timeout)));
         if (!context) return fail_retryable("store_unavailable", "hiredis could not allocate a connection");
         if (context->err != 0) return fail_retryable("store_unavailable", context->errstr);
         redisSetTimeout(context.get(), to_timeval(options.command_timeout));
@@ -351,8 +365,8 @@ struct RedisStore::Impl {
 
     static Error io_failure(const redisContext& context) {
         std::string why = context.err != 0 ? context.errstr : "no reply";
-        if (context.err == REDIS_ERR_IO && (why.find("temporarily unavailable") != std::string::npos ||
-                                            why.find("timed out") != std::string::npos)) {
+        if (context.err == REDIS_ERR_IO &&
+            (why.find("temporarily unavailable") != std::string::npos || why.find("timed out") != std::string::npos)) {
             why = "no answer within command_timeout (" + why + ")";
         }
         if (context.err == REDIS_ERR_EOF) why = "the server closed the connection";
@@ -364,8 +378,9 @@ struct RedisStore::Impl {
         const auto starts = [&](std::string_view word) { return text.starts_with(word); };
         if (starts("WRONGPASS") || said.find("invalid password") != std::string::npos ||
             said.find("invalid username-password") != std::string::npos) {
-            return fail("store_auth_failed", server + " refused the password (" + said +
-                                                 "); correct the password in store.url (redis://:PASSWORD@host:port/db)");
+            return fail("store_auth_failed",
+                        server + " refused the password (" + said +
+                            "); correct the password in store.url (redis://:PASSWORD@host:port/db)");
         }
         if (said.find("without any password configured") != std::string::npos) {
             return fail("store_auth_failed", server + " has no password set, but store.url gives one (" + said +
@@ -376,20 +391,20 @@ struct RedisStore::Impl {
                                                  "); put it in store.url as redis://:PASSWORD@host:port/db");
         }
         if (said.find("DB index is out of range") != std::string::npos) {
-            return fail("store_bad_database", server + " has no database " + std::to_string(endpoint.database) +
-                                                  " (" + said + "); choose one the server has in store.url");
+            return fail("store_bad_database", server + " has no database " + std::to_string(endpoint.database) + " (" +
+                                                  said + "); choose one the server has in store.url");
         }
         if (starts("LOADING") || starts("BUSY") || starts("TRYAGAIN") || starts("MASTERDOWN")) {
             return fail_retryable("store_unavailable", server + " is not ready (" + said + ")", 100);
         }
         if (starts("READONLY")) {
-            return fail("store_read_only", server + " is a read-only replica (" + said +
-                                               "); point store.url at the primary");
+            return fail("store_read_only",
+                        server + " is a read-only replica (" + said + "); point store.url at the primary");
         }
         if (starts("OOM")) {
-            return fail_retryable("store_full", server + " is out of memory (" + said +
-                                                    "); raise maxmemory or free memory on the server",
-                                  5000);
+            return fail_retryable(
+                "store_full", server + " is out of memory (" + said + "); raise maxmemory or free memory on the server",
+                5000);
         }
         return fail("store_error", server + " answered an error: " + said);
     }
@@ -552,8 +567,8 @@ const ConfigSchema& RedisStore::config_schema() {
         ConfigKey{"url", ValueType::string, false, kDefaultUrl,
                   "The server: redis://[:PASSWORD@]HOST[:PORT][/DB] (write the password as ${REDIS_PASSWORD}). "
                   "rediss:// (TLS) is not available with Debian 12's hiredis."},
-        ConfigKey{"prefix", ValueType::string, false, "switchboard:",
-                  "Prepended to every key, so that several deployments can share one database."},
+        ConfigKey{"prefix", ValueType::string, false,
+                  "switchboard:", "Prepended to every key, so that several deployments can share one database."},
         ConfigKey{"dedup_window", ValueType::duration, false, "14d",
                   "How long processed message ids and logged messages are kept, from the message's timestamp; "
                   "Redis forgets them by itself after that."},
@@ -565,8 +580,9 @@ const ConfigSchema& RedisStore::config_schema() {
         ConfigKey{"reconnect_timeout", ValueType::duration, false, "10s",
                   "How long a store call waits for a lost server (reconnecting with backoff) before it fails; the "
                   "host keeps its messages and tries again."},
-        ConfigKey{"pool_size", ValueType::integer, false, "4", "Connections at most, used by the host's workers in "
-                                                               "parallel."},
+        ConfigKey{"pool_size", ValueType::integer, false, "4",
+                  "Connections at most, used by the host's workers in "
+                  "parallel."},
     }};
     return schema;
 }
@@ -653,8 +669,8 @@ Result<void> RedisStore::commit(std::span<const ProcessedMessage> batch) {
     }
     Command command = s.script("commit");
     command.number(now_ms()).arg(s.window_text).arg(s.options.message_log ? "1" : "0").own(pack(messages));
-    auto reply = s.run_one("committing a batch of " + std::to_string(batch.size()) + " processed messages",
-                           std::move(command));
+    auto reply =
+        s.run_one("committing a batch of " + std::to_string(batch.size()) + " processed messages", std::move(command));
     if (!reply) return reply.error();
     return {};
 }
@@ -721,8 +737,7 @@ Result<std::optional<std::string>> optional_reply(Result<Reply> reply) {
 
 }  // namespace
 
-Result<std::optional<std::string>> RedisStore::connection_state(const std::string& connection,
-                                                                const std::string& key) {
+Result<std::optional<std::string>> RedisStore::connection_state(const std::string& connection, const std::string& key) {
     Command command;
     command.arg("HGET").own(impl_->key("state", part(connection))).arg(key);
     return optional_reply(impl_->run_one("reading connection state", std::move(command)));
@@ -784,8 +799,8 @@ namespace {
 
 // An entry from its plan, recipient, content ("<seq:16 hex><created_ms>\n<msgpack>") and state blob; nullopt if
 // any part does not read.
-std::optional<OutboxEntry> parse_outbox_entry(std::string plan_id, std::string_view recipient,
-                                              std::string_view content, std::string_view state) {
+std::optional<OutboxEntry> parse_outbox_entry(std::string plan_id, std::string_view recipient, std::string_view content,
+                                              std::string_view state) {
     const auto newline = content.find('\n', 16);
     if (content.size() < 17 || newline == std::string_view::npos) return std::nullopt;
     auto address = Address::parse(recipient);
@@ -854,8 +869,8 @@ Result<std::vector<OutboxEntry>> RedisStore::outbox_plan(const std::string& plan
         const std::string_view recipient = text_of(*contents.element[i]);
         const std::string_view content = text_of(*contents.element[i + 1]);
         const auto state = state_of.find(recipient);
-        auto entry = state == state_of.end() ? std::nullopt
-                                             : parse_outbox_entry(plan_id, recipient, content, state->second);
+        auto entry =
+            state == state_of.end() ? std::nullopt : parse_outbox_entry(plan_id, recipient, content, state->second);
         if (!entry) return impl_->corrupt("an outbox entry of plan '" + plan_id + "'");
         found.emplace_back(content.substr(0, 16), std::move(*entry));
     }
@@ -882,8 +897,8 @@ Result<std::vector<Message>> RedisStore::messages(const std::string& connection,
     auto reply = impl_->run_one("reading the message log", std::move(command));
     if (!reply) return reply.error();
     const redisReply& list = **reply;
-    if (list.type != REDIS_REPLY_ARRAY) return impl_->corrupt("the message log of '" + connection + "' / '" +
-                                                              channel + "'");
+    if (list.type != REDIS_REPLY_ARRAY)
+        return impl_->corrupt("the message log of '" + connection + "' / '" + channel + "'");
     result.reserve(list.elements);
     for (std::size_t i = 0; i < list.elements; ++i) {
         const std::string_view member = is_text(list.element[i]) ? text_of(*list.element[i]) : std::string_view{};

@@ -17,15 +17,14 @@ const fs::path kSwitchboard = fs::path(SWITCHBOARD_TEST_BIN_DIR) / "switchboard"
 void write(const fs::path& path, const std::string& text) { std::ofstream(path, std::ios::binary) << text; }
 
 std::string console_config(const std::string& store_url) {
-    return "store:\n"
-           "  plugin: redis\n"
-           "  url: " + store_url + "\n"
-           "connections:\n"
-           "  - { name: console, plugin: console }\n"
-           "channels:\n"
-           "  lobby: { connection: console, id: console }\n"
-           "bots:\n"
-           "  - { plugin: echo, channels: [lobby] }\n";
+    const std::string rest =
+        "connections:\n"
+        "  - { name: console, plugin: console }\n"
+        "channels:\n"
+        "  lobby: { connection: console, id: console }\n"
+        "bots:\n"
+        "  - { plugin: echo, channels: [lobby] }\n";
+    return "store:\n  plugin: redis\n  url: " + store_url + "\n" + rest;
 }
 
 std::size_t count(const std::string& text, const std::string& what) {
@@ -51,7 +50,8 @@ TEST_CASE("the host runs on the redis store: every line answered once, over two 
         INFO(result.err);
         REQUIRE(result.exit_code == 0);
         CHECK(count(result.out, "<switchboard> line ") == 100);
-        for (int i = 0; i < 100; i += 9) CHECK(count(result.out, "<switchboard> line " + std::to_string(i) + "\n") == 1);
+        for (int i = 0; i < 100; i += 9)
+            CHECK(count(result.out, "<switchboard> line " + std::to_string(i) + "\n") == 1);
         CHECK(result.err.find("redis store open: redis at 127.0.0.1:" + std::to_string(server.port()) + "/0") !=
               std::string::npos);
         CHECK(server.command({"ZCARD", "switchboard:seen:console:console"}) == std::to_string(100 * run));

@@ -86,8 +86,8 @@ std::vector<ProcessedMessage> numbered_batch(const std::string& tag, int first, 
     std::vector<ProcessedMessage> batch;
     for (int n = first; n < first + count; ++n) {
         const std::string id = tag + "-" + std::to_string(n);
-        batch.push_back(processed(make_message("#ops", id, n), {{"bot", "last", id}},
-                                  {outbox_entry("reply-" + id, "#ops", n)}));
+        batch.push_back(
+            processed(make_message("#ops", id, n), {{"bot", "last", id}}, {outbox_entry("reply-" + id, "#ops", n)}));
     }
     return batch;
 }
@@ -124,8 +124,11 @@ TEST_CASE("the redis store forgets a processed message once the dedup window has
         CHECK(server.command({"EXISTS", "switchboard:seen:irc:#ops"}) == "1");
 
         CHECK(wait_until([&] { return !ok(store.is_processed({"irc", "#ops", "m1"})); }, std::chrono::seconds(20)));
-        CHECK(wait_until([&] { return server.command({"EXISTS", "switchboard:seen:irc:#ops"}) == "0"; },
-                         std::chrono::seconds(20)));
+        CHECK(wait_until(
+            [&] {
+                return server.command({"EXISTS", "switchboard:seen:irc:#ops"}) == "0";
+            },
+            std::chrono::seconds(20)));
         CHECK(server.command({"EXISTS", "switchboard:log:irc:#ops"}) == "0");
         CHECK(ok(store.messages("irc", "#ops", 0, now + 1, 10)).empty());
         // The cursor is not part of the ledger: it stays, as in every store.
