@@ -239,6 +239,46 @@ TEST_CASE("a second poller (409) is named in the log and polling goes on once it
     CHECK(sandbox.control("GET", "/stats?log=0")["conflicts"] == 3);
 }
 
+TEST_CASE("dropped connections and 502s end the session and the next one picks up every update once",
+          "[telegram][recovery]") {
+    TempDir dir;
+    TelegramSandbox sandbox(dir.path());
+    write(dir / "switchboard.yaml", config(sandbox, "  - { plugin: ledger }\n"
+                                                   "  - { plugin: echo, channels: [supergroup], prefix: \"echo: \" }\n"));
+    const fs::path db = dir / "data/switchboard.db";
+    Host host(dir);
+    REQUIRE(connected(host.process, sandbox));
+    // The echo bot answers private messages only (it listens to the supergroup): the group's 20 a minute stay out.
+    sandbox.control("POST", "/messages", {{"chat_id", -100}, {"from", 2001}, {"count", 50}, {"text_prefix", "x"}});
+    sandbox.control("POST", "/faults", {{"drop", 2}, {"server_error", 2}});
+    sandbox.control("POST", "/messages", {{"chat_id", 2001}, {"from", 2001}, {"count", 3}, {"text_prefix", "p"}});
+    INFO(host.process.err());
+    REQUIRE(wait_until([&] { return handled(db) >= 53; }, std::chrono::seconds(60)));
+    REQUIRE(poll_sandbox(
+        [&] {
+            const auto sent = sent_texts(sandbox);
+            return sent.count("echo: p0") && sent.count("echo: p1") && sent.count("echo: p2");
+        },
+        std::chrono::seconds(60)));
+    const bool confirmed = poll_sandbox(
+        [&] { return sandbox.control("GET", "/updates")["pending"].empty(); }, std::chrono::seconds(30));
+    REQUIRE(host.process.stop() == 0);
+    CHECK(confirmed);
+    const json stats = sandbox.control("GET", "/stats?log=0");
+    INFO(stats.dump());
+    CHECK(stats["dropped"] == 2);
+    CHECK(stats["server_errors"] == 2);
+    const std::string log = host.process.err();
+    CHECK(log.find("disconnected: getUpdates") != std::string::npos);
+    CHECK(occurrences(log, "connected: getUpdates answered") >= 2);
+    LedgerReader ledger(db);
+    CHECK(ledger.texts("telegram/-100") == numbered("x", 50));
+    CHECK(ledger.texts("telegram/2001") == numbered("p", 3));
+    CHECK(ledger.seen_twice().empty());
+    const auto sent = sent_texts(sandbox);
+    for (const auto& text : numbered("echo: p", 3)) CHECK((sent.count(text) && sent.at(text) == 1));
+}
+
 TEST_CASE("a rejected token ends the connection with a clear error and no retry loop", "[telegram]") {
     TempDir dir;
     TelegramSandbox sandbox(dir.path());
