@@ -4,12 +4,9 @@
 // executable (it pulls in Boost.Beast).
 
 #include "background_process.hpp"
+#include "http_client.hpp"
 #include "test_support.hpp"
 
-#include <boost/asio/connect.hpp>
-#include <boost/asio/ip/tcp.hpp>
-#include <boost/beast/core.hpp>
-#include <boost/beast/http.hpp>
 #include <nlohmann/json.hpp>
 
 #include <filesystem>
@@ -44,30 +41,7 @@ public:
     /// A control call: `control("POST", "/messages", {...})`; throws on a status other than 2xx.
     nlohmann::json control(const std::string& method, const std::string& path,
                            const nlohmann::json& body = nlohmann::json()) const {
-        namespace beast = boost::beast;
-        namespace http = beast::http;
-        boost::asio::io_context io;
-        beast::tcp_stream stream(io);
-        stream.expires_after(std::chrono::seconds(30));
-        stream.connect(boost::asio::ip::tcp::endpoint(boost::asio::ip::make_address("127.0.0.1"),
-                                                      static_cast<unsigned short>(port_)));
-        http::request<http::string_body> request(http::string_to_verb(method), "/_sandbox" + path, 11);
-        request.set(http::field::host, "127.0.0.1");
-        if (!body.is_null()) {
-            request.set(http::field::content_type, "application/json");
-            request.body() = body.dump();
-        }
-        request.prepare_payload();
-        http::write(stream, request);
-        beast::flat_buffer buffer;
-        http::response<http::string_body> response;
-        http::read(stream, buffer, response);
-        beast::error_code ignored;
-        stream.socket().shutdown(boost::asio::ip::tcp::socket::shutdown_both, ignored);
-        if (response.result_int() / 100 != 2)
-            throw std::runtime_error(method + " /_sandbox" + path + ": " + std::to_string(response.result_int()) +
-                                     " " + response.body());
-        return response.body().empty() ? nlohmann::json::object() : nlohmann::json::parse(response.body());
+        return sandbox_control(port_, method, path, body);
     }
 
     /// Everything the sandbox wrote to standard error (with --verbose: every request and gateway event).

@@ -263,7 +263,7 @@ private:
             if (auto listen = scalar(*admin, "listen", true)) {
                 if (!valid_listen_address(*listen)) {
                     context_.error(value_position(*admin, "listen"),
-                                   "'listen' must be HOST:PORT with a port from 1 to 65535, such as 127.0.0.1:8080, "
+                                   "'listen' must be HOST:PORT with a port from 0 to 65535 (0: any free port), such as 127.0.0.1:8080, "
                                    "got '" +
                                        *listen + "'");
                 }
@@ -282,7 +282,7 @@ private:
             return false;
         }
         const int number = std::stoi(port);
-        return number >= 1 && number <= 65535;
+        return number >= 0 && number <= 65535;
     }
 
     std::string resolve_plugin_dir(const std::string& entry) const {

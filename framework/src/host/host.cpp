@@ -1,5 +1,7 @@
 #include "host/host.hpp"
 
+#include "admin/admin_server.hpp"
+#include "admin/metrics.hpp"
 #include "host/pipeline.hpp"
 #include "ratelimit/scheduler.hpp"
 #include "routing/delivery_engine.hpp"
@@ -7,6 +9,7 @@
 #include "routing/router.hpp"
 
 #include <switchboard/recovery.hpp>
+#include <switchboard/version.hpp>
 
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
@@ -14,8 +17,11 @@
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/thread_pool.hpp>
 
+#include <nlohmann/json.hpp>
+
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <csignal>
 #include <deque>
@@ -84,19 +90,41 @@ void ConnectionState::write() {
 
 namespace {
 
+std::int64_t now_ms() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
+
+nlohmann::json report_json(const DeliveryReport& report) {
+    nlohmann::json recipients = nlohmann::json::array();
+    for (const RecipientOutcome& r : report.recipients) {
+        nlohmann::json one{{"name", r.name}, {"address", r.address.to_string()}, {"delivered", r.delivered}};
+        if (!r.error_code.empty()) one["error_code"] = r.error_code;
+        if (!r.message_id.empty()) one["message_id"] = r.message_id;
+        recipients.push_back(std::move(one));
+    }
+    nlohmann::json out{{"status", to_string(report.status)}, {"detail", report.detail}, {"recipients", recipients}};
+    if (!report.error_code.empty()) out["error_code"] = report.error_code;
+    if (report.retry_after_ms > 0) out["retry_after_ms"] = report.retry_after_ms;
+    return out;
+}
+
 /// One configured connection while it runs: the connector's host, and its recovery policy's context.
 class Connection final : public ConnectorHost, public RecoveryContext {
 public:
     /// @p store_executor runs save_state() writes off the I/O threads (the host's worker pool).
-    Connection(std::string name, std::vector<std::string> channels, Logger& logger,
+    Connection(std::string name, std::string plugin, std::vector<std::string> channels, Logger& logger,
                routing::ConfigDirectory& directory, std::shared_ptr<ratelimit::Scheduler> rate_limits,
-               routing::StoreExecutor store_executor)
+               routing::StoreExecutor store_executor, admin::Metrics& metrics)
         : name_(std::move(name)),
+          plugin_(std::move(plugin)),
           channels_(std::move(channels)),
           logger_(logger),
           directory_(directory),
           rate_limits_(std::move(rate_limits)),
-          store_executor_(std::move(store_executor)) {}
+          store_executor_(std::move(store_executor)),
+          metrics_(metrics),
+          since_ms_(now_ms()) {}
 
     void bind(std::shared_ptr<Connector> connector, std::shared_ptr<RecoveryPolicy> policy, Pipeline& pipeline,
               Store& store, std::function<void()> on_finished) {
@@ -115,6 +143,15 @@ public:
     }
 
     void report(const ConnectionEvent& event) override {
+        metrics_.connection_event(name_, event.type);
+        {
+            std::lock_guard lock(status_mutex_);
+            const std::int64_t now = now_ms();
+            if (link_state_ != to_string(event.type)) since_ms_ = now;
+            link_state_ = to_string(event.type);
+            link_detail_ = event.detail;
+            last_event_ms_ = now;
+        }
         logger_.info(std::string(to_string(event.type)) +
                          (event.detail.empty() ? "" : ": " + event.detail),
                      LogFields{name_, {}, {}});
@@ -168,9 +205,23 @@ public:
         message.recovered = true;
         pipeline_->submit(std::move(message));
     }
-    void hold(const std::string& channel) override { pipeline_->hold(name_, channel); }
-    void release(const std::string& channel) override { pipeline_->release(name_, channel); }
+    void hold(const std::string& channel) override {
+        set_recovery_state(channel, "recovering");
+        pipeline_->hold(name_, channel);
+    }
+    void release(const std::string& channel) override {
+        pipeline_->release(name_, channel);
+        set_recovery_state(channel, "caught_up");
+    }
     void finish(const RecoveryReport& report) override {
+        metrics_.recovery(name_, report);
+        {
+            std::lock_guard lock(status_mutex_);
+            ChannelRecovery& recovery = recovery_[report.channel];
+            recovery.last = report;
+            recovery.finished_ms = now_ms();
+            if (recovery.state != "recovering") recovery.state = "caught_up";  // a policy that holds releases
+        }
         const std::string text = "recovery: fetched " + std::to_string(report.fetched) + ", duplicates " +
                                  std::to_string(report.duplicates) +
                                  (report.gap ? ", gap remains: " + report.gap_reason : ", no gap");
@@ -183,6 +234,65 @@ public:
     }
 
     const std::shared_ptr<Connector>& connector_ptr() const { return connector_; }
+
+    /// The connector plugin's name.
+    const std::string& plugin() const { return plugin_; }
+
+    /// State for /readyz: up (connected or resumed), and how long it has been in its current state.
+    std::pair<std::string, std::int64_t> state() const {
+        std::lock_guard lock(status_mutex_);
+        return {link_state_, since_ms_};
+    }
+
+    /// This connection in /api/status (its cursors read from @p store).
+    nlohmann::json status_json(Store& store, std::size_t queued) const {
+        nlohmann::json out;
+        std::map<std::string, ChannelRecovery> recovery;
+        {
+            std::lock_guard lock(status_mutex_);
+            out = {{"name", name_},
+                   {"plugin", plugin_},
+                   {"state", link_state_},
+                   {"detail", link_detail_},
+                   {"since_ms", since_ms_},
+                   {"last_event_ms", last_event_ms_},
+                   {"lease_holder", "this host"}};
+            recovery = recovery_;
+        }
+        out["queued"] = queued;
+        const RateLimitStats limits = rate_limits_->stats();
+        out["rate_limits"] = {{"granted", limits.granted}, {"delayed", limits.delayed},
+                              {"waited_ms", limits.waited_ms}, {"limited", limits.limited},
+                              {"waiting", limits.waiting}};
+        std::map<std::string, Cursor> cursors;
+        if (auto stored = store.cursors(name_)) {
+            for (ChannelCursor& c : *stored) cursors.emplace(c.channel, std::move(c.cursor));
+        }
+        nlohmann::json channels = nlohmann::json::array();
+        for (const std::string& id : channels_) {
+            nlohmann::json channel{{"id", id}};
+            if (auto name = directory_.channel_name(name_, id)) channel["name"] = *name;
+            if (auto c = cursors.find(id); c != cursors.end()) {
+                channel["cursor"] = {{"message_id", c->second.message_id}, {"timestamp_ms", c->second.timestamp_ms}};
+            }
+            nlohmann::json rec{{"state", "idle"}};
+            if (auto r = recovery.find(id); r != recovery.end()) {
+                rec["state"] = r->second.state;
+                if (r->second.last) {
+                    rec["fetched"] = r->second.last->fetched;
+                    rec["duplicates"] = r->second.last->duplicates;
+                    rec["gap"] = r->second.last->gap;
+                    if (r->second.last->gap) rec["gap_reason"] = r->second.last->gap_reason;
+                    rec["finished_ms"] = r->second.finished_ms;
+                }
+            }
+            channel["recovery"] = std::move(rec);
+            channels.push_back(std::move(channel));
+        }
+        out["channels"] = std::move(channels);
+        return out;
+    }
+
     void release() {
         released_ = true;
         connector_.reset();
@@ -190,7 +300,19 @@ public:
     }
 
 private:
+    struct ChannelRecovery {
+        std::string state = "idle";  // recovering (held), caught_up
+        std::optional<RecoveryReport> last;
+        std::int64_t finished_ms = 0;
+    };
+
+    void set_recovery_state(const std::string& channel, const char* state) {
+        std::lock_guard lock(status_mutex_);
+        recovery_[channel].state = state;
+    }
+
     std::string name_;
+    std::string plugin_;
     std::vector<std::string> channels_;
     Logger& logger_;
     routing::ConfigDirectory& directory_;
@@ -203,6 +325,14 @@ private:
     std::atomic<bool> released_{false};
     Store* store_ = nullptr;
     std::function<void()> on_finished_;
+    admin::Metrics& metrics_;
+
+    mutable std::mutex status_mutex_;
+    std::string link_state_ = "starting";  // the last event's type
+    std::string link_detail_;
+    std::int64_t since_ms_ = 0;
+    std::int64_t last_event_ms_ = 0;
+    std::map<std::string, ChannelRecovery> recovery_;
 };
 
 }  // namespace
@@ -215,6 +345,7 @@ struct Host::Impl {
     const plugin::Registry& registry;
     SpdLogger& logger;
     HostOptions options;
+    admin::Metrics metrics;
 
     std::mutex mutex;
     std::condition_variable stop_requested;
@@ -233,6 +364,15 @@ struct Host::Impl {
     std::unique_ptr<routing::DeliveryEngine> engine;
     std::unique_ptr<routing::Router> router;
     std::unique_ptr<Pipeline> pipeline;
+
+    // Operations (DESIGN §7): metrics always (declared first: the store and pipeline record into them), the admin
+    // server when configured.
+    std::unique_ptr<admin::AdminServer> admin_server;
+    const std::int64_t started_ms = now_ms();
+    std::mutex recent_mutex;
+    std::deque<nlohmann::json> recent_deliveries;  // the last kRecentDeliveries reports, oldest first
+    static constexpr std::size_t kRecentDeliveries = 50;
+    std::atomic<std::uint64_t> admin_sends{0};
 
     Logger& logger_for(const std::string& component) {
         loggers.push_back(logger.child(component));
@@ -273,7 +413,8 @@ struct Host::Impl {
     }
 
     void build() {
-        store = create<Store>(config.store, "store");
+        // Every store call is timed for /metrics.
+        store = std::make_shared<admin::InstrumentedStore>(create<Store>(config.store, "store"), metrics);
         for (const auto& bot : config.bots) {
             if (bot.isolation != config::BotIsolation::in_process) {
                 throw ErrorException(fail("unsupported", "bot '" + bot.name +
@@ -289,16 +430,26 @@ struct Host::Impl {
         std::vector<std::string> names;
         for (const auto& c : config.connections) names.push_back(c.name);
         directory = std::make_unique<routing::ConfigDirectory>(config);
+        routing::EngineOptions engine_options;
+        engine_options.on_report = [this](const DeliveryReport& report, std::chrono::nanoseconds elapsed) {
+            metrics.delivery(report, elapsed);
+            remember(report);
+        };
         engine = std::make_unique<routing::DeliveryEngine>(
             *store, *directory, io,
             [this](std::function<void()> work) { boost::asio::post(*workers, std::move(work)); },
-            logger_for("delivery"));
+            logger_for("delivery"), engine_options);
         router = std::make_unique<routing::Router>(config, *directory, create_strategies(), engine.get());
         pipeline = std::make_unique<Pipeline>(*store, bots, names, *workers, logger_for("pipeline"), router.get(),
                                               [this](std::vector<StagedDelivery> staged) {
                                                   // One call for the batch: the outbox records what its replies
                                                   // did in shared rounds, not one write per reply.
                                                   engine->execute_all(std::move(staged), true);
+                                              },
+                                              [this](const std::string& connection,
+                                                     std::span<const ProcessedMessage> committed,
+                                                     std::size_t duplicates) {
+                                                  metrics.inbound(connection, committed, duplicates);
                                               });
         for (const auto& c : config.connections) {
             std::vector<std::string> channel_ids;
@@ -306,9 +457,10 @@ struct Host::Impl {
                 if (channel.connection == c.name) channel_ids.push_back(channel.id);
             }
             Logger& connection_logger = logger_for(c.name);
-            auto connection = std::make_unique<Connection>(c.name, std::move(channel_ids), connection_logger,
-                                                           *directory, make_scheduler(c, connection_logger),
-                                                           store_executor());
+            auto connection = std::make_unique<Connection>(c.name, c.connector.plugin, std::move(channel_ids),
+                                                           connection_logger, *directory,
+                                                           make_scheduler(c, connection_logger), store_executor(),
+                                                           metrics);
             auto policy = create<RecoveryPolicy>(c.recovery, c.name + "/recovery");
             auto connector = create<Connector>(c.connector, c.name);
             routing::ConnectionLimits limits;
@@ -364,6 +516,163 @@ struct Host::Impl {
         engine->resume(std::move(pending));
     }
 
+    // ---- operations ----------------------------------------------------------------------------------------------
+
+    void remember(const DeliveryReport& report) {
+        std::size_t delivered = 0;
+        for (const RecipientOutcome& r : report.recipients) delivered += r.delivered ? 1 : 0;
+        std::string target = report.recipients.empty() ? std::string() : report.recipients.front().name;
+        if (report.recipients.size() > 1) target += " and " + std::to_string(report.recipients.size() - 1) + " more";
+        nlohmann::json entry{{"time_ms", now_ms()},
+                             {"status", to_string(report.status)},
+                             {"target", std::move(target)},
+                             {"recipients", report.recipients.size()},
+                             {"delivered", delivered}};
+        if (!report.error_code.empty()) entry["error_code"] = report.error_code;
+        std::lock_guard lock(recent_mutex);
+        recent_deliveries.push_back(std::move(entry));
+        while (recent_deliveries.size() > kRecentDeliveries) recent_deliveries.pop_front();
+    }
+
+    // How long a connection that was up may be down (reconnecting, recovering) before /readyz says no.
+    static constexpr std::int64_t kReadyGraceMs = 30'000;
+
+    bool ready(std::vector<std::string>& reasons) {
+        if (!store) {
+            reasons.push_back("the store is not open");
+            return false;
+        }
+        const std::int64_t now = now_ms();
+        for (const auto& connection : connections) {
+            const auto [state, since] = connection->state();
+            if (state == "connected" || state == "resumed") continue;
+            if (state == "finished") {
+                reasons.push_back("connection '" + connection->connection() + "' has finished");
+            } else if (state == "starting") {
+                reasons.push_back("connection '" + connection->connection() + "' has not connected yet");
+            } else if (now - since > kReadyGraceMs) {
+                reasons.push_back("connection '" + connection->connection() + "' is " + state + " for " +
+                                  std::to_string((now - since) / 1000) + " s");
+            }
+        }
+        return reasons.empty();
+    }
+
+    nlohmann::json status() {
+        const std::map<std::string, std::size_t> queued = pipeline ? pipeline->queue_depths()
+                                                                   : std::map<std::string, std::size_t>{};
+        nlohmann::json out{{"version", kFrameworkVersion},
+                           {"abi", SWITCHBOARD_ABI_VERSION},
+                           {"started_ms", started_ms},
+                           {"uptime_s", static_cast<double>(now_ms() - started_ms) / 1000.0},
+                           {"store", config.store.plugin}};
+        nlohmann::json list = nlohmann::json::array();
+        for (const auto& connection : connections) {
+            const auto depth = queued.find(connection->connection());
+            list.push_back(connection->status_json(*store, depth == queued.end() ? 0 : depth->second));
+        }
+        out["connections"] = std::move(list);
+        const PipelineStats stats = pipeline ? pipeline->stats() : PipelineStats{};
+        out["pipeline"] = {{"received", stats.received},     {"processed", stats.processed},
+                           {"duplicates", stats.duplicates}, {"recovered", stats.recovered},
+                           {"held", stats.held},             {"store_failures", stats.store_failures}};
+        {
+            std::lock_guard lock(recent_mutex);
+            out["deliveries"] = {{"in_progress", engine ? engine->in_progress() : 0},
+                                 {"recent", nlohmann::json(recent_deliveries)}};
+        }
+        nlohmann::json plugins = nlohmann::json::array();
+        for (const plugin::LoadedPlugin& loaded : registry.plugins()) {
+            const PluginDescriptor& d = *loaded.descriptor;
+            plugins.push_back({{"name", d.name},
+                               {"kind", to_string(d.kind)},
+                               {"version", d.version},
+                               {"abi", d.abi_version},
+                               {"file", loaded.file.string()}});
+        }
+        out["plugins"] = std::move(plugins);
+        return out;
+    }
+
+    // POST /api/send: {"kind": "private"|"group"|"broadcast", "target": NAME, "text": TEXT, optional
+    // "idempotency_key", "deadline_ms", "reply_to"} → the DeliveryReport.
+    void admin_send(const nlohmann::json& body, std::function<void(unsigned, nlohmann::json)> reply) {
+        const auto bad = [&](const std::string& message) {
+            reply(400, nlohmann::json{{"error", "bad_envelope"}, {"message", message}});
+        };
+        const auto string_field = [&](const char* key) -> std::optional<std::string> {
+            auto it = body.find(key);
+            if (it == body.end() || it->is_null()) return std::string();
+            if (!it->is_string()) return std::nullopt;
+            return it->get<std::string>();
+        };
+        Envelope envelope;
+        const auto kind = string_field("kind");
+        const auto parsed = kind ? parse_message_kind(*kind) : std::nullopt;
+        if (!parsed) return bad("'kind' must be \"private\", \"group\" or \"broadcast\"");
+        envelope.kind = *parsed;
+        const auto target = string_field("target");
+        if (!target || (target->empty() && envelope.kind != MessageKind::broadcast)) {
+            return bad("'target' must name a user (private) or a group or channel (group)");
+        }
+        envelope.target = *target;
+        const auto text_field = string_field("text");
+        if (!text_field || text_field->empty()) return bad("'text' must be a non-empty string");
+        envelope.text = *text_field;
+        const auto key = string_field("idempotency_key");
+        if (!key) return bad("'idempotency_key' must be a string");
+        envelope.idempotency_key = key->empty() ? "admin/" + std::to_string(started_ms) + "/" +
+                                                      std::to_string(admin_sends.fetch_add(1) + 1)
+                                                : *key;
+        if (auto it = body.find("deadline_ms"); it != body.end()) {
+            if (!it->is_number_integer()) return bad("'deadline_ms' must be an integer (ms since the Unix epoch)");
+            envelope.deadline_ms = it->get<std::int64_t>();
+        }
+        const auto reply_to = string_field("reply_to");
+        if (!reply_to) return bad("'reply_to' must be a string");
+        if (!reply_to->empty()) envelope.reply_to = *reply_to;
+        if (!router) return reply(503, nlohmann::json{{"error", "not_ready"}, {"message", "the host is starting"}});
+        router->send(std::move(envelope), {},
+                     [reply = std::move(reply)](DeliveryReport report) { reply(200, report_json(report)); });
+    }
+
+    void start_admin() {
+        if (!config.admin) return;
+        if (config.admin->token.empty()) {
+            logger.warn("admin: no switchboard.admin.token: every /api/ request is refused (401)");
+        }
+        admin::AdminApi api;
+        api.ready = [this](std::vector<std::string>& reasons) { return ready(reasons); };
+        api.status = [this] { return status(); };
+        api.send = [this](const nlohmann::json& body, std::function<void(unsigned, nlohmann::json)> reply) {
+            admin_send(body, std::move(reply));
+        };
+        api.metrics = &metrics;
+        admin_server = std::make_unique<admin::AdminServer>(
+            io, admin::AdminOptions{config.admin->listen, config.admin->token}, std::move(api), logger_for("admin"));
+        auto port = admin_server->start();
+        if (!port) throw ErrorException(port.error());
+        const std::string& listen = config.admin->listen;
+        logger.info("admin: listening on http://" + listen.substr(0, listen.rfind(':') + 1) + std::to_string(*port));
+    }
+
+    void start_sampling() {
+        metrics.set_sampler([this] {
+            admin::Sample sample;
+            const std::map<std::string, std::size_t> queued = pipeline ? pipeline->queue_depths()
+                                                                       : std::map<std::string, std::size_t>{};
+            for (const auto& connection : connections) {
+                admin::Sample::Connection c;
+                c.name = connection->connection();
+                c.rate_limits = connection->scheduler()->stats();
+                if (auto it = queued.find(c.name); it != queued.end()) c.queued = it->second;
+                sample.connections.push_back(std::move(c));
+            }
+            sample.deliveries_in_progress = engine ? engine->in_progress() : 0;
+            return sample;
+        });
+    }
+
     int run() {
         auto guard = boost::asio::make_work_guard(io);
         workers = std::make_unique<boost::asio::thread_pool>(options.worker_threads);
@@ -376,6 +685,8 @@ struct Host::Impl {
         int status = 0;
         try {
             build();
+            start_sampling();
+            start_admin();
             logger.info("running: " + std::to_string(connections.size()) + " connection(s), " +
                         std::to_string(bots.size()) + " bot(s), store " + config.store.plugin);
             auto pending = left_pending();
@@ -400,6 +711,7 @@ struct Host::Impl {
 
     // Stop connectors, drain the pipeline and deliveries, destroy objects; the registry unloads after us.
     void shutdown(boost::asio::signal_set& signals) {
+        if (admin_server) admin_server->stop();
         for (auto& connection : connections) {
             if (connection->connector_ptr()) connection->connector_ptr()->stop();
         }
@@ -442,6 +754,8 @@ struct Host::Impl {
                         std::to_string(stats.duplicates) + " duplicates, " + std::to_string(stats.recovered) +
                         " recovered");
         }
+        admin_server.reset();
+        metrics.set_sampler({});
         pipeline.reset();
         router.reset();
         engine.reset();

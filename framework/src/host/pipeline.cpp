@@ -159,9 +159,9 @@ struct Pipeline::Impl {
     };
 
     Impl(Store& store_, std::vector<BotBinding> bots_, boost::asio::thread_pool& workers_, Logger& logger_,
-         const routing::Planner* planner_, DeliveryHandler deliver_)
+         const routing::Planner* planner_, DeliveryHandler deliver_, CommitObserver observer_)
         : store(store_), bots(std::move(bots_)), workers(workers_), logger(logger_), planner(planner_),
-          deliver(std::move(deliver_)) {
+          deliver(std::move(deliver_)), observer(std::move(observer_)) {
         for (const BotBinding& binding : bots) infos.push_back(BotInfo{binding.name, binding.bot->commands()});
     }
 
@@ -301,6 +301,7 @@ struct Pipeline::Impl {
             stats.duplicates += duplicates;
             stats.recovered += recovered;
         }
+        if (observer && !batch.empty()) observer(batch.front().connection, processed, duplicates);
         for (auto& [done, report] : failed) {
             if (done) done(std::move(report));
         }
@@ -339,6 +340,7 @@ struct Pipeline::Impl {
     Logger& logger;
     const routing::Planner* planner;
     DeliveryHandler deliver;
+    CommitObserver observer;
 
     mutable std::mutex mutex;
     std::condition_variable idle;
@@ -350,8 +352,9 @@ struct Pipeline::Impl {
 
 Pipeline::Pipeline(Store& store, std::vector<BotBinding> bots, const std::vector<std::string>& connections,
                    boost::asio::thread_pool& workers, Logger& logger, const routing::Planner* planner,
-                   DeliveryHandler deliver)
-    : impl_(std::make_unique<Impl>(store, std::move(bots), workers, logger, planner, std::move(deliver))) {
+                   DeliveryHandler deliver, CommitObserver observer)
+    : impl_(std::make_unique<Impl>(store, std::move(bots), workers, logger, planner, std::move(deliver),
+                                   std::move(observer))) {
     std::lock_guard lock(impl_->mutex);
     for (const std::string& connection : connections) impl_->lane(connection);
 }
@@ -400,6 +403,13 @@ void Pipeline::close() {
 PipelineStats Pipeline::stats() const {
     std::lock_guard lock(impl_->mutex);
     return impl_->stats;
+}
+
+std::map<std::string, std::size_t> Pipeline::queue_depths() const {
+    std::lock_guard lock(impl_->mutex);
+    std::map<std::string, std::size_t> depths;
+    for (const auto& [connection, lane] : impl_->lanes) depths[connection] = lane->queue.size();
+    return depths;
 }
 
 }  // namespace switchboard::host

@@ -13,8 +13,10 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <set>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -40,6 +42,11 @@ using StagedDelivery = routing::Execution;
 /// Receives the staged plans once the message that produced them is durable.
 using DeliveryHandler = std::function<void(std::vector<StagedDelivery>)>;
 
+/// Told what each committed batch of one connection held, and how many of its messages dedup dropped (the host's
+/// metrics). Called on a pipeline worker, after the commit.
+using CommitObserver =
+    std::function<void(const std::string& connection, std::span<const ProcessedMessage> committed, std::size_t duplicates)>;
+
 /// Counters for logs, status and tests.
 struct PipelineStats {
     std::uint64_t received = 0;    // submitted
@@ -54,10 +61,10 @@ class Pipeline {
 public:
     /// @p connections: every connection name (one lane each). @p planner plans what bots route and what the
     /// config's routes relay (null: bots' route() calls report `no_strategy`). @p deliver receives the staged plans
-    /// after commit.
+    /// after commit; @p observer (may be empty) hears of every commit.
     Pipeline(Store& store, std::vector<BotBinding> bots, const std::vector<std::string>& connections,
              boost::asio::thread_pool& workers, Logger& logger, const routing::Planner* planner,
-             DeliveryHandler deliver);
+             DeliveryHandler deliver, CommitObserver observer = {});
     ~Pipeline();
     Pipeline(const Pipeline&) = delete;
     Pipeline& operator=(const Pipeline&) = delete;
@@ -86,6 +93,9 @@ public:
     void close();
 
     [[nodiscard]] PipelineStats stats() const;
+
+    /// Messages and events waiting on each connection's lane now (parked ones not counted), by connection.
+    [[nodiscard]] std::map<std::string, std::size_t> queue_depths() const;
 
     /// Messages handled per store commit at most.
     static constexpr std::size_t kMaxBatch = 256;

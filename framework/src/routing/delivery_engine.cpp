@@ -199,6 +199,7 @@ struct Plan {
     std::string text;
     std::optional<std::string> reply_to;
     std::int64_t created_ms = 0;
+    SteadyClock::time_point started;  // for EngineOptions::on_report
     std::int64_t deadline_ms = 0;
     std::uint32_t batch_size = 0;
     DeliveryMode mode = DeliveryMode::best_effort;
@@ -383,6 +384,7 @@ public:
         p.text = std::move(delivery.text);
         p.reply_to = std::move(delivery.reply_to);
         p.created_ms = now;
+        p.started = SteadyClock::now();
         p.deadline_ms = delivery.deadline_ms != 0 ? delivery.deadline_ms : now + kFallbackDeadlineMs;
         p.batch_size = batch_size(delivery.plan.batch_size);
         p.mode = delivery.plan.mode;
@@ -445,6 +447,7 @@ public:
             p.text = group.front()->text;
             p.reply_to = group.front()->reply_to;
             p.created_ms = now;
+            p.started = SteadyClock::now();
             p.deadline_ms = now + kFallbackDeadlineMs;
             p.batch_size = batch_size(0);
             p.done = [&logger = logger_, plan_id = p.plan_id](DeliveryReport report) {
@@ -476,6 +479,8 @@ public:
         waiters_.fetch_sub(1);
         return idle;
     }
+
+    [[nodiscard]] std::size_t in_progress() const { return active_.load(std::memory_order_relaxed); }
 
     // ---- entry points of callbacks (public so that the lambdas handed out can reach them) ----------------------
 
@@ -1180,6 +1185,13 @@ private:
 
     // The caller holds a reference of @p p.
     void run(Plan& p, Actions& actions) {
+        if (actions.report && options_.on_report) {
+            try {
+                options_.on_report(*actions.report, SteadyClock::now() - p.started);
+            } catch (const std::exception& e) {
+                logger_.error(std::string("delivery: the report observer threw: ") + e.what());
+            }
+        }
         if (actions.report && actions.done) {
             try {
                 actions.done(std::move(*actions.report));
@@ -1673,5 +1685,7 @@ void DeliveryEngine::execute_all(std::vector<Execution> executions, bool persist
 void DeliveryEngine::resume(std::vector<OutboxEntry> pending) { impl_->resume(std::move(pending)); }
 
 bool DeliveryEngine::wait_idle(std::chrono::milliseconds timeout) { return impl_->wait_idle(timeout); }
+
+std::size_t DeliveryEngine::in_progress() const { return impl_->in_progress(); }
 
 }  // namespace switchboard::routing

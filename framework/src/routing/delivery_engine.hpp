@@ -90,6 +90,9 @@ struct EngineOptions {
     std::uint32_t max_attempts = 5;
     /// First retry backoff; doubles per attempt, and a connector's retry_after_ms wins when larger.
     std::chrono::milliseconds initial_backoff{100};
+    /// Hears every report just before its callback gets it, with the time since the plan started (the host's
+    /// metrics and status). Called on the thread that delivers the report; must not block.
+    std::function<void(const DeliveryReport& report, std::chrono::nanoseconds elapsed)> on_report;
 };
 
 /// Milliseconds since the Unix epoch; tests give a fake.
@@ -151,6 +154,9 @@ public:
     /// A plan is in progress until its report was delivered, its sends and deletions in flight have completed and
     /// its outbox writes are done (sends cut by a deadline but still in flight keep it in progress).
     bool wait_idle(std::chrono::milliseconds timeout);
+
+    /// Plans in progress now (as wait_idle() counts them).
+    [[nodiscard]] std::size_t in_progress() const;
 
 private:
     struct Impl;
