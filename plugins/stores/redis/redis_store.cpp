@@ -237,7 +237,8 @@ std::string RedisEndpoint::describe() const {
 Result<RedisEndpoint> parse_redis_url(const std::string& url) {
     static const std::string kForm = "write redis://[:PASSWORD@]HOST[:PORT][/DB], e.g. redis://127.0.0.1:6379/0";
     auto parsed = boost::urls::parse_uri(url);
-    if (!parsed) return fail("bad_url", "'" + url + "' is not a URL (" + parsed.error().message() + "); " + kForm);
+    // The URL may hold a password: no message repeats it.
+    if (!parsed) return fail("bad_url", "not a URL (" + parsed.error().message() + "); " + kForm);
     const boost::urls::url_view& view = *parsed;
     std::string scheme(view.scheme());
     std::transform(scheme.begin(), scheme.end(), scheme.begin(), [](unsigned char c) { return std::tolower(c); });
@@ -249,7 +250,7 @@ Result<RedisEndpoint> parse_redis_url(const std::string& url) {
     if (scheme != "redis") return fail("bad_url", "the scheme must be redis://, not '" + scheme + "://'; " + kForm);
     RedisEndpoint endpoint;
     endpoint.host = std::string(view.host_address());
-    if (endpoint.host.empty()) return fail("bad_url", "'" + url + "' names no host; " + kForm);
+    if (endpoint.host.empty()) return fail("bad_url", "the URL names no host; " + kForm);
     if (view.has_port()) {
         const auto port = parse_int(view.port());
         if (!port || *port < 1 || *port > 65535) {
@@ -279,7 +280,7 @@ Result<RedisEndpoint> parse_redis_url(const std::string& url) {
         endpoint.database = static_cast<int>(*database);
     }
     if (view.has_query() || view.has_fragment()) {
-        return fail("bad_url", "'" + url + "' has a query or fragment, which the redis store does not read; " + kForm);
+        return fail("bad_url", "the URL has a query or fragment, which the redis store does not read; " + kForm);
     }
     return endpoint;
 }

@@ -319,6 +319,8 @@ TEST_CASE("redis URLs are parsed, and a bad one is an error naming the setting",
         CHECK(reason("redis://10.0.0.5/zero").find("database 'zero'") != std::string::npos);
         CHECK(reason("10.0.0.5:6379").find("redis://") != std::string::npos);
         CHECK(reason("redis:///0").find("names no host") != std::string::npos);
+        CHECK(reason("redis://:hunter2@10.0.0.5/0?x=1").find("hunter2") == std::string::npos);
+        CHECK(reason("redis://:hunter2@10.0.0.5/zero").find("hunter2") == std::string::npos);
     }
     SECTION("check_config reports the problem at its key; the constructor names store.url") {
         PluginConfig config;
