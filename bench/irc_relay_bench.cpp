@@ -93,7 +93,8 @@ int main(int argc, char** argv) {
         else if (flag == "--baseline") options.baseline = value == "1" || value == "true";
         else
             return fail("unknown flag " + flag +
-                        " (--lines N, --send-rate LINES_PER_S, --rate R, --burst B, --concurrency C, --store S, --baseline 1)");
+                        " (--lines N, --send-rate LINES_PER_S, --rate R, --burst B, --concurrency C, --store S, "
+                        "--baseline 1)");
     }
     if (options.lines < 1) return fail("--lines must be at least 1");
     if (!irc_server_binary(IrcServerKind::inspircd)) {
@@ -114,8 +115,8 @@ int main(int argc, char** argv) {
     std::ofstream(dir / "relay.yaml") << config(server, options);
     std::optional<BackgroundProcess> host;
     if (!options.baseline) {
-        host.emplace(fs::path(SWITCHBOARD_TEST_BIN_DIR) / "switchboard", std::vector<std::string>{"run", "-c", "relay.yaml"},
-                     dir.path(), "host");
+        host.emplace(fs::path(SWITCHBOARD_TEST_BIN_DIR) / "switchboard",
+                     std::vector<std::string>{"run", "-c", "relay.yaml"}, dir.path(), "host");
         const auto bot_joined = [](IrcTestClient& client) {
             return client.wait_for([](const IrcTestLine& l) { return l.command == "JOIN" && l.nick() == kBot; },
                                    std::chrono::seconds(30))

@@ -11,9 +11,13 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <csignal>
 #include <cstdlib>
+#include <functional>
+#include <map>
 #include <sstream>
+#include <thread>
 
 using namespace switchboard::testing_support;
 using namespace std::chrono_literals;
@@ -45,9 +49,10 @@ void point_bridge_at(const std::string& irc_server, const std::string& discord_a
 class BridgeHost {
 public:
     explicit BridgeHost(const fs::path& dir)
-        : dir_(dir), child_(kSwitchboard.string(), bp::args({"run", "-c", kConfig.string()}), bp::start_dir(dir.string()),
-                            bp::std_in < input_, bp::std_out > (dir / "host.out").string(),
-                            bp::std_err > (dir / "host.err").string()) {}
+        : dir_(dir),
+          child_(kSwitchboard.string(), bp::args({"run", "-c", kConfig.string()}), bp::start_dir(dir.string()),
+                 bp::std_in < input_, bp::std_out > (dir / "host.out").string(),
+                 bp::std_err > (dir / "host.err").string()) {}
     ~BridgeHost() { stop(); }
 
     /// Types @p line on the console.
