@@ -10,7 +10,7 @@ packages=(
   libyaml-cpp-dev nlohmann-json3-dev libsqlitecpp-dev libsqlite3-dev libspdlog-dev libhiredis-dev prometheus-cpp-dev
 )
 if [[ "${1:-}" == "test" ]]; then
-  packages+=(catch2 libbenchmark-dev inspircd ngircd redis-server)
+  packages+=(catch2 libbenchmark-dev inspircd ngircd redis-server chromium)
   command -v node >/dev/null && command -v npm >/dev/null || packages+=(nodejs npm)  # tests/compat
 fi
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Installs the compat tests' npm packages (discord.js, ws) into DIR from the committed package-lock.json, with
+# Installs a test's npm packages into DIR from the committed package-lock.json, with
 # `npm ci`; skipped when DIR/node_modules already holds exactly that lock file's packages.
-#   tests/compat/discord/npm_ci.sh DIR
+#   tests/support/npm_ci.sh DIR
 set -euo pipefail
 cd "$1"
 stamp=node_modules/.switchboard-lock-sha256
