@@ -145,37 +145,64 @@ TEST_CASE("switchboard check accepts the bridge example, and its routes leave ou
     }
 }
 
+/// InspIRCd and the sandbox on loopback, alice in the IRC channel, and the bridge running, connected on all three
+/// sides. Members go in reverse: the host stops first.
+struct RunningBridge {
+    RunningBridge() {
+        INFO(irc.why());
+        REQUIRE(irc.start());
+        sandbox = std::make_unique<DiscordSandbox>(dir.path());
+        point_bridge_at(irc.address(), sandbox->api_base());
+        alice = irc.client("alice");
+        REQUIRE(alice);
+        REQUIRE(alice->join(kIrcChannel));
+        host = std::make_unique<BridgeHost>(dir.path());
+        const bool joined =
+            alice->wait_for([](const IrcTestLine& l) { return l.command == "JOIN" && l.nick() == kNick; }, 30s)
+                .has_value();
+        const bool discord_up = poll([&] { return sandbox->control("GET", "/stats?log=0")["identifies"] == 1; }, 30s);
+        // Both connections report "connected" once they are in: IRC after its joins, Discord at READY.
+        const bool connected = poll([&] {
+            const std::string log = host->log();
+            return log.find("connected: registered as " + kNick) != std::string::npos &&
+                   log.find("[discord] connected") != std::string::npos;
+        });
+        INFO("host log:\n" << host->log());
+        REQUIRE(joined);
+        REQUIRE(discord_up);
+        REQUIRE(connected);
+    }
+
+    /// The lines the bridge printed on the console as relays, in order.
+    [[nodiscard]] std::vector<std::string> console_relays() const {
+        std::vector<std::string> relayed;
+        for (const auto& line : host->console_lines()) {
+            if (line.rfind("<bridge> ", 0) == 0) relayed.push_back(line);
+        }
+        return relayed;
+    }
+
+    IrcServer irc{IrcServerKind::inspircd};
+    TempDir dir;
+    std::unique_ptr<DiscordSandbox> sandbox;
+    std::unique_ptr<IrcTestClient> alice;
+    std::unique_ptr<BridgeHost> host;
+};
+
+bool inspircd_missing() {
+    if (irc_server_binary(IrcServerKind::inspircd)) return false;
+    WARN("inspircd is not installed; run tools/deps.sh test");
+    return true;
+}
+
 TEST_CASE("the bridge relays IRC, Discord and console messages to the other two, once, without echo or loop",
           "[irc][discord]") {
-    if (!irc_server_binary(IrcServerKind::inspircd)) {
-        WARN("inspircd is not installed; run tools/deps.sh test");
-        return;
-    }
-    IrcServer irc(IrcServerKind::inspircd);
-    INFO(irc.why());
-    REQUIRE(irc.start());
-    TempDir dir;
-    DiscordSandbox sandbox(dir.path());
-    point_bridge_at(irc.address(), sandbox.api_base());
-
-    auto alice = irc.client("alice");
-    REQUIRE(alice);
-    REQUIRE(alice->join(kIrcChannel));
-
-    BridgeHost host(dir.path());
-    const bool joined =
-        alice->wait_for([](const IrcTestLine& l) { return l.command == "JOIN" && l.nick() == kNick; }, 30s).has_value();
-    const bool discord_up = poll([&] { return sandbox.control("GET", "/stats?log=0")["identifies"] == 1; }, 30s);
-    // Both connections report "connected" once they are in: IRC after its joins, Discord at READY.
-    const bool connected = poll([&] {
-        const std::string log = host.log();
-        return log.find("connected: registered as " + kNick) != std::string::npos &&
-               log.find("[discord] connected") != std::string::npos;
-    });
-    INFO("host log:\n" << host.log());
-    REQUIRE(joined);
-    REQUIRE(discord_up);
-    REQUIRE(connected);
+    if (inspircd_missing()) return;
+    RunningBridge bridge;
+    auto& alice = bridge.alice;
+    auto& host = *bridge.host;
+    auto& sandbox = *bridge.sandbox;
+    const auto& dir = bridge.dir;
 
     const std::string from_irc = "<alice> hello from irc";
     const std::string from_discord = "<Bob> hello from discord";  // the sandbox's user 2002, by global name
@@ -199,12 +226,33 @@ TEST_CASE("the bridge relays IRC, Discord and console messages to the other two,
     INFO("console:\n" << read_file(dir / "host.out"));
     CHECK(alice->texts_from(kNick) == std::vector<std::string>{from_discord, from_console});
     CHECK(discord_sent(sandbox) == std::vector<std::string>{from_irc, from_console});
-    std::vector<std::string> relayed;
-    for (const auto& line : host.console_lines()) {
-        if (line.rfind("<bridge> ", 0) == 0) relayed.push_back(line);
-    }
-    CHECK(relayed == std::vector<std::string>{"<bridge> " + from_irc, "<bridge> " + from_discord});
+    CHECK(bridge.console_relays() == std::vector<std::string>{"<bridge> " + from_irc, "<bridge> " + from_discord});
     // The Discord channel holds Bob's message and the bridge's two relays, nothing else.
     CHECK(sandbox.control("GET", "/messages?channel_id=" + kDiscordChannel)["messages"].size() == 3);
     CHECK(host.stop() == 0);
+}
+
+TEST_CASE("what is said on Discord while its gateway is away reaches IRC and the console once, after the resume",
+          "[irc][discord]") {
+    if (inspircd_missing()) return;
+    RunningBridge bridge;
+    auto& sandbox = *bridge.sandbox;
+    sandbox.control("POST", "/gateway/drop", nlohmann::json::object());
+    // Dispatched into the dropped session: the bridge gets it when it resumes (the sandbox replays it).
+    sandbox.control("POST", "/messages",
+                    {{"author_id", "2002"}, {"channel_id", kDiscordChannel}, {"content", "said during the drop"}});
+    INFO("host log:\n" << bridge.host->log());
+    REQUIRE(poll([&] { return sandbox.control("GET", "/stats?log=0")["resumes"] >= 1; }, 30s));
+    CHECK(bridge.alice->wait_for_texts_from(kNick, 1, 20s));
+    sandbox.control("POST", "/messages",
+                    {{"author_id", "2002"}, {"channel_id", kDiscordChannel}, {"content", "after the resume"}});
+    CHECK(bridge.alice->wait_for_texts_from(kNick, 2, 20s));
+
+    bridge.alice->drain(3s);
+    const std::vector<std::string> expected = {"<Bob> said during the drop", "<Bob> after the resume"};
+    CHECK(bridge.alice->texts_from(kNick) == expected);
+    CHECK(bridge.console_relays() == std::vector<std::string>{"<bridge> " + expected[0], "<bridge> " + expected[1]});
+    CHECK(discord_sent(sandbox).empty());
+    CHECK(sandbox.control("GET", "/stats?log=0")["identifies"] == 1);  // resumed, not a new session
+    CHECK(bridge.host->stop() == 0);
 }
