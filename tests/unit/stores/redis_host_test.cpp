@@ -1,6 +1,8 @@
 // The redis store as the host uses it: the real `switchboard` binary loads store_redis.so from its plugin directory,
 // runs the console connector and the echo bot on it, and refuses bad settings at their line or at start.
 
+#include <fcntl.h>
+
 #include <fstream>
 #include <process.hpp>
 
@@ -94,4 +96,59 @@ TEST_CASE("the host does not start when redis refuses its password, and says why
     CHECK(result.err.find("refused the password") != std::string::npos);
     CHECK(result.err.find("wrong-password") == std::string::npos);
     CHECK(result.out.find("<switchboard> hello") == std::string::npos);
+}
+
+TEST_CASE("the host rides out a redis-server restart under load: every line answered once, none lost", "[redis]") {
+    namespace bp = boost::process;
+    RedisServerOptions options;
+    options.persistent = true;  // what the server acknowledged survives its SIGKILL
+    RedisServer server(options);
+    if (!server.start()) FAIL(server.why());
+    TempDir dir;
+    write(dir / "redis.yaml", console_config(server.url()));
+    const auto ledger_size = [&] {
+        const std::string size = server.command({"ZCARD", "switchboard:seen:console:console"});
+        return size.starts_with("(") ? -1 : std::stoi(size);
+    };
+    constexpr int kLines = 1500;
+
+    bp::opstream input;
+    bp::child host(kSwitchboard.string(), bp::args({"run", "-c", "redis.yaml"}), bp::start_dir(dir.path().string()),
+                   bp::std_in<input, bp::std_out>(dir / "run1.out").string(),
+                   bp::std_err > (dir / "run1.err").string());
+    // Children started later (the restarted redis-server) must not inherit the pipe, or the host never sees the end
+    // of its input.
+    ::fcntl(input.pipe().native_sink(), F_SETFD, FD_CLOEXEC);
+    ::fcntl(input.pipe().native_source(), F_SETFD, FD_CLOEXEC);
+    const auto say = [&](int from, int to) {
+        for (int i = from; i < to; ++i) input << "line " << i << "\n";
+        input.flush();
+    };
+    say(0, 500);
+    REQUIRE(wait_until([&] { return ledger_size() >= 200; }, std::chrono::seconds(60)));
+    server.kill();
+    say(500, 1000);  // while the server is down: the host keeps them
+    REQUIRE(server.restart());
+    say(1000, kLines);
+    INFO(read_file(dir / "run1.err"));
+    REQUIRE(wait_until([&] { return ledger_size() == kLines; }, std::chrono::seconds(90)));
+    input.pipe().close();
+    const bool exited = wait_for_exit(host, std::chrono::seconds(60));
+    INFO(read_file(dir / "run1.err"));
+    REQUIRE(exited);
+    CHECK(host.exit_code() == 0);
+    CHECK(read_file(dir / "run1.err").find("reconnecting") != std::string::npos);
+
+    // A reply whose message's commit went through just as the server died stays pending in the outbox (its message
+    // is not handled again); the next start sends it. So, over both runs, every line is answered exactly once.
+    const auto second = run_process(kSwitchboard, {"run", "-c", "redis.yaml"}, dir.path(), "");
+    INFO(second.err);
+    CHECK(second.exit_code == 0);
+    const std::string answers = read_file(dir / "run1.out") + second.out;
+    CHECK(count(answers, "<switchboard> line ") == kLines);
+    for (int i = 0; i < kLines; ++i) {
+        INFO("line " << i);
+        CHECK(count(answers, "<switchboard> line " + std::to_string(i) + "\n") == 1);
+    }
+    CHECK(server.command({"ZCARD", "switchboard:outbox-pending"}) == "0");
 }
