@@ -140,8 +140,13 @@ struct TelegramConnector::Core : std::enable_shared_from_this<TelegramConnector:
     // Sends.
     std::mutex mutex;
     std::set<std::string> buckets_defined;
-    std::map<std::string, std::vector<std::string>> progress;  // idempotency key -> ids of the parts sent
-    std::deque<std::string> progress_order;
+    struct Progress {
+        std::vector<std::string> ids;  // of the parts sent
+        std::uint64_t serial = 0;      // which progress_order entry is this one's
+    };
+    std::map<std::string, Progress> progress;  // by idempotency key
+    std::deque<std::pair<std::string, std::uint64_t>> progress_order;  // oldest first; stale entries are skipped
+    std::uint64_t progress_serial = 0;
 
     [[nodiscard]] LogFields fields() const { return LogFields{connection, {}, {}}; }
 
@@ -484,10 +489,12 @@ struct TelegramConnector::Core : std::enable_shared_from_this<TelegramConnector:
     void keep_progress(const SendState& state) {
         if (state.ids.empty() || state.message.idempotency_key.empty()) return;
         std::lock_guard lock(mutex);
-        auto [it, fresh] = progress.insert_or_assign(state.message.idempotency_key, state.ids);
-        if (fresh) progress_order.push_back(it->first);
+        const std::uint64_t serial = ++progress_serial;
+        progress[state.message.idempotency_key] = Progress{state.ids, serial};
+        progress_order.emplace_back(state.message.idempotency_key, serial);
         while (progress_order.size() > kMaxProgress) {
-            progress.erase(progress_order.front());
+            const auto& [key, oldest] = progress_order.front();
+            if (auto it = progress.find(key); it != progress.end() && it->second.serial == oldest) progress.erase(it);
             progress_order.pop_front();
         }
     }
@@ -497,8 +504,8 @@ struct TelegramConnector::Core : std::enable_shared_from_this<TelegramConnector:
         std::lock_guard lock(mutex);
         auto it = progress.find(key);
         if (it == progress.end()) return {};
-        std::vector<std::string> ids = std::move(it->second);
-        progress.erase(it);  // its place in progress_order is skipped when it comes up
+        std::vector<std::string> ids = std::move(it->second.ids);
+        progress.erase(it);  // its progress_order entry is skipped when it comes up
         return ids;
     }
 

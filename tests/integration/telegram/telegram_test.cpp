@@ -392,3 +392,24 @@ TEST_CASE("switchboard run with the sandbox example answers in a group and split
     CHECK(first == "echo: " + std::string(3500, 'a') + "\n");  // cut after the newline, in the last quarter
     CHECK(first + second == "echo: " + long_text);
 }
+
+TEST_CASE("a long answer whose second part meets a 429 goes on with that part and doubles nothing", "[telegram]") {
+    TempDir dir;
+    // Telegram allows no burst into a chat here, while the connector (chat_burst 3) sends the second part at once:
+    // the sandbox refuses it with 429, and the retry must send only that part.
+    TelegramSandbox sandbox(dir.path(), {"--chat-burst", "1"});
+    write(dir / "switchboard.yaml", config(sandbox, "  - { plugin: echo, channels: [group], prefix: \"echo: \" }\n"));
+    Host host(dir);
+    REQUIRE(connected(host.process, sandbox));
+    const std::string text = std::string(3000, 'x') + " " + std::string(3000, 'y');
+    sandbox.control("POST", "/messages", {{"chat_id", 2002}, {"from", 2002}, {"text", text}});
+    INFO(host.process.err());
+    REQUIRE(poll_sandbox([&] { return sandbox.control("GET", "/sent?chat_id=2002").size() >= 2; },
+                         std::chrono::seconds(30)));
+    REQUIRE(host.process.stop() == 0);
+    const json sent = sandbox.control("GET", "/sent?chat_id=2002");
+    INFO(sent.dump().substr(0, 300));
+    REQUIRE(sent.size() == 2);
+    CHECK(sent[0]["text"].get<std::string>() + sent[1]["text"].get<std::string>() == "echo: " + text);
+    CHECK(sandbox.control("GET", "/stats?log=0")["responses_429"].get<int>() >= 1);
+}
