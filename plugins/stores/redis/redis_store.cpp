@@ -657,16 +657,23 @@ Result<void> RedisStore::commit(std::span<const ProcessedMessage> batch) {
     if (batch.empty()) return {};
     Impl& s = *impl_;
     json messages = json::array();
+    messages.get_ref<json::array_t&>().reserve(batch.size());
     for (const ProcessedMessage& item : batch) {
         const Message& message = item.message;
-        json writes = json::array();
+        // Built in place: an initializer list would copy every string once more.
+        json& packed = messages.emplace_back(json::array());
+        auto& fields = packed.get_ref<json::array_t&>();
+        fields.reserve(8);
+        fields.emplace_back(channel_pair(message.connection, message.channel));
+        fields.emplace_back(part(message.connection));
+        fields.emplace_back(message.channel);
+        fields.emplace_back(message.id);
+        fields.emplace_back(std::to_string(message.timestamp_ms));
+        fields.emplace_back(s.options.message_log ? message_blob(message) : std::string());
+        json& writes = fields.emplace_back(json::array());
         for (const KeyValueWrite& write : item.writes) add_write(writes, write);
-        json entries = json::array();
+        json& entries = fields.emplace_back(json::array());
         for (const OutboxEntry& entry : item.outbox) add_outbox_entry(entries, entry);
-        messages.push_back(json::array({channel_pair(message.connection, message.channel), part(message.connection),
-                                        message.channel, message.id, std::to_string(message.timestamp_ms),
-                                        s.options.message_log ? message_blob(message) : std::string(),
-                                        std::move(writes), std::move(entries)}));
     }
     Command command = s.script("commit");
     command.number(now_ms()).arg(s.window_text).arg(s.options.message_log ? "1" : "0").own(pack(messages));
