@@ -3,19 +3,18 @@
 // port, driven through its /_sandbox/ control API, stopped when the object goes. Include in one .cpp per test
 // executable (it pulls in Boost.Beast).
 
-#include "background_process.hpp"
-#include "test_support.hpp"
-
 #include <boost/asio/connect.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
-#include <nlohmann/json.hpp>
-
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#include "background_process.hpp"
+#include "test_support.hpp"
 
 namespace switchboard::testing_support {
 
@@ -27,9 +26,9 @@ public:
     /// Starts the sandbox with @p args (e.g. `--chat-rate 0`) in @p directory; waits until it listens.
     explicit TelegramSandbox(const std::filesystem::path& directory, std::vector<std::string> args = {}) {
         args.insert(args.begin(), {"telegram", "--port", "0", "--exit-with-parent"});
-        process_ = std::make_unique<BackgroundProcess>(std::filesystem::path(SWITCHBOARD_TEST_BIN_DIR) /
-                                                           "switchboard-sandbox",
-                                                       args, directory, "telegram-sandbox");
+        process_ =
+            std::make_unique<BackgroundProcess>(std::filesystem::path(SWITCHBOARD_TEST_BIN_DIR) / "switchboard-sandbox",
+                                                args, directory, "telegram-sandbox");
         if (!wait_until([&] { return process_->out().find('\n') != std::string::npos || !process_->running(); },
                         std::chrono::seconds(20)))
             throw std::runtime_error("the Telegram sandbox did not start: " + process_->err());
@@ -70,8 +69,8 @@ public:
         stream.socket().shutdown(boost::asio::ip::tcp::socket::shutdown_both, ignored);
         const auto& response = parser.get();
         if (response.result_int() / 100 != 2)
-            throw std::runtime_error(method + " /_sandbox" + path + ": " + std::to_string(response.result_int()) +
-                                     " " + response.body());
+            throw std::runtime_error(method + " /_sandbox" + path + ": " + std::to_string(response.result_int()) + " " +
+                                     response.body());
         return response.body().empty() ? nlohmann::json::object() : nlohmann::json::parse(response.body());
     }
 

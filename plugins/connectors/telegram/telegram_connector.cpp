@@ -1,9 +1,6 @@
 #include "telegram_connector.hpp"
 
-#include "telegram_http.hpp"
-
-#include <switchboard/rate_limit.hpp>
-
+#include <atomic>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/executor_work_guard.hpp>
@@ -12,8 +9,6 @@
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
-
-#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -22,7 +17,10 @@
 #include <mutex>
 #include <random>
 #include <set>
+#include <switchboard/rate_limit.hpp>
 #include <thread>
+
+#include "telegram_http.hpp"
 
 namespace switchboard::telegram {
 namespace {
@@ -68,9 +66,7 @@ std::optional<std::int64_t> parse_int(const std::optional<std::string>& text) {
 }
 
 // The bot's user id: the number before ':' in its token (getMe confirms it).
-std::int64_t token_user_id(const std::string& token) {
-    return parse_int(token.substr(0, token.find(':'))).value_or(0);
-}
+std::int64_t token_user_id(const std::string& token) { return parse_int(token.substr(0, token.find(':'))).value_or(0); }
 
 std::vector<std::string> split_ids(const std::string& joined) {
     std::vector<std::string> ids;
@@ -105,8 +101,11 @@ struct TelegramConnector::Runner {
 struct TelegramConnector::Core : std::enable_shared_from_this<TelegramConnector::Core> {
     Core(asio::io_context& poll_io_, asio::io_context& send_io_, const PluginContext& context,
          TelegramSettings settings_, const Endpoint& api)
-        : poll_io(poll_io_), logger(context.logger()), connection(context.instance_name()),
-          settings(std::move(settings_)), poll_http(make_http_client(poll_io_, api, settings, 1, logger)),
+        : poll_io(poll_io_),
+          logger(context.logger()),
+          connection(context.instance_name()),
+          settings(std::move(settings_)),
+          poll_http(make_http_client(poll_io_, api, settings, 1, logger)),
           send_http(make_http_client(send_io_, api, settings, settings.http_connections, logger)) {}
 
     asio::io_context& poll_io;
@@ -144,7 +143,7 @@ struct TelegramConnector::Core : std::enable_shared_from_this<TelegramConnector:
         std::vector<std::string> ids;  // of the parts sent
         std::uint64_t serial = 0;      // which progress_order entry is this one's
     };
-    std::map<std::string, Progress> progress;  // by idempotency key
+    std::map<std::string, Progress> progress;                          // by idempotency key
     std::deque<std::pair<std::string, std::uint64_t>> progress_order;  // oldest first; stale entries are skipped
     std::uint64_t progress_serial = 0;
 
@@ -203,7 +202,7 @@ struct TelegramConnector::Core : std::enable_shared_from_this<TelegramConnector:
     // One Bot API call of the poll loop, through the scheduler (route @p method); nullopt when stopping. (Every
     // argument of a co_await here is a named object: GCC 12 destroys temporaries in co_await expressions twice.)
     asio::awaitable<std::optional<Result<HttpResponse>>> call(std::string method, std::string body,
-                                                             std::int64_t timeout_ms) {
+                                                              std::int64_t timeout_ms) {
         RateLimitScheduler* limits = scheduler;
         std::function<void(std::function<void(Result<void>)>)> acquire =
             [limits, method](std::function<void(Result<void>)> done) {
@@ -410,8 +409,7 @@ struct TelegramConnector::Core : std::enable_shared_from_this<TelegramConnector:
             auto updates = parse_updates(api.result, bot.id);
             if (!updates) {
                 const auto delay = failed(updates.error().message);
-                logger.error(updates.error().message + "; polling again in " + std::to_string(delay) + " ms",
-                             fields());
+                logger.error(updates.error().message + "; polling again in " + std::to_string(delay) + " ms", fields());
                 co_await sleep_ms(delay);
                 continue;
             }
@@ -537,10 +535,10 @@ struct TelegramConnector::Core : std::enable_shared_from_this<TelegramConnector:
             "sendMessage", std::move(body), milliseconds(settings.request_timeout_ms),
             [self, state, route, index](Result<HttpResponse> response) {
                 const std::size_t count = state->parts.size();
-                const std::string what = "send to chat " + state->chat +
-                                         (count > 1 ? " (part " + std::to_string(index + 1) + " of " +
-                                                          std::to_string(count) + ")"
-                                                    : std::string());
+                const std::string what =
+                    "send to chat " + state->chat +
+                    (count > 1 ? " (part " + std::to_string(index + 1) + " of " + std::to_string(count) + ")"
+                               : std::string());
                 if (!response) {
                     self->scheduler->observe(route, RateLimitInfo{});
                     self->finish_send(state, fail_retryable("network_error", what + ": " + response.error().message));

@@ -3,13 +3,12 @@
 // the bots send and take back. An update is confirmed to Telegram (the getUpdates offset moves past it) only once
 // the host handled it, so a crash loses nothing: see README.md ("Offsets").
 
-#include "telegram_protocol.hpp"
-#include "telegram_settings.hpp"
-
+#include <memory>
 #include <switchboard/connector.hpp>
 #include <switchboard/plugin.hpp>
 
-#include <memory>
+#include "telegram_protocol.hpp"
+#include "telegram_settings.hpp"
 
 namespace switchboard::telegram {
 

@@ -12,7 +12,6 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/beast/ssl.hpp>
-
 #include <deque>
 #include <optional>
 #include <set>
@@ -63,9 +62,13 @@ class Client final : public HttpClient, public std::enable_shared_from_this<Clie
 public:
     Client(asio::io_context& io, Endpoint api, const TelegramSettings& settings, std::uint32_t connections,
            Logger& logger)
-        : strand_(asio::make_strand(io)), ssl_(asio::ssl::context::tls_client), api_(std::move(api)),
-          token_(settings.token), connect_timeout_(settings.connect_timeout_ms),
-          max_connections_(std::max<std::uint32_t>(1, connections)), logger_(logger) {
+        : strand_(asio::make_strand(io)),
+          ssl_(asio::ssl::context::tls_client),
+          api_(std::move(api)),
+          token_(settings.token),
+          connect_timeout_(settings.connect_timeout_ms),
+          max_connections_(std::max<std::uint32_t>(1, connections)),
+          logger_(logger) {
         if (api_.tls) {
             ssl_.set_default_verify_paths();
             ssl_.set_verify_mode(asio::ssl::verify_peer);
@@ -149,9 +152,9 @@ private:
             // A kept-alive connection the server closed meanwhile: the request never reached it; once more on a new
             // connection. Anything else (a timeout, a reset mid-response) is reported.
             if (!reused || attempt > 0 || !connection_was_closed(ec)) {
-                const std::string why = ec == beast::error::timeout ? "no response within " +
-                                                                          std::to_string(p.timeout.count()) + " ms"
-                                                                    : ec.message();
+                const std::string why = ec == beast::error::timeout
+                                            ? "no response within " + std::to_string(p.timeout.count()) + " ms"
+                                            : ec.message();
                 co_return fail_retryable("network_error", p.method + ": " + why);
             }
         }
@@ -179,13 +182,15 @@ private:
         connection->lowest().expires_after(connect_timeout_);
         beast::error_code connect_ec;
         co_await connection->lowest().async_connect(endpoints, on_error(connect_ec));
-        if (connect_ec) co_return fail_retryable("network_error", "connecting to " + where + ": " + connect_ec.message());
+        if (connect_ec)
+            co_return fail_retryable("network_error", "connecting to " + where + ": " + connect_ec.message());
         if (api_.tls) {
             connection->lowest().expires_after(connect_timeout_);
             beast::error_code handshake_ec;
             co_await connection->secure->async_handshake(asio::ssl::stream_base::client, on_error(handshake_ec));
             if (handshake_ec) {
-                co_return fail_retryable("network_error", "TLS handshake with " + where + ": " + handshake_ec.message());
+                co_return fail_retryable("network_error",
+                                         "TLS handshake with " + where + ": " + handshake_ec.message());
             }
         }
         connection->lowest().expires_never();
@@ -241,8 +246,9 @@ private:
 
 }  // namespace
 
-std::shared_ptr<HttpClient> make_http_client(boost::asio::io_context& io, Endpoint api, const TelegramSettings& settings,
-                                             std::uint32_t connections, Logger& logger) {
+std::shared_ptr<HttpClient> make_http_client(boost::asio::io_context& io, Endpoint api,
+                                             const TelegramSettings& settings, std::uint32_t connections,
+                                             Logger& logger) {
     return std::make_shared<Client>(io, std::move(api), settings, connections, logger);
 }
 

@@ -4,15 +4,14 @@
 // nothing of rate limits or of the envelope: the connector acquires, parses and observes around each request.
 // Beast stays inside telegram_http.cpp.
 
-#include "telegram_settings.hpp"
-
-#include <switchboard/plugin.hpp>
-#include <switchboard/result.hpp>
-
 #include <chrono>
 #include <functional>
 #include <memory>
 #include <string>
+#include <switchboard/plugin.hpp>
+#include <switchboard/result.hpp>
+
+#include "telegram_settings.hpp"
 
 namespace boost::asio {
 class io_context;

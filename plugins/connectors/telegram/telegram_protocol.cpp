@@ -138,7 +138,9 @@ Result<std::vector<Update>> parse_updates(const json& result, std::int64_t self_
     for (std::size_t i = 0; i < result.size(); ++i) {
         const json& element = result[i];
         const auto id = int_field(element, "update_id");
-        if (!id) return fail("bad_payload", "getUpdates: result[" + std::to_string(i) + "].update_id: missing or not an integer");
+        if (!id)
+            return fail("bad_payload",
+                        "getUpdates: result[" + std::to_string(i) + "].update_id: missing or not an integer");
         Update update;
         update.update_id = *id;
         if (element.contains("message")) {
@@ -204,8 +206,7 @@ Result<std::string> parse_sent_message_id(const json& result) {
 
 Error response_error(const ApiResponse& response, const std::string& what) {
     const int code = response.error_code;
-    const std::string said =
-        response.description.empty() ? "" : ": Telegram says \"" + response.description + "\"";
+    const std::string said = response.description.empty() ? "" : ": Telegram says \"" + response.description + "\"";
     const std::string where = what + " failed with " + std::to_string(code) + said;
     const auto says = [&](std::string_view needle) { return response.description.find(needle) != std::string::npos; };
     if (code == 429) {
@@ -213,14 +214,15 @@ Error response_error(const ApiResponse& response, const std::string& what) {
         return fail_retryable("rate_limited", where + " (retry after " + std::to_string(ms) + " ms)", ms);
     }
     if (code == 403) {
-        return fail("unreachable", where + ": the bot cannot write there (blocked by the user, removed from the group, "
-                                           "or the user never started it)");
+        return fail("unreachable", where +
+                                       ": the bot cannot write there (blocked by the user, removed from the group, "
+                                       "or the user never started it)");
     }
     if (code == 401) return fail("token_rejected", where + ": the token was rejected; check the connection's token");
     if (code == 404) return fail("not_found", where + ": check the connection's token and api_base");
     if (code == 409) {
         return fail_retryable("conflict", where + (says("webhook") ? ": a webhook is set for this bot; delete it first"
-                                                                    : ": another instance is polling this bot"));
+                                                                   : ": another instance is polling this bot"));
     }
     if (code == 400) {
         if (response.migrate_to_chat_id) {

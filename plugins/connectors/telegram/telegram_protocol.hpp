@@ -4,18 +4,16 @@
 // may be confirmed (UpdateLedger) and whether a new session missed updates (detect_gap). Everything here is pure,
 // so the unit tests exercise it without a socket; the network lives in telegram_http.cpp and telegram_connector.cpp.
 
-#include <switchboard/message.hpp>
-#include <switchboard/rate_limit.hpp>
-#include <switchboard/result.hpp>
-
-#include <nlohmann/json.hpp>
-
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <switchboard/message.hpp>
+#include <switchboard/rate_limit.hpp>
+#include <switchboard/result.hpp>
 #include <vector>
 
 namespace switchboard::telegram {
@@ -36,8 +34,8 @@ inline constexpr std::size_t kMaxTextUnits = 4096;
 struct ApiResponse {
     bool ok = false;
     nlohmann::json result;
-    int error_code = 0;        ///< The HTTP status when the body says none.
-    std::string description;   ///< "Forbidden: bot was blocked by the user", ...
+    int error_code = 0;                              ///< The HTTP status when the body says none.
+    std::string description;                         ///< "Forbidden: bot was blocked by the user", ...
     std::optional<double> retry_after_s;             ///< parameters.retry_after (429)
     std::optional<std::int64_t> migrate_to_chat_id;  ///< parameters.migrate_to_chat_id (a group became a supergroup)
 };

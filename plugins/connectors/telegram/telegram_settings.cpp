@@ -1,9 +1,8 @@
 #include "telegram_settings.hpp"
 
+#include <algorithm>
 #include <boost/url/parse.hpp>
 #include <boost/url/url_view.hpp>
-
-#include <algorithm>
 #include <cctype>
 
 namespace switchboard::telegram {
@@ -13,13 +12,29 @@ constexpr const char* kTokenHint = "set it to ${TELEGRAM_TOKEN}, the token @BotF
 
 // Update types the Bot API knows (getUpdates' allowed_updates).
 const std::vector<std::string>& known_update_types() {
-    static const std::vector<std::string> types{
-        "message",         "edited_message",       "channel_post",        "edited_channel_post",
-        "business_connection", "business_message", "edited_business_message", "deleted_business_messages",
-        "message_reaction", "message_reaction_count", "inline_query",     "chosen_inline_result",
-        "callback_query",  "shipping_query",       "pre_checkout_query",  "purchased_paid_media",
-        "poll",            "poll_answer",          "my_chat_member",      "chat_member",
-        "chat_join_request", "chat_boost",         "removed_chat_boost"};
+    static const std::vector<std::string> types{"message",
+                                                "edited_message",
+                                                "channel_post",
+                                                "edited_channel_post",
+                                                "business_connection",
+                                                "business_message",
+                                                "edited_business_message",
+                                                "deleted_business_messages",
+                                                "message_reaction",
+                                                "message_reaction_count",
+                                                "inline_query",
+                                                "chosen_inline_result",
+                                                "callback_query",
+                                                "shipping_query",
+                                                "pre_checkout_query",
+                                                "purchased_paid_media",
+                                                "poll",
+                                                "poll_answer",
+                                                "my_chat_member",
+                                                "chat_member",
+                                                "chat_join_request",
+                                                "chat_boost",
+                                                "removed_chat_boost"};
     return types;
 }
 
@@ -125,8 +140,9 @@ std::vector<ConfigProblem> check_settings(const PluginConfig& config) {
         for (const std::string& type : config.get_list("allowed_updates")) {
             const auto& known = known_update_types();
             if (std::find(known.begin(), known.end(), type) == known.end()) {
-                problems.push_back({"allowed_updates", "'" + type + "' is not a Bot API update type (message, "
-                                                        "edited_message, channel_post, callback_query, ...)"});
+                problems.push_back({"allowed_updates", "'" + type +
+                                                           "' is not a Bot API update type (message, "
+                                                           "edited_message, channel_post, callback_query, ...)"});
                 break;
             }
         }

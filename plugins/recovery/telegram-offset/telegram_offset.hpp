@@ -8,10 +8,9 @@
 // than 24 h, or the first update is above the offset it had saved. On `connected` the policy reads that record and
 // finishes a RecoveryReport for every watched channel: with the gap and its reason, or without one.
 
-#include <switchboard/recovery.hpp>
-
 #include <optional>
 #include <string>
+#include <switchboard/recovery.hpp>
 
 namespace switchboard::recovery {
 

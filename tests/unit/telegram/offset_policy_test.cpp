@@ -1,10 +1,9 @@
 // The telegram-offset policy against a recording context: on `connected` it reports every watched channel, with the
 // gap the connector recorded (or none), fetches nothing, and logs the gap.
-#include "telegram_offset.hpp"
-
 #include <catch2/catch.hpp>
-
 #include <map>
+
+#include "telegram_offset.hpp"
 
 using namespace switchboard;
 using namespace switchboard::recovery;

@@ -1,10 +1,9 @@
 // The Telegram protocol without the network: the envelope, updates into messages, errors into delivery outcomes,
 // splitting at 4096 UTF-16 code units, the offset ledger and gap detection.
-#include "telegram_protocol.hpp"
-
 #include <catch2/catch.hpp>
-
 #include <map>
+
+#include "telegram_protocol.hpp"
 
 using namespace switchboard;
 using namespace switchboard::telegram;
@@ -13,7 +12,7 @@ using nlohmann::json;
 namespace {
 
 json message_update(std::int64_t update_id, std::int64_t chat, const std::string& chat_type, std::int64_t from,
-                     const std::string& text, std::int64_t message_id = 7) {
+                    const std::string& text, std::int64_t message_id = 7) {
     return json{{"update_id", update_id},
                 {"message",
                  {{"message_id", message_id},
@@ -37,7 +36,8 @@ TEST_CASE("the Bot API envelope is read for success and failure", "[telegram]") 
     CHECK(ok.result == json::array({1, 2}));
 
     auto limited = parse_response(
-        429, R"({"ok":false,"error_code":429,"description":"Too Many Requests: retry after 3","parameters":{"retry_after":3}})");
+        429,
+        R"({"ok":false,"error_code":429,"description":"Too Many Requests: retry after 3","parameters":{"retry_after":3}})");
     CHECK_FALSE(limited.ok);
     CHECK(limited.error_code == 429);
     CHECK(limited.description == "Too Many Requests: retry after 3");
@@ -45,7 +45,8 @@ TEST_CASE("the Bot API envelope is read for success and failure", "[telegram]") 
     CHECK(*limited.retry_after_s == 3);
 
     auto migrated = parse_response(
-        400, R"({"ok":false,"error_code":400,"description":"Bad Request: group chat was upgraded to a supergroup chat","parameters":{"migrate_to_chat_id":-1001}})");
+        400,
+        R"({"ok":false,"error_code":400,"description":"Bad Request: group chat was upgraded to a supergroup chat","parameters":{"migrate_to_chat_id":-1001}})");
     REQUIRE(migrated.migrate_to_chat_id);
     CHECK(*migrated.migrate_to_chat_id == -1001);
 
@@ -141,16 +142,20 @@ TEST_CASE("failed responses map to delivery outcomes", "[telegram]") {
     const auto error_of = [](unsigned status, const std::string& body) {
         return response_error(parse_response(status, body), "send to chat 2002");
     };
-    auto blocked = error_of(403, R"({"ok":false,"error_code":403,"description":"Forbidden: bot was blocked by the user"})");
+    auto blocked =
+        error_of(403, R"({"ok":false,"error_code":403,"description":"Forbidden: bot was blocked by the user"})");
     CHECK(blocked.code == "unreachable");  // what the delivery engine reports as an unreachable recipient
     CHECK_FALSE(blocked.retryable);
     CHECK(blocked.message.find("bot was blocked by the user") != std::string::npos);
 
-    auto limited = error_of(429, R"({"ok":false,"error_code":429,"description":"Too Many Requests: retry after 3","parameters":{"retry_after":3}})");
+    auto limited = error_of(
+        429,
+        R"({"ok":false,"error_code":429,"description":"Too Many Requests: retry after 3","parameters":{"retry_after":3}})");
     CHECK(limited.code == "rate_limited");
     CHECK(limited.retryable);
     CHECK(limited.retry_after_ms == 3000);
-    const auto info = rate_limit_info(parse_response(429, R"({"ok":false,"error_code":429,"description":"x","parameters":{"retry_after":3}})"));
+    const auto info = rate_limit_info(
+        parse_response(429, R"({"ok":false,"error_code":429,"description":"x","parameters":{"retry_after":3}})"));
     CHECK(info.limited);
     CHECK_FALSE(info.global);
     CHECK(info.retry_after_s == 3);
@@ -159,7 +164,8 @@ TEST_CASE("failed responses map to delivery outcomes", "[telegram]") {
     auto token = error_of(401, R"({"ok":false,"error_code":401,"description":"Unauthorized"})");
     CHECK(token.code == "token_rejected");
     CHECK_FALSE(token.retryable);
-    auto conflict = error_of(409, R"({"ok":false,"error_code":409,"description":"Conflict: terminated by other getUpdates request"})");
+    auto conflict = error_of(
+        409, R"({"ok":false,"error_code":409,"description":"Conflict: terminated by other getUpdates request"})");
     CHECK(conflict.code == "conflict");
     CHECK(conflict.message.find("another instance is polling") != std::string::npos);
     auto gateway = error_of(502, R"({"ok":false,"error_code":502,"description":"Bad Gateway"})");
@@ -169,7 +175,9 @@ TEST_CASE("failed responses map to delivery outcomes", "[telegram]") {
           "chat_not_found");
     CHECK(error_of(400, R"({"ok":false,"error_code":400,"description":"Bad Request: message to delete not found"})")
               .code == "message_not_found");
-    auto migrated = error_of(400, R"({"ok":false,"error_code":400,"description":"Bad Request: group chat was upgraded","parameters":{"migrate_to_chat_id":-1001}})");
+    auto migrated = error_of(
+        400,
+        R"({"ok":false,"error_code":400,"description":"Bad Request: group chat was upgraded","parameters":{"migrate_to_chat_id":-1001}})");
     CHECK(migrated.code == "chat_migrated");
     CHECK(migrated.message.find("-1001") != std::string::npos);
 }
@@ -198,7 +206,9 @@ TEST_CASE("texts are split at 4096 UTF-16 code units between code points at a ne
         const auto parts = split_text(text);
         REQUIRE(parts.size() == 2);
         CHECK(parts[0] == std::string(4095, 'a'));
-        CHECK(parts[1] == "\xF0\x9F\x98\x80" "b");
+        CHECK(parts[1] ==
+              "\xF0\x9F\x98\x80"
+              "b");
     }
     SECTION("emoji-only texts split into whole emoji within the limit") {
         const std::string text = repeat("\xF0\x9F\x98\x80", 3000);  // 6000 units

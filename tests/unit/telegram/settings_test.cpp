@@ -1,6 +1,6 @@
-#include "telegram_settings.hpp"
-
 #include <catch2/catch.hpp>
+
+#include "telegram_settings.hpp"
 
 using namespace switchboard;
 using namespace switchboard::telegram;
