@@ -23,6 +23,7 @@
 #include <fstream>
 #include <iomanip>
 #include <iostream>
+#include <map>
 #include <sstream>
 
 namespace po = boost::program_options;
@@ -198,7 +199,13 @@ int command_run(const std::vector<std::string>& args) {
         std::cerr << "switchboard run: error: unknown log level '" << level_name << "'\n";
         return kExitUsage;
     }
-    host::SpdLogger logger("host", format == "json" ? host::LogFormat::json : host::LogFormat::text, *level);
+    // Levels per component from the config (validated there); --log-level sets the others'.
+    std::map<std::string, LogLevel> component_levels;
+    for (const auto& [component, name] : config->log_levels) {
+        if (auto parsed = host::parse_log_level(name)) component_levels[component] = *parsed;
+    }
+    host::SpdLogger logger("host", format == "json" ? host::LogFormat::json : host::LogFormat::text, *level,
+                           std::move(component_levels));
     logger.info("switchboard " + std::string(kFrameworkVersion) + " starting with " + source->name);
     // The host (and every object it made) goes before the registry: objects first, then their libraries.
     host::Host host(std::move(*config), plugins.registry, logger);

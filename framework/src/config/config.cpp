@@ -246,13 +246,23 @@ private:
         if (section == nullptr) return;
         auto settings = block(section->value, section->key_node, "'switchboard'");
         if (!settings) return;
-        context_.check_keys(settings->entries, {"plugin_path", "admin", "log_level"}, settings->where);
+        context_.check_keys(settings->entries, {"plugin_path", "admin", "log_level", "log_levels"}, settings->where);
 
         if (auto paths = list(*settings, "plugin_path", false)) {
             for (const Item& item : *paths) config_.plugin_path.push_back(resolve_plugin_dir(item.text));
         }
-        if (auto level = choice(*settings, "log_level", {"trace", "debug", "info", "warn", "error"})) {
-            config_.log_level = *level;
+        const std::vector<std::string> levels{"trace", "debug", "info", "warn", "error"};
+        if (auto level = choice(*settings, "log_level", levels)) config_.log_level = *level;
+        // Per component (a connection, bot or strategy name, `NAME/recovery`, or host, pipeline, delivery, store,
+        // admin): its level instead of log_level.
+        if (const Entry* entry = find_entry(settings->entries, "log_levels")) {
+            if (auto components = block(entry->value, entry->key_node, "'log_levels'")) {
+                for (const Entry& component : components->entries) {
+                    if (auto level = choice(*components, component.key, levels)) {
+                        config_.log_levels[component.key] = *level;
+                    }
+                }
+            }
         }
         if (const Entry* admin_entry = find_entry(settings->entries, "admin")) {
             auto admin = block(admin_entry->value, admin_entry->key_node, "'admin'");

@@ -6,6 +6,7 @@
 #include <switchboard/routing.hpp>
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -99,6 +100,7 @@ struct Config {
     std::vector<std::string> plugin_path;  // switchboard.plugin_path, relative entries resolved against the file's dir
     std::optional<AdminConfig> admin;      // switchboard.admin
     std::string log_level = "info";        // switchboard.log_level
+    std::map<std::string, std::string> log_levels;  // switchboard.log_levels: component → level
     PluginUse store;                       // `store: { plugin: NAME, ...settings }`, default plugin sqlite
     std::vector<ConnectionConfig> connections;
     std::vector<ChannelConfig> channels;

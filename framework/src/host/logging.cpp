@@ -40,28 +40,35 @@ std::optional<LogLevel> parse_log_level(const std::string& text) {
     return std::nullopt;
 }
 
-SpdLogger::SpdLogger(std::string component, LogFormat format, LogLevel level)
-    : component_(std::move(component)), format_(format) {
-    sink_ = std::make_shared<spdlog::logger>("switchboard", std::make_shared<spdlog::sinks::stderr_color_sink_mt>());
-    // JSON lines carry their own time and level; text lines get them from the pattern.
-    sink_->set_pattern(format == LogFormat::json ? "%v" : "%Y-%m-%dT%H:%M:%S.%e %^%-5l%$ %v");
-    sink_->set_level(to_spdlog(level));
-    sink_->flush_on(spdlog::level::warn);
+SpdLogger::SpdLogger(std::string component, LogFormat format, LogLevel level,
+                     std::map<std::string, LogLevel> component_levels) {
+    auto sink = std::make_shared<spdlog::logger>("switchboard", std::make_shared<spdlog::sinks::stderr_color_sink_mt>());
+    // JSON lines carry their own time and level; text lines get them from the pattern. Each SpdLogger filters by its
+    // own level, so the sink passes everything.
+    sink->set_pattern(format == LogFormat::json ? "%v" : "%Y-%m-%dT%H:%M:%S.%e %^%-5l%$ %v");
+    sink->set_level(spdlog::level::trace);
+    sink->flush_on(spdlog::level::warn);
+    shared_ = std::make_shared<const Shared>(Shared{std::move(sink), format, level, std::move(component_levels)});
+    auto own = shared_->component_levels.find(component);
+    level_ = own == shared_->component_levels.end() ? level : own->second;
+    component_ = std::move(component);
 }
 
-SpdLogger::SpdLogger(std::string component, LogFormat format, std::shared_ptr<spdlog::logger> sink)
-    : component_(std::move(component)), format_(format), sink_(std::move(sink)) {}
+SpdLogger::SpdLogger(std::string component, std::shared_ptr<const Shared> shared)
+    : component_(std::move(component)), shared_(std::move(shared)) {
+    auto own = shared_->component_levels.find(component_);
+    level_ = own == shared_->component_levels.end() ? shared_->level : own->second;
+}
 
 std::unique_ptr<SpdLogger> SpdLogger::child(std::string component) const {
-    return std::unique_ptr<SpdLogger>(new SpdLogger(std::move(component), format_, sink_));
+    return std::unique_ptr<SpdLogger>(new SpdLogger(std::move(component), shared_));
 }
 
-void SpdLogger::set_level(LogLevel level) noexcept { sink_->set_level(to_spdlog(level)); }
-
 void SpdLogger::log(LogLevel level, std::string_view text, const LogFields& fields) noexcept {
-    if (!sink_->should_log(to_spdlog(level))) return;
+    if (level < level_) return;
+    const auto& sink = shared_->sink;
     try {
-        if (format_ == LogFormat::json) {
+        if (shared_->format == LogFormat::json) {
             const auto now = std::chrono::duration_cast<std::chrono::milliseconds>(
                                  std::chrono::system_clock::now().time_since_epoch())
                                  .count();
@@ -70,13 +77,13 @@ void SpdLogger::log(LogLevel level, std::string_view text, const LogFields& fiel
             if (!fields.connection.empty()) line["connection"] = fields.connection;
             if (!fields.channel.empty()) line["channel"] = fields.channel;
             if (!fields.message_id.empty()) line["message_id"] = fields.message_id;
-            sink_->log(to_spdlog(level), "{}", line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+            sink->log(to_spdlog(level), "{}", line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
         } else {
             std::string line = "[" + component_ + "] " + std::string(text);
             if (!fields.connection.empty()) line += " connection=" + std::string(fields.connection);
             if (!fields.channel.empty()) line += " channel=" + std::string(fields.channel);
             if (!fields.message_id.empty()) line += " message_id=" + std::string(fields.message_id);
-            sink_->log(to_spdlog(level), "{}", line);
+            sink->log(to_spdlog(level), "{}", line);
         }
     } catch (...) {
         // Logging must never take the process down.

@@ -3,6 +3,7 @@
 
 #include <switchboard/plugin.hpp>
 
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -21,19 +22,28 @@ enum class LogFormat { text, json };
 /// Writes events to standard error (standard output belongs to the console connector).
 class SpdLogger final : public Logger {
 public:
-    /// A logger for @p component ("host", a connection or bot name) writing in @p format at @p level and above.
-    SpdLogger(std::string component, LogFormat format, LogLevel level);
-    /// A logger for another component sharing this one's sink, format and level.
+    /// A logger for @p component ("host", a connection or bot name) writing in @p format at @p level and above,
+    /// except for the components named in @p component_levels, which log at their own level.
+    SpdLogger(std::string component, LogFormat format, LogLevel level,
+              std::map<std::string, LogLevel> component_levels = {});
+    /// A logger for another component sharing this one's sink and format, at that component's level.
     [[nodiscard]] std::unique_ptr<SpdLogger> child(std::string component) const;
     void log(LogLevel level, std::string_view text, const LogFields& fields = {}) noexcept override;
-    void set_level(LogLevel level) noexcept;
+    /// This component's level.
+    [[nodiscard]] LogLevel level() const noexcept { return level_; }
 
 private:
-    SpdLogger(std::string component, LogFormat format, std::shared_ptr<spdlog::logger> sink);
+    struct Shared {
+        std::shared_ptr<spdlog::logger> sink;
+        LogFormat format;
+        LogLevel level;  // for components without a level of their own
+        std::map<std::string, LogLevel> component_levels;
+    };
+    SpdLogger(std::string component, std::shared_ptr<const Shared> shared);
 
     std::string component_;
-    LogFormat format_;
-    std::shared_ptr<spdlog::logger> sink_;
+    std::shared_ptr<const Shared> shared_;
+    LogLevel level_;
 };
 
 }  // namespace switchboard::host

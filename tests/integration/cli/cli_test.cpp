@@ -3,8 +3,13 @@
 
 #include <catch2/catch.hpp>
 
+#include <nlohmann/json.hpp>
+
 #include <csignal>
 #include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
 #include <thread>
 
 using namespace switchboard::testing_support;
@@ -313,4 +318,60 @@ TEST_CASE("a bot routes to a group through the real host and gets the delivery r
     CHECK(result.err.find("announcement to 'nobody': group_dissolved (group_dissolved), 0 of 0 delivered") !=
           std::string::npos);
     CHECK(result.out.find("<switchboard> usage: !announce GROUP TEXT\n") != std::string::npos);
+}
+
+TEST_CASE("logs are one JSON object per line with --log-format json, at levels set per component", "[cli][logs]") {
+    TempDir dir;
+    write(dir / "sb.yaml",
+          "switchboard:\n"
+          "  log_level: warn\n"
+          "  log_levels: { host: info, console: debug }\n"
+          "store: { plugin: memory }\n"
+          "connections:\n"
+          "  - { name: console, plugin: console }\n"
+          "channels:\n"
+          "  main: { connection: console, id: console }\n"
+          "bots:\n"
+          "  - { plugin: echo, channels: [main] }\n");
+    const auto result = switchboard_run({"run", "-c", "sb.yaml", "--log-format", "json"}, dir.path(), "hi\n");
+    INFO(result.err);
+    REQUIRE(result.exit_code == 0);
+    CHECK(result.out.find("<switchboard> hi\n") != std::string::npos);
+    std::istringstream lines(result.err);
+    std::string line;
+    std::map<std::string, std::set<std::string>> levels_by_component;
+    std::size_t with_connection = 0;
+    while (std::getline(lines, line)) {
+        const auto event = nlohmann::json::parse(line, nullptr, false);
+        INFO(line);
+        REQUIRE(event.is_object());
+        CHECK(event["time_ms"].is_number_integer());
+        CHECK(event["msg"].is_string());
+        levels_by_component[event["component"].get<std::string>()].insert(event["level"].get<std::string>());
+        if (event.contains("connection")) ++with_connection;
+    }
+    CHECK(levels_by_component["host"].count("info") == 1);     // "running: ...", "stopping: ..."
+    CHECK(levels_by_component["console"].count("info") == 1);  // its connection events, with their connection
+    CHECK(with_connection >= 1);
+    // Components left at the default (warn) wrote nothing below it.
+    for (const auto& [component, levels] : levels_by_component) {
+        if (component == "host" || component == "console") continue;
+        INFO(component);
+        CHECK(levels.count("info") == 0);
+        CHECK(levels.count("debug") == 0);
+    }
+}
+
+TEST_CASE("an unknown level in log_levels is named at its place", "[cli][logs]") {
+    TempDir dir;
+    write(dir / "sb.yaml",
+          "switchboard:\n"
+          "  log_levels: { host: loud }\n"
+          "store: { plugin: memory }\n"
+          "connections:\n"
+          "  - { name: console, plugin: console }\n");
+    const auto result = switchboard_run({"check", "-c", "sb.yaml"}, dir.path());
+    CHECK(result.exit_code == 2);
+    CHECK(result.err.find("sb.yaml:2:") != std::string::npos);
+    CHECK(result.err.find("'host' must be one of") != std::string::npos);
 }
