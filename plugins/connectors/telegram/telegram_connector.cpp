@@ -438,13 +438,10 @@ struct TelegramConnector::Core : std::enable_shared_from_this<TelegramConnector:
             } else {
                 save_last_poll(false);
             }
-            for (const Update& update : *updates) {
-                if (!update.message && update.update_id > ledger->next_offset().value_or(0) - 1) {
-                    logger.debug("update " + std::to_string(update.update_id) + " not delivered: " + update.skipped,
-                                 fields());
-                }
-            }
             auto taken = ledger->take(*updates, steady_ms());
+            for (const auto& [id, why] : taken.not_delivered) {
+                logger.debug("update " + std::to_string(id) + " not delivered: " + why, fields());
+            }
             last_fresh = taken.fresh;
             for (Message& message : taken.deliver) {
                 if (!deliver(std::move(message))) co_return;

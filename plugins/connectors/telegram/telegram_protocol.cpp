@@ -308,6 +308,7 @@ UpdateLedger::Taken UpdateLedger::take(const std::vector<Update>& updates, std::
         ++taken.fresh;
         highest_ = update.update_id;
         if (!update.message) {
+            taken.not_delivered.emplace_back(update.update_id, update.skipped);
             // Nothing to handle: confirmable as soon as everything before it is.
             if (!pending_.empty()) pending_.push_back(Pending{update.update_id, now_ms, Message{}});
             continue;

@@ -129,6 +129,8 @@ public:
         std::size_t repeated = 0;      ///< Updates already taken earlier in this run (not delivered again).
         std::size_t fresh = 0;         ///< New updates (messages or not).
         std::size_t deferred = 0;      ///< New updates left for later because the ledger is full.
+        /// New updates with nothing to deliver: update id and why (Update::skipped), for the debug log.
+        std::vector<std::pair<std::int64_t, std::string>> not_delivered;
     };
     /// Records a poll's updates (in update_id order) at local time @p now_ms.
     Taken take(const std::vector<Update>& updates, std::int64_t now_ms);

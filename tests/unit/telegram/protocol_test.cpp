@@ -260,6 +260,8 @@ TEST_CASE("the ledger confirms only the leading run of handled updates and never
     auto taken = ledger.take(poll, 0);
     CHECK(taken.deliver.size() == 4);
     CHECK(taken.fresh == 5);
+    REQUIRE(taken.not_delivered.size() == 1);
+    CHECK(taken.not_delivered[0].first == 7);
     CHECK(ledger.unconfirmed() == 5);
     CHECK(ledger.next_offset() == std::optional<std::int64_t>(5));
 
