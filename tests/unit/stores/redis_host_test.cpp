@@ -90,12 +90,13 @@ TEST_CASE("the host does not start when redis refuses its password, and says why
     TempDir dir;
     write(dir / "wrong.yaml",
           console_config("redis://:wrong-password@127.0.0.1:" + std::to_string(server.port()) + "/0"));
-    const auto result = run_process(kSwitchboard, {"run", "-c", "wrong.yaml"}, dir.path(), "hello\n");
+    // No input: the host exits before it reads any, and writing to its closed stdin would kill this test (SIGPIPE).
+    const auto result = run_process(kSwitchboard, {"run", "-c", "wrong.yaml"}, dir.path());
     INFO(result.err);
     CHECK(result.exit_code == 1);
     CHECK(result.err.find("refused the password") != std::string::npos);
     CHECK(result.err.find("wrong-password") == std::string::npos);
-    CHECK(result.out.find("<switchboard> hello") == std::string::npos);
+    CHECK(result.err.find("running:") == std::string::npos);  // it never got as far as running
 }
 
 TEST_CASE("the host rides out a redis-server restart under load: every line answered once, none lost", "[redis]") {
