@@ -421,3 +421,29 @@ TEST_CASE("a long answer whose second part meets a 429 goes on with that part an
     CHECK(sent[0]["text"].get<std::string>() + sent[1]["text"].get<std::string>() == "echo: " + text);
     CHECK(sandbox.control("GET", "/stats?log=0")["responses_429"].get<int>() >= 1);
 }
+
+TEST_CASE("an atomic group with compensate deletes what was sent when a member turns out blocked", "[telegram]") {
+    TempDir dir;
+    TelegramSandbox sandbox(dir.path());
+    // Batches of one: alice's copy goes out before bob's send fails, so there is something to take back.
+    write(dir / "switchboard.yaml",
+          config(sandbox, "  - { plugin: announce, channels: [group] }\n", TelegramSandbox::kToken,
+                 "groups:\n  team: { members: [alice, bob], delivery: atomic, on_failure: compensate }\n"
+                 "strategies:\n  group: { batch_size: 1 }\n"));
+    Host host(dir);
+    REQUIRE(connected(host.process, sandbox));
+    sandbox.control("POST", "/block", {{"user_id", 2002}});
+    sandbox.control("POST", "/messages", {{"chat_id", -100}, {"from", 2001}, {"text", "!announce team all hands"}});
+    INFO(host.process.err());
+    REQUIRE(wait_until([&] { return host.process.err().find("announcement to 'team'") != std::string::npos; },
+                       std::chrono::seconds(30)));
+    REQUIRE(host.process.stop() == 0);
+    const std::string log = host.process.err();
+    CHECK(log.find("announcement to 'team': rejected (compensated)") != std::string::npos);
+    const json to_alice = sandbox.control("GET", "/sent?chat_id=2001");
+    INFO(to_alice.dump());
+    REQUIRE(to_alice.size() == 1);
+    CHECK(to_alice[0]["text"] == "[Alice] all hands");
+    CHECK(to_alice[0]["deleted"] == true);  // deleteMessage took it back
+    CHECK(sandbox.control("GET", "/stats?log=0")["requests"].value("deleteMessage", 0) == 1);
+}
