@@ -208,7 +208,9 @@ int command_run(const std::vector<std::string>& args) {
                            std::move(component_levels));
     logger.info("switchboard " + std::string(kFrameworkVersion) + " starting with " + source->name);
     // The host (and every object it made) goes before the registry: objects first, then their libraries.
-    host::Host host(std::move(*config), plugins.registry, logger);
+    host::HostOptions host_options;
+    host_options.drain_timeout = std::chrono::milliseconds(config->stop_timeout_ms);
+    host::Host host(std::move(*config), plugins.registry, logger, host_options);
     return host.run();
 }
 

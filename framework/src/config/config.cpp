@@ -246,13 +246,22 @@ private:
         if (section == nullptr) return;
         auto settings = block(section->value, section->key_node, "'switchboard'");
         if (!settings) return;
-        context_.check_keys(settings->entries, {"plugin_path", "admin", "log_level", "log_levels"}, settings->where);
+        context_.check_keys(settings->entries, {"plugin_path", "admin", "log_level", "log_levels", "stop_timeout"}, settings->where);
 
         if (auto paths = list(*settings, "plugin_path", false)) {
             for (const Item& item : *paths) config_.plugin_path.push_back(resolve_plugin_dir(item.text));
         }
         const std::vector<std::string> levels{"trace", "debug", "info", "warn", "error"};
         if (auto level = choice(*settings, "log_level", levels)) config_.log_level = *level;
+        // How long a stop (SIGTERM) waits for queued messages and sends in flight; the rest stays in the store.
+        if (auto timeout = scalar(*settings, "stop_timeout", false)) {
+            if (auto ms = parse_duration_ms(*timeout); ms && *ms > 0) {
+                config_.stop_timeout_ms = *ms;
+            } else {
+                context_.error(value_position(*settings, "stop_timeout"),
+                               "'stop_timeout' must be a duration such as 10s or 500ms, got '" + *timeout + "'");
+            }
+        }
         // Per component (a connection, bot or strategy name, `NAME/recovery`, or host, pipeline, delivery, store,
         // admin): its level instead of log_level.
         if (const Entry* entry = find_entry(settings->entries, "log_levels")) {

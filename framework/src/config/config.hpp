@@ -101,6 +101,7 @@ struct Config {
     std::optional<AdminConfig> admin;      // switchboard.admin
     std::string log_level = "info";        // switchboard.log_level
     std::map<std::string, std::string> log_levels;  // switchboard.log_levels: component → level
+    std::int64_t stop_timeout_ms = 10'000;          // switchboard.stop_timeout
     PluginUse store;                       // `store: { plugin: NAME, ...settings }`, default plugin sqlite
     std::vector<ConnectionConfig> connections;
     std::vector<ChannelConfig> channels;

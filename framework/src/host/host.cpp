@@ -16,6 +16,7 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/thread_pool.hpp>
+#include <systemd/sd-daemon.h>
 
 #include <nlohmann/json.hpp>
 
@@ -694,6 +695,8 @@ struct Host::Impl {
             // What the last run left pending goes out now; a connector still connecting answers retryable, and the
             // engine retries.
             resume_pending(std::move(pending));
+            // Under systemd (Type=notify): started. Without NOTIFY_SOCKET this does nothing.
+            sd_notify(0, ("READY=1\nSTATUS=running " + std::to_string(connections.size()) + " connection(s)").c_str());
             std::unique_lock lock(mutex);
             stop_requested.wait(lock, [this] { return stop_reason.has_value(); });
             logger.info("stopping: " + *stop_reason);
@@ -711,18 +714,27 @@ struct Host::Impl {
 
     // Stop connectors, drain the pipeline and deliveries, destroy objects; the registry unloads after us.
     void shutdown(boost::asio::signal_set& signals) {
+        sd_notify(0, "STOPPING=1\nSTATUS=stopping: draining queued messages and deliveries");
         if (admin_server) admin_server->stop();
         for (auto& connection : connections) {
             if (connection->connector_ptr()) connection->connector_ptr()->stop();
         }
+        // One deadline for both: what is queued gets handled, what is in flight finishes, within drain_timeout.
+        const auto deadline = std::chrono::steady_clock::now() + options.drain_timeout;
+        const auto remaining = [&] {
+            return std::max(std::chrono::milliseconds(0), std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                              deadline - std::chrono::steady_clock::now()));
+        };
         if (pipeline) {
             pipeline->close();
-            if (!pipeline->wait_idle(options.drain_timeout)) {
+            if (!pipeline->wait_idle(remaining())) {
                 logger.warn("stop: pipeline did not drain in time; unprocessed messages will be recovered");
             }
         }
-        if (engine && !engine->wait_idle(options.drain_timeout)) {
-            logger.warn("stop: deliveries still in progress; they stay pending in the store for the next start");
+        if (engine && !engine->wait_idle(remaining())) {
+            logger.warn("stop: " + std::to_string(engine->in_progress()) +
+                        " delivery plan(s) still in progress after stop_timeout; what they did not send stays "
+                        "pending in the store for the next start");
         }
         if (engine) engine->clear_connections();
         // What still waits for a rate limit (a connector's requests, sends the drain gave up on) is cancelled now,

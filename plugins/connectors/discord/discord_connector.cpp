@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <map>
+#include <set>
 #include <mutex>
 
 namespace switchboard::discord {
@@ -66,6 +67,7 @@ struct DiscordConnector::Core : std::enable_shared_from_this<DiscordConnector::C
     mutable std::mutex mutex;
     std::string self_id;
     std::map<std::string, std::string, std::less<>> dm_channels;  // user id -> DM channel id
+    std::set<std::string, std::less<>> dm_channel_ids;              // every DM channel seen or opened
 
     // One REST request, acquired on @p route first unless the delivery engine already did, and always observed.
     void call(std::string route, bool acquire, RequestPriority priority, std::string method, std::string target,
@@ -103,6 +105,14 @@ struct DiscordConnector::Core : std::enable_shared_from_this<DiscordConnector::C
     void remember_dm(const std::string& user, const std::string& channel) {
         std::lock_guard lock(mutex);
         dm_channels[user] = channel;
+        dm_channel_ids.insert(channel);
+    }
+
+    // What a channel's history messages are: private in a DM channel, else group (guild channels, which is what
+    // recovery watches).
+    MessageKind kind_of(const std::string& channel) const {
+        std::lock_guard lock(mutex);
+        return dm_channel_ids.count(channel) != 0 ? MessageKind::private_message : MessageKind::group;
     }
 
     void forget_dm(const std::string& user) {
@@ -351,7 +361,7 @@ void DiscordConnector::fetch_history(const HistoryRequest& request, HistoryCallb
                        self = core->self_id;
                    }
                    std::size_t skipped = 0;
-                   auto page = parse_history(response->body, limit, self, skipped);
+                   auto page = parse_history(response->body, limit, self, core->kind_of(channel), skipped);
                    if (!page) {
                        done(fail_retryable(page.error().code, what + ": " + page.error().message));
                        return;

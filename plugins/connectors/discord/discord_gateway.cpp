@@ -592,6 +592,11 @@ private:
     }
 
     void dispatch(const std::shared_ptr<Session>& session, const GatewayFrame& frame, SessionEnd& end) {
+        // A resumed session replays what was missed and only then sends RESUMED; a refused Resume gets op 9 and no
+        // dispatch at all. So the first replayed dispatch already means "resumed", and the host hears it before the
+        // replayed messages: otherwise it would handle them while it still counts the connection as down, and their
+        // replies would find nobody reachable.
+        if (!end.established && frame.t != "READY") resumed(end);
         if (frame.t == "MESSAGE_CREATE") {
             auto message = parse_message(frame.d, self_id_);
             if (!message) {
@@ -624,14 +629,18 @@ private:
             return;
         }
         if (frame.t == "RESUMED") {
-            end.established = true;
-            up_ = true;
-            save_session(true);
-            if (!stopping_ && !self_id_.empty()) hooks_.on_ready(ReadyInfo{session_id_, resume_url_, self_id_, {}});
-            report(ConnectionEvent::Type::resumed, "resumed session " + session_id_);
+            save_session(true);  // resumed() ran above, for this dispatch or the first replayed one
             return;
         }
         save_session(false);
+    }
+
+    // The session was resumed: reported once per session.
+    void resumed(SessionEnd& end) {
+        end.established = true;
+        up_ = true;
+        if (!stopping_ && !self_id_.empty()) hooks_.on_ready(ReadyInfo{session_id_, resume_url_, self_id_, {}});
+        report(ConnectionEvent::Type::resumed, "resumed session " + session_id_);
     }
 
     Strand strand_;

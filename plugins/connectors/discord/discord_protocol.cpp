@@ -435,7 +435,7 @@ Result<std::string> parse_dm_channel(std::string_view body) {
 }
 
 Result<HistoryPage> parse_history(std::string_view body, std::uint32_t limit, std::string_view self_id,
-                                  std::size_t& skipped) {
+                                  MessageKind kind, std::size_t& skipped) {
     skipped = 0;
     const json parsed = json::parse(body, nullptr, false);
     if (parsed.is_discarded()) return fail("bad_payload", "channel history: not valid JSON");
@@ -449,6 +449,7 @@ Result<HistoryPage> parse_history(std::string_view body, std::uint32_t limit, st
         }
         if (!*message) continue;
         (*message)->recovered = true;
+        (*message)->kind = kind;
         page.messages.push_back(std::move(**message));
     }
     // Discord sends newest first; snowflakes order numerically (shorter is older).

@@ -142,9 +142,10 @@ struct RateLimitHeaders {
 
 /// Parses `GET /channels/{id}/messages` (newest first, as Discord sends it) into a page oldest first with
 /// `recovered = true`, skipping the bot's own messages; `complete` when fewer than @p limit came back. Elements that
-/// do not parse are skipped and counted in @p skipped.
+/// do not parse are skipped and counted in @p skipped. REST message objects carry no `guild_id`, so the caller says
+/// what @p kind the channel's messages are (a DM channel's are private, a guild channel's group).
 [[nodiscard]] Result<HistoryPage> parse_history(std::string_view body, std::uint32_t limit, std::string_view self_id,
-                                                std::size_t& skipped);
+                                                MessageKind kind, std::size_t& skipped);
 
 /// Milliseconds since the Unix epoch encoded in a snowflake, or nullopt.
 [[nodiscard]] std::optional<std::int64_t> snowflake_ms(std::string_view id);

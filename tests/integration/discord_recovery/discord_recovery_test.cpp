@@ -8,7 +8,9 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <fstream>
+#include <thread>
 
 using namespace switchboard::testing_support;
 namespace fs = std::filesystem;
@@ -275,4 +277,75 @@ TEST_CASE("a 429 storm on the bot's sends loses none, doubles none, and sends no
     REQUIRE(first_429.has_value());
     for (const auto& line : ignored_wait) UNSCOPED_INFO(line);
     CHECK(ignored_wait.empty());
+}
+
+namespace {
+
+// SIGTERM while 60 answers are still to go out (every REST answer takes 1.5 s, 8 sends in flight), then a restart:
+// every answer goes out exactly once. With @p handled_first the stop comes once the bot has handled all 60 (the
+// answers wait in the outbox); without, right after they were said (most are not handled yet: the gateway replays
+// them when the next run resumes the session, and the bot answers them then).
+void stop_in_a_burst(bool handled_first) {
+    TempDir dir;
+    DiscordSandbox sandbox(dir.path(), {"--route-limit", "1000"});  // only the delay below slows the sends
+    std::string text = config(sandbox, "{ policy: discord-backfill }",
+                              "  - { plugin: ledger }\n  - { plugin: echo, channels: [general], prefix: \"echo: \" }\n");
+    text.replace(text.find("switchboard:\n"), 13, "switchboard:\n  stop_timeout: 2s\n");
+    write(dir / "switchboard.yaml", text);
+    const fs::path db = dir / "data/switchboard.db";
+    const auto answers = [&] {
+        std::vector<std::string> sent;
+        const json listed = sandbox.control("GET", "/sent?channel_id=100");
+        for (const auto& message : listed["messages"]) sent.push_back(message.value("content", ""));
+        return sent;
+    };
+    constexpr int kMessages = 60;
+    std::vector<std::string> expected;
+    for (int i = 1; i <= kMessages; ++i) expected.push_back("echo: m " + std::to_string(i));
+    std::sort(expected.begin(), expected.end());
+
+    {
+        Host host(dir);
+        REQUIRE(connected(sandbox, host.process));
+        sandbox.control("POST", "/rest/delay", {{"delay_ms", 1500}});
+        sandbox.control("POST", "/messages", {{"channel_id", "100"}, {"count", kMessages}, {"content_prefix", "m "}});
+        if (handled_first) {
+            const bool handled = wait_until([&] { return total(db) == kMessages; }, std::chrono::seconds(30));
+            INFO(host.process.err());
+            REQUIRE(handled);
+        }
+        CHECK(host.process.stop(std::chrono::seconds(20)) == 0);  // a clean exit, not a kill
+        const std::string log = host.process.err();
+        INFO(log);
+        CHECK(log.find("stopping: SIGTERM") != std::string::npos);
+        if (handled_first) CHECK(log.find("still in progress after stop_timeout") != std::string::npos);
+        CHECK(answers().size() < static_cast<std::size_t>(kMessages));
+    }
+    sandbox.control("POST", "/rest/clear", json::object());
+    Host host(dir);
+    const bool all = wait_until([&] { return answers().size() >= kMessages; }, std::chrono::seconds(60));
+    INFO(host.process.err());
+    INFO(answers().size() << " answers");
+    REQUIRE(all);
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));  // a late duplicate would show by now
+    REQUIRE(host.process.stop() == 0);
+    std::vector<std::string> sent = answers();
+    std::sort(sent.begin(), sent.end());
+    CHECK(sent == expected);
+    LedgerReader ledger(db);
+    CHECK(ledger.texts("discord/100") == expected_texts({{"m ", kMessages}}));  // every message handled once, in order
+    CHECK(ledger.seen_twice().empty());
+    if (handled_first) CHECK(host.process.err().find("left pending by the last run") != std::string::npos);
+}
+
+}  // namespace
+
+TEST_CASE("SIGTERM after a burst was handled: sends in flight finish, the rest waits in the outbox for the next start",
+          "[discord][stop]") {
+    stop_in_a_burst(true);
+}
+
+TEST_CASE("SIGTERM in a burst still arriving: intake stops, the next run resumes and answers the rest, once each",
+          "[discord][stop]") {
+    stop_in_a_burst(false);
 }

@@ -335,18 +335,31 @@ TEST_CASE("a history page comes back oldest first, recovered, and complete when 
     broken["content"] = false;
     page.push_back(broken);
     std::size_t skipped = 0;
-    auto parsed = parse_history(page.dump(), 5, "99", skipped);
+    auto parsed = parse_history(page.dump(), 5, "99", MessageKind::group, skipped);
     REQUIRE(parsed.has_value());
     CHECK(skipped == 1);
     REQUIRE(parsed->messages.size() == 3);
     CHECK(parsed->messages[0].id == "1180000000000000001");
     CHECK(parsed->messages[2].id == "1180000000000000003");
     CHECK(parsed->messages[0].recovered);
+    CHECK(parsed->messages[0].kind == MessageKind::group);
     CHECK_FALSE(parsed->complete);  // 5 came back for a limit of 5
-    auto short_page = parse_history(page.dump(), 100, "99", skipped);
+    // REST messages carry no guild_id: the kind is the channel's, as the caller says.
+    json dm_page = json::array({guild_message()});
+    dm_page[0].erase("guild_id");
+    auto dm = parse_history(dm_page.dump(), 100, "99", MessageKind::private_message, skipped);
+    REQUIRE(dm.has_value());
+    REQUIRE(dm->messages.size() == 1);
+    CHECK(dm->messages[0].kind == MessageKind::private_message);
+    json without_guild = json::array({guild_message()});
+    without_guild[0].erase("guild_id");
+    auto guild = parse_history(without_guild.dump(), 100, "99", MessageKind::group, skipped);
+    REQUIRE(guild.has_value());
+    CHECK(guild->messages[0].kind == MessageKind::group);
+    auto short_page = parse_history(page.dump(), 100, "99", MessageKind::group, skipped);
     REQUIRE(short_page.has_value());
     CHECK(short_page->complete);
-    CHECK_FALSE(parse_history(R"({"message":"no"})", 100, "99", skipped).has_value());
+    CHECK_FALSE(parse_history(R"({"message":"no"})", 100, "99", MessageKind::group, skipped).has_value());
 }
 
 TEST_CASE("snowflakes, timestamps, intents and backoff", "[discord]") {
