@@ -3,6 +3,8 @@
 
 #include <catch2/catch.hpp>
 
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/local/datagram_protocol.hpp>
 #include <nlohmann/json.hpp>
 
 #include <csignal>
@@ -374,4 +376,25 @@ TEST_CASE("an unknown level in log_levels is named at its place", "[cli][logs]")
     CHECK(result.exit_code == 2);
     CHECK(result.err.find("sb.yaml:2:") != std::string::npos);
     CHECK(result.err.find("'host' must be one of") != std::string::npos);
+}
+
+TEST_CASE("under systemd the host says READY=1 once running and STOPPING=1 when it stops", "[cli][systemd]") {
+    TempDir dir;
+    boost::asio::io_context io;
+    const std::string path = (dir / "notify.sock").string();
+    boost::asio::local::datagram_protocol::socket socket(io, boost::asio::local::datagram_protocol::endpoint(path));
+    ::setenv("NOTIFY_SOCKET", path.c_str(), 1);
+    const auto result = switchboard_run({"run"}, dir.path(), "hello\n");
+    ::unsetenv("NOTIFY_SOCKET");
+    INFO(result.err);
+    REQUIRE(result.exit_code == 0);
+    std::vector<std::string> notes;
+    while (socket.available() > 0) {
+        std::string buffer(4096, '\0');
+        buffer.resize(socket.receive(boost::asio::buffer(buffer)));
+        notes.push_back(buffer);
+    }
+    REQUIRE(notes.size() == 2);
+    CHECK(notes[0].rfind("READY=1\n", 0) == 0);
+    CHECK(notes[1].rfind("STOPPING=1\n", 0) == 0);
 }
