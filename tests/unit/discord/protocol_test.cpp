@@ -93,7 +93,7 @@ TEST_CASE("a guild MESSAGE_CREATE becomes a group message with every field", "[d
     CHECK(json::parse(m.raw)["guild_id"] == "777");
 }
 
-TEST_CASE("a DM is a private message; a reply names what it answers; names fall back to the username", "[discord]") {
+TEST_CASE("a DM is a private message, a reply names what it answers, names fall back to the username", "[discord]") {
     json d = guild_message();
     d.erase("guild_id");
     d["author"]["global_name"] = nullptr;
