@@ -1,55 +1,22 @@
 #pragma once
-// The Discord sandbox (tools/sandbox, `switchboard-sandbox discord`) as a test fixture: started on a free loopback
-// port, driven through its /_sandbox/ control API, stopped when the object goes. Include in one .cpp per test
-// executable (it pulls in Boost.Beast).
+// The Discord sandbox (tools/sandbox, `switchboard-sandbox discord`) as a test fixture (see sandbox_process.hpp).
 
-#include "background_process.hpp"
-#include "http_client.hpp"
-#include "test_support.hpp"
-
-#include <nlohmann/json.hpp>
+#include "sandbox_process.hpp"
 
 #include <filesystem>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
 namespace switchboard::testing_support {
 
-class DiscordSandbox {
+class DiscordSandbox : public SandboxProcess {
 public:
     /// Starts the sandbox with @p args (e.g. `--route-limit 1000`) in @p directory; waits until it listens.
-    DiscordSandbox(const std::filesystem::path& directory, std::vector<std::string> args = {}) {
-        args.insert(args.begin(), {"discord", "--port", "0", "--exit-with-parent"});
-        process_ = std::make_unique<BackgroundProcess>(std::filesystem::path(SWITCHBOARD_TEST_BIN_DIR) /
-                                                           "switchboard-sandbox",
-                                                       args, directory, "sandbox");
-        if (!wait_until([&] { return process_->out().find('\n') != std::string::npos || !process_->running(); },
-                        std::chrono::seconds(20)))
-            throw std::runtime_error("the Discord sandbox did not start: " + process_->err());
-        const std::string line = process_->out().substr(0, process_->out().find('\n'));
-        const auto ready = nlohmann::json::parse(line, nullptr, false);
-        if (ready.is_discarded() || !ready.contains("port"))
-            throw std::runtime_error("the Discord sandbox printed '" + line + "': " + process_->err());
-        port_ = ready["port"].get<int>();
-    }
+    DiscordSandbox(const std::filesystem::path& directory, std::vector<std::string> args = {})
+        : SandboxProcess("discord", directory, std::move(args), "sandbox") {}
 
-    [[nodiscard]] int port() const { return port_; }
     /// The connector's `api_base`.
-    [[nodiscard]] std::string api_base() const { return "http://127.0.0.1:" + std::to_string(port_) + "/api/v10"; }
-
-    /// A control call: `control("POST", "/messages", {...})`; throws on a status other than 2xx.
-    nlohmann::json control(const std::string& method, const std::string& path,
-                           const nlohmann::json& body = nlohmann::json()) const {
-        return sandbox_control(port_, method, path, body);
-    }
-
-    /// Everything the sandbox wrote to standard error (with --verbose: every request and gateway event).
-    [[nodiscard]] std::string log() const { return process_->err(); }
-
-private:
-    std::unique_ptr<BackgroundProcess> process_;
-    int port_ = 0;
+    [[nodiscard]] std::string api_base() const { return "http://127.0.0.1:" + std::to_string(port()) + "/api/v10"; }
 };
 
 }  // namespace switchboard::testing_support
