@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <random>
 #include <stdexcept>
@@ -40,6 +41,11 @@ private:
 };
 
 /// A loopback TCP port that was free a moment ago (bound to port 0, then released).
+/// Writes @p text to @p path as it is (a config, an input file), replacing what was there.
+inline void write_file(const std::filesystem::path& path, const std::string& text) {
+    std::ofstream(path, std::ios::binary) << text;
+}
+
 inline std::uint16_t free_loopback_port() {
     const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
     sockaddr_in address{};

@@ -26,11 +26,6 @@ ProcessResult switchboard_run(const std::vector<std::string>& args, const fs::pa
     return run_process(kSwitchboard, args, dir, input);
 }
 
-void write(const fs::path& path, const std::string& text) {
-    std::ofstream out(path, std::ios::binary);
-    out << text;
-}
-
 std::size_t count(const std::string& text, const std::string& what) {
     std::size_t n = 0;
     for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + what.size())) ++n;
@@ -82,7 +77,7 @@ TEST_CASE("every line is answered exactly once, also over several runs on one st
 
 TEST_CASE("switchboard check reports every mistake with its line and column", "[cli]") {
     TempDir dir;
-    write(dir / "bad.yaml",
+    write_file(dir / "bad.yaml",
           "store: { plugin: sqlite }\n"
           "connections:\n"
           "  - name: console\n"
@@ -104,7 +99,7 @@ TEST_CASE("switchboard check reports every mistake with its line and column", "[
 
 TEST_CASE("switchboard check accepts a good file and summarises it", "[cli]") {
     TempDir dir;
-    write(dir / "good.yaml",
+    write_file(dir / "good.yaml",
           "connections:\n  - { name: console, plugin: console }\n"
           "channels:\n  lobby: { connection: console, id: console }\n"
           "bots:\n  - { plugin: echo, channels: [lobby] }\n");
@@ -116,7 +111,7 @@ TEST_CASE("switchboard check accepts a good file and summarises it", "[cli]") {
 
 TEST_CASE("an unset environment variable in the config is named", "[cli]") {
     TempDir dir;
-    write(dir / "env.yaml",
+    write_file(dir / "env.yaml",
           "connections:\n  - { name: console, plugin: console, user: \"${SWITCHBOARD_TEST_SURELY_UNSET}\" }\n");
     const auto result = switchboard_run({"check", "-c", "env.yaml"}, dir.path());
     CHECK(result.exit_code == 2);
@@ -147,7 +142,7 @@ TEST_CASE("the discord-backfill policy documents its settings and switchboard ch
     for (const char* text : {"max_age", "page_size", "concurrency", "retries", "14d"}) {
         CHECK(describe.out.find(text) != std::string::npos);
     }
-    write(dir / "backfill.yaml",
+    write_file(dir / "backfill.yaml",
           "connections:\n"
           "  - name: console\n"
           "    plugin: console\n"
@@ -164,7 +159,7 @@ TEST_CASE("the discord-backfill policy documents its settings and switchboard ch
 TEST_CASE("a foreign file in a plugin directory is refused with one line naming it", "[cli]") {
     TempDir dir;
     fs::create_directories(dir / "extra");
-    write(dir / "extra/broken.so", "this is not a shared library\n");
+    write_file(dir / "extra/broken.so", "this is not a shared library\n");
     const auto result = switchboard_run({"run", "-p", "extra"}, dir.path(), "hello\n");
     CHECK(result.exit_code == 3);
     CHECK(result.err.find("broken.so: error:") != std::string::npos);
@@ -212,7 +207,7 @@ TEST_CASE("the version and help options answer, and an unknown command is a usag
 
 TEST_CASE("a plugin used where another kind is needed is refused at its place", "[cli]") {
     TempDir dir;
-    write(dir / "kind.yaml", "store: { plugin: echo }\n");
+    write_file(dir / "kind.yaml", "store: { plugin: echo }\n");
     const auto result = switchboard_run({"check", "-c", "kind.yaml"}, dir.path());
     INFO(result.err);
     CHECK(result.exit_code == 2);
@@ -245,7 +240,7 @@ const char* kRoutingConfig =
 
 TEST_CASE("switchboard route prints the plan a message would get, through the real strategy plugins", "[cli][route]") {
     TempDir dir;
-    write(dir / "routes.yaml", kRoutingConfig);
+    write_file(dir / "routes.yaml", kRoutingConfig);
 
     SECTION("a group envelope lists every member but the origin, with mode and batch") {
         const auto result = switchboard_run(
@@ -292,7 +287,7 @@ TEST_CASE("switchboard route prints the plan a message would get, through the re
 
 TEST_CASE("connection limits are validated like every other key", "[cli][route]") {
     TempDir dir;
-    write(dir / "limits.yaml",
+    write_file(dir / "limits.yaml",
           "connections:\n  - { name: console, plugin: console, limits: { concurrency: lots, speed: 3 } }\n");
     const auto result = switchboard_run({"check", "-c", "limits.yaml"}, dir.path());
     INFO(result.err);
@@ -303,7 +298,7 @@ TEST_CASE("connection limits are validated like every other key", "[cli][route]"
 
 TEST_CASE("a bot routes to a group through the real host and gets the delivery report", "[cli][route]") {
     TempDir dir;
-    write(dir / "announce.yaml",
+    write_file(dir / "announce.yaml",
           "store: { plugin: memory }\n"
           "connections:\n  - { name: console, plugin: console, user: boss }\n"
           "channels:\n  lobby: { connection: console, id: console }\n"
@@ -324,7 +319,7 @@ TEST_CASE("a bot routes to a group through the real host and gets the delivery r
 
 TEST_CASE("logs are one JSON object per line with --log-format json, at levels set per component", "[cli][logs]") {
     TempDir dir;
-    write(dir / "sb.yaml",
+    write_file(dir / "sb.yaml",
           "switchboard:\n"
           "  log_level: warn\n"
           "  log_levels: { host: info, console: debug }\n"
@@ -366,7 +361,7 @@ TEST_CASE("logs are one JSON object per line with --log-format json, at levels s
 
 TEST_CASE("an unknown level in log_levels is named at its place", "[cli][logs]") {
     TempDir dir;
-    write(dir / "sb.yaml",
+    write_file(dir / "sb.yaml",
           "switchboard:\n"
           "  log_levels: { host: loud }\n"
           "store: { plugin: memory }\n"

@@ -22,11 +22,6 @@ const fs::path kSwitchboard = fs::path(SWITCHBOARD_TEST_BIN_DIR) / "switchboard"
 const fs::path kTestPlugins = fs::path(SWITCHBOARD_TEST_BIN_DIR).parent_path() / "tests" / "plugins";
 const std::vector<std::string> kChannels = {"100", "101", "102"};
 
-void write(const fs::path& path, const std::string& text) {
-    std::ofstream out(path, std::ios::binary);
-    out << text;
-}
-
 std::string config(const DiscordSandbox& sandbox, const std::string& recovery = "{ policy: discord-backfill }",
                    const std::string& bots = "  - { plugin: ledger }\n") {
     return "switchboard:\n"
@@ -110,7 +105,7 @@ TEST_CASE("a burst over three channels with the gateway dropped in the middle re
           "[discord][recovery]") {
     TempDir dir;
     DiscordSandbox sandbox(dir.path());
-    write(dir / "switchboard.yaml", config(sandbox));
+    write_file(dir / "switchboard.yaml", config(sandbox));
     const fs::path db = dir / "data/switchboard.db";
     Host host(dir);
     REQUIRE(connected(sandbox, host.process));
@@ -133,7 +128,7 @@ TEST_CASE("a burst with a session that cannot be resumed is backfilled from hist
           "[discord][recovery]") {
     TempDir dir;
     DiscordSandbox sandbox(dir.path());
-    write(dir / "switchboard.yaml", config(sandbox));
+    write_file(dir / "switchboard.yaml", config(sandbox));
     const fs::path db = dir / "data/switchboard.db";
     Host host(dir);
     REQUIRE(connected(sandbox, host.process));
@@ -162,7 +157,7 @@ TEST_CASE("the host killed with SIGKILL in a burst and restarted handles every m
           "[discord][recovery]") {
     TempDir dir;
     DiscordSandbox sandbox(dir.path());
-    write(dir / "switchboard.yaml", config(sandbox));
+    write_file(dir / "switchboard.yaml", config(sandbox));
     const fs::path db = dir / "data/switchboard.db";
     {
         Host host(dir);
@@ -182,7 +177,7 @@ TEST_CASE("the host killed with SIGKILL in a burst and restarted handles every m
 TEST_CASE("history older than max_age is skipped and reported as a gap", "[discord][recovery]") {
     TempDir dir;
     DiscordSandbox sandbox(dir.path());
-    write(dir / "switchboard.yaml", config(sandbox, "{ policy: discord-backfill, max_age: 1d }"));
+    write_file(dir / "switchboard.yaml", config(sandbox, "{ policy: discord-backfill, max_age: 1d }"));
     const fs::path db = dir / "data/switchboard.db";
     constexpr std::int64_t kDay = 24LL * 3600 * 1000;
     {
@@ -216,7 +211,7 @@ TEST_CASE("history older than max_age is skipped and reported as a gap", "[disco
 TEST_CASE("a rejected token ends the connection with a clear error and no reconnect loop", "[discord]") {
     TempDir dir;
     DiscordSandbox sandbox(dir.path(), {"--token", "the-real-token"});
-    write(dir / "switchboard.yaml", config(sandbox));
+    write_file(dir / "switchboard.yaml", config(sandbox));
     Host host(dir);
     // the only connection finishes for good, so the host exits by itself
     REQUIRE(host.process.wait_exit(std::chrono::seconds(30)));
@@ -232,7 +227,7 @@ TEST_CASE("a 429 storm on the bot's sends loses none, doubles none, and sends no
           "[discord]") {
     TempDir dir;
     DiscordSandbox sandbox(dir.path());
-    write(dir / "switchboard.yaml",
+    write_file(dir / "switchboard.yaml",
           config(sandbox, "{ policy: discord-backfill }",
                  "  - { plugin: ledger }\n  - { plugin: echo, channels: [general], prefix: \"echo: \" }\n"));
     Host host(dir);
@@ -291,7 +286,7 @@ void stop_in_a_burst(bool handled_first) {
     std::string text = config(sandbox, "{ policy: discord-backfill }",
                               "  - { plugin: ledger }\n  - { plugin: echo, channels: [general], prefix: \"echo: \" }\n");
     text.replace(text.find("switchboard:\n"), 13, "switchboard:\n  stop_timeout: 2s\n");
-    write(dir / "switchboard.yaml", text);
+    write_file(dir / "switchboard.yaml", text);
     const fs::path db = dir / "data/switchboard.db";
     const auto answers = [&] {
         std::vector<std::string> sent;

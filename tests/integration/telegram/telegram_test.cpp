@@ -22,11 +22,6 @@ const fs::path kTestPlugins = fs::path(SWITCHBOARD_TEST_BIN_DIR).parent_path() /
 const std::vector<std::string> kChats = {"2001", "2002", "-100", "-1001000000001"};
 constexpr std::int64_t kHourMs = 3600 * 1000;
 
-void write(const fs::path& path, const std::string& text) {
-    std::ofstream out(path, std::ios::binary);
-    out << text;
-}
-
 std::string config(const TelegramSandbox& sandbox, const std::string& bots = "  - { plugin: ledger }\n",
                    const std::string& token = TelegramSandbox::kToken, const std::string& more = "") {
     return "switchboard:\n"
@@ -120,7 +115,7 @@ TEST_CASE("a burst of 2000 updates with the host killed in the middle is handled
           "[telegram][recovery]") {
     TempDir dir;
     TelegramSandbox sandbox(dir.path());
-    write(dir / "switchboard.yaml", config(sandbox));
+    write_file(dir / "switchboard.yaml", config(sandbox));
     const fs::path db = dir / "data/switchboard.db";
     const std::map<std::string, std::string> prefixes = {
         {"2001", "a"}, {"2002", "b"}, {"-100", "g"}, {"-1001000000001", "s"}};
@@ -169,7 +164,7 @@ TEST_CASE("a burst of 2000 updates with the host killed in the middle is handled
 TEST_CASE("a 429 storm on sends loses and doubles no answer", "[telegram]") {
     TempDir dir;
     TelegramSandbox sandbox(dir.path());
-    write(dir / "switchboard.yaml", config(sandbox, "  - { plugin: echo, channels: [group], prefix: \"echo: \" }\n"));
+    write_file(dir / "switchboard.yaml", config(sandbox, "  - { plugin: echo, channels: [group], prefix: \"echo: \" }\n"));
     Host host(dir);
     REQUIRE(connected(host.process, sandbox));
     sandbox.control("POST", "/faults", {{"storm", {{"count", 8}, {"retry_after", 1}, {"methods", {"sendMessage"}}}}});
@@ -204,7 +199,7 @@ TEST_CASE("a member who blocked the bot is reported unreachable in the group rep
           "[telegram]") {
     TempDir dir;
     TelegramSandbox sandbox(dir.path());
-    write(dir / "switchboard.yaml",
+    write_file(dir / "switchboard.yaml",
           config(sandbox, "  - { plugin: announce, channels: [group] }\n", TelegramSandbox::kToken,
                  "groups:\n  team: { members: [alice, bob], delivery: best_effort }\n"));
     Host host(dir);
@@ -228,7 +223,7 @@ TEST_CASE("a member who blocked the bot is reported unreachable in the group rep
 TEST_CASE("a second poller (409) is named in the log and polling goes on once it is gone", "[telegram]") {
     TempDir dir;
     TelegramSandbox sandbox(dir.path());
-    write(dir / "switchboard.yaml", config(sandbox));
+    write_file(dir / "switchboard.yaml", config(sandbox));
     const fs::path db = dir / "data/switchboard.db";
     Host host(dir);
     REQUIRE(connected(host.process, sandbox));
@@ -249,7 +244,7 @@ TEST_CASE("dropped connections and 502s end the session and the next one picks u
           "[telegram][recovery]") {
     TempDir dir;
     TelegramSandbox sandbox(dir.path());
-    write(dir / "switchboard.yaml", config(sandbox,
+    write_file(dir / "switchboard.yaml", config(sandbox,
                                            "  - { plugin: ledger }\n"
                                            "  - { plugin: echo, channels: [supergroup], prefix: \"echo: \" }\n"));
     const fs::path db = dir / "data/switchboard.db";
@@ -289,7 +284,7 @@ TEST_CASE("dropped connections and 502s end the session and the next one picks u
 TEST_CASE("a rejected token ends the connection with a clear error and no retry loop", "[telegram]") {
     TempDir dir;
     TelegramSandbox sandbox(dir.path());
-    write(dir / "switchboard.yaml", config(sandbox, "  - { plugin: ledger }\n", "1000:wrong-token"));
+    write_file(dir / "switchboard.yaml", config(sandbox, "  - { plugin: ledger }\n", "1000:wrong-token"));
     Host host(dir);
     INFO(host.process.err());
     REQUIRE(host.process.wait_exit(std::chrono::seconds(30)));  // its only connection finished: the host stops
@@ -301,7 +296,7 @@ TEST_CASE("a restart loses nothing and reports no gap but 25 hours away on the s
           "[telegram][recovery]") {
     TempDir dir;
     TelegramSandbox sandbox(dir.path());
-    write(dir / "switchboard.yaml", config(sandbox));
+    write_file(dir / "switchboard.yaml", config(sandbox));
     const fs::path db = dir / "data/switchboard.db";
     {
         Host host(dir, "host1");
@@ -357,7 +352,7 @@ TEST_CASE("switchboard check accepts both telegram-echo example configs", "[tele
 
 TEST_CASE("switchboard check names a bad telegram setting at its line", "[telegram]") {
     TempDir dir;
-    write(dir / "bad.yaml",
+    write_file(dir / "bad.yaml",
           "store: { plugin: sqlite, path: data/x.db }\n"
           "connections:\n"
           "  - name: telegram\n"
@@ -406,7 +401,7 @@ TEST_CASE("a long answer whose second part meets a 429 goes on with that part an
     // Telegram allows no burst into a chat here, while the connector (chat_burst 3) sends the second part at once:
     // the sandbox refuses it with 429, and the retry must send only that part.
     TelegramSandbox sandbox(dir.path(), {"--chat-burst", "1"});
-    write(dir / "switchboard.yaml", config(sandbox, "  - { plugin: echo, channels: [group], prefix: \"echo: \" }\n"));
+    write_file(dir / "switchboard.yaml", config(sandbox, "  - { plugin: echo, channels: [group], prefix: \"echo: \" }\n"));
     Host host(dir);
     REQUIRE(connected(host.process, sandbox));
     const std::string text = std::string(3000, 'x') + " " + std::string(3000, 'y');
@@ -426,7 +421,7 @@ TEST_CASE("an atomic group with compensate deletes what was sent when a member t
     TempDir dir;
     TelegramSandbox sandbox(dir.path());
     // Batches of one: alice's copy goes out before bob's send fails, so there is something to take back.
-    write(dir / "switchboard.yaml",
+    write_file(dir / "switchboard.yaml",
           config(sandbox, "  - { plugin: announce, channels: [group] }\n", TelegramSandbox::kToken,
                  "groups:\n  team: { members: [alice, bob], delivery: atomic, on_failure: compensate }\n"
                  "strategies:\n  group: { batch_size: 1 }\n"));

@@ -16,7 +16,6 @@ namespace {
 
 const fs::path kSwitchboard = fs::path(SWITCHBOARD_TEST_BIN_DIR) / "switchboard";
 
-void write(const fs::path& path, const std::string& text) { std::ofstream(path, std::ios::binary) << text; }
 
 std::string console_config(const std::string& store_url) {
     const std::string rest =
@@ -42,7 +41,7 @@ TEST_CASE("the host runs on the redis store: every line answered once, over two 
     RedisServer server;
     if (!server.start()) FAIL(server.why());
     TempDir dir;
-    write(dir / "redis.yaml", console_config(server.url()));
+    write_file(dir / "redis.yaml", console_config(server.url()));
     std::string input;
     for (int i = 0; i < 100; ++i) input += "line " + std::to_string(i) + "\n";
 
@@ -68,7 +67,7 @@ TEST_CASE("the host runs on the redis store: every line answered once, over two 
 TEST_CASE("switchboard check refuses a bad redis URL at its line, and plugins --describe documents the store",
           "[redis]") {
     TempDir dir;
-    write(dir / "tls.yaml", console_config("rediss://10.0.0.5:6380/0"));
+    write_file(dir / "tls.yaml", console_config("rediss://10.0.0.5:6380/0"));
     const auto check = run_process(kSwitchboard, {"check", "-c", "tls.yaml"}, dir.path());
     INFO(check.out << check.err);
     CHECK(check.exit_code == 2);
@@ -88,7 +87,7 @@ TEST_CASE("the host does not start when redis refuses its password, and says why
     RedisServer server(options);
     if (!server.start()) FAIL(server.why());
     TempDir dir;
-    write(dir / "wrong.yaml",
+    write_file(dir / "wrong.yaml",
           console_config("redis://:wrong-password@127.0.0.1:" + std::to_string(server.port()) + "/0"));
     // No input: the host exits before it reads any, and writing to its closed stdin would kill this test (SIGPIPE).
     const auto result = run_process(kSwitchboard, {"run", "-c", "wrong.yaml"}, dir.path());
@@ -106,7 +105,7 @@ TEST_CASE("the host rides out a redis-server restart under load: every line answ
     RedisServer server(options);
     if (!server.start()) FAIL(server.why());
     TempDir dir;
-    write(dir / "redis.yaml", console_config(server.url()));
+    write_file(dir / "redis.yaml", console_config(server.url()));
     const auto ledger_size = [&] {
         const std::string size = server.command({"ZCARD", "switchboard:seen:console:console"});
         return size.starts_with("(") ? -1 : std::stoi(size);
