@@ -60,4 +60,10 @@ using Result = boost::system::result<T, Error>;
     return Error{std::move(code), std::move(message), true, retry_after_ms};
 }
 
+/// @brief A successful `Result<std::string>`. (`return text;` does not compile there: Error, an aggregate, is
+/// constructible from a string too, so the conversion is ambiguous.)
+[[nodiscard]] inline Result<std::string> ok_string(std::string value) {
+    return Result<std::string>(boost::system::in_place_value, std::move(value));
+}
+
 }  // namespace switchboard

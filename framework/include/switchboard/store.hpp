@@ -10,6 +10,7 @@
 #include <switchboard/plugin.hpp>
 #include <switchboard/result.hpp>
 
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <span>
@@ -115,6 +116,89 @@ struct ProcessedMessage {
     std::vector<OutboxEntry> outbox;
 };
 
+/// @brief One host's hold on one connection (DESIGN §8), as LeaseStore hands it out.
+struct Lease {
+    /// @brief Connection name.
+    std::string connection;
+    /// @brief Who holds it: the holder id the host passed to LeaseStore::acquire().
+    std::string holder;
+    /// @brief Fencing token: larger for every acquisition of this connection, by anyone.
+    std::uint64_t token = 0;
+    /// @brief Milliseconds the lease has left when it was read (0 if unknown).
+    std::int64_t remaining_ms = 0;
+};
+
+/// @brief Connection leases and fencing, offered by stores that several hosts share (the `redis` store).
+///
+/// A host runs a connection only while it holds its lease: it acquires it, renews it well within its time to live,
+/// and stops the connection at once when a renewal fails. A lease lapses when its holder stops renewing it (the
+/// host died or froze); then another host acquires it, with a larger fencing token.
+///
+/// Fencing: once this store object has acquired a connection's lease, every write it makes for that connection —
+/// committing that connection's messages, its connection state, outbox entries to its addresses — first checks,
+/// in the same atomic step as the write, that the lease still carries this object's token. If another host took
+/// the lease meanwhile (or it lapsed), the write changes nothing and fails with the error code `lease_lost`
+/// (not retryable). So a host that wakes after a pause cannot write over the state its successor keeps.
+///
+/// Calls are synchronous and thread-safe, like the store's.
+class LeaseStore {
+public:
+    virtual ~LeaseStore() = default;
+
+    /// @brief Takes the lease of @p connection for @p holder for @p ttl if nobody holds it — or if @p holder holds
+    /// it already (a restarted host with the same id takes its lease back at once, with a new token that fences
+    /// the process before it). Returns the new lease, or nullopt if another holder has it.
+    [[nodiscard]] virtual Result<std::optional<Lease>> acquire(const std::string& connection, const std::string& holder,
+                                                               std::chrono::milliseconds ttl) = 0;
+
+    /// @brief Extends @p lease to @p ttl from now if it is still held with its token; false if it was lost.
+    [[nodiscard]] virtual Result<bool> renew(const Lease& lease, std::chrono::milliseconds ttl) = 0;
+
+    /// @brief Gives @p lease up (if still held with its token), so that a standby takes it at once. This object's
+    /// writes for the connection stay fenced until it acquires the lease again.
+    [[nodiscard]] virtual Result<void> release(const Lease& lease) = 0;
+
+    /// @brief Who holds the lease of @p connection now, if anyone.
+    [[nodiscard]] virtual Result<std::optional<Lease>> holder(const std::string& connection) = 0;
+};
+
+/// @brief One item taken from a shared queue.
+struct QueueItem {
+    /// @brief The queue it came from.
+    std::string queue;
+    /// @brief Its id in that queue (for SharedQueues::done()).
+    std::string id;
+    /// @brief What was pushed.
+    std::string payload;
+};
+
+/// @brief Durable queues several hosts share, each item handled by one consumer of a group at a time (the `redis`
+/// store: Redis Streams with consumer groups). The host uses them for work sharing (DESIGN §8): inbound messages
+/// handed to whichever host has time, and sends passed to the host that holds the connection.
+///
+/// Delivery is at least once: an item taken by a consumer that never confirms it (it died) is given to another
+/// consumer of the group once it has waited `reclaim_after`. Calls are synchronous and thread-safe; take() does not
+/// block (the caller polls).
+class SharedQueues {
+public:
+    virtual ~SharedQueues() = default;
+
+    /// @brief Appends @p payload to @p queue (created if needed); returns the item's id.
+    [[nodiscard]] virtual Result<std::string> push(const std::string& queue, const std::string& payload) = 0;
+
+    /// @brief Up to @p max items of each of @p queues for @p consumer of @p group (the group is created at the queue's
+    /// start if needed): first items another consumer of the group took and has not confirmed for @p reclaim_after,
+    /// then items nobody took yet, oldest first per queue. Returns at once, empty if there is nothing.
+    [[nodiscard]] virtual Result<std::vector<QueueItem>> take(std::span<const std::string> queues,
+                                                              const std::string& group, const std::string& consumer,
+                                                              std::size_t max,
+                                                              std::chrono::milliseconds reclaim_after) = 0;
+
+    /// @brief Confirms @p ids of @p queue handled by @p group: they are never given out again, and are removed.
+    [[nodiscard]] virtual Result<void> done(const std::string& queue, const std::string& group,
+                                            std::span<const std::string> ids) = 0;
+};
+
 /// @brief The persistence interface every store plugin implements.
 class Store : public PluginObject {
 public:
@@ -176,6 +260,14 @@ public:
     /// @brief Forgets dedup entries and logged messages with timestamps before @p before_ms; returns how many
     /// dedup entries were removed.
     [[nodiscard]] virtual Result<std::size_t> prune(std::int64_t before_ms) = 0;
+
+    /// @brief Connection leases, if this store is shared by several hosts (nullptr: one host owns the store, and
+    /// runs every connection it is configured with). The object lives as long as the store.
+    [[nodiscard]] virtual LeaseStore* leases() noexcept { return nullptr; }
+
+    /// @brief Shared queues for work sharing between hosts (nullptr: this store has none). Lives as long as the
+    /// store.
+    [[nodiscard]] virtual SharedQueues* queues() noexcept { return nullptr; }
 };
 
 }  // namespace switchboard

@@ -14,7 +14,9 @@
 /// 3: ConnectorHost gained rate_limits(), load_state() and save_state() (its vtable changed), and rate_limit.hpp
 /// (RateLimitScheduler and its types) joined the SDK.
 /// 4: ConnectorHost gained is_processed() and RecoveryContext gained load_state() (both vtables changed).
-#define SWITCHBOARD_ABI_VERSION 4
+/// 5: Store gained leases() and queues() (its vtable changed), and store.hpp gained LeaseStore, Lease,
+/// SharedQueues and QueueItem.
+#define SWITCHBOARD_ABI_VERSION 5
 
 #define SWITCHBOARD_DETAIL_STR2(x) #x
 #define SWITCHBOARD_DETAIL_STR(x) SWITCHBOARD_DETAIL_STR2(x)

@@ -119,6 +119,10 @@ public:
     Result<std::vector<Message>> messages(const std::string& connection, const std::string& channel,
                                           std::int64_t from_ms, std::int64_t to_ms, std::size_t limit) override;
     Result<std::size_t> prune(std::int64_t before_ms) override;
+    /// The wrapped store's leases (not timed: they are not on a message's path).
+    LeaseStore* leases() noexcept override { return store_->leases(); }
+    /// The wrapped store's shared queues (not timed either).
+    SharedQueues* queues() noexcept override { return store_->queues(); }
 
 private:
     template <class F>

@@ -246,7 +246,8 @@ private:
         if (section == nullptr) return;
         auto settings = block(section->value, section->key_node, "'switchboard'");
         if (!settings) return;
-        context_.check_keys(settings->entries, {"plugin_path", "admin", "log_level", "log_levels", "stop_timeout"}, settings->where);
+        context_.check_keys(settings->entries, {"plugin_path", "admin", "log_level", "log_levels", "stop_timeout", "cluster"},
+                            settings->where);
 
         if (auto paths = list(*settings, "plugin_path", false)) {
             for (const Item& item : *paths) config_.plugin_path.push_back(resolve_plugin_dir(item.text));
@@ -269,6 +270,30 @@ private:
                 for (const Entry& component : components->entries) {
                     if (auto level = choice(*components, component.key, levels)) {
                         config_.log_levels[component.key] = *level;
+                    }
+                }
+            }
+        }
+        if (const Entry* entry = find_entry(settings->entries, "cluster")) {
+            if (auto cluster = block(entry->value, entry->key_node, "'cluster'")) {
+                context_.check_keys(cluster->entries, {"host_id", "lease_ttl", "work_sharing"}, cluster->where);
+                if (auto sharing = choice(*cluster, "work_sharing", {"true", "false"})) {
+                    config_.cluster.work_sharing = *sharing == "true";
+                }
+                if (auto id = scalar(*cluster, "host_id", false)) {
+                    if (id->empty() || id->find_first_of(" \t\r\n") != std::string::npos) {
+                        context_.error(value_position(*cluster, "host_id"),
+                                       "'host_id' must be a non-empty name without spaces, got '" + *id + "'");
+                    }
+                    config_.cluster.host_id = *id;
+                }
+                if (auto ttl = scalar(*cluster, "lease_ttl", false)) {
+                    if (auto ms = parse_duration_ms(*ttl); ms && *ms >= 300) {
+                        config_.cluster.lease_ttl_ms = *ms;
+                    } else {
+                        context_.error(value_position(*cluster, "lease_ttl"),
+                                       "'lease_ttl' must be a duration of at least 300ms, such as 5s, got '" + *ttl +
+                                           "'");
                     }
                 }
             }

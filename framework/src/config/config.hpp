@@ -40,6 +40,14 @@ struct AdminConfig {
     SourcePosition position;
 };
 
+/// `switchboard.cluster`: how this host shares connections with others through the store's leases (DESIGN §8).
+/// Used only with a store that offers leases (redis).
+struct ClusterConfig {
+    std::string host_id;             // `host_id`; empty: the machine's host name
+    std::int64_t lease_ttl_ms = 5000;  // `lease_ttl`: a lease not renewed for this long lapses
+    bool work_sharing = false;         // `work_sharing`: bots on every host take inbound messages from shared queues
+};
+
 struct ConnectionConfig {
     std::string name;
     PluginUse connector;  // kind connector; settings = every key but name/plugin/recovery
@@ -102,6 +110,7 @@ struct Config {
     std::string log_level = "info";        // switchboard.log_level
     std::map<std::string, std::string> log_levels;  // switchboard.log_levels: component → level
     std::int64_t stop_timeout_ms = 10'000;          // switchboard.stop_timeout
+    ClusterConfig cluster;                          // switchboard.cluster
     PluginUse store;                       // `store: { plugin: NAME, ...settings }`, default plugin sqlite
     std::vector<ConnectionConfig> connections;
     std::vector<ChannelConfig> channels;

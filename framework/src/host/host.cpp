@@ -2,7 +2,9 @@
 
 #include "admin/admin_server.hpp"
 #include "admin/metrics.hpp"
+#include "host/leases.hpp"
 #include "host/pipeline.hpp"
+#include "host/work_sharing.hpp"
 #include "ratelimit/scheduler.hpp"
 #include "routing/delivery_engine.hpp"
 #include "routing/directory.hpp"
@@ -137,13 +139,28 @@ public:
         state_.emplace(name_, store, store_executor_, logger_);
     }
 
+    /// Work sharing: this connection's messages go to the shared queue (whichever host takes them handles them),
+    /// and while another host holds the lease it counts as reachable (sends go through that host).
+    void share(WorkSharing& sharing) { sharing_ = &sharing; }
+
     // ConnectorHost
     void deliver(Message message) override {
         message.connection = name_;
-        pipeline_->submit(std::move(message));
+        if (sharing_ != nullptr) {
+            sharing_->publish(message);
+        } else {
+            pipeline_->submit(std::move(message));
+        }
     }
 
     void report(const ConnectionEvent& event) override {
+        if (standing_down_) {
+            // The lease was lost and the connector is being stopped: its last events change nothing here.
+            logger_.info(std::string("(standing down) ") + std::string(to_string(event.type)) +
+                             (event.detail.empty() ? "" : ": " + event.detail),
+                         LogFields{name_, {}, {}});
+            return;
+        }
         metrics_.connection_event(name_, event.type);
         {
             std::lock_guard lock(status_mutex_);
@@ -162,7 +179,7 @@ public:
         pipeline_->post(name_, [this, event] {
             const bool up =
                 event.type == ConnectionEvent::Type::connected || event.type == ConnectionEvent::Type::resumed;
-            directory_.set_connection(name_, up, connector_->capabilities());
+            directory_.set_connection(name_, up, connector_ptr()->capabilities());
             if (policy_) policy_->on_event(event, *this);
         });
         if (event.type == ConnectionEvent::Type::finished) on_finished_();
@@ -192,7 +209,7 @@ public:
         if (!cursor) throw ErrorException(cursor.error());
         return *cursor;
     }
-    Connector& connector() override { return *connector_; }
+    Connector& connector() override { return *connector_ptr(); }  // kept alive by connector_ or retired_
     Result<bool> is_processed(const Message& message) override {
         return store_->is_processed(MessageKey{name_, message.channel, message.id});
     }
@@ -204,7 +221,11 @@ public:
     void feed(Message message) override {
         message.connection = name_;
         message.recovered = true;
-        pipeline_->submit(std::move(message));
+        if (sharing_ != nullptr) {
+            sharing_->publish(message);
+        } else {
+            pipeline_->submit(std::move(message));
+        }
     }
     void hold(const std::string& channel) override {
         set_recovery_state(channel, "recovering");
@@ -234,7 +255,42 @@ public:
         }
     }
 
-    const std::shared_ptr<Connector>& connector_ptr() const { return connector_; }
+    /// The current connector (another after a lost lease).
+    std::shared_ptr<Connector> connector_ptr() const {
+        std::lock_guard lock(connector_mutex_);
+        return connector_;
+    }
+
+    /// Leases (DESIGN §8): waiting for this connection's lease, held by @p holder. With work sharing, sends to it go
+    /// through the holder, so it counts as reachable.
+    void stand_by(const std::string& holder) {
+        set_link("standby", "waiting for the lease (held by " + holder + ")");
+        if (sharing_ != nullptr) {
+            const ConnectorCapabilities capabilities = connector_ptr()->capabilities();
+            pipeline_->post(name_, [this, capabilities] { directory_.set_connection(name_, true, capabilities); });
+        }
+    }
+
+    /// The lease was lost: stops the connector at once (replies to it become unreachable), and takes @p connector,
+    /// a fresh object, to start when the lease is acquired again. The recovery policy stays: the next start reports
+    /// `connected` again, and it recovers from the shared cursor. Called off the I/O threads.
+    void stand_down(std::shared_ptr<Connector> connector) {
+        standing_down_ = true;
+        const std::shared_ptr<Connector> old = connector_ptr();
+        old->stop();  // after it returns, the old connector calls nothing here
+        const ConnectorCapabilities capabilities = old->capabilities();
+        // Down on the lane, after the events the old connector reported (a "connected" still queued there); with
+        // work sharing, reachable through the next holder.
+        const bool remote = sharing_ != nullptr;
+        pipeline_->post(name_, [this, capabilities, remote] { directory_.set_connection(name_, remote, capabilities); });
+        set_link("standby", "lease lost; waiting to take it again");
+        {
+            std::lock_guard lock(connector_mutex_);
+            retired_.push_back(connector_);
+            connector_ = std::move(connector);
+        }
+        standing_down_ = false;
+    }
 
     /// The connector plugin's name.
     const std::string& plugin() const { return plugin_; }
@@ -246,7 +302,7 @@ public:
     }
 
     /// This connection in /api/status (its cursors read from @p store).
-    nlohmann::json status_json(Store& store, std::size_t queued) const {
+    nlohmann::json status_json(Store& store, std::size_t queued, const std::string& lease_holder) const {
         nlohmann::json out;
         std::map<std::string, ChannelRecovery> recovery;
         {
@@ -257,7 +313,7 @@ public:
                    {"detail", link_detail_},
                    {"since_ms", since_ms_},
                    {"last_event_ms", last_event_ms_},
-                   {"lease_holder", "this host"}};
+                   {"lease_holder", lease_holder}};
             recovery = recovery_;
         }
         out["queued"] = queued;
@@ -296,8 +352,10 @@ public:
 
     void release() {
         released_ = true;
+        std::lock_guard lock(connector_mutex_);
         connector_.reset();
         policy_.reset();
+        retired_.clear();
     }
 
 private:
@@ -306,6 +364,14 @@ private:
         std::optional<RecoveryReport> last;
         std::int64_t finished_ms = 0;
     };
+
+    void set_link(const char* state, std::string detail) {
+        std::lock_guard lock(status_mutex_);
+        if (link_state_ != state) since_ms_ = now_ms();
+        link_state_ = state;
+        link_detail_ = std::move(detail);
+        last_event_ms_ = now_ms();
+    }
 
     void set_recovery_state(const std::string& channel, const char* state) {
         std::lock_guard lock(status_mutex_);
@@ -322,7 +388,11 @@ private:
     std::optional<ConnectionState> state_;  // from bind(), when the store is known
     std::shared_ptr<Connector> connector_;
     std::shared_ptr<RecoveryPolicy> policy_;
+    std::vector<std::shared_ptr<Connector>> retired_;  // stopped after a lost lease; kept until release()
+    mutable std::mutex connector_mutex_;               // guards connector_ and retired_ once running
+    std::atomic<bool> standing_down_{false};
     Pipeline* pipeline_ = nullptr;
+    WorkSharing* sharing_ = nullptr;
     std::atomic<bool> released_{false};
     Store* store_ = nullptr;
     std::function<void()> on_finished_;
@@ -365,6 +435,10 @@ struct Host::Impl {
     std::unique_ptr<routing::DeliveryEngine> engine;
     std::unique_ptr<routing::Router> router;
     std::unique_ptr<Pipeline> pipeline;
+    // With a store shared by several hosts: this host runs a connection only while it holds its lease.
+    std::unique_ptr<LeaseKeeper> leases;
+    // With switchboard.cluster.work_sharing: bots on every host take inbound messages from shared queues.
+    std::unique_ptr<WorkSharing> sharing;
 
     // Operations (DESIGN §7): metrics always (declared first: the store and pipeline record into them), the admin
     // server when configured.
@@ -464,14 +538,145 @@ struct Host::Impl {
                                                            metrics);
             auto policy = create<RecoveryPolicy>(c.recovery, c.name + "/recovery");
             auto connector = create<Connector>(c.connector, c.name);
-            routing::ConnectionLimits limits;
-            limits.concurrency = static_cast<std::uint32_t>(std::max<std::int64_t>(1, c.limits.get_int("concurrency", 8)));
-            // Rate and burst live in the connection's scheduler ("global"), which its connector shares.
-            engine->add_connection(c.name, connector, limits, connection->scheduler());
+            add_to_engine(c, connector, *connection);
             connection->bind(std::move(connector), std::move(policy), *pipeline, *store,
                              [this] { connection_finished(); });
             connections.push_back(std::move(connection));
         }
+    }
+
+    void add_to_engine(const config::ConnectionConfig& c, std::shared_ptr<Connector> connector, Connection& connection) {
+        routing::ConnectionLimits limits;
+        limits.concurrency = static_cast<std::uint32_t>(std::max<std::int64_t>(1, c.limits.get_int("concurrency", 8)));
+        // Rate and burst live in the connection's scheduler ("global"), which its connector shares.
+        engine->add_connection(c.name, std::move(connector), limits, connection.scheduler());
+    }
+
+    // ---- leases (DESIGN §8) --------------------------------------------------------------------------------------
+
+    Connection* find_connection(const std::string& name) {
+        for (auto& connection : connections) {
+            if (connection->connection() == name) return connection.get();
+        }
+        return nullptr;
+    }
+
+    // The lease of @p name is ours: what an earlier holder left pending for it goes out, then the connector starts
+    // and its recovery policy starts from the shared cursor.
+    void lease_acquired(const std::string& name) {
+        Connection* connection = find_connection(name);
+        if (connection == nullptr) return;
+        auto pending = store->outbox_pending();
+        if (!pending) {
+            logger.warn("could not read the sends left pending for '" + name + "' (" + pending.error().to_string() +
+                        "); they go out at the next start");
+        } else {
+            std::vector<OutboxEntry> mine;
+            for (OutboxEntry& entry : *pending) {
+                if (entry.recipient.connection == name) mine.push_back(std::move(entry));
+            }
+            resume_pending(std::move(mine));
+        }
+        if (sharing) {
+            // Sends to it go through this host's connector now, and other hosts' sends too.
+            for (const auto& c : config.connections) {
+                if (c.name == name) add_to_engine(c, connection->connector_ptr(), *connection);
+            }
+            sharing->serve(name, true);
+        }
+        connection->connector_ptr()->start(*connection);
+    }
+
+    // The lease of @p name is gone: stop its connector now, and have fresh objects ready for the next acquisition.
+    void lease_lost(const std::string& name) {
+        Connection* connection = find_connection(name);
+        if (connection == nullptr) return;
+        for (const auto& c : config.connections) {
+            if (c.name != name) continue;
+            try {
+                if (sharing) sharing->serve(name, false);
+                auto connector = create<Connector>(c.connector, c.name);
+                connection->stand_down(connector);
+                add_to_engine(c, sharing ? sharing->remote(name, connector) : std::move(connector), *connection);
+            } catch (const ErrorException& e) {
+                request_stop("connection '" + name + "' cannot be made again: " + e.error().message);
+            }
+        }
+    }
+
+    std::string host_id() const { return config.cluster.host_id.empty() ? default_host_id() : config.cluster.host_id; }
+
+    // Work sharing: every connection's messages go through shared queues; until this host holds a connection, its
+    // engine sends through the holder.
+    void start_sharing() {
+        SharedQueues* queues = store->queues();
+        if (queues == nullptr || store->leases() == nullptr) {
+            throw ErrorException(fail("config_invalid", "switchboard.cluster.work_sharing needs a store shared by "
+                                                        "hosts (redis); store '" + config.store.plugin +
+                                                        "' has no shared queues"));
+        }
+        std::vector<std::string> names;
+        for (const auto& c : config.connections) names.push_back(c.name);
+        WorkSharingOptions options;
+        options.host_id = host_id();
+        options.reclaim_after = std::chrono::milliseconds(std::max<std::int64_t>(1000, config.cluster.lease_ttl_ms));
+        sharing = std::make_unique<WorkSharing>(
+            *queues, *store, std::move(names), options, [this](Message message) { pipeline->submit(std::move(message)); },
+            [this](const OutboundMessage& message, SendCallback done) { send_for_another(message, std::move(done)); },
+            logger_for("sharing"));
+        for (const auto& c : config.connections) {
+            Connection* connection = find_connection(c.name);
+            connection->share(*sharing);
+            add_to_engine(c, sharing->remote(c.name, connection->connector_ptr()), *connection);
+        }
+        sharing->start();
+        logger.info("work sharing: this host's bots take messages of every connection from the shared queues");
+    }
+
+    // A send another host passed on: through this host's engine, as one more recipient of the plan whose outbox entry
+    // that host committed (the key is "<plan id>|<recipient>"), so rate limits, retries and the entry's state apply.
+    void send_for_another(const OutboundMessage& message, SendCallback done) {
+        routing::PlannedDelivery delivery;
+        const auto bar = message.idempotency_key.rfind('|');
+        delivery.plan_id = bar == std::string::npos ? message.idempotency_key : message.idempotency_key.substr(0, bar);
+        delivery.plan.recipients.push_back(Recipient{message.to.to_string(), message.to});
+        delivery.text = message.text;
+        delivery.reply_to = message.reply_to;
+        delivery.deadline_ms = now_ms() + 25'000;  // before the asking host gives up (30 s)
+        engine->execute(std::move(delivery), true, [done = std::move(done)](DeliveryReport report) {
+            const RecipientOutcome* outcome = report.recipients.empty() ? nullptr : &report.recipients.front();
+            if (report.status == DeliveryStatus::delivered && outcome != nullptr) {
+                return done(SentMessage{outcome->message_id});
+            }
+            Error error;
+            error.code = !report.error_code.empty() ? report.error_code
+                         : outcome != nullptr && !outcome->error_code.empty() ? outcome->error_code
+                                                                               : std::string(to_string(report.status));
+            error.message = "the holder: " + report.detail;
+            error.retryable = report.status == DeliveryStatus::retryable;
+            error.retry_after_ms = report.retry_after_ms;
+            done(std::move(error));
+        });
+    }
+
+    void start_leases(LeaseStore& lease_store) {
+        if (config.cluster.work_sharing) start_sharing();
+        std::vector<std::string> names;
+        for (const auto& connection : connections) {
+            names.push_back(connection->connection());
+            connection->stand_by("nobody yet");
+        }
+        LeaseKeeperOptions options;
+        options.holder = host_id();
+        options.ttl = std::chrono::milliseconds(config.cluster.lease_ttl_ms);
+        logger.info("leases: this host is '" + options.holder + "'; each connection runs here only while this host "
+                    "holds its lease (" + std::to_string(options.ttl.count()) + " ms, renewed every " +
+                    std::to_string(options.ttl.count() / 3) + " ms)");
+        leases = std::make_unique<LeaseKeeper>(
+            lease_store, std::move(names), options,
+            [this](const std::string& name, const Lease&) { lease_acquired(name); },
+            [this](const std::string& name, const std::string&) { lease_lost(name); }, logger_for("leases"));
+        leases->start();
     }
 
     routing::StoreExecutor store_executor() {
@@ -546,7 +751,7 @@ struct Host::Impl {
         const std::int64_t now = now_ms();
         for (const auto& connection : connections) {
             const auto [state, since] = connection->state();
-            if (state == "connected" || state == "resumed") continue;
+            if (state == "connected" || state == "resumed" || state == "standby") continue;
             if (state == "finished") {
                 reasons.push_back("connection '" + connection->connection() + "' has finished");
             } else if (state == "starting") {
@@ -570,13 +775,16 @@ struct Host::Impl {
         nlohmann::json list = nlohmann::json::array();
         for (const auto& connection : connections) {
             const auto depth = queued.find(connection->connection());
-            list.push_back(connection->status_json(*store, depth == queued.end() ? 0 : depth->second));
+            list.push_back(connection->status_json(*store, depth == queued.end() ? 0 : depth->second,
+                                                   leases ? leases->holder(connection->connection()) : "this host"));
         }
         out["connections"] = std::move(list);
+        if (sharing) out["work_sharing"] = sharing->stats();
         const PipelineStats stats = pipeline ? pipeline->stats() : PipelineStats{};
         out["pipeline"] = {{"received", stats.received},     {"processed", stats.processed},
                            {"duplicates", stats.duplicates}, {"recovered", stats.recovered},
-                           {"held", stats.held},             {"store_failures", stats.store_failures}};
+                           {"held", stats.held},             {"store_failures", stats.store_failures},
+                           {"fenced", stats.fenced}};
         {
             std::lock_guard lock(recent_mutex);
             out["deliveries"] = {{"in_progress", engine ? engine->in_progress() : 0},
@@ -690,11 +898,22 @@ struct Host::Impl {
             start_admin();
             logger.info("running: " + std::to_string(connections.size()) + " connection(s), " +
                         std::to_string(bots.size()) + " bot(s), store " + config.store.plugin);
-            auto pending = left_pending();
-            for (auto& connection : connections) connection->connector_ptr()->start(*connection);
-            // What the last run left pending goes out now; a connector still connecting answers retryable, and the
-            // engine retries.
-            resume_pending(std::move(pending));
+            if (LeaseStore* lease_store = store->leases()) {
+                // Several hosts share the store: each connection starts when its lease is ours, with what was left
+                // pending for it.
+                start_leases(*lease_store);
+            } else {
+                if (config.cluster.work_sharing) {
+                    throw ErrorException(fail("config_invalid",
+                                              "switchboard.cluster.work_sharing needs a store shared by hosts "
+                                              "(redis); store '" + config.store.plugin + "' is not"));
+                }
+                auto pending = left_pending();
+                for (auto& connection : connections) connection->connector_ptr()->start(*connection);
+                // What the last run left pending goes out now; a connector still connecting answers retryable, and
+                // the engine retries.
+                resume_pending(std::move(pending));
+            }
             // Under systemd (Type=notify): started. Without NOTIFY_SOCKET this does nothing.
             sd_notify(0, ("READY=1\nSTATUS=running " + std::to_string(connections.size()) + " connection(s)").c_str());
             std::unique_lock lock(mutex);
@@ -716,6 +935,8 @@ struct Host::Impl {
     void shutdown(boost::asio::signal_set& signals) {
         sd_notify(0, "STOPPING=1\nSTATUS=stopping: draining queued messages and deliveries");
         if (admin_server) admin_server->stop();
+        // No connection starts from now on (a lease acquired now is given up again by stop() below).
+        if (leases) leases->pause();
         for (auto& connection : connections) {
             if (connection->connector_ptr()) connection->connector_ptr()->stop();
         }
@@ -736,6 +957,8 @@ struct Host::Impl {
                         " delivery plan(s) still in progress after stop_timeout; what they did not send stays "
                         "pending in the store for the next start");
         }
+        // Sends passed to other hosts have come back (or time out now); nothing more is taken from the queues.
+        if (sharing) sharing->stop(remaining());
         if (engine) engine->clear_connections();
         // What still waits for a rate limit (a connector's requests, sends the drain gave up on) is cancelled now,
         // while the connectors are stopped but not yet destroyed; their last saved state is written before the store
@@ -754,6 +977,8 @@ struct Host::Impl {
                 logger.warn("stop: the saved state of a connection was not written in time");
             }
         }
+        // Drained: the leases go, so a standby takes over at once.
+        if (leases) leases->stop();
         boost::system::error_code ignored;
         signals.cancel(ignored);
         io.stop();
@@ -771,7 +996,9 @@ struct Host::Impl {
         pipeline.reset();
         router.reset();
         engine.reset();
+        sharing.reset();  // after the engine: its lanes held the remote connectors
         directory.reset();
+        leases.reset();
         for (auto& connection : connections) connection->release();
         connections.clear();
         bots.clear();

@@ -288,6 +288,10 @@ struct Pipeline::Impl {
         }
         if (!processed.empty()) {
             auto committed = store.commit(processed);
+            if (!committed && committed.error().code == "lease_lost") {
+                fenced(batch.front().connection, processed.size(), committed.error(), deliveries, failed);
+                return true;
+            }
             if (!committed) {
                 logger.error("store commit failed, will retry: " + committed.error().to_string());
                 return note_store_failure();
@@ -325,6 +329,28 @@ struct Pipeline::Impl {
                                            LogFields{{}, {}, *where});
                            });
         }
+    }
+
+    // Another host holds the connection's lease now (DESIGN §8): the store refused the commit, nothing of the batch
+    // is durable, and it is not this host's to retry — the holder recovers those messages from the shared cursor.
+    // The batch is dropped; what bots asked to send is reported retryable, never sent.
+    void fenced(const std::string& connection, std::size_t count, const Error& error,
+                std::vector<StagedDelivery>& deliveries, std::vector<std::pair<ReportCallback, DeliveryReport>>& failed) {
+        logger.warn("fenced: " + error.message + "; " + std::to_string(count) +
+                        " message(s) left to the lease holder, which recovers them",
+                    LogFields{connection, {}, {}});
+        DeliveryReport report;
+        report.status = DeliveryStatus::retryable;
+        report.error_code = "lease_lost";
+        report.detail = error.message;
+        for (StagedDelivery& staged : deliveries) {
+            if (staged.done) staged.done(report);
+        }
+        for (auto& [done, own] : failed) {
+            if (done) done(std::move(own));
+        }
+        std::lock_guard lock(mutex);
+        stats.fenced += count;
     }
 
     bool note_store_failure() {

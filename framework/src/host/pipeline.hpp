@@ -55,6 +55,7 @@ struct PipelineStats {
     std::uint64_t recovered = 0;   // processed with recovered = true
     std::uint64_t held = 0;        // live messages parked while their channel recovered (released ones included)
     std::uint64_t store_failures = 0;
+    std::uint64_t fenced = 0;      // dropped because another host holds their connection's lease (never committed)
 };
 
 class Pipeline {

@@ -19,11 +19,6 @@
 
 namespace switchboard::discord {
 
-/// A successful Result<std::string>. (A bare string is ambiguous: Error, an aggregate, is constructible from one.)
-[[nodiscard]] inline Result<std::string> ok_string(std::string value) {
-    return Result<std::string>(boost::system::in_place_value, std::move(value));
-}
-
 // Gateway intents (bit flags) this connector knows by name.
 inline constexpr std::uint64_t kIntentGuilds = 1ULL << 0;
 inline constexpr std::uint64_t kIntentGuildMessages = 1ULL << 9;

@@ -1,6 +1,6 @@
 #pragma once
 // The one Lua script of the redis store. Every multi-key operation is one call of it, so Redis runs it atomically:
-// `EVALSHA <sha> 0 <operation> <prefix> <arguments...>`. Lists (a batch's messages, outbox entries, writes) come
+// `EVALSHA <sha> 0 <operation> <prefix> <fence> <arguments...>`. Lists (a batch's messages, outbox entries, writes) come
 // packed into one MessagePack argument that the script unpacks with Redis's cmsgpack: many small arguments cost
 // far more to send and parse than the script takes to run. Keys are built here from the prefix and parts the client
 // has already escaped (README.md, "Key layout"); timestamps travel as text and are passed on as the client wrote
@@ -11,6 +11,17 @@ namespace switchboard::stores::redis_script {
 inline constexpr const char* kSource = R"lua(
 local op = ARGV[1]
 local p = ARGV[2]
+
+-- Fencing (DESIGN §8): ARGV[3] is empty or a packed list of (connection, lease value) this call writes for; if
+-- one of those leases is no longer held with that value (another host took it, or it lapsed), nothing is written.
+if ARGV[3] ~= '' then
+  local fence = cmsgpack.unpack(ARGV[3])
+  for k = 1, #fence, 2 do
+    if redis.call('GET', p .. 'lease:' .. fence[k]) ~= fence[k + 1] then
+      return redis.error_reply('LEASE_LOST ' .. fence[k])
+    end
+  end
+end
 
 -- the whole number @x as text, without Lua's rounding to 14 digits
 local function int(x) return string.format('%.0f', x) end
@@ -61,9 +72,9 @@ if op == 'commit' then
   -- now, window, log (1/0), then the packed batch: per message [pair, connection, channel, id, timestamp, log blob,
   -- writes, outbox entries]. Returns how many messages were new.
   -- Redis calls are what costs: the ledger is read (ZMSCORE) and written (ZADD) once per channel, not per message.
-  local now, window, log = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5] == '1'
+  local now, window, log = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6] == '1'
   local expired = '(' .. int(now - window)
-  local messages = cmsgpack.unpack(ARGV[6])
+  local messages = cmsgpack.unpack(ARGV[7])
 
   -- Pass 1: the messages, grouped by channel; per channel, expired entries go and the ledger is read.
   local channels, channel_list = {}, {}
@@ -149,12 +160,12 @@ if op == 'commit' then
 end
 
 if op == 'values' then
-  put_values(cmsgpack.unpack(ARGV[3]))
+  put_values(cmsgpack.unpack(ARGV[4]))
   return 0
 end
 
 if op == 'outbox_add' then
-  outbox_add(cmsgpack.unpack(ARGV[3]))
+  outbox_add(cmsgpack.unpack(ARGV[4]))
   return 0
 end
 
@@ -163,7 +174,7 @@ if op == 'outbox_update' then
   -- not exist (the others are updated all the same), or 0.
   local missing = 0
   local pending = p .. 'outbox-pending'
-  local items = cmsgpack.unpack(ARGV[3])
+  local items = cmsgpack.unpack(ARGV[4])
   for k = 1, #items, 4 do
     local i = (k + 3) / 4
     local plan, recipient, state = items[k], items[k + 1], items[k + 2]
@@ -199,12 +210,12 @@ if op == 'outbox_pending' then
 end
 
 if op == 'outbox_plan' then
-  return { redis.call('HGETALL', p .. 'outbox:' .. ARGV[3]), redis.call('HGETALL', p .. 'outbox-state:' .. ARGV[3]) }
+  return { redis.call('HGETALL', p .. 'outbox:' .. ARGV[4]), redis.call('HGETALL', p .. 'outbox-state:' .. ARGV[4]) }
 end
 
 if op == 'cursors' then
-  -- Of one connection (ARGV[3]) or, if empty, of all: connection, channel, cursor, ...
-  local connections = ARGV[3] ~= '' and { ARGV[3] } or redis.call('SMEMBERS', p .. 'connections')
+  -- Of one connection (ARGV[4]) or, if empty, of all: connection, channel, cursor, ...
+  local connections = ARGV[4] ~= '' and { ARGV[4] } or redis.call('SMEMBERS', p .. 'connections')
   local result = {}
   for _, connection in ipairs(connections) do
     local fields = redis.call('HGETALL', p .. 'cursors:' .. connection)
@@ -220,18 +231,65 @@ end
 if op == 'prune' then
   -- now, window, before: entries past the window go uncounted (they were expired already); then everything
   -- older than before. Returns the dedup entries removed.
-  local expired = '(' .. int(tonumber(ARGV[3]) - tonumber(ARGV[4]))
+  local expired = '(' .. int(tonumber(ARGV[4]) - tonumber(ARGV[5]))
   local removed = 0
   for _, pair in ipairs(redis.call('SMEMBERS', p .. 'channels')) do
     local seen, log = p .. 'seen:' .. pair, p .. 'log:' .. pair
     redis.call('ZREMRANGEBYSCORE', seen, '-inf', expired)
-    removed = removed + redis.call('ZREMRANGEBYSCORE', seen, '-inf', '(' .. ARGV[5])
-    redis.call('ZREMRANGEBYSCORE', log, '-inf', '(' .. ARGV[5])
+    removed = removed + redis.call('ZREMRANGEBYSCORE', seen, '-inf', '(' .. ARGV[6])
+    redis.call('ZREMRANGEBYSCORE', log, '-inf', '(' .. ARGV[6])
     if redis.call('EXISTS', seen) == 0 and redis.call('EXISTS', log) == 0 then
       redis.call('SREM', p .. 'channels', pair)
     end
   end
   return removed
+end
+
+if op == 'state' then
+  -- A connection's state: connection, key, value.
+  redis.call('HSET', p .. 'state:' .. ARGV[4], ARGV[5], ARGV[6])
+  return 0
+end
+
+-- Leases: `P lease:<connection>` holds "<token> <holder>" with the lease's time to live; `P lease-token:<connection>`
+-- counts acquisitions, so every new holder's token is larger than any before it.
+if op == 'lease_acquire' then
+  -- connection, holder, ttl ms. Returns {1, value, ttl} when taken, {0, value, remaining ms} when another has it.
+  local key = p .. 'lease:' .. ARGV[4]
+  local current = redis.call('GET', key)
+  if current and string.match(current, '^%d+ (.*)$') ~= ARGV[5] then
+    return { 0, current, redis.call('PTTL', key) }
+  end
+  local value = redis.call('INCR', p .. 'lease-token:' .. ARGV[4]) .. ' ' .. ARGV[5]
+  if current then
+    redis.call('SET', key, value, 'PX', ARGV[6])  -- the same holder, restarted: a new token fences its past self
+  else
+    redis.call('SET', key, value, 'NX', 'PX', ARGV[6])
+  end
+  return { 1, value, tonumber(ARGV[6]) }
+end
+
+if op == 'lease_renew' then
+  -- connection, value, ttl ms. Returns 1 if still held with that value (and extended), else 0.
+  local key = p .. 'lease:' .. ARGV[4]
+  if redis.call('GET', key) ~= ARGV[5] then return 0 end
+  redis.call('PEXPIRE', key, ARGV[6])
+  return 1
+end
+
+if op == 'lease_release' then
+  -- connection, value. Deletes the lease if still held with that value.
+  local key = p .. 'lease:' .. ARGV[4]
+  if redis.call('GET', key) == ARGV[5] then redis.call('DEL', key) end
+  return 0
+end
+
+if op == 'lease_holder' then
+  -- connection. Returns {value, remaining ms} or {}.
+  local key = p .. 'lease:' .. ARGV[4]
+  local current = redis.call('GET', key)
+  if not current then return {} end
+  return { current, redis.call('PTTL', key) }
 end
 
 return redis.error_reply('unknown switchboard store operation ' .. tostring(op))

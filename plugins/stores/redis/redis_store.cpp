@@ -11,6 +11,8 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <limits>
+#include <map>
+#include <set>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <string_view>
@@ -395,8 +397,15 @@ struct RedisStore::Impl {
             return fail("store_bad_database", server + " has no database " + std::to_string(endpoint.database) + " (" +
                                                   said + "); choose one the server has in store.url");
         }
+        if (starts("BUSYGROUP")) return fail("store_group_exists", said);  // not BUSY: XGROUP CREATE said "exists"
         if (starts("LOADING") || starts("BUSY") || starts("TRYAGAIN") || starts("MASTERDOWN")) {
             return fail_retryable("store_unavailable", server + " is not ready (" + said + ")", 100);
+        }
+        if (starts("LEASE_LOST")) {
+            const std::string connection = unpart(text.substr(std::min<std::size_t>(text.size(), 11)));
+            return fail("lease_lost", "this host no longer holds the lease of connection '" + connection +
+                                          "' in " + server +
+                                          " (another host took it over, or it lapsed): the write was refused");
         }
         if (starts("READONLY")) {
             return fail("store_read_only",
@@ -525,15 +534,27 @@ struct RedisStore::Impl {
         return std::move(replies->front());
     }
 
-    // EVALSHA <sha> 0 <operation> <prefix>: the start of every script call.
-    Command script(std::string_view operation) {
+    // EVALSHA <sha> 0 <operation> <prefix> <fence>: the start of every script call. The fence lists the leases
+    // (of @p connections, escaped) this store holds, which the script checks before it writes anything.
+    Command script(std::string_view operation, std::span<const std::string> connections = {}) {
         Command call;
-        call.arg("EVALSHA");
+        json fence = json::array();
         {
             std::lock_guard lock(mutex);
-            call.own(sha);
+            call.arg("EVALSHA").own(sha);
+            for (const std::string& connection : connections) {
+                if (auto held = leases.find(connection); held != leases.end()) {
+                    fence.push_back(connection);
+                    fence.push_back(held->second);
+                }
+            }
         }
         call.arg("0").arg(operation).arg(options.prefix);
+        if (fence.empty()) {
+            call.arg("");
+        } else {
+            call.own(pack(fence));
+        }
         return call;
     }
 
@@ -561,6 +582,11 @@ struct RedisStore::Impl {
     std::vector<Context> idle;
     std::size_t open = 0;
     std::string sha;  // of the script, from the first SCRIPT LOAD
+    // Escaped connection → "<token> <holder>" of every lease this store acquired, kept after it is lost or given up:
+    // writes for those connections stay fenced until the lease is acquired again.
+    std::map<std::string, std::string> leases;
+    // (stream key, group) pairs this store has made sure exist.
+    std::set<std::pair<std::string, std::string>> groups;
 };
 
 const ConfigSchema& RedisStore::config_schema() {
@@ -675,7 +701,14 @@ Result<void> RedisStore::commit(std::span<const ProcessedMessage> batch) {
         json& entries = fields.emplace_back(json::array());
         for (const OutboxEntry& entry : item.outbox) add_outbox_entry(entries, entry);
     }
-    Command command = s.script("commit");
+    std::vector<std::string> connections;
+    for (const ProcessedMessage& item : batch) {
+        std::string connection = part(item.message.connection);
+        if (std::find(connections.begin(), connections.end(), connection) == connections.end()) {
+            connections.push_back(std::move(connection));
+        }
+    }
+    Command command = s.script("commit", connections);
     command.number(now_ms()).arg(s.window_text).arg(s.options.message_log ? "1" : "0").own(pack(messages));
     auto reply =
         s.run_one("committing a batch of " + std::to_string(batch.size()) + " processed messages", std::move(command));
@@ -728,8 +761,9 @@ Result<std::vector<ChannelCursor>> RedisStore::cursors(const std::string& connec
 
 Result<void> RedisStore::put_connection_state(const std::string& connection, const std::string& key,
                                               const std::string& value) {
-    Command command;
-    command.arg("HSET").own(impl_->key("state", part(connection))).arg(key).arg(value);
+    const std::string escaped = part(connection);
+    Command command = impl_->script("state", std::span(&escaped, 1));
+    command.arg(escaped).arg(key).arg(value);
     auto reply = impl_->run_one("storing connection state", std::move(command));
     if (!reply) return reply.error();
     return {};
@@ -927,6 +961,195 @@ Result<std::size_t> RedisStore::prune(std::int64_t before_ms) {
     if (!reply) return reply.error();
     if ((*reply)->type != REDIS_REPLY_INTEGER) return impl_->corrupt("prune's answer");
     return static_cast<std::size_t>((*reply)->integer);
+}
+
+// ---- leases ---------------------------------------------------------------------------------------------------
+
+namespace {
+
+// A lease from its stored value "<token> <holder>" and remaining time.
+std::optional<Lease> parse_lease(const std::string& connection, std::string_view value, long long remaining_ms) {
+    const auto space = value.find(' ');
+    if (space == std::string_view::npos) return std::nullopt;
+    const auto token = parse_int(value.substr(0, space));
+    if (!token || *token <= 0) return std::nullopt;
+    return Lease{connection, std::string(value.substr(space + 1)), static_cast<std::uint64_t>(*token),
+                 std::max<long long>(0, remaining_ms)};
+}
+
+std::string lease_value(const Lease& lease) { return std::to_string(lease.token) + " " + lease.holder; }
+
+}  // namespace
+
+LeaseStore* RedisStore::leases() noexcept { return this; }
+
+Result<std::optional<Lease>> RedisStore::acquire(const std::string& connection, const std::string& holder,
+                                                 std::chrono::milliseconds ttl) {
+    if (holder.empty()) return fail("invalid_argument", "a lease needs a holder id");
+    const std::string escaped = part(connection);
+    Command command = impl_->script("lease_acquire");
+    command.arg(escaped).arg(holder).number(std::max<std::int64_t>(1, ttl.count()));
+    auto reply = impl_->run_one("acquiring the lease of '" + connection + "'", std::move(command));
+    if (!reply) return reply.error();
+    const redisReply& answer = **reply;
+    if (answer.type != REDIS_REPLY_ARRAY || answer.elements != 3 || answer.element[0]->type != REDIS_REPLY_INTEGER ||
+        !is_text(answer.element[1]) || answer.element[2]->type != REDIS_REPLY_INTEGER) {
+        return impl_->corrupt("the lease of '" + connection + "'");
+    }
+    auto lease = parse_lease(connection, text_of(*answer.element[1]), answer.element[2]->integer);
+    if (!lease) return impl_->corrupt("the lease of '" + connection + "'");
+    if (answer.element[0]->integer != 1) return std::optional<Lease>{};
+    std::lock_guard lock(impl_->mutex);
+    impl_->leases[escaped] = lease_value(*lease);
+    return std::optional<Lease>{std::move(*lease)};
+}
+
+Result<bool> RedisStore::renew(const Lease& lease, std::chrono::milliseconds ttl) {
+    Command command = impl_->script("lease_renew");
+    command.own(part(lease.connection)).own(lease_value(lease)).number(std::max<std::int64_t>(1, ttl.count()));
+    auto reply = impl_->run_one("renewing the lease of '" + lease.connection + "'", std::move(command));
+    if (!reply) return reply.error();
+    if ((*reply)->type != REDIS_REPLY_INTEGER) return impl_->corrupt("a lease renewal's answer");
+    return (*reply)->integer == 1;
+}
+
+Result<void> RedisStore::release(const Lease& lease) {
+    Command command = impl_->script("lease_release");
+    command.own(part(lease.connection)).own(lease_value(lease));
+    auto reply = impl_->run_one("giving up the lease of '" + lease.connection + "'", std::move(command));
+    if (!reply) return reply.error();
+    return {};
+}
+
+Result<std::optional<Lease>> RedisStore::holder(const std::string& connection) {
+    Command command = impl_->script("lease_holder");
+    command.own(part(connection));
+    auto reply = impl_->run_one("reading the lease of '" + connection + "'", std::move(command));
+    if (!reply) return reply.error();
+    const redisReply& answer = **reply;
+    if (answer.type != REDIS_REPLY_ARRAY) return impl_->corrupt("the lease of '" + connection + "'");
+    if (answer.elements == 0) return std::optional<Lease>{};
+    if (answer.elements != 2 || !is_text(answer.element[0]) || answer.element[1]->type != REDIS_REPLY_INTEGER) {
+        return impl_->corrupt("the lease of '" + connection + "'");
+    }
+    auto lease = parse_lease(connection, text_of(*answer.element[0]), answer.element[1]->integer);
+    if (!lease) return impl_->corrupt("the lease of '" + connection + "'");
+    return std::optional<Lease>{std::move(*lease)};
+}
+
+// ---- shared queues ----------------------------------------------------------------------------------------------
+
+namespace {
+
+// The items of one stream's entry list ([[id, [field, value, ...]], ...]) into @p out; entries a claim found deleted
+// (nil) are skipped. False if the shape is not a stream's.
+bool read_entries(const redisReply& entries, const std::string& queue, std::vector<QueueItem>& out) {
+    if (entries.type != REDIS_REPLY_ARRAY) return false;
+    for (std::size_t i = 0; i < entries.elements; ++i) {
+        const redisReply* entry = entries.element[i];
+        if (entry->type == REDIS_REPLY_NIL) continue;
+        if (entry->type != REDIS_REPLY_ARRAY || entry->elements != 2 || !is_text(entry->element[0])) return false;
+        const redisReply* fields = entry->element[1];
+        if (fields->type == REDIS_REPLY_NIL) continue;
+        if (fields->type != REDIS_REPLY_ARRAY || fields->elements < 2 || !is_text(fields->element[1])) return false;
+        out.push_back(QueueItem{queue, std::string(text_of(*entry->element[0])), std::string(text_of(*fields->element[1]))});
+    }
+    return true;
+}
+
+}  // namespace
+
+SharedQueues* RedisStore::queues() noexcept { return this; }
+
+Result<void> RedisStore::ensure_group(const std::string& key, const std::string& group) {
+    {
+        std::lock_guard lock(impl_->mutex);
+        if (impl_->groups.contains({key, group})) return {};
+    }
+    Command command;
+    command.arg("XGROUP").arg("CREATE").arg(key).arg(group).arg("0").arg("MKSTREAM");
+    auto reply = impl_->run_one("creating a consumer group", std::move(command));
+    if (!reply && reply.error().code != "store_group_exists") return reply.error();
+    std::lock_guard lock(impl_->mutex);
+    impl_->groups.insert({key, group});
+    return {};
+}
+
+Result<std::string> RedisStore::push(const std::string& queue, const std::string& payload) {
+    Command command;
+    command.arg("XADD").own(impl_->key("queue", part(queue))).arg("*").arg("p").arg(payload);
+    auto reply = impl_->run_one("adding to queue '" + queue + "'", std::move(command));
+    if (!reply) return reply.error();
+    if (!is_text(reply->get())) return impl_->corrupt("an answer to XADD");
+    return ok_string(std::string(text_of(**reply)));
+}
+
+Result<std::vector<QueueItem>> RedisStore::take(std::span<const std::string> queues, const std::string& group,
+                                                const std::string& consumer, std::size_t max,
+                                                std::chrono::milliseconds reclaim_after) {
+    std::vector<QueueItem> items;
+    if (queues.empty() || max == 0) return items;
+    std::vector<std::string> keys;
+    for (const std::string& queue : queues) {
+        keys.push_back(impl_->key("queue", part(queue)));
+        if (auto made = ensure_group(keys.back(), group); !made) return made.error();
+    }
+    // First what a consumer that went quiet left behind (XAUTOCLAIM, one call per queue), then new items.
+    std::vector<Command> commands;
+    for (const std::string& key : keys) {
+        Command& claim = commands.emplace_back();
+        claim.arg("XAUTOCLAIM").arg(key).arg(group).arg(consumer).number(std::max<std::int64_t>(1, reclaim_after.count()))
+            .arg("0-0").arg("COUNT").number(static_cast<std::int64_t>(max));
+    }
+    Command& read = commands.emplace_back();
+    read.arg("XREADGROUP").arg("GROUP").arg(group).arg(consumer).arg("COUNT").number(static_cast<std::int64_t>(max))
+        .arg("STREAMS");
+    for (const std::string& key : keys) read.arg(key);
+    for (std::size_t i = 0; i < keys.size(); ++i) read.arg(">");
+    auto replies = impl_->run("taking from " + std::to_string(keys.size()) + " queue(s)", commands);
+    if (!replies) {
+        if (replies.error().message.find("NOGROUP") != std::string::npos) {
+            std::lock_guard lock(impl_->mutex);  // the server lost them (a restart without persistence): make again
+            impl_->groups.clear();
+        }
+        return replies.error();
+    }
+    for (std::size_t i = 0; i < keys.size(); ++i) {
+        const redisReply& claimed = *(*replies)[i];
+        if (claimed.type != REDIS_REPLY_ARRAY || claimed.elements < 2 ||
+            !read_entries(*claimed.element[1], queues[i], items)) {
+            return impl_->corrupt("an answer to XAUTOCLAIM");
+        }
+    }
+    const redisReply& fresh = *replies->back();
+    if (fresh.type == REDIS_REPLY_NIL) return items;
+    if (fresh.type != REDIS_REPLY_ARRAY) return impl_->corrupt("an answer to XREADGROUP");
+    for (std::size_t i = 0; i < fresh.elements; ++i) {
+        const redisReply* stream = fresh.element[i];
+        if (stream->type != REDIS_REPLY_ARRAY || stream->elements != 2 || !is_text(stream->element[0])) {
+            return impl_->corrupt("an answer to XREADGROUP");
+        }
+        const auto at = std::find(keys.begin(), keys.end(), text_of(*stream->element[0]));
+        if (at == keys.end() || !read_entries(*stream->element[1], queues[at - keys.begin()], items)) {
+            return impl_->corrupt("an answer to XREADGROUP");
+        }
+    }
+    return items;
+}
+
+Result<void> RedisStore::done(const std::string& queue, const std::string& group, std::span<const std::string> ids) {
+    if (ids.empty()) return {};
+    const std::string key = impl_->key("queue", part(queue));
+    std::vector<Command> commands(2);
+    commands[0].arg("XACK").arg(key).arg(group);
+    commands[1].arg("XDEL").arg(key);
+    for (const std::string& id : ids) {
+        commands[0].arg(id);
+        commands[1].arg(id);
+    }
+    auto replies = impl_->run("confirming " + std::to_string(ids.size()) + " item(s) of queue '" + queue + "'", commands);
+    if (!replies) return replies.error();
+    return {};
 }
 
 }  // namespace switchboard::stores

@@ -50,7 +50,11 @@ struct RedisOptions {
     std::size_t pool_size = 4;
 };
 
-class RedisStore final : public Store {
+/// Also the LeaseStore of several hosts sharing the server (README.md, "Leases"): `P lease:<connection>` holds
+/// "<token> <holder>" with the lease's time to live, and every commit and connection-state write of a connection
+/// whose lease this object acquired checks it in the same script.
+/// Its SharedQueues are Redis Streams (`P queue:<name>`) with consumer groups.
+class RedisStore final : public Store, public LeaseStore, public SharedQueues {
 public:
     /// The plugin's name in the config (`store: { plugin: redis }`).
     static constexpr const char* kName = "redis";
@@ -95,8 +99,27 @@ public:
                                                         std::int64_t from_ms, std::int64_t to_ms,
                                                         std::size_t limit) override;
     [[nodiscard]] Result<std::size_t> prune(std::int64_t before_ms) override;
+    [[nodiscard]] LeaseStore* leases() noexcept override;
+
+    // LeaseStore
+    [[nodiscard]] Result<std::optional<Lease>> acquire(const std::string& connection, const std::string& holder,
+                                                       std::chrono::milliseconds ttl) override;
+    [[nodiscard]] Result<bool> renew(const Lease& lease, std::chrono::milliseconds ttl) override;
+    [[nodiscard]] Result<void> release(const Lease& lease) override;
+    [[nodiscard]] Result<std::optional<Lease>> holder(const std::string& connection) override;
+
+    // SharedQueues
+    [[nodiscard]] SharedQueues* queues() noexcept override;
+    [[nodiscard]] Result<std::string> push(const std::string& queue, const std::string& payload) override;
+    [[nodiscard]] Result<std::vector<QueueItem>> take(std::span<const std::string> queues, const std::string& group,
+                                                      const std::string& consumer, std::size_t max,
+                                                      std::chrono::milliseconds reclaim_after) override;
+    [[nodiscard]] Result<void> done(const std::string& queue, const std::string& group,
+                                    std::span<const std::string> ids) override;
 
 private:
+    Result<void> ensure_group(const std::string& key, const std::string& group);
+
     struct Impl;  // keeps hiredis out of this header
     std::unique_ptr<Impl> impl_;
 };

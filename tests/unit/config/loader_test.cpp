@@ -588,6 +588,24 @@ TEST_CASE("The admin listen address must be HOST:PORT", "[config]") {
     require_error_at(result, "'listen' must be HOST:PORT", 2, 20);
 }
 
+TEST_CASE("switchboard.cluster sets the host id and lease time, and refuses bad values at their place", "[config]") {
+    const LoadResult good = load("switchboard:\n  cluster: { host_id: edge-1, lease_ttl: 2s, work_sharing: true }\n");
+    INFO(listing(good));
+    REQUIRE(good.config);
+    CHECK(good.config->cluster.host_id == "edge-1");
+    CHECK(good.config->cluster.lease_ttl_ms == 2000);
+    CHECK(good.config->cluster.work_sharing);
+
+    const LoadResult defaults = load("");
+    REQUIRE(defaults.config);
+    CHECK(defaults.config->cluster.host_id.empty());
+    CHECK(defaults.config->cluster.lease_ttl_ms == 5000);
+    CHECK_FALSE(defaults.config->cluster.work_sharing);
+
+    require_error_at(load("switchboard:\n  cluster: { lease_ttl: 100ms }\n"), "'lease_ttl' must be a duration of at least 300ms", 2, 25);
+    require_error_at(load("switchboard:\n  cluster: { host_id: \"a b\" }\n"), "'host_id' must be a non-empty name", 2, 23);
+}
+
 TEST_CASE("Errors print as FILE:LINE:COL: error: MESSAGE", "[config]") {
     CHECK(ConfigError{{"a.yaml", 3, 7}, "bad"}.to_string() == "a.yaml:3:7: error: bad");
     CHECK(ConfigError{{"a.yaml", 0, 0}, "cannot read"}.to_string() == "a.yaml: error: cannot read");

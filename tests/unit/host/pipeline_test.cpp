@@ -46,7 +46,9 @@ public:
 class FlakyStore final : public Store {
 public:
     std::atomic<int> failures{0};
+    std::atomic<bool> fenced{false};  // another host holds the lease: every commit is refused
     Result<void> commit(std::span<const ProcessedMessage> batch) override {
+        if (fenced) return fail("lease_lost", "this host no longer holds the lease of connection 'a'");
         if (failures > 0) {
             --failures;
             return fail_retryable("store_busy", "injected failure");
@@ -253,6 +255,35 @@ TEST_CASE("when the store fails the batch is retried in order and nothing is los
     std::lock_guard lock(f.sent_mutex);
     REQUIRE(f.sent.size() == 10);
     for (int i = 0; i < 10; ++i) CHECK(f.sent[i].text == "re: m" + std::to_string(i));
+}
+
+TEST_CASE("a batch whose commit is fenced (lease lost) is dropped, not retried; what bots routed is reported "
+          "retryable and never sent",
+          "[pipeline]") {
+    Fixture f;
+    f.store.fenced = true;
+    for (int i = 0; i < 5; ++i) f.pipeline.submit(message("a", i));
+    f.pipeline.submit(message("a", 5, "!tell bob"));
+    REQUIRE(f.pipeline.wait_idle(std::chrono::seconds(20)));
+    CHECK(f.pipeline.stats().fenced == 6);
+    CHECK(f.pipeline.stats().processed == 0);
+    CHECK(f.pipeline.stats().store_failures == 0);
+    CHECK_FALSE(f.store.cursor("a", "lobby").value());
+    CHECK_FALSE(f.store.is_processed({"a", "lobby", message("a", 0).id}).value());
+    {
+        std::lock_guard lock(f.sent_mutex);
+        CHECK(f.sent.empty());
+    }
+    std::lock_guard lock(f.router_bot->mutex);
+    REQUIRE(f.router_bot->reports.size() == 1);
+    CHECK(f.router_bot->reports[0].status == DeliveryStatus::retryable);
+    CHECK(f.router_bot->reports[0].error_code == "lease_lost");
+
+    // Once the lease is back, the same messages (fetched again by recovery) are handled as usual.
+    f.store.fenced = false;
+    f.pipeline.submit(message("a", 0));
+    REQUIRE(f.pipeline.wait_idle(std::chrono::seconds(20)));
+    CHECK(f.pipeline.stats().processed == 1);
 }
 
 TEST_CASE("a connection event runs after every message delivered before it", "[pipeline]") {
