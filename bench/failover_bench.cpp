@@ -49,15 +49,9 @@ int main(int argc, char** argv) {
     std::vector<double> takeover, connected, caught_up;
     for (int run = 0; run < runs; ++run) {
         TwoHosts hosts{std::chrono::milliseconds(ttl_ms)};
-        auto a = hosts.start("host-a");
-        if (!wait_until([&] { return hosts.lease_holder() == "host-a" && hosts.session_attached(); },
-                        std::chrono::seconds(30))) {
-            return fail("host-a did not take the lease and connect: " + a->err());
-        }
-        auto b = hosts.start("host-b");
-        if (!wait_until([&] { return b->err().find("standing by") != std::string::npos; }, std::chrono::seconds(20))) {
-            return fail("host-b did not stand by: " + b->err());
-        }
+        std::unique_ptr<BackgroundProcess> a;
+        std::unique_ptr<BackgroundProcess> b;
+        if (const std::string started = hosts.start_holder_and_standby(a, b); !started.empty()) return fail(started);
         hosts.post(messages, "m");
         if (!wait_until([&] { return hosts.ledger().count >= static_cast<std::uint64_t>(messages / 2); },
                         std::chrono::seconds(60))) {

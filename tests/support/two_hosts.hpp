@@ -47,6 +47,22 @@ public:
             std::vector<std::string>{"run", "-c", (dir_ / (id + ".yaml")).string()}, dir_.path(), id);
     }
 
+    /// Starts host-a and waits until it holds the lease and is connected, then host-b until it stands by. Returns
+    /// "" when both are so, else what went wrong (with the hosts' logs).
+    [[nodiscard]] std::string start_holder_and_standby(std::unique_ptr<BackgroundProcess>& a,
+                                                       std::unique_ptr<BackgroundProcess>& b) const {
+        a = start("host-a");
+        if (!wait_until([&] { return lease_holder() == "host-a" && session_attached(); }, std::chrono::seconds(30))) {
+            return "host-a did not take the lease and connect (holder '" + lease_holder() + "'): " + a->err() +
+                   "\nsandbox: " + sandbox_.log();
+        }
+        b = start("host-b");
+        if (!wait_until([&] { return b->err().find("standing by") != std::string::npos; }, std::chrono::seconds(20))) {
+            return "host-b did not stand by: " + b->err();
+        }
+        return {};
+    }
+
     /// The id of the host holding the connection's lease now, or "" if nobody does.
     [[nodiscard]] std::string lease_holder() const {
         const std::string value = redis_.command({"GET", std::string("switchboard:lease:") + kConnection});

@@ -21,16 +21,6 @@ namespace {
 
 constexpr std::chrono::milliseconds kTtl{2000};
 
-// Host @p id holds the lease and its gateway session is up.
-bool holds_and_connected(TwoHosts& hosts, const std::string& id, BackgroundProcess& host) {
-    if (wait_until([&] { return hosts.lease_holder() == id && hosts.session_attached(); }, std::chrono::seconds(30))) {
-        return true;
-    }
-    UNSCOPED_INFO("lease holder '" << hosts.lease_holder() << "', session attached " << hosts.session_attached()
-                                   << "\n" << id << ": " << host.err() << "\nsandbox: " << hosts.sandbox().log());
-    return false;
-}
-
 bool handled(TwoHosts& hosts, std::uint64_t count, std::chrono::seconds limit) {
     return wait_until([&] { return hosts.ledger().count >= count; }, limit);
 }
@@ -41,10 +31,11 @@ TEST_CASE("the lease holder killed in the middle of 2,000 messages: the standby 
           "and every message is handled once",
           "[redis][failover]") {
     TwoHosts hosts(kTtl);
-    auto a = hosts.start("host-a");
-    REQUIRE(holds_and_connected(hosts, "host-a", *a));
-    auto b = hosts.start("host-b");
-    REQUIRE(wait_until([&] { return b->err().find("standing by") != std::string::npos; }, std::chrono::seconds(20)));
+    std::unique_ptr<BackgroundProcess> a;
+    std::unique_ptr<BackgroundProcess> b;
+    const std::string started = hosts.start_holder_and_standby(a, b);
+    INFO(started);
+    REQUIRE(started.empty());
 
     hosts.post(2000, "m");
     REQUIRE(handled(hosts, 300, std::chrono::seconds(60)));
@@ -69,10 +60,11 @@ TEST_CASE("the lease holder killed in the middle of 2,000 messages: the standby 
 TEST_CASE("an old lease holder waking after a pause is fenced off: it stops the connection and writes nothing",
           "[redis][failover]") {
     TwoHosts hosts(kTtl);
-    auto a = hosts.start("host-a");
-    REQUIRE(holds_and_connected(hosts, "host-a", *a));
-    auto b = hosts.start("host-b");
-    REQUIRE(wait_until([&] { return b->err().find("standing by") != std::string::npos; }, std::chrono::seconds(20)));
+    std::unique_ptr<BackgroundProcess> a;
+    std::unique_ptr<BackgroundProcess> b;
+    const std::string started = hosts.start_holder_and_standby(a, b);
+    INFO(started);
+    REQUIRE(started.empty());
     hosts.post(100, "before ");
     REQUIRE(handled(hosts, 100, std::chrono::seconds(30)));
 
@@ -113,10 +105,11 @@ TEST_CASE("an old lease holder waking after a pause is fenced off: it stops the 
 TEST_CASE("with work sharing both hosts handle messages, and the standby's replies go out through the holder, each once",
           "[redis][failover][sharing]") {
     TwoHosts hosts(kTtl, true);
-    auto a = hosts.start("host-a");
-    REQUIRE(holds_and_connected(hosts, "host-a", *a));
-    auto b = hosts.start("host-b");
-    REQUIRE(wait_until([&] { return b->err().find("standing by") != std::string::npos; }, std::chrono::seconds(20)));
+    std::unique_ptr<BackgroundProcess> a;
+    std::unique_ptr<BackgroundProcess> b;
+    const std::string started = hosts.start_holder_and_standby(a, b);
+    INFO(started);
+    REQUIRE(started.empty());
 
     for (int round = 0; round < 4; ++round) {
         hosts.post(100, "w" + std::to_string(round) + "-");

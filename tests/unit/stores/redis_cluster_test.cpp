@@ -22,18 +22,27 @@ std::unique_ptr<RedisStore> open_store(const RedisServer& server) {
     return std::make_unique<RedisStore>(server.url(), options);
 }
 
+// A redis-server of its own and two stores on it: two hosts.
+struct TwoStores {
+    RedisServer server;
+    std::unique_ptr<RedisStore> first;
+    std::unique_ptr<RedisStore> second;
+    TwoStores() {
+        if (!server.start()) FAIL(server.why());
+        first = open_store(server);
+        second = open_store(server);
+    }
+};
+
 constexpr std::chrono::milliseconds kTtl{400};
 
 }  // namespace
 
 TEST_CASE("one host holds a connection's lease; another takes it over only once it lapsed, with a larger token",
           "[redis][lease]") {
-    RedisServer server;
-    if (!server.start()) FAIL(server.why());
-    auto owned_a = open_store(server);
-    RedisStore& a = *owned_a;
-    auto owned_b = open_store(server);
-    RedisStore& b = *owned_b;
+    TwoStores stores;
+    RedisStore& a = *stores.first;
+    RedisStore& b = *stores.second;
     REQUIRE(a.leases() == &a);
 
     const auto first = ok(a.acquire("irc", "host-a", kTtl));
@@ -72,12 +81,9 @@ TEST_CASE("one host holds a connection's lease; another takes it over only once 
 
 TEST_CASE("a host that lost a connection's lease is fenced: its commits and state writes for it change nothing",
           "[redis][lease]") {
-    RedisServer server;
-    if (!server.start()) FAIL(server.why());
-    auto owned_old = open_store(server);
-    RedisStore& old_holder = *owned_old;
-    auto owned_successor = open_store(server);
-    RedisStore& successor = *owned_successor;
+    TwoStores stores;
+    RedisStore& old_holder = *stores.first;
+    RedisStore& successor = *stores.second;
 
     const auto lease = ok(old_holder.acquire("irc", "host-a", kTtl));
     REQUIRE(lease);
@@ -119,12 +125,9 @@ TEST_CASE("a host that lost a connection's lease is fenced: its commits and stat
 
 TEST_CASE("a host restarted with the same id takes its lease back at once and fences the process before it",
           "[redis][lease]") {
-    RedisServer server;
-    if (!server.start()) FAIL(server.why());
-    auto owned_before = open_store(server);
-    RedisStore& before = *owned_before;
-    auto owned_after = open_store(server);
-    RedisStore& after = *owned_after;
+    TwoStores stores;
+    RedisStore& before = *stores.first;
+    RedisStore& after = *stores.second;
 
     const auto old_lease = ok(before.acquire("irc", "host-a", std::chrono::seconds(30)));
     REQUIRE(old_lease);
@@ -141,12 +144,9 @@ TEST_CASE("a host restarted with the same id takes its lease back at once and fe
 
 TEST_CASE("a shared queue gives each item to one consumer of a group, and a quiet consumer's items to another",
           "[redis][queue]") {
-    RedisServer server;
-    if (!server.start()) FAIL(server.why());
-    auto owned_a = open_store(server);
-    auto owned_b = open_store(server);
-    SharedQueues& a = *owned_a->queues();
-    SharedQueues& b = *owned_b->queues();
+    TwoStores stores;
+    SharedQueues& a = *stores.first->queues();
+    SharedQueues& b = *stores.second->queues();
     const std::vector<std::string> queues{"inbound:irc", "inbound:discord"};
     const auto never = std::chrono::hours(1);
 
@@ -184,6 +184,6 @@ TEST_CASE("a shared queue gives each item to one consumer of a group, and a quie
     // Confirmed items are gone from the queue; another group sees every item still there.
     std::vector<std::string> last{reclaimed[0].id};  // discord 0 stays unconfirmed
     ok(b.done("inbound:irc", "bots", last));
-    CHECK(server.command({"XLEN", "switchboard:queue:inbound%3Airc"}) == "0");
+    CHECK(stores.server.command({"XLEN", "switchboard:queue:inbound%3Airc"}) == "0");
     CHECK(ok(a.take(queues, "audit", "host-a", 10, never)).size() == 1);  // discord 0, not confirmed by "bots"
 }
