@@ -25,21 +25,31 @@ bool handled(TwoHosts& hosts, std::uint64_t count, std::chrono::seconds limit) {
     return wait_until([&] { return hosts.ledger().count >= count; }, limit);
 }
 
+// Both hosts started: host-a holding the lease and connected, host-b standing by.
+struct Started {
+    TwoHosts hosts;
+    std::unique_ptr<BackgroundProcess> a;
+    std::unique_ptr<BackgroundProcess> b;
+    explicit Started(bool work_sharing = false) : hosts(kTtl, work_sharing) {
+        const std::string problem = hosts.start_holder_and_standby(a, b);
+        INFO(problem);
+        REQUIRE(problem.empty());
+    }
+};
+
 }  // namespace
 
 TEST_CASE("the lease holder killed in the middle of 2,000 messages: the standby takes over within lease_ttl + 1 s "
           "and every message is handled once",
           "[redis][failover]") {
-    TwoHosts hosts(kTtl);
-    std::unique_ptr<BackgroundProcess> a;
-    std::unique_ptr<BackgroundProcess> b;
-    const std::string started = hosts.start_holder_and_standby(a, b);
-    INFO(started);
-    REQUIRE(started.empty());
+    Started started;
+    TwoHosts& hosts = started.hosts;
+    BackgroundProcess& a = *started.a;
+    BackgroundProcess& b = *started.b;
 
     hosts.post(2000, "m");
     REQUIRE(handled(hosts, 300, std::chrono::seconds(60)));
-    a->signal(SIGKILL);
+    a.signal(SIGKILL);
     const auto killed = Clock::now();
     REQUIRE(wait_until([&] { return hosts.lease_holder() == "host-b"; }, std::chrono::seconds(10)));
     const auto takeover = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - killed);
@@ -47,41 +57,39 @@ TEST_CASE("the lease holder killed in the middle of 2,000 messages: the standby 
     CHECK(takeover <= kTtl + std::chrono::seconds(1));
 
     const bool all = handled(hosts, 2000, std::chrono::seconds(90));
-    INFO("host-b: " << b->err());
+    INFO("host-b: " << b.err());
     REQUIRE(all);
     std::this_thread::sleep_for(std::chrono::milliseconds(500));  // anything doubled would show now
     const TwoHosts::Ledger ledger = hosts.ledger();
     CHECK(ledger.count == 2000);
     CHECK(ledger.twice.empty());
     CHECK(ledger.texts == TwoHosts::texts("m", 2000));
-    CHECK(b->stop() == 0);
+    CHECK(b.stop() == 0);
 }
 
 TEST_CASE("an old lease holder waking after a pause is fenced off: it stops the connection and writes nothing",
           "[redis][failover]") {
-    TwoHosts hosts(kTtl);
-    std::unique_ptr<BackgroundProcess> a;
-    std::unique_ptr<BackgroundProcess> b;
-    const std::string started = hosts.start_holder_and_standby(a, b);
-    INFO(started);
-    REQUIRE(started.empty());
+    Started started;
+    TwoHosts& hosts = started.hosts;
+    BackgroundProcess& a = *started.a;
+    BackgroundProcess& b = *started.b;
     hosts.post(100, "before ");
     REQUIRE(handled(hosts, 100, std::chrono::seconds(30)));
 
     // Frozen, then a burst: the sandbox still sends it down the frozen host's socket (the session is attached), where
     // it waits unread until the host wakes — after the standby took over and handled it.
-    a->signal(SIGSTOP);
+    a.signal(SIGSTOP);
     hosts.post(200, "during ");
     REQUIRE(wait_until([&] { return hosts.lease_holder() == "host-b"; }, kTtl + std::chrono::seconds(5)));
     {
-        INFO("host-b: " << b->err());
+        INFO("host-b: " << b.err());
         REQUIRE(handled(hosts, 300, std::chrono::seconds(60)));
     }
 
-    a->signal(SIGCONT);
-    const bool stood_down = wait_until([&] { return a->err().find("lease lost") != std::string::npos; },
+    a.signal(SIGCONT);
+    const bool stood_down = wait_until([&] { return a.err().find("lease lost") != std::string::npos; },
                                        std::chrono::seconds(10));
-    INFO("host-a: " << a->err());
+    INFO("host-a: " << a.err());
     REQUIRE(stood_down);
     hosts.post(50, "after ");
     REQUIRE(handled(hosts, 350, std::chrono::seconds(60)));
@@ -89,7 +97,7 @@ TEST_CASE("an old lease holder waking after a pause is fenced off: it stops the 
 
     CHECK(hosts.lease_holder() == "host-b");
     // It did try: stopping its connector saves the gateway session, and the store refused that write.
-    CHECK(a->err().find("the write was refused") != std::string::npos);
+    CHECK(a.err().find("the write was refused") != std::string::npos);
     const TwoHosts::Ledger ledger = hosts.ledger();
     CHECK(ledger.count == 350);
     CHECK(ledger.twice.empty());
@@ -98,18 +106,16 @@ TEST_CASE("an old lease holder waking after a pause is fenced off: it stops the 
         expected.insert(expected.end(), part.begin(), part.end());
     }
     CHECK(ledger.texts == expected);
-    CHECK(a->stop() == 0);
-    CHECK(b->stop() == 0);
+    CHECK(a.stop() == 0);
+    CHECK(b.stop() == 0);
 }
 
 TEST_CASE("with work sharing both hosts handle messages, and the standby's replies go out through the holder, each once",
           "[redis][failover][sharing]") {
-    TwoHosts hosts(kTtl, true);
-    std::unique_ptr<BackgroundProcess> a;
-    std::unique_ptr<BackgroundProcess> b;
-    const std::string started = hosts.start_holder_and_standby(a, b);
-    INFO(started);
-    REQUIRE(started.empty());
+    Started started(true);
+    TwoHosts& hosts = started.hosts;
+    BackgroundProcess& a = *started.a;
+    BackgroundProcess& b = *started.b;
 
     for (int round = 0; round < 4; ++round) {
         hosts.post(100, "w" + std::to_string(round) + "-");
@@ -119,7 +125,7 @@ TEST_CASE("with work sharing both hosts handle messages, and the standby's repli
         const bool all_handled =
             wait_until([&] { return hosts.ledger().seen.size() >= 400; }, std::chrono::seconds(60));
         const bool all_answered = wait_until([&] { return hosts.replies().size() >= 400; }, std::chrono::seconds(60));
-        INFO("host-a: " << a->err() << "\nhost-b: " << b->err() << "\nreplies: " << hosts.replies().size());
+        INFO("host-a: " << a.err() << "\nhost-b: " << b.err() << "\nreplies: " << hosts.replies().size());
         REQUIRE(all_handled);
         REQUIRE(all_answered);
     }
@@ -137,10 +143,10 @@ TEST_CASE("with work sharing both hosts handle messages, and the standby's repli
     std::sort(replies.begin(), replies.end());
     CHECK(replies == expected);  // the echo bot answers with the text itself: each message answered once
 
-    REQUIRE(a->stop() == 0);
-    REQUIRE(b->stop() == 0);
-    const std::uint64_t by_a = TwoHosts::processed(a->err());
-    const std::uint64_t by_b = TwoHosts::processed(b->err());
+    REQUIRE(a.stop() == 0);
+    REQUIRE(b.stop() == 0);
+    const std::uint64_t by_a = TwoHosts::processed(a.err());
+    const std::uint64_t by_b = TwoHosts::processed(b.err());
     INFO("host-a processed " << by_a << ", host-b " << by_b);
     CHECK(by_a + by_b == 400);
     CHECK(by_b > 0);  // the standby did bot work, and its replies went out through host-a
