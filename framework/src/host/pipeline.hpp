@@ -63,11 +63,15 @@ public:
     /// config's routes relay (null: bots' route() calls report `no_strategy`). @p deliver receives the staged plans
     /// after commit; @p observer (may be empty) hears of every commit.
     Pipeline(Store& store, std::vector<BotBinding> bots, const std::vector<std::string>& connections,
-             boost::asio::thread_pool& workers, Logger& logger, const routing::Planner* planner,
+             boost::asio::thread_pool& workers, Logger& logger, std::shared_ptr<const routing::Planner> planner,
              DeliveryHandler deliver, CommitObserver observer = {});
     ~Pipeline();
     Pipeline(const Pipeline&) = delete;
     Pipeline& operator=(const Pipeline&) = delete;
+
+    /// Replaces the bots and the planner (a reload). Batches that start after this call use the new ones; a batch
+    /// already running finishes with the old ones, which go (and with them, maybe, their libraries) when it ends.
+    void reconfigure(std::vector<BotBinding> bots, std::shared_ptr<const routing::Planner> planner);
 
     /// Queues @p message on its connection's lane. Thread-safe, never blocks on the store.
     void submit(Message message);

@@ -152,7 +152,7 @@ struct Fixture {
                       {"a", "b"},
                       workers,
                       logger,
-                      &planner,
+                      std::shared_ptr<const routing::Planner>(std::shared_ptr<void>(), &planner),  // not owned
                       [this](std::vector<host::StagedDelivery> staged) {
                           std::lock_guard lock(sent_mutex);
                           for (auto& s : staged) sent.push_back(std::move(s.delivery));
