@@ -289,3 +289,59 @@ TEST_CASE("SIGHUP under load reconnects a changed connection and loses or double
     CHECK(stats["resumes"] == 1);
     CHECK(host.process.stop() == 0);
 }
+
+TEST_CASE("a reload starts an added connection and stops a removed one, leaving the other alone", "[reload]") {
+    TempDir dir;
+    DiscordSandbox sandbox(dir.path());
+    const fs::path backup_dir = dir / "backup";
+    fs::create_directories(backup_dir);
+    DiscordSandbox backup(backup_dir);
+    const auto yaml = [&](bool with_backup) {
+        const auto connection = [](const std::string& name, const DiscordSandbox& on) {
+            return "  - { name: " + name + ", plugin: discord, token: sandbox-token, api_base: \"" + on.api_base() +
+                   "\", reconnect_min: 100ms }\n";
+        };
+        return "switchboard:\n"
+               "  admin: { listen: \"127.0.0.1:0\", token: " +
+               kToken +
+               " }\n"
+               "store: { plugin: memory }\n"
+               "connections:\n" +
+               connection("discord", sandbox) + (with_backup ? connection("backup", backup) : "") +
+               "channels:\n"
+               "  general: { connection: discord, id: \"100\" }\n" +
+               (with_backup ? "  spare: { connection: backup, id: \"100\" }\n" : "") +
+               "bots:\n"
+               "  - { plugin: echo }\n";
+    };
+    write_file(dir / "switchboard.yaml", yaml(false));
+    Host host(dir);
+    host.find_admin();
+    INFO(host.process.err());
+    REQUIRE(wait_until([&] { return session_up(sandbox); }, std::chrono::seconds(20)));
+
+    write_file(dir / "switchboard.yaml", yaml(true));
+    HttpResponse answer = host.reload();
+    REQUIRE(answer.status == 200);
+    CHECK(strings(answer.json()["connections"]["added"]) == std::vector<std::string>{"backup"});
+    CHECK(strings(answer.json()["connections"]["kept"]) == std::vector<std::string>{"discord"});
+    REQUIRE(wait_until([&] { return session_up(backup); }, std::chrono::seconds(20)));
+    backup.control("POST", "/messages", {{"channel_id", "100"}, {"content", "ping"}});
+    REQUIRE(wait_until([&] { return backup.control("GET", "/sent")["messages"].size() == 1; },
+                       std::chrono::seconds(20)));  // the echo bot answers on the new connection
+    REQUIRE(
+        wait_until([&] { return host.get("/api/status").json()["connections"].size() == 2; }, std::chrono::seconds(5)));
+
+    write_file(dir / "switchboard.yaml", yaml(false));
+    answer = host.reload();
+    REQUIRE(answer.status == 200);
+    CHECK(strings(answer.json()["connections"]["removed"]) == std::vector<std::string>{"backup"});
+    REQUIRE(wait_until([&] { return backup.control("GET", "/stats?log=0")["gateway_open"] == 0; },
+                       std::chrono::seconds(20)));
+    const json status = host.get("/api/status").json();
+    REQUIRE(status["connections"].size() == 1);
+    CHECK(status["connections"][0]["name"] == "discord");
+    CHECK(status["connections"][0]["state"] == "connected");
+    CHECK(sandbox.control("GET", "/stats?log=0")["gateway_connections"] == 1);
+    CHECK(host.process.stop() == 0);
+}
