@@ -238,6 +238,7 @@ TEST_CASE("reloads refused and applied, a plugin file swapped, the connection un
     // The old library drained and was unloaded; the new one is mapped from its private copy.
     CHECK(mapped(host.process.pid(), (plugins / "bot_ledger.so").string()).empty());
     CHECK_FALSE(mapped(host.process.pid(), "bot_ledger.").empty());
+    CHECK(host.process.stop() == 0);
 }
 
 // Under a burst, SIGHUP reconnects a changed connection, which recovers from its cursor: every message is handled

@@ -335,3 +335,25 @@ TEST_CASE("while a channel recovers its live messages wait, and follow the recov
     REQUIRE(f.pipeline.wait_idle(std::chrono::seconds(10)));
     CHECK(f.bot->snapshot().back() == "a:m8");
 }
+
+TEST_CASE("after reconfigure the next messages reach the new bots and routes, and the old bots are let go",
+          "[pipeline]") {
+    Fixture f;
+    f.pipeline.submit(message("a", 1));
+    REQUIRE(f.pipeline.wait_idle(std::chrono::seconds(10)));
+    auto replacement = std::make_shared<RecordingBot>();
+    std::weak_ptr<RecordingBot> old_bot = f.bot;
+    f.bot.reset();
+    f.pipeline.reconfigure({BotBinding{"recorder", replacement, {}}}, nullptr);  // no planner: routes stop
+    CHECK(old_bot.expired());  // nothing was running: it went at once
+
+    f.pipeline.submit(message("a", 2));
+    Message relayed = message("a", 3);
+    relayed.channel = "relay";
+    f.pipeline.submit(relayed);
+    REQUIRE(f.pipeline.wait_idle(std::chrono::seconds(10)));
+    CHECK(replacement->snapshot() == std::vector<std::string>{"a:m2", "a:m3"});
+    std::lock_guard lock(f.sent_mutex);
+    CHECK(f.sent.size() == 3);  // the three replies, and no relay
+    for (const auto& delivery : f.sent) CHECK(delivery.plan.recipients.size() == 1);
+}
