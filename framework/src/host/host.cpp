@@ -939,6 +939,8 @@ struct Host::Impl {
         auto reached = lane_done->get_future();
         pipeline->post(name, [lane_done] { lane_done->set_value(); });
         reached.wait_for(options.drain_timeout);
+        // A recovery the old connection had running may hold channels; the replacement's recovery starts over.
+        pipeline->drop_holds(name);
         old->retire();
         old->scheduler()->shutdown();
         if (!old->wait_saves(options.drain_timeout)) {

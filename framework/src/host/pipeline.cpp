@@ -408,6 +408,11 @@ void Pipeline::release(const std::string& connection, const std::string& channel
     });
 }
 
+void Pipeline::drop_holds(const std::string& connection) {
+    std::lock_guard lock(impl_->mutex);
+    impl_->lane(connection).held.clear();
+}
+
 bool Pipeline::wait_idle(std::chrono::milliseconds timeout) {
     std::unique_lock lock(impl_->mutex);
     return impl_->idle.wait_for(lock, timeout, [this] { return impl_->pending == 0; });

@@ -89,6 +89,11 @@ public:
     /// before this call (the recovered ones); dedup drops those recovery fetched too. No-op without a hold.
     void release(const std::string& connection, const std::string& channel);
 
+    /// Ends every hold() of @p connection and drops what was parked, as a stop would leave it: those messages were
+    /// not handled and their cursor never moved past them, so the recovery of whatever connects next under that
+    /// name fetches them again, in order. For a connection a reload replaces or removes.
+    void drop_holds(const std::string& connection);
+
     /// Waits until every lane is empty and idle, or @p timeout passes; returns whether it drained. Parked messages
     /// (hold()) do not count: they are not lost when the host stops, as their cursor never moved past them.
     bool wait_idle(std::chrono::milliseconds timeout);

@@ -345,7 +345,8 @@ TEST_CASE("after reconfigure the next messages reach the new bots and routes, an
     std::weak_ptr<RecordingBot> old_bot = f.bot;
     f.bot.reset();
     f.pipeline.reconfigure({BotBinding{"recorder", replacement, {}}}, nullptr);  // no planner: routes stop
-    CHECK(old_bot.expired());  // nothing was running: it went at once
+    // It goes with the last batch that used it (the worker lets go of it just after that batch went idle).
+    CHECK(wait_until([&] { return old_bot.expired(); }, std::chrono::seconds(5)));
 
     f.pipeline.submit(message("a", 2));
     Message relayed = message("a", 3);
@@ -356,4 +357,17 @@ TEST_CASE("after reconfigure the next messages reach the new bots and routes, an
     std::lock_guard lock(f.sent_mutex);
     CHECK(f.sent.size() == 3);  // the three replies, and no relay
     for (const auto& delivery : f.sent) CHECK(delivery.plan.recipients.size() == 1);
+}
+
+TEST_CASE("drop_holds ends a connection's holds and drops what they parked, unhandled", "[pipeline]") {
+    Fixture f;
+    f.pipeline.post("a", [&] { f.pipeline.hold("a", "lobby"); });
+    f.pipeline.submit(message("a", 1));  // parked
+    REQUIRE(f.pipeline.wait_idle(std::chrono::seconds(10)));
+    CHECK(f.bot->snapshot().empty());
+    f.pipeline.drop_holds("a");
+    f.pipeline.submit(message("a", 2));  // no hold any more
+    f.pipeline.release("a", "lobby");    // nothing held: nothing comes back
+    REQUIRE(f.pipeline.wait_idle(std::chrono::seconds(10)));
+    CHECK(f.bot->snapshot() == std::vector<std::string>{"a:m2"});
 }
