@@ -76,12 +76,7 @@ struct Plugins {
     std::vector<plugin::Refusal> refusals;
 
     void load(const std::vector<fs::path>& directories) {
-        for (const fs::path& directory : directories) {
-            const fs::path canonical = fs::weakly_canonical(directory);
-            if (std::find(loaded.begin(), loaded.end(), canonical) != loaded.end()) continue;
-            loaded.push_back(canonical);
-            for (auto& refusal : registry.load_directory(canonical)) refusals.push_back(std::move(refusal));
-        }
+        refusals = host::load_plugin_directories(directories, loaded, registry);
     }
 
     // Prints every refusal; true if there were none.

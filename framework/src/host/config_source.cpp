@@ -31,17 +31,19 @@ std::vector<fs::path> read_plugin_path(const std::string& text, const fs::path& 
     return directories;
 }
 
-// Loads each directory not loaded yet (by canonical path) into @p loaded's registry.
-void load_directories(const std::vector<fs::path>& directories, std::vector<fs::path>& done, LoadedConfig& loaded) {
+}  // namespace
+
+std::vector<plugin::Refusal> load_plugin_directories(const std::vector<fs::path>& directories,
+                                                     std::vector<fs::path>& done, plugin::Registry& registry) {
+    std::vector<plugin::Refusal> refusals;
     for (const fs::path& directory : directories) {
         const fs::path canonical = fs::weakly_canonical(directory);
         if (std::find(done.begin(), done.end(), canonical) != done.end()) continue;
         done.push_back(canonical);
-        for (auto& refusal : loaded.registry->load_directory(canonical)) loaded.refusals.push_back(std::move(refusal));
+        for (auto& refusal : registry.load_directory(canonical)) refusals.push_back(std::move(refusal));
     }
+    return refusals;
 }
-
-}  // namespace
 
 std::vector<std::string> LoadedConfig::problems() const {
     std::vector<std::string> lines;
@@ -77,14 +79,15 @@ LoadedConfig load_config(const ConfigSource& source, const plugin::Registry* run
     for (auto& directory : read_plugin_path(text, base)) search.push_back(std::move(directory));
     for (auto& directory : plugin::Registry::default_directories()) search.push_back(std::move(directory));
     std::vector<fs::path> done;
-    load_directories(search, done, loaded);
+    loaded.refusals = load_plugin_directories(search, done, *loaded.registry);
     if (!loaded.refusals.empty()) return loaded;
 
     config::LoadResult result = config::load_config_text(text, loaded.name, *loaded.registry);
     if (result.config) {
         // plugin_path entries written with ${VAR} are only known now: load any new directory and validate again.
         const std::size_t before = done.size();
-        load_directories({result.config->plugin_path.begin(), result.config->plugin_path.end()}, done, loaded);
+        loaded.refusals = load_plugin_directories(
+            {result.config->plugin_path.begin(), result.config->plugin_path.end()}, done, *loaded.registry);
         if (!loaded.refusals.empty()) return loaded;
         if (done.size() != before) result = config::load_config_text(text, loaded.name, *loaded.registry);
     }

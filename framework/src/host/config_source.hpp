@@ -37,6 +37,13 @@ struct LoadedConfig {
     [[nodiscard]] std::vector<std::string> problems() const;
 };
 
+/// Loads every directory of @p directories that @p done does not hold yet (by canonical path) into @p registry, and
+/// adds it to @p done (the same directory twice would refuse each of its plugins as a duplicate). Returns the
+/// refusals; the good plugins are kept.
+std::vector<plugin::Refusal> load_plugin_directories(const std::vector<std::filesystem::path>& directories,
+                                                     std::vector<std::filesystem::path>& done,
+                                                     plugin::Registry& registry);
+
 /// Reads @p source, loads the plugins of its search path into a new registry and validates the config against
 /// them. With @p running (a reload), the new registry succeeds it (plugin::Registry::succeed, changed files copied
 /// into @p copies). Never throws for a bad file, library or config: those are in the result.
