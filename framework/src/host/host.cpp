@@ -887,6 +887,14 @@ struct Host::Impl {
                 std::filesystem::remove_all(directory, ignored);
             }
         } remove_copies{copies};
+        // Under systemd: reloading now, and ready again once it ended (applied or not).
+        sd_notify(0, "RELOADING=1\nSTATUS=reloading the config");
+        struct NotifyReady {
+            const std::vector<std::unique_ptr<Connection>>& connections;
+            ~NotifyReady() {
+                sd_notify(0, ("READY=1\nSTATUS=running " + std::to_string(connections.size()) + " connection(s)").c_str());
+            }
+        } notify_ready{connections};
         try {
             return reload(trigger, copies);
         } catch (const ErrorException& e) {

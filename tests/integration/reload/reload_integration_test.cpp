@@ -3,6 +3,8 @@
 // routes and bots without touching a connection that did not change, loads a changed plugin file beside the old
 // one, and reconnects a changed connection, which recovers from where the old one was; a reload that fails
 // changes nothing and says why in the log, the metrics and the API's answer.
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/local/datagram_protocol.hpp>
 #include <catch2/catch.hpp>
 #include <csignal>
 #include <regex>
@@ -250,7 +252,14 @@ TEST_CASE("SIGHUP under load reconnects a changed connection and loses or double
     write_file(dir / "switchboard.yaml",
                config(sandbox, kLedgerV1.parent_path(), false, "sqlite, path: data/switchboard.db", "", all, ""));
     const fs::path db = dir / "data/switchboard.db";
+    // As under systemd: what the host tells it arrives on this socket.
+    boost::asio::io_context io;
+    const std::string notify_path = (dir / "notify.sock").string();
+    boost::asio::local::datagram_protocol::socket notify(io,
+                                                         boost::asio::local::datagram_protocol::endpoint(notify_path));
+    ::setenv("NOTIFY_SOCKET", notify_path.c_str(), 1);
     Host host(dir);
+    ::unsetenv("NOTIFY_SOCKET");
     INFO(host.process.err());
     REQUIRE(wait_until([&] { return session_up(sandbox); }, std::chrono::seconds(20)));
 
@@ -289,6 +298,13 @@ TEST_CASE("SIGHUP under load reconnects a changed connection and loses or double
     CHECK(stats["identifies"] == 1);
     CHECK(stats["resumes"] == 1);
     CHECK(host.process.stop() == 0);
+    std::vector<std::string> notes;
+    while (notify.available() > 0) {
+        std::string note(4096, '\0');
+        note.resize(notify.receive(boost::asio::buffer(note)));
+        notes.push_back(note.substr(0, note.find('\n')));
+    }
+    CHECK(notes == std::vector<std::string>{"READY=1", "RELOADING=1", "READY=1", "STOPPING=1"});
 }
 
 TEST_CASE("a reload starts an added connection and stops a removed one, leaving the other alone", "[reload]") {
