@@ -99,6 +99,8 @@ ReloadPlan plan_reload(const config::Config& running, const plugin::Registry& ru
     const auto changed_library = [&](const std::string& name) {
         return std::find(plan.plugins_changed.begin(), plan.plugins_changed.end(), name) != plan.plugins_changed.end();
     };
+    refuse_change(running.store.plugin == next.store.plugin && changed_library(next.store.plugin),
+                  "the store plugin's file (" + next.store.plugin + ")");
 
     compare(running.connections, next.connections, plan.connections,
             [&](const config::ConnectionConfig& a, const config::ConnectionConfig& b) {

@@ -3,8 +3,8 @@
 // host applies the plan (host.cpp); this part is pure, so tests check it without a host.
 //
 // A reload may change connections, channels, users, groups, routes, strategies, bots and plugin files. It may not
-// change the store, the admin server, logging or the stop timeout: those are fixed for the life of the process, and
-// a new config that changes them is refused as a whole (restart to change them).
+// change the store (its plugin, settings or file), the admin server, logging or the stop timeout: those are fixed for
+// the life of the process, and a new config that changes them is refused as a whole (restart to change them).
 
 #include <nlohmann/json.hpp>
 #include <string>

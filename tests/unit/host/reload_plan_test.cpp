@@ -178,6 +178,13 @@ TEST_CASE("a reload plan changes what uses a plugin whose library changed", "[re
         CHECK(plan.connections.kept == Names{"console"});
         CHECK(plan.bots.changed.empty());
     }
+    SECTION("the store plugin: refused, the store stays for the life of the process") {
+        plugin::Registry next_plugins;
+        first.fill(next_plugins, &second, "memory");
+        const auto plan = plan_reload(running, running_plugins, load(kBase, next_plugins), next_plugins);
+        REQUIRE(plan.refused.size() == 1);
+        CHECK(plan.refused[0].find("store plugin's file (memory)") != std::string::npos);
+    }
     SECTION("a strategy plugin changes routing") {
         plugin::Registry next_plugins;
         first.fill(next_plugins, &second, "group");
