@@ -247,10 +247,12 @@ TEST_CASE("reloads refused and applied, a plugin file swapped, the connection un
 // exactly once, in order.
 TEST_CASE("SIGHUP under load reconnects a changed connection and loses or doubles nothing", "[reload]") {
     TempDir dir;
-    DiscordSandbox sandbox(dir.path());
+    DiscordSandbox sandbox(dir.path(), {"--route-limit", "1000"});
     const std::string all = "[general, random, dev]";
+    // The echo bot answers in `dev`: its replies are in flight while the connection is replaced.
+    const std::string echo = "  - { plugin: echo, channels: [dev], prefix: \"echo: \" }\n";
     write_file(dir / "switchboard.yaml",
-               config(sandbox, kLedgerV1.parent_path(), false, "sqlite, path: data/switchboard.db", "", all, ""));
+               config(sandbox, kLedgerV1.parent_path(), false, "sqlite, path: data/switchboard.db", "", all, echo));
     const fs::path db = dir / "data/switchboard.db";
     // As under systemd: what the host tells it arrives on this socket.
     boost::asio::io_context io;
@@ -271,7 +273,7 @@ TEST_CASE("SIGHUP under load reconnects a changed connection and loses or double
     burst("a ");
     write_file(dir / "switchboard.yaml",
                config(sandbox, kLedgerV1.parent_path(), false, "sqlite, path: data/switchboard.db",
-                      "    reconnect_max: 2s\n", all, ""));
+                      "    reconnect_max: 2s\n", all, echo));
     host.process.signal(SIGHUP);
     burst("b ");
     REQUIRE(wait_until([&] { return host.process.err().find("reload ok (SIGHUP)") != std::string::npos; },
@@ -288,6 +290,19 @@ TEST_CASE("SIGHUP under load reconnects a changed connection and loses or double
         CHECK(ledger_texts(db, channel) == expected);
     }
     CHECK(LedgerReader(db).seen_twice().empty());
+    // Every message in `dev` got its one answer: none lost in the hand-over, none sent twice.
+    json answers;
+    REQUIRE(wait_until(
+        [&] {
+            answers = sandbox.control("GET", "/sent?channel_id=102")["messages"];
+            return answers.size() >= expected.size();
+        },
+        std::chrono::seconds(30)));
+    std::multiset<std::string> answered;
+    for (const auto& answer : answers) answered.insert(answer["content"].get<std::string>());
+    std::multiset<std::string> expected_answers;
+    for (const auto& text : expected) expected_answers.insert("echo: " + text);
+    CHECK(answered == expected_answers);
     const std::string log = host.process.err();
     CHECK(log.find(R"("changed":["discord"])") != std::string::npos);
     // The replacement took over from the old connection's saved state: a second gateway connection, which resumed
