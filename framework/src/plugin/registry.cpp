@@ -182,7 +182,8 @@ std::optional<Refusal> Registry::load_file(const std::filesystem::path& file) {
     if (running_ != nullptr && !stat_ec) {
         for (const LoadedPlugin& loaded : running_->plugins_) {
             if (loaded.file.empty() || loaded.file.lexically_normal() != file.lexically_normal()) continue;
-            // Changed (a second's copy of the same size can share the time: the inode tells a renamed-over file).
+            // Changed: another size or time, or another file renamed over it (which a same-size file written within
+            // the clock's granularity would not show by its time).
             if (loaded.size != size || loaded.modified != modified || loaded.inode != inode) break;
             if (auto refusal = admit(*this, loaded)) return refusal;
             plugins_.push_back(loaded);
