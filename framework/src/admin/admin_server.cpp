@@ -123,6 +123,14 @@ void AdminRoutes::handle(const AdminRequest& request, std::function<void(AdminRe
         });
         return;
     }
+    if (path == "/api/reload") {
+        if (request.method != "POST") return only("POST");
+        if (!api_.reload) return reply(error(503, "not_ready", "this host cannot reload"));
+        api_.reload([reply = std::move(reply)](unsigned status, nlohmann::json answer) {
+            reply(json_response(status, answer));
+        });
+        return;
+    }
     reply(error(404, "not_found", "no such API: " + std::string(path)));
 }
 

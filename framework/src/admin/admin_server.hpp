@@ -8,6 +8,7 @@
 //   GET  /metrics      Prometheus text exposition format
 //   GET  /api/status   JSON: connections, channels, cursors, recovery, queues, deliveries, plugins   (token)
 //   POST /api/send     an envelope in JSON → its DeliveryReport                                      (token)
+//   POST /api/reload   reloads the config: 200 with what changed, or 409/422 with why nothing did    (token)
 //
 // Everything under /api/ needs `Authorization: Bearer <token>` (compared in constant time); a wrong or missing
 // token is 401. Bodies over the limit are 413, malformed JSON 400 with what is wrong, an unknown path 404, a wrong
@@ -44,6 +45,9 @@ struct AdminApi {
     /// Routes the envelope described by @p request (already checked to be a JSON object) and calls @p reply once
     /// with the HTTP status and the JSON answer: the DeliveryReport, or an error.
     std::function<void(const nlohmann::json& request, std::function<void(unsigned, nlohmann::json)> reply)> send;
+    /// Reloads the config and calls @p reply once with the HTTP status and the JSON answer: what changed, or why
+    /// nothing did. May be empty (then /api/reload is 503).
+    std::function<void(std::function<void(unsigned, nlohmann::json)> reply)> reload;
     /// Rendered at /metrics; may be null (then /metrics is 404).
     const Metrics* metrics = nullptr;
 };

@@ -33,6 +33,7 @@ namespace {
 
 using prometheus::Counter;
 using prometheus::Family;
+using prometheus::Gauge;
 using prometheus::Histogram;
 
 double seconds(std::chrono::nanoseconds elapsed) { return std::chrono::duration<double>(elapsed).count(); }
@@ -148,6 +149,20 @@ struct Metrics::Impl {
                             .Name("switchboard_store_seconds")
                             .Help("Latency of store calls, by operation")
                             .Register(*registry)),
+          reloads(prometheus::BuildCounter()
+                      .Name("switchboard_reloads_total")
+                      .Help("Config reloads (SIGHUP, POST /api/reload), by result: ok, or failed (nothing changed)")
+                      .Register(*registry)),
+          reload_ok(reloads.Add({{"result", "ok"}})),
+          reload_failed(reloads.Add({{"result", "failed"}})),
+          last_reload_success(prometheus::BuildGauge()
+                                  .Name("switchboard_last_reload_success")
+                                  .Help("1 if the last reload was applied, 0 if it failed; absent before the first")
+                                  .Register(*registry)),
+          last_reload_time(prometheus::BuildGauge()
+                               .Name("switchboard_last_reload_timestamp_seconds")
+                               .Help("When the last reload ended (Unix time), applied or not")
+                               .Register(*registry)),
           fanout(&fanout_seconds.Add({}, latency_buckets())) {
         for (std::size_t i = 0; i < kStoreOps; ++i) {
             store_ops[i] = &store_seconds.Add({{"op", std::string(to_string(static_cast<StoreOp>(i)))}},
@@ -191,6 +206,11 @@ struct Metrics::Impl {
     Family<Counter>& deliveries;
     Family<Histogram>& fanout_seconds;
     Family<Histogram>& store_seconds;
+    Family<Counter>& reloads;
+    Counter& reload_ok;
+    Counter& reload_failed;
+    Family<Gauge>& last_reload_success;
+    Family<Gauge>& last_reload_time;
     Histogram* fanout;
     std::array<Histogram*, kStoreOps> store_ops{};
     std::array<Counter*, 6> by_status{};
@@ -209,6 +229,12 @@ Metrics::Metrics() : impl_(std::make_unique<Impl>()) {
 Metrics::~Metrics() = default;
 
 void Metrics::set_sampler(Sampler sampler) { impl_->sampler = std::move(sampler); }
+
+void Metrics::reload(bool ok) {
+    (ok ? impl_->reload_ok : impl_->reload_failed).Increment();
+    impl_->last_reload_success.Add({}).Set(ok ? 1 : 0);
+    impl_->last_reload_time.Add({}).SetToCurrentTime();
+}
 
 void Metrics::inbound(const std::string& connection, std::span<const ProcessedMessage> committed,
                       std::size_t duplicates) {

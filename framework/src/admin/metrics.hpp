@@ -85,6 +85,9 @@ public:
     /// A store call of @p op that took @p elapsed.
     void store_call(StoreOp op, std::chrono::nanoseconds elapsed);
 
+    /// A reload ended: applied (@p ok) or refused, the running set unchanged.
+    void reload(bool ok);
+
     /// Everything, in the text exposition format (version 0.0.4).
     [[nodiscard]] std::string render() const;
 

@@ -4,6 +4,7 @@
 // configuration error; 3 a plugin library was refused.
 
 #include "config/config.hpp"
+#include "host/config_source.hpp"
 #include "host/host.hpp"
 #include "host/logging.hpp"
 #include "plugin/registry.hpp"
@@ -14,17 +15,12 @@
 
 #include <boost/asio/io_context.hpp>
 #include <boost/program_options.hpp>
-#include <yaml-cpp/yaml.h>
 
 #include <algorithm>
-#include <cerrno>
-#include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <iomanip>
 #include <iostream>
 #include <map>
-#include <sstream>
 
 namespace po = boost::program_options;
 namespace fs = std::filesystem;
@@ -51,42 +47,36 @@ constexpr const char* kUsage =
     "Run `switchboard COMMAND --help` for a command's options. Exit status: 0 ok, 1 failure while running,\n"
     "2 usage or configuration error, 3 a plugin library was refused.\n";
 
-struct Source {
-    std::string text;
-    std::string name;  // what errors call it
-    fs::path directory;
-};
-
-// The config's own plugin_path has to be known before its plugins can be validated, so it is read ahead here.
-// Entries that use ${VAR} are resolved by the full load later; a difference triggers a second pass.
-std::vector<fs::path> read_plugin_path(const Source& source) {
-    std::vector<fs::path> directories;
-    try {
-        const YAML::Node path = YAML::Load(source.text)["switchboard"]["plugin_path"];
-        if (!path.IsSequence()) return directories;
-        for (const auto& entry : path) {
-            if (!entry.IsScalar()) continue;
-            fs::path directory = entry.as<std::string>();
-            directories.push_back(directory.is_relative() ? source.directory / directory : directory);
+// Loads the config named by the options (-c, or the embedded default) with its plugins. On failure prints why and
+// sets @p status.
+std::optional<host::LoadedConfig> load(const po::variables_map& options, const std::vector<std::string>& plugin_dirs,
+                                       int& status) {
+    host::ConfigSource source;
+    if (options.count("config")) source.path = options["config"].as<std::string>();
+    source.plugin_dirs = plugin_dirs;
+    host::LoadedConfig loaded = host::load_config(source);
+    if (loaded.config) return loaded;
+    for (const std::string& line : loaded.problems()) std::cerr << line << "\n";
+    if (!loaded.refusals.empty()) {
+        status = kExitRefused;
+    } else {
+        if (!loaded.errors.empty()) {
+            std::cerr << loaded.errors.size() << (loaded.errors.size() == 1 ? " error" : " errors") << " in "
+                      << loaded.name << "\n";
         }
-    } catch (const YAML::Exception&) {
-        // Malformed YAML is reported, with its position, by the full load.
+        status = kExitUsage;
     }
-    return directories;
+    return std::nullopt;
 }
 
+// The plugins `switchboard plugins` lists: every directory of the search path, without a config.
 struct Plugins {
     plugin::Registry registry;
     std::vector<fs::path> loaded;
     std::vector<plugin::Refusal> refusals;
 
     void load(const std::vector<fs::path>& directories) {
-        for (const fs::path& directory : directories) {
-            const fs::path canonical = fs::weakly_canonical(directory);
-            if (std::find(loaded.begin(), loaded.end(), canonical) != loaded.end()) continue;
-            loaded.push_back(canonical);
-            for (auto& refusal : registry.load_directory(canonical)) refusals.push_back(std::move(refusal));
-        }
+        refusals = host::load_plugin_directories(directories, loaded, registry);
     }
 
     // Prints every refusal; true if there were none.
@@ -95,59 +85,6 @@ struct Plugins {
         return refusals.empty();
     }
 };
-
-std::vector<fs::path> search_path(const std::vector<std::string>& from_command_line,
-                                  const std::vector<fs::path>& from_config) {
-    std::vector<fs::path> directories(from_command_line.begin(), from_command_line.end());
-    directories.insert(directories.end(), from_config.begin(), from_config.end());
-    for (auto& directory : plugin::Registry::default_directories()) directories.push_back(std::move(directory));
-    return directories;
-}
-
-std::optional<Source> read_source(const po::variables_map& options) {
-    if (!options.count("config")) return Source{config::embedded_default_config(), "<embedded>", fs::current_path()};
-    const std::string path = options["config"].as<std::string>();
-    std::ifstream in(path, std::ios::binary);
-    if (!in) {
-        std::cerr << path << ": error: cannot read the config file: " << std::strerror(errno) << "\n";
-        return std::nullopt;
-    }
-    std::ostringstream text;
-    text << in.rdbuf();
-    return Source{text.str(), path, fs::absolute(path).parent_path()};
-}
-
-// Loads plugins for @p source and validates it. On failure prints why and sets @p status.
-std::optional<config::Config> load(const Source& source, const std::vector<std::string>& plugin_dirs,
-                                   Plugins& plugins, int& status) {
-    plugins.load(search_path(plugin_dirs, read_plugin_path(source)));
-    if (!plugins.report()) {
-        status = kExitRefused;
-        return std::nullopt;
-    }
-    config::LoadResult result = config::load_config_text(source.text, source.name, plugins.registry);
-    if (result.config) {
-        // plugin_path entries written with ${VAR} are only known now: load any new directory and validate again.
-        std::vector<fs::path> resolved(result.config->plugin_path.begin(), result.config->plugin_path.end());
-        const std::size_t before = plugins.loaded.size();
-        plugins.load(resolved);
-        if (plugins.loaded.size() != before) {
-            if (!plugins.report()) {
-                status = kExitRefused;
-                return std::nullopt;
-            }
-            result = config::load_config_text(source.text, source.name, plugins.registry);
-        }
-    }
-    for (const auto& error : result.errors) std::cerr << error.to_string() << "\n";
-    if (!result.config || !result.errors.empty()) {
-        std::cerr << result.errors.size() << (result.errors.size() == 1 ? " error" : " errors") << " in "
-                  << source.name << "\n";
-        status = kExitUsage;
-        return std::nullopt;
-    }
-    return std::move(result.config);
-}
 
 po::options_description common_options() {
     po::options_description options;
@@ -187,12 +124,10 @@ int command_run(const std::vector<std::string>& args) {
         std::cerr << "switchboard run: error: --log-format must be text or json, not '" << format << "'\n";
         return kExitUsage;
     }
-    auto source = read_source(vm);
-    if (!source) return kExitUsage;
-    Plugins plugins;
     int status = kExitOk;
-    auto config = load(*source, plugin_dirs(vm), plugins, status);
-    if (!config) return status;
+    auto loaded = load(vm, plugin_dirs(vm), status);
+    if (!loaded) return status;
+    auto& config = loaded->config;
     std::string level_name = vm.count("log-level") ? vm["log-level"].as<std::string>() : config->log_level;
     auto level = host::parse_log_level(level_name);
     if (!level) {
@@ -206,11 +141,14 @@ int command_run(const std::vector<std::string>& args) {
     }
     host::SpdLogger logger("host", format == "json" ? host::LogFormat::json : host::LogFormat::text, *level,
                            std::move(component_levels));
-    logger.info("switchboard " + std::string(kFrameworkVersion) + " starting with " + source->name);
-    // The host (and every object it made) goes before the registry: objects first, then their libraries.
+    logger.info("switchboard " + std::string(kFrameworkVersion) + " starting with " + loaded->name);
+    // The host keeps the registry: it destroys every object it made before the libraries go.
     host::HostOptions host_options;
     host_options.drain_timeout = std::chrono::milliseconds(config->stop_timeout_ms);
-    host::Host host(std::move(*config), plugins.registry, logger, host_options);
+    // A reload reads the config again from where it came from.
+    if (vm.count("config")) host_options.source.path = vm["config"].as<std::string>();
+    host_options.source.plugin_dirs = plugin_dirs(vm);
+    host::Host host(std::move(*config), std::move(loaded->registry), logger, host_options);
     return host.run();
 }
 
@@ -220,13 +158,11 @@ int command_check(const std::vector<std::string>& args) {
     options.add_options()("config,c", po::value<std::string>()->required(), "config file to validate");
     po::variables_map vm;
     if (parse(args, options, vm)) return kExitOk;
-    auto source = read_source(vm);
-    if (!source) return kExitUsage;
-    Plugins plugins;
     int status = kExitOk;
-    auto config = load(*source, plugin_dirs(vm), plugins, status);
-    if (!config) return status;
-    std::cout << source->name << ": ok: " << config->connections.size() << " connection(s), "
+    auto loaded = load(vm, plugin_dirs(vm), status);
+    if (!loaded) return status;
+    const auto& config = loaded->config;
+    std::cout << loaded->name << ": ok: " << config->connections.size() << " connection(s), "
               << config->channels.size() << " channel(s), " << config->users.size() << " user(s), "
               << config->groups.size() << " group(s), " << config->routes.size() << " route(s), "
               << config->bots.size() << " bot(s); store " << config->store.plugin << "\n";
@@ -264,18 +200,16 @@ int command_route(const std::vector<std::string>& args) {
         "to", po::value<std::string>(), "the envelope's target: a user, a group or channel, or a broadcast scope");
     po::variables_map vm;
     if (parse(args, options, vm)) return kExitOk;
-    auto source = read_source(vm);
-    if (!source) return kExitUsage;
-    Plugins plugins;
     int status = kExitOk;
-    auto config = load(*source, plugin_dirs(vm), plugins, status);
-    if (!config) return status;
+    auto loaded = load(vm, plugin_dirs(vm), status);
+    if (!loaded) return status;
+    const auto& config = loaded->config;
 
     const std::string from = vm["from"].as<std::string>();
     routing::ConfigDirectory directory(*config);
     const auto origin = directory.channel(from);
     if (!origin) {
-        std::cerr << "switchboard route: error: no channel named '" << from << "' in " << source->name << "\n";
+        std::cerr << "switchboard route: error: no channel named '" << from << "' in " << loaded->name << "\n";
         return kExitUsage;
     }
     // A dry run connects nothing: every connection counts as up, so the plan shows everyone it would reach.
@@ -283,7 +217,7 @@ int command_route(const std::vector<std::string>& args) {
 
     host::SpdLogger logger("route", host::LogFormat::text, LogLevel::warn);
     boost::asio::io_context io;
-    auto strategies = routing::create_strategies(*config, plugins.registry, [&](const std::string& instance) {
+    auto strategies = routing::create_strategies(*config, *loaded->registry, [&](const std::string& instance) {
         return PluginContext(instance, logger, io);
     });
     if (!strategies) {
@@ -333,7 +267,10 @@ int command_plugins(const std::vector<std::string>& args) {
     po::variables_map vm;
     if (parse(args, options, vm)) return kExitOk;
     Plugins plugins;
-    plugins.load(search_path(plugin_dirs(vm), {}));
+    const std::vector<std::string> dirs = plugin_dirs(vm);
+    std::vector<fs::path> search(dirs.begin(), dirs.end());
+    for (auto& directory : plugin::Registry::default_directories()) search.push_back(std::move(directory));
+    plugins.load(search);
     const bool clean = plugins.report();
     if (vm.count("describe")) {
         const std::string name = vm["describe"].as<std::string>();

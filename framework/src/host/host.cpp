@@ -4,6 +4,7 @@
 #include "admin/metrics.hpp"
 #include "host/leases.hpp"
 #include "host/pipeline.hpp"
+#include "host/reload.hpp"
 #include "host/work_sharing.hpp"
 #include "ratelimit/scheduler.hpp"
 #include "routing/delivery_engine.hpp"
@@ -19,6 +20,7 @@
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/thread_pool.hpp>
 #include <systemd/sd-daemon.h>
+#include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
@@ -28,6 +30,8 @@
 #include <condition_variable>
 #include <csignal>
 #include <deque>
+#include <filesystem>
+#include <future>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -350,6 +354,10 @@ public:
         return out;
     }
 
+    /// Taken out by a reload, its connector stopped: recovery work that completes later is dropped, as after
+    /// release(). The objects stay until the host stops (Impl::retired_connections says why).
+    void retire() { released_ = true; }
+
     void release() {
         released_ = true;
         std::lock_guard lock(connector_mutex_);
@@ -409,11 +417,15 @@ private:
 }  // namespace
 
 struct Host::Impl {
-    Impl(config::Config config_, const plugin::Registry& registry_, SpdLogger& logger_, HostOptions options_)
-        : config(std::move(config_)), registry(registry_), logger(logger_), options(options_) {}
+    Impl(config::Config config_, std::shared_ptr<const plugin::Registry> registry_, SpdLogger& logger_,
+         HostOptions options_)
+        : config(std::move(config_)), registry(std::move(registry_)), logger(logger_), options(options_) {}
 
+    // A reload replaces config, registry, router, bots and connections on run()'s thread while admin requests read
+    // them on I/O threads: a reload changes them, and those requests read them, under running_mutex.
+    mutable std::mutex running_mutex;
     config::Config config;
-    const plugin::Registry& registry;
+    std::shared_ptr<const plugin::Registry> registry;
     SpdLogger& logger;
     HostOptions options;
     admin::Metrics metrics;
@@ -421,7 +433,9 @@ struct Host::Impl {
     std::mutex mutex;
     std::condition_variable stop_requested;
     std::optional<std::string> stop_reason;
-    std::size_t finished_connections = 0;
+    std::set<const Connection*> finished_connections;
+    // Reloads waiting for run()'s thread: what asked (for the log) and where the outcome goes (may be empty).
+    std::deque<std::pair<std::string, std::function<void(unsigned, nlohmann::json)>>> reloads;
 
     // Declared in creation order; run() tears them down explicitly in the documented order.
     std::vector<std::unique_ptr<SpdLogger>> loggers;
@@ -433,12 +447,16 @@ struct Host::Impl {
     std::vector<std::unique_ptr<Connection>> connections;
     std::unique_ptr<routing::ConfigDirectory> directory;
     std::unique_ptr<routing::DeliveryEngine> engine;
-    std::unique_ptr<routing::Router> router;
+    std::shared_ptr<routing::Router> router;  // shared with the pipeline, which a reload hands a new one
     std::unique_ptr<Pipeline> pipeline;
     // With a store shared by several hosts: this host runs a connection only while it holds its lease.
     std::unique_ptr<LeaseKeeper> leases;
     // With switchboard.cluster.work_sharing: bots on every host take inbound messages from shared queues.
     std::unique_ptr<WorkSharing> sharing;
+    // Connections a reload took out, their connectors stopped. Kept, with their connector and recovery objects and
+    // so their libraries, until the host stops: a stopped connector may still have I/O completions queued on the
+    // io_context, whose code must stay loaded until the I/O threads are gone.
+    std::vector<std::unique_ptr<Connection>> retired_connections;
 
     // Operations (DESIGN §7): metrics always (declared first: the store and pipeline record into them), the admin
     // server when configured.
@@ -460,18 +478,25 @@ struct Host::Impl {
         stop_requested.notify_all();
     }
 
-    void connection_finished() {
+    void connection_finished(const Connection* finished) {
         std::lock_guard lock(mutex);
-        if (++finished_connections == connections.size() && !stop_reason) {
+        finished_connections.insert(finished);
+        std::lock_guard running(running_mutex);
+        // Connections a reload took out do not count; those it started have not finished.
+        const bool all = std::all_of(connections.begin(), connections.end(),
+                                     [&](const auto& c) { return finished_connections.count(c.get()) != 0; });
+        if (all && !stop_reason) {
             stop_reason = "every connection has finished";
             stop_requested.notify_all();
         }
     }
 
+    // From the running registry, or from @p from (a reload's new one).
     template <class T>
-    std::shared_ptr<T> create(const config::PluginUse& use, const std::string& instance) {
+    std::shared_ptr<T> create(const config::PluginUse& use, const std::string& instance,
+                              const plugin::Registry* from = nullptr) {
         PluginContext context(instance, logger_for(instance), io);
-        auto object = registry.create<T>(use.plugin, context, use.settings);
+        auto object = (from != nullptr ? *from : *registry).create<T>(use.plugin, context, use.settings);
         if (!object) {
             throw ErrorException(fail(object.error().code, std::string(to_string(T::kKind)) + " '" + instance +
                                                                "' (plugin " + use.plugin +
@@ -480,8 +505,9 @@ struct Host::Impl {
         return *object;
     }
 
-    std::optional<std::pair<std::string, std::string>> channel_address(const std::string& name) const {
-        for (const auto& channel : config.channels) {
+    static std::optional<std::pair<std::string, std::string>> channel_address(const std::string& name,
+                                                                              const config::Config& in) {
+        for (const auto& channel : in.channels) {
             if (channel.name == name) return std::make_pair(channel.connection, channel.id);
         }
         return std::nullopt;
@@ -490,18 +516,7 @@ struct Host::Impl {
     void build() {
         // Every store call is timed for /metrics.
         store = std::make_shared<admin::InstrumentedStore>(create<Store>(config.store, "store"), metrics);
-        for (const auto& bot : config.bots) {
-            if (bot.isolation != config::BotIsolation::in_process) {
-                throw ErrorException(fail("unsupported", "bot '" + bot.name +
-                                                             "': isolation: process is not available in this "
-                                                             "version; remove the key to run it in the host"));
-            }
-            BotBinding binding{bot.name, create<Bot>(bot.bot, bot.name), {}};
-            for (const auto& name : bot.channels) {
-                if (auto address = channel_address(name)) binding.channels.insert(*address);
-            }
-            bots.push_back(std::move(binding));
-        }
+        for (const auto& bot : config.bots) bots.push_back(bind_bot(bot, create_bot(bot, *registry), config));
         std::vector<std::string> names;
         for (const auto& c : config.connections) names.push_back(c.name);
         directory = std::make_unique<routing::ConfigDirectory>(config);
@@ -514,8 +529,9 @@ struct Host::Impl {
             *store, *directory, io,
             [this](std::function<void()> work) { boost::asio::post(*workers, std::move(work)); },
             logger_for("delivery"), engine_options);
-        router = std::make_unique<routing::Router>(config, *directory, create_strategies(), engine.get());
-        pipeline = std::make_unique<Pipeline>(*store, bots, names, *workers, logger_for("pipeline"), router.get(),
+        router = std::make_shared<routing::Router>(config, *directory, create_strategies(config, *registry),
+                                                   engine.get());
+        pipeline = std::make_unique<Pipeline>(*store, bots, names, *workers, logger_for("pipeline"), router,
                                               [this](std::vector<StagedDelivery> staged) {
                                                   // One call for the batch: the outbox records what its replies
                                                   // did in shared rounds, not one write per reply.
@@ -527,45 +543,83 @@ struct Host::Impl {
                                                   metrics.inbound(connection, committed, duplicates);
                                               });
         for (const auto& c : config.connections) {
-            std::vector<std::string> channel_ids;
-            for (const auto& channel : config.channels) {
-                if (channel.connection == c.name) channel_ids.push_back(channel.id);
-            }
-            Logger& connection_logger = logger_for(c.name);
-            auto connection = std::make_unique<Connection>(c.name, c.connector.plugin, std::move(channel_ids),
-                                                           connection_logger, *directory,
-                                                           make_scheduler(c, connection_logger), store_executor(),
-                                                           metrics);
-            auto policy = create<RecoveryPolicy>(c.recovery, c.name + "/recovery");
-            auto connector = create<Connector>(c.connector, c.name);
-            add_to_engine(c, connector, *connection);
-            connection->bind(std::move(connector), std::move(policy), *pipeline, *store,
-                             [this] { connection_finished(); });
+            auto connection = make_connection(c, config, *registry);
+            add_to_engine(c, connection->connector_ptr(), *connection);
             connections.push_back(std::move(connection));
         }
     }
 
-    void add_to_engine(const config::ConnectionConfig& c, std::shared_ptr<Connector> connector, Connection& connection) {
+    // Bot @p bot, created from @p from.
+    std::shared_ptr<Bot> create_bot(const config::BotConfig& bot, const plugin::Registry& from) {
+        if (bot.isolation != config::BotIsolation::in_process) {
+            throw ErrorException(fail("unsupported", "bot '" + bot.name +
+                                                         "': isolation: process is not available in this "
+                                                         "version; remove the key to run it in the host"));
+        }
+        return create<Bot>(bot.bot, bot.name, &from);
+    }
+
+    // @p object as bot @p bot of @p in, with the addresses of the channels it listens on.
+    static BotBinding bind_bot(const config::BotConfig& bot, std::shared_ptr<Bot> object, const config::Config& in) {
+        BotBinding binding{bot.name, std::move(object), {}};
+        for (const auto& name : bot.channels) {
+            if (auto address = channel_address(name, in)) binding.channels.insert(*address);
+        }
+        return binding;
+    }
+
+    // Connection @p c of @p in, with its recovery policy and connector created from @p from, bound to the pipeline
+    // and store; not started, and not known to the engine yet.
+    std::unique_ptr<Connection> make_connection(const config::ConnectionConfig& c, const config::Config& in,
+                                                const plugin::Registry& from) {
+        std::vector<std::string> channel_ids;
+        for (const auto& channel : in.channels) {
+            if (channel.connection == c.name) channel_ids.push_back(channel.id);
+        }
+        Logger& connection_logger = logger_for(c.name);
+        auto connection = std::make_unique<Connection>(c.name, c.connector.plugin, std::move(channel_ids),
+                                                       connection_logger, *directory,
+                                                       make_scheduler(c, connection_logger), store_executor(),
+                                                       metrics);
+        auto policy = create<RecoveryPolicy>(c.recovery, c.name + "/recovery", &from);
+        auto connector = create<Connector>(c.connector, c.name, &from);
+        connection->bind(std::move(connector), std::move(policy), *pipeline, *store,
+                         [this, raw = connection.get()] { connection_finished(raw); });
+        return connection;
+    }
+
+    static routing::ConnectionLimits connection_limits(const config::ConnectionConfig& c) {
         routing::ConnectionLimits limits;
         limits.concurrency = static_cast<std::uint32_t>(std::max<std::int64_t>(1, c.limits.get_int("concurrency", 8)));
         // Rate and burst live in the connection's scheduler ("global"), which its connector shares.
-        engine->add_connection(c.name, std::move(connector), limits, connection.scheduler());
+        return limits;
+    }
+
+    // Sends to connection @p c go through @p connector (its own, or, with work sharing, the holder's).
+    void add_to_engine(const config::ConnectionConfig& c, std::shared_ptr<Connector> connector, Connection& connection) {
+        engine->add_connection(c.name, std::move(connector), connection_limits(c), connection.scheduler());
     }
 
     // ---- leases (DESIGN §8) --------------------------------------------------------------------------------------
 
-    Connection* find_connection(const std::string& name) {
+    // Connection @p name and its config (a reload may reorder the running set: read under running_mutex).
+    std::pair<Connection*, std::optional<config::ConnectionConfig>> find_connection(const std::string& name) {
+        std::lock_guard running(running_mutex);
+        std::pair<Connection*, std::optional<config::ConnectionConfig>> found{nullptr, std::nullopt};
         for (auto& connection : connections) {
-            if (connection->connection() == name) return connection.get();
+            if (connection->connection() == name) found.first = connection.get();
         }
-        return nullptr;
+        for (const auto& c : config.connections) {
+            if (c.name == name) found.second = c;
+        }
+        return found;
     }
 
     // The lease of @p name is ours: what an earlier holder left pending for it goes out, then the connector starts
     // and its recovery policy starts from the shared cursor.
     void lease_acquired(const std::string& name) {
-        Connection* connection = find_connection(name);
-        if (connection == nullptr) return;
+        auto [connection, c] = find_connection(name);
+        if (connection == nullptr || !c) return;
         auto pending = store->outbox_pending();
         if (!pending) {
             logger.warn("could not read the sends left pending for '" + name + "' (" + pending.error().to_string() +
@@ -579,9 +633,7 @@ struct Host::Impl {
         }
         if (sharing) {
             // Sends to it go through this host's connector now, and other hosts' sends too.
-            for (const auto& c : config.connections) {
-                if (c.name == name) add_to_engine(c, connection->connector_ptr(), *connection);
-            }
+            add_to_engine(*c, connection->connector_ptr(), *connection);
             sharing->serve(name, true);
         }
         connection->connector_ptr()->start(*connection);
@@ -589,18 +641,20 @@ struct Host::Impl {
 
     // The lease of @p name is gone: stop its connector now, and have fresh objects ready for the next acquisition.
     void lease_lost(const std::string& name) {
-        Connection* connection = find_connection(name);
-        if (connection == nullptr) return;
-        for (const auto& c : config.connections) {
-            if (c.name != name) continue;
-            try {
-                if (sharing) sharing->serve(name, false);
-                auto connector = create<Connector>(c.connector, c.name);
-                connection->stand_down(connector);
-                add_to_engine(c, sharing ? sharing->remote(name, connector) : std::move(connector), *connection);
-            } catch (const ErrorException& e) {
-                request_stop("connection '" + name + "' cannot be made again: " + e.error().message);
+        auto [connection, c] = find_connection(name);
+        if (connection == nullptr || !c) return;
+        try {
+            if (sharing) sharing->serve(name, false);
+            std::shared_ptr<const plugin::Registry> from;
+            {
+                std::lock_guard running(running_mutex);
+                from = registry;  // a reload may replace it
             }
+            auto connector = create<Connector>(c->connector, c->name, from.get());
+            connection->stand_down(connector);
+            add_to_engine(*c, sharing ? sharing->remote(name, connector) : std::move(connector), *connection);
+        } catch (const ErrorException& e) {
+            request_stop("connection '" + name + "' cannot be made again: " + e.error().message);
         }
     }
 
@@ -625,7 +679,7 @@ struct Host::Impl {
             [this](const OutboundMessage& message, SendCallback done) { send_for_another(message, std::move(done)); },
             logger_for("sharing"));
         for (const auto& c : config.connections) {
-            Connection* connection = find_connection(c.name);
+            Connection* connection = find_connection(c.name).first;
             connection->share(*sharing);
             add_to_engine(c, sharing->remote(c.name, connection->connector_ptr()), *connection);
         }
@@ -700,8 +754,9 @@ struct Host::Impl {
         return scheduler;
     }
 
-    std::map<std::string, std::shared_ptr<Strategy>> create_strategies() {
-        auto strategies = routing::create_strategies(config, registry, [this](const std::string& instance) {
+    std::map<std::string, std::shared_ptr<Strategy>> create_strategies(const config::Config& in,
+                                                                       const plugin::Registry& from) {
+        auto strategies = routing::create_strategies(in, from, [this](const std::string& instance) {
             return PluginContext(instance, logger_for(instance), io);
         });
         if (!strategies) throw ErrorException(strategies.error());
@@ -749,6 +804,7 @@ struct Host::Impl {
             return false;
         }
         const std::int64_t now = now_ms();
+        std::lock_guard running(running_mutex);
         for (const auto& connection : connections) {
             const auto [state, since] = connection->state();
             if (state == "connected" || state == "resumed" || state == "standby") continue;
@@ -765,6 +821,7 @@ struct Host::Impl {
     }
 
     nlohmann::json status() {
+        std::lock_guard running(running_mutex);
         const std::map<std::string, std::size_t> queued = pipeline ? pipeline->queue_depths()
                                                                    : std::map<std::string, std::size_t>{};
         nlohmann::json out{{"version", kFrameworkVersion},
@@ -791,7 +848,7 @@ struct Host::Impl {
                                  {"recent", nlohmann::json(recent_deliveries)}};
         }
         nlohmann::json plugins = nlohmann::json::array();
-        for (const plugin::LoadedPlugin& loaded : registry.plugins()) {
+        for (const plugin::LoadedPlugin& loaded : registry->plugins()) {
             const PluginDescriptor& d = *loaded.descriptor;
             plugins.push_back({{"name", d.name},
                                {"kind", to_string(d.kind)},
@@ -840,8 +897,13 @@ struct Host::Impl {
         const auto reply_to = string_field("reply_to");
         if (!reply_to) return bad("'reply_to' must be a string");
         if (!reply_to->empty()) envelope.reply_to = *reply_to;
-        if (!router) return reply(503, nlohmann::json{{"error", "not_ready"}, {"message", "the host is starting"}});
-        router->send(std::move(envelope), {},
+        std::shared_ptr<routing::Router> current;
+        {
+            std::lock_guard running(running_mutex);
+            current = router;
+        }
+        if (!current) return reply(503, nlohmann::json{{"error", "not_ready"}, {"message", "the host is starting"}});
+        current->send(std::move(envelope), {},
                      [reply = std::move(reply)](DeliveryReport report) { reply(200, report_json(report)); });
     }
 
@@ -856,6 +918,9 @@ struct Host::Impl {
         api.send = [this](const nlohmann::json& body, std::function<void(unsigned, nlohmann::json)> reply) {
             admin_send(body, std::move(reply));
         };
+        api.reload = [this](std::function<void(unsigned, nlohmann::json)> reply) {
+            request_reload("POST /api/reload", std::move(reply));
+        };
         api.metrics = &metrics;
         admin_server = std::make_unique<admin::AdminServer>(
             io, admin::AdminOptions{config.admin->listen, config.admin->token}, std::move(api), logger_for("admin"));
@@ -868,6 +933,7 @@ struct Host::Impl {
     void start_sampling() {
         metrics.set_sampler([this] {
             admin::Sample sample;
+            std::lock_guard running(running_mutex);
             const std::map<std::string, std::size_t> queued = pipeline ? pipeline->queue_depths()
                                                                        : std::map<std::string, std::size_t>{};
             for (const auto& connection : connections) {
@@ -882,6 +948,256 @@ struct Host::Impl {
         });
     }
 
+    // ---- reload (SIGHUP, POST /api/reload; host/reload.hpp) ----------------------------------------------------
+
+    using ReloadAnswer = std::pair<unsigned, nlohmann::json>;
+
+    void request_reload(std::string trigger, std::function<void(unsigned, nlohmann::json)> done) {
+        std::lock_guard lock(mutex);
+        if (stop_reason) {
+            if (done) {
+                done(503, nlohmann::json{{"error", "stopping"}, {"message", "the host is stopping: " + *stop_reason}});
+            }
+            return;
+        }
+        reloads.emplace_back(std::move(trigger), std::move(done));
+        stop_requested.notify_all();
+    }
+
+    void wait_for_hangup(boost::asio::signal_set& hangups) {
+        hangups.async_wait([this, &hangups](const boost::system::error_code& ec, int) {
+            if (ec) return;  // cancelled: the host stops
+            request_reload("SIGHUP", {});
+            wait_for_hangup(hangups);
+        });
+    }
+
+    // At a stop: reloads still waiting are answered, not run.
+    void refuse_reloads() {
+        std::lock_guard lock(mutex);
+        for (auto& [trigger, done] : reloads) {
+            if (done) done(503, nlohmann::json{{"error", "stopping"}, {"message", "the host is stopping"}});
+        }
+        reloads.clear();
+    }
+
+    // A reload that failed: nothing running changed. The reason goes to the log, the metrics and the answer.
+    ReloadAnswer reload_failed(unsigned status, const std::string& code, const std::string& message,
+                               const std::vector<std::string>& problems = {}) {
+        logger.error("reload failed (" + code + "): " + message + "; the running set is unchanged");
+        for (const std::string& problem : problems) logger.error("reload: " + problem);
+        metrics.reload(false);
+        return {status, nlohmann::json{{"error", code}, {"message", message}, {"problems", problems}}};
+    }
+
+    // Reads the config again, validates it in full with the plugins it names (a changed plugin file loaded beside
+    // the running one), creates what is new, and only then changes the running set: routes, groups and bots at
+    // once; connections that changed are reconnected, those that did not keep running untouched.
+    ReloadAnswer reload(const std::string& trigger, const std::filesystem::path& copies) {
+        const std::string source = options.source.path.value_or("<embedded>");
+        logger.info("reload (" + trigger + "): reading " + source);
+        LoadedConfig next = load_config(options.source, registry.get(), copies);
+        if (!next.read_error.empty()) return reload_failed(422, "invalid_config", next.read_error);
+        if (!next.refusals.empty()) {
+            return reload_failed(422, "plugin_refused",
+                                 std::to_string(next.refusals.size()) + " plugin librar" +
+                                     (next.refusals.size() == 1 ? "y was" : "ies were") + " refused",
+                                 next.problems());
+        }
+        if (!next.config) {
+            return reload_failed(422, "invalid_config",
+                                 std::to_string(next.errors.size()) + " error(s) in " + next.name, next.problems());
+        }
+        const ReloadPlan plan = plan_reload(config, *registry, *next.config, *next.registry);
+        if (!plan.refused.empty()) {
+            return reload_failed(409, "cannot_change", "the new config changes what only a restart can change",
+                                 plan.refused);
+        }
+        if (const auto refused = cluster_changes(plan, *next.config); !refused.empty()) {
+            return reload_failed(409, "cannot_change", "the new config changes what only a restart can change",
+                                 refused);
+        }
+        const auto in = [](const std::vector<std::string>& names, const std::string& name) {
+            return std::find(names.begin(), names.end(), name) != names.end();
+        };
+
+        // Everything new is created before anything running changes; if one creation fails, what was made goes.
+        std::map<std::string, std::shared_ptr<Bot>> new_bots;
+        std::shared_ptr<routing::Router> next_router;
+        std::map<std::string, std::unique_ptr<Connection>> new_connections;
+        try {
+            for (const auto& bot : next.config->bots) {
+                if (!in(plan.bots.added, bot.name) && !in(plan.bots.changed, bot.name)) continue;
+                new_bots[bot.name] = create_bot(bot, *next.registry);
+            }
+            next_router = std::make_shared<routing::Router>(
+                *next.config, *directory, create_strategies(*next.config, *next.registry), engine.get());
+            for (const auto& c : next.config->connections) {
+                if (!in(plan.connections.added, c.name) && !in(plan.connections.changed, c.name)) continue;
+                new_connections[c.name] = make_connection(c, *next.config, *next.registry);
+            }
+        } catch (const ErrorException& e) {
+            return reload_failed(422, "create_failed", e.error().message + " [" + e.error().code + "]");
+        } catch (const std::exception& e) {
+            return reload_failed(422, "create_failed", e.what());
+        }
+
+        // From here on nothing fails. Routing first: the directory, then bots and router in one swap.
+        directory->reload(*next.config);
+        std::vector<BotBinding> bindings;
+        for (const auto& bot : next.config->bots) {
+            std::shared_ptr<Bot> object;  // a kept bot goes on as it runs
+            if (auto made = new_bots.find(bot.name); made != new_bots.end()) {
+                object = made->second;
+            } else {
+                for (const BotBinding& running : bots) {
+                    if (running.name == bot.name) object = running.bot;
+                }
+            }
+            bindings.push_back(bind_bot(bot, std::move(object), *next.config));
+        }
+        pipeline->reconfigure(bindings, next_router);
+        {
+            std::lock_guard running(running_mutex);
+            router = next_router;
+            bots = std::move(bindings);
+        }
+
+        // Connections: each removed or changed one hands over (to its replacement, if any); added ones start.
+        for (const std::string& name : plan.connections.removed) replace_connection(name, nullptr, {});
+        for (const auto& c : next.config->connections) {
+            auto made = new_connections.find(c.name);
+            if (made == new_connections.end()) continue;
+            if (in(plan.connections.changed, c.name)) {
+                replace_connection(c.name, std::move(made->second), connection_limits(c));
+            } else {
+                start_connection(std::move(made->second), connection_limits(c));
+            }
+        }
+        {
+            std::lock_guard running(running_mutex);
+            // Connections in the new config's order.
+            std::vector<std::unique_ptr<Connection>> ordered;
+            for (const auto& c : next.config->connections) {
+                for (auto& connection : connections) {
+                    if (connection && connection->connection() == c.name) ordered.push_back(std::move(connection));
+                }
+            }
+            connections = std::move(ordered);
+            config = std::move(*next.config);
+            registry = std::move(next.registry);  // the old registry goes; libraries in use stay with their objects
+        }
+        nlohmann::json summary = plan.to_json();
+        logger.info("reload ok (" + trigger + "): " + summary.dump());
+        metrics.reload(true);
+        summary["result"] = "ok";
+        return {200, std::move(summary)};
+    }
+
+    // With a store shared by several hosts, the connections and switchboard.cluster change only with a restart: the
+    // lease keeper and work sharing are made for the connections the host started with.
+    std::vector<std::string> cluster_changes(const ReloadPlan& plan, const config::Config& next) const {
+        std::vector<std::string> refused;
+        const config::ClusterConfig& now = config.cluster;
+        if (now.host_id != next.cluster.host_id || now.lease_ttl_ms != next.cluster.lease_ttl_ms ||
+            now.work_sharing != next.cluster.work_sharing) {
+            refused.push_back("switchboard.cluster changed: restart the host to apply it");
+        }
+        if (!leases) return refused;
+        for (const auto* names : {&plan.connections.added, &plan.connections.removed, &plan.connections.changed}) {
+            for (const std::string& name : *names) {
+                refused.push_back("connection '" + name + "' added, removed or changed: with a store shared by "
+                                  "several hosts (leases) connections change only with a restart");
+            }
+        }
+        return refused;
+    }
+
+    // reload(), with a failure it did not foresee answered (500) instead of ending the host.
+    ReloadAnswer reload_guarded(const std::string& trigger) {
+        // Changed plugin files are copied here to be loaded, and deleted once loaded; the directory goes after.
+        const std::filesystem::path copies =
+            std::filesystem::temp_directory_path() / ("switchboard-" + std::to_string(::getpid()) + "-plugins");
+        struct RemoveCopies {
+            const std::filesystem::path& directory;
+            ~RemoveCopies() {
+                std::error_code ignored;
+                std::filesystem::remove_all(directory, ignored);
+            }
+        } remove_copies{copies};
+        // Under systemd: reloading now, and ready again once it ended (applied or not).
+        sd_notify(0, "RELOADING=1\nSTATUS=reloading the config");
+        struct NotifyReady {
+            const std::vector<std::unique_ptr<Connection>>& connections;
+            ~NotifyReady() {
+                sd_notify(0, ("READY=1\nSTATUS=running " + std::to_string(connections.size()) + " connection(s)").c_str());
+            }
+        } notify_ready{connections};
+        try {
+            return reload(trigger, copies);
+        } catch (const ErrorException& e) {
+            return reload_failed(500, "reload_failed", e.error().message + " [" + e.error().code + "]");
+        } catch (const std::exception& e) {
+            return reload_failed(500, "reload_failed", e.what());
+        }
+    }
+
+    // Adds @p connection to the engine and the running set, and starts its connector.
+    void start_connection(std::unique_ptr<Connection> connection, const routing::ConnectionLimits& limits) {
+        Connection& started = *connection;
+        engine->add_connection(started.connection(), started.connector_ptr(), limits, started.scheduler());
+        {
+            std::lock_guard running(running_mutex);
+            connections.push_back(std::move(connection));
+        }
+        logger.info("reload: starting connection '" + started.connection() + "'");
+        started.connector_ptr()->start(started);
+    }
+
+    // Takes connection @p name out of the running set and, given a @p replacement, starts that in its place.
+    // Replies queued for the old connector go out through it first; then it stops, the events it reported before
+    // run on its lane, and its saved state is written, so the replacement resumes from the old one's cursor and
+    // saved state.
+    void replace_connection(const std::string& name, std::unique_ptr<Connection> replacement,
+                            const routing::ConnectionLimits& limits) {
+        std::unique_ptr<Connection> old;
+        {
+            std::lock_guard running(running_mutex);
+            for (auto& connection : connections) {
+                if (connection && connection->connection() == name) old = std::move(connection);
+            }
+            connections.erase(std::remove(connections.begin(), connections.end(), nullptr), connections.end());
+        }
+        if (!old) return;
+        // New sends go to the replacement now (it answers retryable until it is up, and the engine retries);
+        // what the old lane holds drains through the old connector, still running.
+        if (replacement) {
+            engine->add_connection(name, replacement->connector_ptr(), limits, replacement->scheduler());
+        } else {
+            engine->add_connection(name, nullptr, limits);
+        }
+        if (!engine->retire(name, options.drain_timeout)) {
+            logger.warn("reload: replies queued for connection '" + name +
+                        "' did not go out in time; they stay pending in the store");
+        }
+        old->connector_ptr()->stop();
+        auto lane_done = std::make_shared<std::promise<void>>();
+        auto reached = lane_done->get_future();
+        pipeline->post(name, [lane_done] { lane_done->set_value(); });
+        reached.wait_for(options.drain_timeout);
+        // A recovery the old connection had running may hold channels; the replacement's recovery starts over.
+        pipeline->drop_holds(name);
+        old->retire();
+        old->scheduler()->shutdown();
+        if (!old->wait_saves(options.drain_timeout)) {
+            logger.warn("reload: the saved state of connection '" + name + "' was not written in time");
+        }
+        logger.info(replacement ? "reload: connection '" + name + "' stopped; its replacement starts"
+                                : "reload: connection '" + name + "' removed");
+        retired_connections.push_back(std::move(old));
+        if (replacement) start_connection(std::move(replacement), limits);
+    }
+
     int run() {
         auto guard = boost::asio::make_work_guard(io);
         workers = std::make_unique<boost::asio::thread_pool>(options.worker_threads);
@@ -890,6 +1206,8 @@ struct Host::Impl {
         signals.async_wait([this](const boost::system::error_code& ec, int signal) {
             if (!ec) request_stop(signal == SIGINT ? "SIGINT" : "SIGTERM");
         });
+        boost::asio::signal_set hangups(io, SIGHUP);
+        wait_for_hangup(hangups);
 
         int status = 0;
         try {
@@ -917,7 +1235,17 @@ struct Host::Impl {
             // Under systemd (Type=notify): started. Without NOTIFY_SOCKET this does nothing.
             sd_notify(0, ("READY=1\nSTATUS=running " + std::to_string(connections.size()) + " connection(s)").c_str());
             std::unique_lock lock(mutex);
-            stop_requested.wait(lock, [this] { return stop_reason.has_value(); });
+            // Reloads run here, one at a time, until a stop is asked for.
+            while (true) {
+                stop_requested.wait(lock, [this] { return stop_reason.has_value() || !reloads.empty(); });
+                if (stop_reason) break;
+                auto [trigger, done] = std::move(reloads.front());
+                reloads.pop_front();
+                lock.unlock();
+                auto [code, answer] = reload_guarded(trigger);
+                if (done) done(code, std::move(answer));
+                lock.lock();
+            }
             logger.info("stopping: " + *stop_reason);
         } catch (const ErrorException& e) {
             logger.error(e.error().message + " [" + e.error().code + "]");
@@ -926,6 +1254,8 @@ struct Host::Impl {
             logger.error(std::string("start-up failed: ") + e.what());
             status = 1;
         }
+        boost::system::error_code ignored;
+        hangups.cancel(ignored);
         shutdown(signals);
         guard.reset();
         return status;
@@ -934,6 +1264,7 @@ struct Host::Impl {
     // Stop connectors, drain the pipeline and deliveries, destroy objects; the registry unloads after us.
     void shutdown(boost::asio::signal_set& signals) {
         sd_notify(0, "STOPPING=1\nSTATUS=stopping: draining queued messages and deliveries");
+        refuse_reloads();
         if (admin_server) admin_server->stop();
         // No connection starts from now on (a lease acquired now is given up again by stop() below).
         if (leases) leases->pause();
@@ -1001,13 +1332,16 @@ struct Host::Impl {
         leases.reset();
         for (auto& connection : connections) connection->release();
         connections.clear();
+        for (auto& connection : retired_connections) connection->release();
+        retired_connections.clear();
         bots.clear();
         store.reset();  // closes the store
     }
 };
 
-Host::Host(config::Config config, const plugin::Registry& registry, SpdLogger& logger, HostOptions options)
-    : impl_(std::make_unique<Impl>(std::move(config), registry, logger, options)) {}
+Host::Host(config::Config config, std::shared_ptr<const plugin::Registry> registry, SpdLogger& logger,
+           HostOptions options)
+    : impl_(std::make_unique<Impl>(std::move(config), std::move(registry), logger, options)) {}
 
 Host::~Host() = default;
 

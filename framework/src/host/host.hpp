@@ -2,6 +2,7 @@
 // The host: builds the running set from a validated config, runs it, and stops it in order.
 
 #include "config/config.hpp"
+#include "host/config_source.hpp"
 #include "host/logging.hpp"
 #include "plugin/registry.hpp"
 
@@ -61,11 +62,15 @@ struct HostOptions {
     unsigned io_threads = 2;
     /// Pipeline workers (store and bots).
     unsigned worker_threads = 2;
+    /// Where the config came from: a reload (SIGHUP, POST /api/reload) reads it again from there.
+    ConfigSource source;
 };
 
 class Host {
 public:
-    Host(config::Config config, const plugin::Registry& registry, SpdLogger& logger, HostOptions options = {});
+    /// @p registry holds the plugins @p config was validated with; the host keeps it (a reload replaces it).
+    Host(config::Config config, std::shared_ptr<const plugin::Registry> registry, SpdLogger& logger,
+         HostOptions options = {});
     ~Host();
     Host(const Host&) = delete;
     Host& operator=(const Host&) = delete;
@@ -73,7 +78,8 @@ public:
     /// Creates the store, bots, recovery policies and connectors, starts them, and runs until SIGINT/SIGTERM,
     /// request_stop(), or until every connection has finished. Then stops connectors, drains the pipeline and
     /// deliveries, destroys every plugin object and closes the store. Returns the process exit status: 0 after a
-    /// clean stop, 1 if start-up failed (the reason is logged).
+    /// clean stop, 1 if start-up failed (the reason is logged). SIGHUP and POST /api/reload reload the config from
+    /// HostOptions::source while it runs (host/reload.hpp says what may change).
     int run();
 
     /// Asks run() to stop. Thread-safe.

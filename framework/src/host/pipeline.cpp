@@ -148,6 +148,17 @@ bool listens(const BotBinding& binding, const Message& message) {
 }  // namespace
 
 struct Pipeline::Impl {
+    // The bots and the planner a batch uses, taken as a whole when it starts; reconfigure() swaps them.
+    struct Handlers {
+        Handlers(std::vector<BotBinding> bots_, std::shared_ptr<const routing::Planner> planner_)
+            : bots(std::move(bots_)), planner(std::move(planner_)) {
+            for (const BotBinding& binding : bots) infos.push_back(BotInfo{binding.name, binding.bot->commands()});
+        }
+        std::vector<BotBinding> bots;
+        std::vector<BotInfo> infos;
+        std::shared_ptr<const routing::Planner> planner;
+    };
+
     struct Lane {
         explicit Lane(boost::asio::thread_pool& pool) : strand(boost::asio::make_strand(pool)) {}
         Strand strand;
@@ -159,11 +170,10 @@ struct Pipeline::Impl {
     };
 
     Impl(Store& store_, std::vector<BotBinding> bots_, boost::asio::thread_pool& workers_, Logger& logger_,
-         const routing::Planner* planner_, DeliveryHandler deliver_, CommitObserver observer_)
-        : store(store_), bots(std::move(bots_)), workers(workers_), logger(logger_), planner(planner_),
-          deliver(std::move(deliver_)), observer(std::move(observer_)) {
-        for (const BotBinding& binding : bots) infos.push_back(BotInfo{binding.name, binding.bot->commands()});
-    }
+         std::shared_ptr<const routing::Planner> planner_, DeliveryHandler deliver_, CommitObserver observer_)
+        : store(store_), workers(workers_), logger(logger_),
+          handlers(std::make_shared<const Handlers>(std::move(bots_), std::move(planner_))),
+          deliver(std::move(deliver_)), observer(std::move(observer_)) {}
 
     Lane& lane(const std::string& connection) {
         auto& slot = lanes[connection];
@@ -191,8 +201,10 @@ struct Pipeline::Impl {
     void drain(Lane& l) {
         std::vector<Message> batch;
         std::function<void()> task;
+        std::shared_ptr<const Handlers> current;
         {
             std::lock_guard lock(mutex);
+            current = handlers;
             // A task runs alone, in its place in the order; messages go in batches up to kMaxBatch.
             if (!l.queue.empty() && std::holds_alternative<std::function<void()>>(l.queue.front())) {
                 task = std::move(std::get<std::function<void()>>(l.queue.front()));
@@ -221,7 +233,7 @@ struct Pipeline::Impl {
             }
         } else {
             done = batch.size();
-            if (!batch.empty() && !process(batch)) {
+            if (!batch.empty() && !process(batch, *current)) {
                 retry_later(l, std::move(batch));
                 return;
             }
@@ -245,7 +257,8 @@ struct Pipeline::Impl {
 
     // Dedup, bots and routes, one commit, then the staged plans. Returns false if the store failed (nothing of the
     // batch is durable then, and nothing was handed on).
-    bool process(const std::vector<Message>& batch) {
+    bool process(const std::vector<Message>& batch, const Handlers& current) {
+        const routing::Planner* planner = current.planner.get();
         std::vector<ProcessedMessage> processed;
         processed.reserve(batch.size());  // Staged holds references into it: no reallocation
         std::vector<StagedDelivery> deliveries;
@@ -273,9 +286,9 @@ struct Pipeline::Impl {
             p.message = message;
             Staged staged{p, deliveries, failed};
             if (message.author.is_bot) continue;  // bots never answer bots, routes never relay them: no loops
-            for (const BotBinding& binding : bots) {
+            for (const BotBinding& binding : current.bots) {
                 if (!listens(binding, message)) continue;
-                StagedBotContext context(staged, binding.name, overlay, store, infos, logger, planner);
+                StagedBotContext context(staged, binding.name, overlay, store, current.infos, logger, planner);
                 try {
                     binding.bot->on_message(message, context);
                 } catch (const std::exception& e) {
@@ -284,7 +297,7 @@ struct Pipeline::Impl {
                     logger.error("bot '" + binding.name + "' failed with an unknown exception", where);
                 }
             }
-            if (planner != nullptr) relay(staged, message, where);
+            if (planner != nullptr) relay(staged, *planner, message, where);
         }
         if (!processed.empty()) {
             auto committed = store.commit(processed);
@@ -314,13 +327,13 @@ struct Pipeline::Impl {
     }
 
     // The config's routes: relay the message to each route's target.
-    void relay(Staged& staged, const Message& message, const LogFields& where) {
+    void relay(Staged& staged, const routing::Planner& planner, const Message& message, const LogFields& where) {
         std::size_t index = 0;
-        for (auto& routed : planner->routes_for(message)) {
+        for (auto& routed : planner.routes_for(message)) {
             routed.envelope.idempotency_key =
                 message.connection + "/" + message.channel + "/" + message.id + "#route." + std::to_string(index++);
             const std::string target = routed.envelope.target;
-            stage_envelope(staged, planner, routed.envelope, routed.strategy,
+            stage_envelope(staged, &planner, routed.envelope, routed.strategy,
                            [this, target, where = std::make_shared<std::string>(std::string(where.message_id))](
                                DeliveryReport report) {
                                if (report.status == DeliveryStatus::delivered) return;
@@ -360,11 +373,9 @@ struct Pipeline::Impl {
     }
 
     Store& store;
-    std::vector<BotBinding> bots;
-    std::vector<BotInfo> infos;
     boost::asio::thread_pool& workers;
     Logger& logger;
-    const routing::Planner* planner;
+    std::shared_ptr<const Handlers> handlers;  // guarded by mutex
     DeliveryHandler deliver;
     CommitObserver observer;
 
@@ -377,15 +388,22 @@ struct Pipeline::Impl {
 };
 
 Pipeline::Pipeline(Store& store, std::vector<BotBinding> bots, const std::vector<std::string>& connections,
-                   boost::asio::thread_pool& workers, Logger& logger, const routing::Planner* planner,
+                   boost::asio::thread_pool& workers, Logger& logger, std::shared_ptr<const routing::Planner> planner,
                    DeliveryHandler deliver, CommitObserver observer)
-    : impl_(std::make_unique<Impl>(store, std::move(bots), workers, logger, planner, std::move(deliver),
+    : impl_(std::make_unique<Impl>(store, std::move(bots), workers, logger, std::move(planner), std::move(deliver),
                                    std::move(observer))) {
     std::lock_guard lock(impl_->mutex);
     for (const std::string& connection : connections) impl_->lane(connection);
 }
 
 Pipeline::~Pipeline() = default;
+
+void Pipeline::reconfigure(std::vector<BotBinding> bots, std::shared_ptr<const routing::Planner> planner) {
+    auto next = std::make_shared<const Impl::Handlers>(std::move(bots), std::move(planner));
+    std::shared_ptr<const Impl::Handlers> previous;  // released outside the lock: it may destroy bots
+    std::lock_guard lock(impl_->mutex);
+    previous = std::exchange(impl_->handlers, std::move(next));
+}
 
 void Pipeline::submit(Message message) {
     const std::string connection = message.connection;
@@ -414,6 +432,11 @@ void Pipeline::release(const std::string& connection, const std::string& channel
         for (Message& message : parked) l.queue.push_back(std::move(message));
         impl.pending += parked.size();
     });
+}
+
+void Pipeline::drop_holds(const std::string& connection) {
+    std::lock_guard lock(impl_->mutex);
+    impl_->lane(connection).held.clear();
 }
 
 bool Pipeline::wait_idle(std::chrono::milliseconds timeout) {

@@ -64,11 +64,15 @@ public:
     /// config's routes relay (null: bots' route() calls report `no_strategy`). @p deliver receives the staged plans
     /// after commit; @p observer (may be empty) hears of every commit.
     Pipeline(Store& store, std::vector<BotBinding> bots, const std::vector<std::string>& connections,
-             boost::asio::thread_pool& workers, Logger& logger, const routing::Planner* planner,
+             boost::asio::thread_pool& workers, Logger& logger, std::shared_ptr<const routing::Planner> planner,
              DeliveryHandler deliver, CommitObserver observer = {});
     ~Pipeline();
     Pipeline(const Pipeline&) = delete;
     Pipeline& operator=(const Pipeline&) = delete;
+
+    /// Replaces the bots and the planner (a reload). Batches that start after this call use the new ones; a batch
+    /// already running finishes with the old ones, which go (and with them, maybe, their libraries) when it ends.
+    void reconfigure(std::vector<BotBinding> bots, std::shared_ptr<const routing::Planner> planner);
 
     /// Queues @p message on its connection's lane. Thread-safe, never blocks on the store.
     void submit(Message message);
@@ -85,6 +89,11 @@ public:
     /// Ends a hold(): the parked messages go to the back of the lane, in order, after every message submitted
     /// before this call (the recovered ones); dedup drops those recovery fetched too. No-op without a hold.
     void release(const std::string& connection, const std::string& channel);
+
+    /// Ends every hold() of @p connection and drops what was parked, as a stop would leave it: those messages were
+    /// not handled and their cursor never moved past them, so the recovery of whatever connects next under that
+    /// name fetches them again, in order. For a connection a reload replaces or removes.
+    void drop_holds(const std::string& connection);
 
     /// Waits until every lane is empty and idle, or @p timeout passes; returns whether it drained. Parked messages
     /// (hold()) do not count: they are not lost when the host stops, as their cursor never moved past them.

@@ -1,6 +1,7 @@
 #include "plugin/registry.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <boost/dll/runtime_symbol_info.hpp>
 #include <boost/dll/shared_library.hpp>
 #include <cstdlib>
@@ -8,6 +9,10 @@
 #include <string_view>
 #include <system_error>
 #include <utility>
+
+#if !defined(_WIN32)
+#include <sys/stat.h>
+#endif
 
 namespace switchboard::plugin {
 
@@ -43,6 +48,17 @@ std::string loader_message(const std::exception& e, const fs::path& file) {
         if (text.starts_with(prefix)) text = text.substr(prefix.size());
     }
     return one_line(std::move(text));
+}
+
+// The file's inode number, or 0 where there is none (or it cannot be read).
+std::uint64_t inode_of(const fs::path& file) {
+#if defined(_WIN32)
+    (void)file;
+    return 0;
+#else
+    struct stat info {};
+    return ::stat(file.c_str(), &info) == 0 ? static_cast<std::uint64_t>(info.st_ino) : 0;
+#endif
 }
 
 Refusal refuse(const fs::path& file, std::string code, std::string reason) {
@@ -152,15 +168,61 @@ std::vector<Refusal> Registry::load_directory(const std::filesystem::path& direc
     return refusals;
 }
 
+void Registry::succeed(const Registry& running, std::filesystem::path copies) {
+    running_ = &running;
+    copies_ = std::move(copies);
+}
+
 std::optional<Refusal> Registry::load_file(const std::filesystem::path& file) {
+    std::error_code stat_ec;
+    const std::uintmax_t size = fs::file_size(file, stat_ec);
+    const fs::file_time_type modified = stat_ec ? fs::file_time_type{} : fs::last_write_time(file, stat_ec);
+    const std::uint64_t inode = inode_of(file);
+
+    if (running_ != nullptr && !stat_ec) {
+        for (const LoadedPlugin& loaded : running_->plugins_) {
+            if (loaded.file.empty() || loaded.file.lexically_normal() != file.lexically_normal()) continue;
+            // Changed: another size or time, or another file renamed over it (which a same-size file written within
+            // the clock's granularity would not show by its time).
+            if (loaded.size != size || loaded.modified != modified || loaded.inode != inode) break;
+            if (auto refusal = admit(*this, loaded)) return refusal;
+            plugins_.push_back(loaded);
+            return std::nullopt;
+        }
+    }
+
+    // After succeed(), a file is loaded from a private copy with a name never used before (see registry.hpp).
+    fs::path load_from = file;
+    if (running_ != nullptr) {
+        static std::atomic<std::uint64_t> copies_made{0};
+        load_from = copies_ / (file.stem().string() + "." + std::to_string(copies_made.fetch_add(1) + 1) +
+                               file.extension().string());
+        std::error_code copy_ec;
+        fs::create_directories(copies_, copy_ec);
+        if (!copy_ec) fs::copy_file(file, load_from, fs::copy_options::overwrite_existing, copy_ec);
+        if (copy_ec) {
+            return refuse(file, "copy_failed",
+                          "cannot copy it to " + load_from.string() + " to load it beside the running version (" +
+                              copy_ec.message() + "); check that directory's space and permissions");
+        }
+    }
+    // The copy can go once loaded or refused: the loader keeps its mapping of a deleted file.
+    struct RemoveCopy {
+        const fs::path* copy;
+        ~RemoveCopy() {
+            std::error_code ignored;
+            if (copy != nullptr) fs::remove(*copy, ignored);
+        }
+    } remove_copy{running_ != nullptr ? &load_from : nullptr};
+
     auto library = std::make_shared<boost::dll::shared_library>();
     try {
         // rtld_now: a library with an unresolved symbol is refused here instead of aborting the process at the first
         // call that needs it. rtld_local: two plugins may export the same symbol names.
-        library->load(file, boost::dll::load_mode::rtld_now | boost::dll::load_mode::rtld_local);
+        library->load(load_from, boost::dll::load_mode::rtld_now | boost::dll::load_mode::rtld_local);
     } catch (const std::exception& e) {
         return refuse(file, "not_a_library",
-                      "not a loadable shared library (" + loader_message(e, file) +
+                      "not a loadable shared library (" + loader_message(e, load_from) +
                           "); remove it from the plugin directory or rebuild it");
     }
 
@@ -183,7 +245,7 @@ std::optional<Refusal> Registry::load_file(const std::filesystem::path& file) {
                           " function returned no descriptor; build it with SWITCHBOARD_PLUGIN(...)");
     }
 
-    LoadedPlugin plugin{file, std::move(library), descriptor};
+    LoadedPlugin plugin{file, std::move(library), descriptor, size, modified, inode};
     if (auto refusal = admit(*this, plugin)) return refusal;  // `library` goes with `plugin`: a refused library unloads
     plugins_.push_back(std::move(plugin));
     return std::nullopt;

@@ -7,6 +7,7 @@
 #include <switchboard/plugin.hpp>
 #include <switchboard/result.hpp>
 
+#include <cstdint>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -23,6 +24,11 @@ struct LoadedPlugin {
     std::filesystem::path file;                        // empty for a plugin injected by a test
     std::shared_ptr<boost::dll::shared_library> library;  // null for an injected plugin
     const PluginDescriptor* descriptor = nullptr;
+    // The file as it was when loaded: a reload takes over a library whose file is still this one (the same inode,
+    // so not renamed over) with this size and modification time.
+    std::uintmax_t size = 0;
+    std::filesystem::file_time_type modified{};
+    std::uint64_t inode = 0;  // 0 where the platform has none
 };
 
 /// A library the registry refused, and why. `to_string()` is the one-line error:
@@ -30,7 +36,8 @@ struct LoadedPlugin {
 struct Refusal {
     std::filesystem::path file;
     std::string code;    // stable: not_a_library, no_descriptor, abi_mismatch, build_stamp_mismatch, duplicate_name,
-                         // bad_descriptor (right ABI and stamp, but a field is invalid), no_directory
+                         // bad_descriptor (right ABI and stamp, but a field is invalid), no_directory,
+                         // copy_failed (a reload could not copy a changed file, see Registry::succeed)
     std::string reason;  // a sentence naming what to do
     [[nodiscard]] std::string to_string() const;
 };
@@ -49,6 +56,14 @@ public:
     /// Loads one library file. Checks, in this order: it is a shared library; it exports `switchboard_plugin`;
     /// the descriptor's ABI version and then build stamp equal the host's; its name is not taken yet.
     [[nodiscard]] std::optional<Refusal> load_file(const std::filesystem::path& file);
+
+    /// Makes this registry the successor of @p running for a reload: from now on a file that @p running loaded and
+    /// that has not changed since (the same inode, size and modification time) is taken over from it — the same library, not
+    /// loaded again — and any other file is copied into @p copies (a private directory) and loaded from the copy,
+    /// which is deleted once loaded. The dynamic loader hands back the library it already has for a path it has
+    /// loaded before, so a changed file has to come in under a new path to be loaded beside the old version.
+    /// @p running must outlive the calls to load_directory() and load_file().
+    void succeed(const Registry& running, std::filesystem::path copies);
 
     /// Test hook: registers a descriptor compiled into the test itself (duplicate names are refused too).
     [[nodiscard]] std::optional<Refusal> add(const PluginDescriptor& descriptor);
@@ -87,6 +102,8 @@ private:
                                                                       const PluginConfig& config) const;
 
     std::vector<LoadedPlugin> plugins_;
+    const Registry* running_ = nullptr;  // succeed(): the registry whose unchanged libraries this one takes over
+    std::filesystem::path copies_;       // succeed(): where changed files are copied to be loaded
 };
 
 }  // namespace switchboard::plugin

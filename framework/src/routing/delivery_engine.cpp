@@ -14,6 +14,7 @@
 #include <mutex>
 #include <span>
 #include <string_view>
+#include <thread>
 #include <tuple>
 #include <unordered_map>
 #include <utility>
@@ -341,6 +342,34 @@ public:
             lanes_.clear();
         }
         close_lanes(lanes);
+    }
+
+    bool retire(const std::string& name, std::chrono::milliseconds timeout) {
+        std::vector<Lane*> retired;
+        {
+            std::lock_guard lock(lanes_mutex_);
+            const auto current =
+                std::find_if(lanes_.begin(), lanes_.end(), [&](const auto& l) { return l.first == name; });
+            for (const auto& lane : all_lanes_) {
+                if (lane->name == name && (current == lanes_.end() || current->second != lane.get())) {
+                    retired.push_back(lane.get());
+                }
+            }
+        }
+        const auto empty = [](Lane& lane) {
+            std::lock_guard lock(lane.mutex);
+            return lane.closed || (lane.queue.empty() && lane.granted.empty() && lane.delayed.empty() &&
+                                   lane.in_flight == 0 && !lane.pumping);
+        };
+        // Lanes signal nobody when they empty; a reload waits rarely and briefly, so it looks every few ms.
+        const auto deadline = std::chrono::steady_clock::now() + timeout;
+        bool drained = false;
+        while (!(drained = std::all_of(retired.begin(), retired.end(), [&](Lane* lane) { return empty(*lane); })) &&
+               std::chrono::steady_clock::now() < deadline) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        }
+        close_lanes(retired);
+        return drained;
     }
 
     // At destruction: closes every lane ever made, so no lane timer keeps the engine alive.
@@ -1673,6 +1702,10 @@ void DeliveryEngine::add_connection(const std::string& name, std::shared_ptr<Con
 }
 
 void DeliveryEngine::clear_connections() { impl_->clear_connections(); }
+
+bool DeliveryEngine::retire(const std::string& name, std::chrono::milliseconds timeout) {
+    return impl_->retire(name, timeout);
+}
 
 void DeliveryEngine::execute(PlannedDelivery delivery, bool persisted, ReportCallback done) {
     impl_->execute(delivery, persisted, done);

@@ -123,6 +123,13 @@ public:
     /// sends waiting for a grant of a scheduler the host gave end so when the host shuts that scheduler down.
     void clear_connections();
 
+    /// After add_connection() replaced connection @p name (or removed it, given no connector): waits until the lanes
+    /// it had before hold nothing — no send queued, waiting for a grant or a retry, or in flight at their old
+    /// connector — or @p timeout passes, then closes them as clear_connections() does (what is left stays pending in
+    /// the outbox) and lets their connectors go. Returns whether they drained. A reload calls it before it stops the
+    /// old connector, so replies already queued there still go out through it.
+    bool retire(const std::string& name, std::chrono::milliseconds timeout);
+
     /// Carries out @p delivery and calls @p done exactly once, before the deadline, with the report.
     ///
     /// Atomic plans check every recipient reachable (Directory::reachable) before anything is written or sent, and

@@ -12,6 +12,8 @@
 
 #include <algorithm>
 #include <csignal>
+#include <fstream>
+#include <iterator>
 #include <thread>
 
 using namespace switchboard::testing_support;
@@ -142,6 +144,24 @@ TEST_CASE("with work sharing both hosts handle messages, and the standby's repli
     std::sort(expected.begin(), expected.end());
     std::sort(replies.begin(), replies.end());
     CHECK(replies == expected);  // the echo bot answers with the text itself: each message answered once
+
+    // A reload may change bots (and routes), not the connections the lease keeper holds, nor switchboard.cluster.
+    const auto edit = [&](const std::string& from, const std::string& to) {
+        const auto path = hosts.dir() / "host-a.yaml";
+        std::ifstream in(path);
+        std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        text.replace(text.find(from), from.size(), to);
+        write_file(path, text);
+    };
+    edit("reconnect_max: 1s", "reconnect_max: 2s");
+    a.signal(SIGHUP);
+    CHECK(wait_until([&] { return a.err().find("connections change only with a restart") != std::string::npos; },
+                     std::chrono::seconds(10)));
+    edit("reconnect_max: 2s", "reconnect_max: 1s");
+    edit("  - { plugin: echo }\n", "");
+    a.signal(SIGHUP);
+    CHECK(wait_until([&] { return a.err().find("reload ok (SIGHUP)") != std::string::npos; },
+                     std::chrono::seconds(10)));
 
     REQUIRE(a.stop() == 0);
     REQUIRE(b.stop() == 0);

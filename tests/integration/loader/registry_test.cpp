@@ -477,3 +477,55 @@ TEST_CASE("Default plugin directories come from SWITCHBOARD_PLUGIN_PATH first, e
     for (const fs::path& directory : directories) CHECK(fs::is_directory(directory));
 }
 #endif
+
+TEST_CASE("A successor registry takes over an unchanged library and loads a changed file beside the old one",
+          "[loader]") {
+    switchboard::testing_support::TempDir temp;
+    const fs::path file = temp / (std::string("bot") + LOADER_FIXTURE_SUFFIX);
+    const fs::path copies = temp / "copies";
+    fs::copy_file(fixture("good_bot"), file);
+    Host host;
+    Registry running;
+    REQUIRE_FALSE(running.load_file(file).has_value());
+    auto old_bot = running.create<Bot>("fixture-bot", host.context, PluginConfig{});
+    REQUIRE(old_bot.has_value());
+
+    SECTION("an unchanged file: the same library, nothing copied") {
+        Registry next;
+        next.succeed(running, copies);
+        REQUIRE_FALSE(next.load_file(file).has_value());
+        REQUIRE(next.plugins().size() == 1);
+        CHECK(next.plugins().front().library == running.plugins().front().library);
+        CHECK(next.plugins().front().descriptor == running.plugins().front().descriptor);
+        CHECK_FALSE(fs::exists(copies));
+    }
+    SECTION("a changed file: a second library, loaded from a copy that is gone once loaded") {
+        // Replaced as a deployment does: written beside, renamed over.
+        fs::copy_file(fixture("good_bot_twin"), temp / "next");
+        fs::rename(temp / "next", file);
+        Registry next;
+        next.succeed(running, copies);
+        REQUIRE_FALSE(next.load_file(file).has_value());
+        REQUIRE(next.plugins().size() == 1);
+        const auto& loaded = next.plugins().front();
+        CHECK(loaded.file == file);
+        CHECK(loaded.library != running.plugins().front().library);
+        CHECK(loaded.descriptor != running.plugins().front().descriptor);
+        CHECK(fs::is_empty(copies));
+        auto new_bot = next.create<Bot>("fixture-bot", host.context, PluginConfig{});
+        REQUIRE(new_bot.has_value());
+        CHECK((*new_bot)->commands().front().help == "answers from the twin fixture");
+        CHECK((*old_bot)->commands().front().help == "answers from the good fixture");  // both run side by side
+    }
+    SECTION("a changed file that is no library is refused, and the running one is untouched") {
+        std::ofstream(temp / "next") << "not a library, but long enough for the loader to read its header and refuse";
+        fs::rename(temp / "next", file);
+        Registry next;
+        next.succeed(running, copies);
+        const auto refusal = next.load_file(file);
+        REQUIRE(refusal.has_value());
+        CHECK(refusal->code == "not_a_library");
+        CHECK(refusal->file == file);
+        CHECK((*old_bot)->commands().front().name == "!fixture");
+    }
+}

@@ -14,6 +14,7 @@ namespace {
 struct Fixture {
     Metrics metrics;
     std::vector<nlohmann::json> sent;  // bodies given to send()
+    int reloads = 0;                   // calls of reload()
     bool is_ready = true;
 
     AdminRoutes routes() {
@@ -26,6 +27,10 @@ struct Fixture {
         api.send = [this](const nlohmann::json& body, std::function<void(unsigned, nlohmann::json)> reply) {
             sent.push_back(body);
             reply(200, nlohmann::json{{"status", "delivered"}});
+        };
+        api.reload = [this](std::function<void(unsigned, nlohmann::json)> reply) {
+            ++reloads;
+            reply(409, nlohmann::json{{"error", "cannot_change"}, {"message", "store"}});
         };
         api.metrics = &metrics;
         return AdminRoutes(std::move(api), "s3cret-token");
@@ -111,6 +116,17 @@ TEST_CASE("/api/send: malformed JSON is 400 saying what is wrong, a good body go
     CHECK(body_of(good)["status"] == "delivered");
     REQUIRE(f.sent.size() == 1);
     CHECK(f.sent[0]["target"] == "ops");
+}
+
+TEST_CASE("/api/reload: POST with the token asks the host, whose status and answer go back as they are", "[admin]") {
+    Fixture f;
+    CHECK(f.call("POST", "/api/reload").status == 401);
+    CHECK(f.call("GET", "/api/reload", "Bearer s3cret-token").status == 405);
+    CHECK(f.reloads == 0);
+    const AdminResponse refused = f.call("POST", "/api/reload", "Bearer s3cret-token");
+    CHECK(f.reloads == 1);
+    CHECK(refused.status == 409);
+    CHECK(body_of(refused)["error"] == "cannot_change");
 }
 
 TEST_CASE("Unknown paths are 404 and wrong methods 405", "[admin]") {

@@ -220,3 +220,21 @@ TEST_CASE("The instrumented store forwards every call and times it", "[admin][me
     CHECK(parsed.samples.at(R"(switchboard_store_seconds_count{op="outbox_update"})") == 1);
     CHECK(parsed.samples.at(R"(switchboard_store_seconds_count{op="prune"})") == 1);
 }
+
+TEST_CASE("Reloads count by result, and the last one's outcome and time are gauges", "[admin][metrics]") {
+    Metrics metrics;
+    Parsed parsed = parse(metrics.render());
+    CHECK(parsed.samples.at(R"(switchboard_reloads_total{result="ok"})") == 0);
+    CHECK(parsed.samples.at(R"(switchboard_reloads_total{result="failed"})") == 0);
+    CHECK(parsed.samples.count("switchboard_last_reload_success") == 0);  // no reload yet
+
+    metrics.reload(true);
+    metrics.reload(false);
+    parsed = parse(metrics.render());
+    CHECK(parsed.errors.empty());
+    CHECK(parsed.types.at("switchboard_last_reload_success") == "gauge");
+    CHECK(parsed.samples.at(R"(switchboard_reloads_total{result="ok"})") == 1);
+    CHECK(parsed.samples.at(R"(switchboard_reloads_total{result="failed"})") == 1);
+    CHECK(parsed.samples.at("switchboard_last_reload_success") == 0);
+    CHECK(parsed.samples.at("switchboard_last_reload_timestamp_seconds") > 1.7e9);
+}

@@ -154,7 +154,7 @@ struct Fixture {
                       {"a", "b"},
                       workers,
                       logger,
-                      &planner,
+                      std::shared_ptr<const routing::Planner>(std::shared_ptr<void>(), &planner),  // not owned
                       [this](std::vector<host::StagedDelivery> staged) {
                           std::lock_guard lock(sent_mutex);
                           for (auto& s : staged) sent.push_back(std::move(s.delivery));
@@ -365,4 +365,40 @@ TEST_CASE("while a channel recovers its live messages wait, and follow the recov
     f.pipeline.submit(message("a", 8));
     REQUIRE(f.pipeline.wait_idle(std::chrono::seconds(10)));
     CHECK(f.bot->snapshot().back() == "a:m8");
+}
+
+TEST_CASE("after reconfigure the next messages reach the new bots and routes, and the old bots are let go",
+          "[pipeline]") {
+    Fixture f;
+    f.pipeline.submit(message("a", 1));
+    REQUIRE(f.pipeline.wait_idle(std::chrono::seconds(10)));
+    auto replacement = std::make_shared<RecordingBot>();
+    std::weak_ptr<RecordingBot> old_bot = f.bot;
+    f.bot.reset();
+    f.pipeline.reconfigure({BotBinding{"recorder", replacement, {}}}, nullptr);  // no planner: routes stop
+    // It goes with the last batch that used it (the worker lets go of it just after that batch went idle).
+    CHECK(wait_until([&] { return old_bot.expired(); }, std::chrono::seconds(5)));
+
+    f.pipeline.submit(message("a", 2));
+    Message relayed = message("a", 3);
+    relayed.channel = "relay";
+    f.pipeline.submit(relayed);
+    REQUIRE(f.pipeline.wait_idle(std::chrono::seconds(10)));
+    CHECK(replacement->snapshot() == std::vector<std::string>{"a:m2", "a:m3"});
+    std::lock_guard lock(f.sent_mutex);
+    CHECK(f.sent.size() == 3);  // the three replies, and no relay
+    for (const auto& delivery : f.sent) CHECK(delivery.plan.recipients.size() == 1);
+}
+
+TEST_CASE("drop_holds ends a connection's holds and drops what they parked, unhandled", "[pipeline]") {
+    Fixture f;
+    f.pipeline.post("a", [&] { f.pipeline.hold("a", "lobby"); });
+    f.pipeline.submit(message("a", 1));  // parked
+    REQUIRE(f.pipeline.wait_idle(std::chrono::seconds(10)));
+    CHECK(f.bot->snapshot().empty());
+    f.pipeline.drop_holds("a");
+    f.pipeline.submit(message("a", 2));  // no hold any more
+    f.pipeline.release("a", "lobby");    // nothing held: nothing comes back
+    REQUIRE(f.pipeline.wait_idle(std::chrono::seconds(10)));
+    CHECK(f.bot->snapshot() == std::vector<std::string>{"a:m2"});
 }

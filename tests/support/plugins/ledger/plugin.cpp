@@ -10,6 +10,12 @@ public:
 
 }  // namespace
 
-SWITCHBOARD_PLUGIN(LedgerPlugin, "ledger", "1.0.0",
+#ifdef SWITCHBOARD_LEDGER_V2
+#define LEDGER_VERSION "2.0.0"
+#else
+#define LEDGER_VERSION "1.0.0"
+#endif
+
+SWITCHBOARD_PLUGIN(LedgerPlugin, "ledger", LEDGER_VERSION,
                    "Tests only: records every message it handles in its key-value space",
                    (switchboard::ConfigSchema{}))
