@@ -124,7 +124,7 @@ public:
         return out;
     }
 
-    /// How many messages host @p id's pipeline processed, from its last log line ("stopped: N processed").
+    /// How many messages a host's pipeline processed, from its standard error @p log ("stopped: N processed").
     [[nodiscard]] static std::uint64_t processed(const std::string& log) {
         const auto at = log.rfind("stopped: ");
         return at == std::string::npos ? 0 : std::stoull(log.substr(at + 9));

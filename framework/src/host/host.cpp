@@ -662,13 +662,9 @@ struct Host::Impl {
 
     // Work sharing: every connection's messages go through shared queues; until this host holds a connection, its
     // engine sends through the holder.
+    // Called with a store that has leases and shared queues (run() checks).
     void start_sharing() {
         SharedQueues* queues = store->queues();
-        if (queues == nullptr || store->leases() == nullptr) {
-            throw ErrorException(fail("config_invalid", "switchboard.cluster.work_sharing needs a store shared by "
-                                                        "hosts (redis); store '" + config.store.plugin +
-                                                        "' has no shared queues"));
-        }
         std::vector<std::string> names;
         for (const auto& c : config.connections) names.push_back(c.name);
         WorkSharingOptions options;
@@ -1216,16 +1212,16 @@ struct Host::Impl {
             start_admin();
             logger.info("running: " + std::to_string(connections.size()) + " connection(s), " +
                         std::to_string(bots.size()) + " bot(s), store " + config.store.plugin);
+            if (config.cluster.work_sharing && (store->leases() == nullptr || store->queues() == nullptr)) {
+                throw ErrorException(fail("config_invalid", "switchboard.cluster.work_sharing needs a store shared "
+                                                            "by hosts (redis); store '" + config.store.plugin +
+                                                            "' has no leases or shared queues"));
+            }
             if (LeaseStore* lease_store = store->leases()) {
                 // Several hosts share the store: each connection starts when its lease is ours, with what was left
                 // pending for it.
                 start_leases(*lease_store);
             } else {
-                if (config.cluster.work_sharing) {
-                    throw ErrorException(fail("config_invalid",
-                                              "switchboard.cluster.work_sharing needs a store shared by hosts "
-                                              "(redis); store '" + config.store.plugin + "' is not"));
-                }
                 auto pending = left_pending();
                 for (auto& connection : connections) connection->connector_ptr()->start(*connection);
                 // What the last run left pending goes out now; a connector still connecting answers retryable, and

@@ -360,7 +360,7 @@ void WorkSharing::take_results(std::vector<QueueItem> items) {
             logger_.error("work sharing: dropped outcome " + item.id + ": " + e.what());
             continue;
         }
-        std::function<void(Result<SentMessage>)> done;
+        SendCallback done;
         {
             std::lock_guard lock(mutex_);
             auto it = waiting_.find(id);
@@ -375,7 +375,7 @@ void WorkSharing::take_results(std::vector<QueueItem> items) {
 }
 
 void WorkSharing::expire_waiting() {
-    std::vector<std::function<void(Result<SentMessage>)>> expired;
+    std::vector<SendCallback> expired;
     {
         std::lock_guard lock(mutex_);
         const auto now = SteadyClock::now();
@@ -396,8 +396,7 @@ void WorkSharing::expire_waiting() {
     }
 }
 
-std::string WorkSharing::send_request(const std::string& connection, const OutboundMessage& message,
-                                      SendCallback done) {
+void WorkSharing::send_request(const std::string& connection, const OutboundMessage& message, SendCallback done) {
     std::string id;
     {
         std::lock_guard lock(mutex_);
@@ -411,7 +410,6 @@ std::string WorkSharing::send_request(const std::string& connection, const Outbo
                  {"key", message.idempotency_key}};
     if (message.reply_to) request["reply_to"] = *message.reply_to;
     enqueue(Push{send_queue(connection), request.dump(), {}, {}});
-    return id;
 }
 
 }  // namespace switchboard::host

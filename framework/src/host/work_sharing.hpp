@@ -88,7 +88,7 @@ private:
         MessageKey key;
     };
     struct Waiting {
-        std::function<void(Result<SentMessage>)> done;
+        SendCallback done;
         std::chrono::steady_clock::time_point deadline;
     };
 
@@ -100,7 +100,7 @@ private:
     void take_results(std::vector<QueueItem> items);
     void expire_waiting();
     void enqueue(Push push);
-    std::string send_request(const std::string& connection, const OutboundMessage& message, SendCallback done);
+    void send_request(const std::string& connection, const OutboundMessage& message, SendCallback done);
 
     SharedQueues& queues_;
     Store& store_;
