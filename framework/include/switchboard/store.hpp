@@ -15,6 +15,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace switchboard {
@@ -100,6 +101,31 @@ struct OutboxEntry {
     std::string error;
     /// @brief When the entry was created, ms since the Unix epoch.
     std::int64_t created_ms = 0;
+};
+
+/// @brief One recipient of an OutboxPlanAdd: where it goes, and the state its new entry starts in.
+struct OutboxRecipient {
+    /// @brief Where it goes. Points into the caller's data; valid during the call.
+    const Address* address = nullptr;
+    /// @brief `pending`, or `failed` for a recipient known to be unreachable before anything was sent.
+    OutboxState state = OutboxState::pending;
+    /// @brief The error code of a `failed` one (empty otherwise). Valid during the call.
+    std::string_view error;
+};
+
+/// @brief One plan's new outbox entries as Store::outbox_add_plan() takes them: what is sent once, and per recipient
+/// only where it goes. Every new entry has 0 attempts, no sent message id and `created_ms`.
+struct OutboxPlanAdd {
+    /// @brief The plan's id (its envelope's idempotency key).
+    std::string_view plan_id;
+    /// @brief What is sent to every recipient.
+    std::string_view text;
+    /// @brief Platform message id it replies to, if any.
+    std::optional<std::string_view> reply_to;
+    /// @brief When the entries were created, ms since the Unix epoch.
+    std::int64_t created_ms = 0;
+    /// @brief The recipients, each once.
+    std::span<const OutboxRecipient> recipients;
 };
 
 /// @brief Everything that becomes durable when one inbound message is marked processed — in one transaction.
@@ -239,6 +265,32 @@ public:
 
     /// @brief Adds entries to the outbox (one transaction); an entry whose (plan_id, recipient) exists is kept.
     [[nodiscard]] virtual Result<void> outbox_add(std::span<const OutboxEntry> entries) = 0;
+
+    /// @brief Adds the entries of one plan (one transaction) as outbox_add() does — an entry whose (plan_id,
+    /// recipient) exists is kept as it is — and returns every entry the plan had before the call (none for a new
+    /// plan), so that a retried plan learns in the same step which recipients have it already.
+    ///
+    /// The delivery engine writes every plan this way. The default implementation calls outbox_plan(), then
+    /// outbox_add() with one OutboxEntry per recipient; a store overrides it to do both in one step, and without
+    /// building an entry per recipient (for a 100,000-member group that is most of what the outbox costs).
+    [[nodiscard]] virtual Result<std::vector<OutboxEntry>> outbox_add_plan(const OutboxPlanAdd& plan) {
+        auto existing = outbox_plan(std::string(plan.plan_id));
+        if (!existing) return existing;
+        std::vector<OutboxEntry> entries(plan.recipients.size());
+        for (std::size_t i = 0; i < entries.size(); ++i) {
+            const OutboxRecipient& recipient = plan.recipients[i];
+            OutboxEntry& entry = entries[i];
+            entry.plan_id = plan.plan_id;
+            entry.recipient = *recipient.address;
+            entry.text = plan.text;
+            if (plan.reply_to) entry.reply_to.emplace(*plan.reply_to);
+            entry.state = recipient.state;
+            entry.error = recipient.error;
+            entry.created_ms = plan.created_ms;
+        }
+        if (auto added = outbox_add(entries); !added) return added.error();
+        return existing;
+    }
 
     /// @brief Updates the state, sent message id, attempts and error of each entry (its text, reply_to and
     /// created_ms stay as added), in one transaction. An entry whose (plan_id, recipient) does not exist is skipped

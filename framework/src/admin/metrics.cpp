@@ -348,6 +348,9 @@ Result<void> InstrumentedStore::put_values(std::span<const KeyValueWrite> writes
 Result<void> InstrumentedStore::outbox_add(std::span<const OutboxEntry> entries) {
     return timed(StoreOp::outbox_add, [&] { return store_->outbox_add(entries); });
 }
+Result<std::vector<OutboxEntry>> InstrumentedStore::outbox_add_plan(const OutboxPlanAdd& plan) {
+    return timed(StoreOp::outbox_add, [&] { return store_->outbox_add_plan(plan); });
+}
 Result<void> InstrumentedStore::outbox_update(std::span<const OutboxEntry> entries) {
     return timed(StoreOp::outbox_update, [&] { return store_->outbox_update(entries); });
 }

@@ -116,6 +116,7 @@ public:
     Result<std::optional<std::string>> get_value(const std::string& space, const std::string& key) override;
     Result<void> put_values(std::span<const KeyValueWrite> writes) override;
     Result<void> outbox_add(std::span<const OutboxEntry> entries) override;
+    Result<std::vector<OutboxEntry>> outbox_add_plan(const OutboxPlanAdd& plan) override;
     Result<void> outbox_update(std::span<const OutboxEntry> entries) override;
     Result<std::vector<OutboxEntry>> outbox_pending() override;
     Result<std::vector<OutboxEntry>> outbox_plan(const std::string& plan_id) override;

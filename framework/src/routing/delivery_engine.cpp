@@ -78,13 +78,12 @@ constexpr const char* kAborted = "aborted";
 // Not sent because the engine's connections were cleared (shutdown); the outbox entry stays pending.
 constexpr const char* kShuttingDown = "shutting_down";
 
-// Outbox writes reuse a per-thread scratch vector of entries, never shrunk, so their strings keep their capacity and
-// building entries allocates nothing once warm: rounds of updates up to kScratchEntries, and the initial write of a
-// plan up to kScratchPlanEntries recipients with a text of up to kScratchTextBytes (which bounds what a thread keeps:
-// a few MB). Bigger ones build a vector of their own.
+// Outbox writes reuse per-thread scratch vectors, never shrunk, so building them allocates nothing once warm: rounds
+// of updates up to kScratchEntries entries (whose strings keep their capacity), and the initial write of a plan
+// (Store::outbox_add_plan: the message once, a pointer per recipient) up to kScratchPlanEntries recipients. That
+// bounds what a thread keeps to well under a MB; bigger ones build a vector of their own.
 constexpr std::size_t kScratchEntries = 1024;
 constexpr std::size_t kScratchPlanEntries = 16'384;
-constexpr std::size_t kScratchTextBytes = 256;
 
 // The first @p n entries of @p scratch, grown (never shrunk) to hold them.
 inline std::span<OutboxEntry> scratch_entries(std::vector<OutboxEntry>& scratch, std::size_t n) {
@@ -590,13 +589,13 @@ public:
     }
 
     void setup(Plan& p) {
-        // Which recipients did an earlier run of this plan (a retried envelope) reach already?
-        auto existing = store_.outbox_plan(p.plan_id);
+        // Adds the plan's entries, and learns which recipients an earlier run of it (a retried envelope) reached.
+        auto existing = write_new_entries(p);
         if (existing && !existing->empty()) {
             std::lock_guard lock(p.mutex);
             apply_existing_locked(p, *existing);
         }
-        Result<void> added = existing ? write_new_entries(p) : Result<void>(existing.error());
+        Result<void> added = existing ? Result<void>() : Result<void>(existing.error());
 
         Actions actions;
         {
@@ -788,31 +787,28 @@ private:
         }
     }
 
-    // Adds the plan's entries to the outbox (the store keeps entries that exist).
-    Result<void> write_new_entries(Plan& p) {
-        thread_local std::vector<OutboxEntry> scratch;
-        std::vector<OutboxEntry> large;
+    // Adds the plan's entries to the outbox (the store keeps entries that exist) and returns those that existed.
+    // Nothing is sent yet, so each recipient is `pending`, or `failed` if it was found unreachable.
+    Result<std::vector<OutboxEntry>> write_new_entries(Plan& p) {
+        thread_local std::vector<OutboxRecipient> scratch;
+        std::vector<OutboxRecipient> large;
         const std::size_t n = p.out.size();
-        const bool fits = n <= kScratchPlanEntries && p.text.size() <= kScratchTextBytes;
-        const std::span<OutboxEntry> entries = scratch_entries(fits ? scratch : large, n);
+        std::vector<OutboxRecipient>& recipients = n <= kScratchPlanEntries ? scratch : large;
+        recipients.resize(n);
         for (std::size_t i = 0; i < n; ++i) {
-            OutboxEntry& entry = entries[i];
-            const Slot& slot = p.slots[i];
-            entry.plan_id = p.plan_id;
-            entry.recipient = p.out[i].address;
-            entry.text = p.text;
-            entry.reply_to = p.reply_to;
-            entry.state = slot.entry_state;
-            entry.sent_message_id = p.out[i].message_id;
-            entry.attempts = slot.stored_attempts;
-            if (slot.entry_state == OutboxState::failed) {
-                entry.error = p.out[i].error_code;
-            } else {
-                entry.error.clear();
-            }
-            entry.created_ms = p.created_ms;
+            OutboxRecipient& recipient = recipients[i];
+            recipient.address = &p.out[i].address;
+            recipient.state = p.slots[i].entry_state;
+            recipient.error = recipient.state == OutboxState::failed ? std::string_view(p.out[i].error_code)
+                                                                     : std::string_view();
         }
-        return store_.outbox_add(entries);
+        OutboxPlanAdd add;
+        add.plan_id = p.plan_id;
+        add.text = p.text;
+        if (p.reply_to) add.reply_to = *p.reply_to;
+        add.created_ms = p.created_ms;
+        add.recipients = std::span<const OutboxRecipient>(recipients.data(), n);
+        return store_.outbox_add_plan(add);
     }
 
     void start_sending_locked(Plan& p, Actions& actions, std::int64_t now) {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <boost/container_hash/hash.hpp>
 #include <cstring>
 #include <functional>
 #include <string_view>
@@ -44,53 +45,53 @@ void MemoryStore::apply_write(const KeyValueWrite& write) {
     }
 }
 
-MemoryStore::PlanOutbox* MemoryStore::find_plan(const std::string& plan_id) {
+std::size_t MemoryStore::TransparentHash::operator()(std::string_view text) const noexcept {
+    return boost::hash_range(text.begin(), text.end());
+}
+
+MemoryStore::PlanOutbox* MemoryStore::find_plan(std::string_view plan_id) {
     auto it = plan_numbers_.find(plan_id);
     return it == plan_numbers_.end() ? nullptr : &plan_at(it->second);
 }
 
-MemoryStore::PlanOutbox& MemoryStore::plan_for(const std::string& plan_id) {
-    auto [it, inserted] = plan_numbers_.try_emplace(plan_id, plan_count_);
-    if (inserted) {
-        if ((plan_count_ >> kPlanChunkBits) == plan_chunks_.size()) {
-            plan_chunks_.push_back(std::make_unique<PlanOutbox[]>(std::size_t{1} << kPlanChunkBits));
-        }
-        ++plan_count_;
+MemoryStore::PlanOutbox& MemoryStore::plan_for(std::string_view plan_id) {
+    if (auto it = plan_numbers_.find(plan_id); it != plan_numbers_.end()) return plan_at(it->second);
+    if ((plan_count_ >> kPlanChunkBits) == plan_chunks_.size()) {
+        plan_chunks_.push_back(std::make_unique<PlanOutbox[]>(std::size_t{1} << kPlanChunkBits));
     }
-    return plan_at(it->second);
+    plan_numbers_.emplace(std::string(plan_id), plan_count_);
+    return plan_at(plan_count_++);
 }
 
 MemoryStore::StoredEntry* MemoryStore::find_entry(PlanOutbox& plan, const Address& recipient) {
-    if (plan.index.empty()) {
+    if (plan.entries.size() <= kLinearEntries) {
         for (StoredEntry& stored : plan.entries) {
             if (stored.recipient == recipient) return &stored;
         }
         return nullptr;
     }
-    const std::uint32_t slot = *index_slot(plan, recipient);
-    return slot == 0 ? nullptr : &plan.entries[slot - 1];
-}
-
-// Makes room for @p more entries: storage, and an index big enough for all of them (built once, not grown).
-void MemoryStore::reserve_entries(PlanOutbox& plan, std::size_t more) {
-    const std::size_t count = plan.entries.size() + more;
-    plan.entries.reserve(count);
-    if (count <= kLinearEntries || plan.index.size() >= count * 2) return;
-    plan.index.assign(std::bit_ceil(count * 2), 0);
+    update_index(plan);
     const std::size_t mask = plan.index.size() - 1;
-    for (std::uint32_t p = 0; p < plan.entries.size(); ++p) {
-        std::size_t i = hash_address(plan.entries[p].recipient) & mask;
-        while (plan.index[i] != 0) i = (i + 1) & mask;
-        plan.index[i] = p + 1;
+    for (std::size_t i = hash_address(recipient) & mask;; i = (i + 1) & mask) {
+        const std::uint32_t slot = plan.index[i];
+        if (slot == 0) return nullptr;
+        if (plan.entries[slot - 1].recipient == recipient) return &plan.entries[slot - 1];
     }
 }
 
-// The index slot holding @p recipient's entry, or the empty slot where it would go. The plan has an index.
-std::uint32_t* MemoryStore::index_slot(PlanOutbox& plan, const Address& recipient) {
+// Brings the plan's index up to date with its entries. It is built at the first lookup that needs it, not as entries
+// are added: most plans are only appended to once, then updated in order (which needs no index).
+void MemoryStore::update_index(PlanOutbox& plan) {
+    const std::size_t count = plan.entries.size();
+    if (plan.index.size() < count * 2) {
+        plan.index.assign(std::bit_ceil(std::max<std::size_t>(count, plan.entries.capacity()) * 2), 0);
+        plan.indexed = 0;
+    }
     const std::size_t mask = plan.index.size() - 1;
-    for (std::size_t i = hash_address(recipient) & mask;; i = (i + 1) & mask) {
-        std::uint32_t& slot = plan.index[i];
-        if (slot == 0 || plan.entries[slot - 1].recipient == recipient) return &slot;
+    for (; plan.indexed < count; ++plan.indexed) {
+        std::size_t i = hash_address(plan.entries[plan.indexed].recipient) & mask;
+        while (plan.index[i] != 0) i = (i + 1) & mask;
+        plan.index[i] = plan.indexed + 1;
     }
 }
 
@@ -109,6 +110,39 @@ OutboxEntry MemoryStore::to_entry(const std::string& plan_id, const PlanOutbox& 
     return entry;
 }
 
+// The index of the plan's message with @p text and @p reply_to, added if it has none. Entries of one plan normally
+// share one text: it is looked for from the last one added.
+std::uint32_t MemoryStore::message_for(PlanOutbox& plan, std::string_view text,
+                                       std::optional<std::string_view> reply_to) {
+    const auto same_reply = [&](const std::optional<std::string>& stored) {
+        return stored.has_value() == reply_to.has_value() && (!stored || *stored == *reply_to);
+    };
+    for (auto m = static_cast<std::uint32_t>(plan.messages.size()); m-- > 0;) {
+        if (plan.messages[m].text == text && same_reply(plan.messages[m].reply_to)) return m;
+    }
+    PlanMessage& added = plan.messages.emplace_back();
+    added.text = text;
+    if (reply_to) added.reply_to.emplace(*reply_to);
+    return static_cast<std::uint32_t>(plan.messages.size() - 1);
+}
+
+// Adds an entry for @p recipient to @p plan unless @p check finds one there already: that one is kept as it is.
+// Without @p check the caller knows the plan has none. The caller holds mutex_.
+void MemoryStore::add_entry(PlanOutbox& plan, bool check, const Address& recipient, std::uint32_t message,
+                            OutboxState state, std::int32_t attempts, std::string_view sent_message_id,
+                            std::string_view error, std::int64_t created_ms) {
+    if (check && find_entry(plan, recipient) != nullptr) return;
+    StoredEntry& stored = plan.entries.emplace_back();
+    stored.recipient = recipient;
+    stored.message = message;
+    stored.state = state;
+    stored.attempts = attempts;
+    if (!sent_message_id.empty()) stored.sent_message_id = sent_message_id;  // new: empty
+    if (!error.empty()) stored.error = error;
+    stored.created_ms = created_ms;
+    stored.sequence = outbox_sequence_++;
+}
+
 // The caller holds mutex_. Entries of one plan come in runs (a fan-out is one long run): the plan is looked up
 // and its storage reserved once per run.
 void MemoryStore::add_outbox_entries(std::span<const OutboxEntry> entries) {
@@ -118,41 +152,13 @@ void MemoryStore::add_outbox_entries(std::span<const OutboxEntry> entries) {
         std::size_t end = i + 1;
         while (end < entries.size() && entries[end].plan_id == plan_id) ++end;
         PlanOutbox& plan = plan_for(plan_id);
-        reserve_entries(plan, end - i);
+        plan.entries.reserve(plan.entries.size() + (end - i));
         for (; i < end; ++i) {
             const OutboxEntry& entry = entries[i];
-            std::uint32_t* slot = nullptr;  // where the new entry goes in the index, if the plan has one
-            if (plan.index.empty()) {
-                if (find_entry(plan, entry.recipient) != nullptr) continue;  // kept as it is
-            } else {
-                slot = index_slot(plan, entry.recipient);
-                if (*slot != 0) continue;
-            }
-
-            // Entries of one plan normally share one text: look for it from the last one added.
-            auto message = static_cast<std::uint32_t>(plan.messages.size());
-            for (std::uint32_t m = message; m-- > 0;) {
-                if (plan.messages[m].text == entry.text && plan.messages[m].reply_to == entry.reply_to) {
-                    message = m;
-                    break;
-                }
-            }
-            if (message == plan.messages.size()) {
-                PlanMessage& added = plan.messages.emplace_back();
-                added.text = entry.text;
-                added.reply_to = entry.reply_to;
-            }
-
-            StoredEntry& stored = plan.entries.emplace_back();
-            stored.recipient = entry.recipient;
-            stored.message = message;
-            stored.state = entry.state;
-            stored.attempts = entry.attempts;
-            if (!entry.sent_message_id.empty()) stored.sent_message_id = entry.sent_message_id;  // new: empty
-            if (!entry.error.empty()) stored.error = entry.error;
-            stored.created_ms = entry.created_ms;
-            stored.sequence = outbox_sequence_++;
-            if (slot != nullptr) *slot = static_cast<std::uint32_t>(plan.entries.size());
+            std::optional<std::string_view> reply_to;
+            if (entry.reply_to) reply_to = *entry.reply_to;
+            add_entry(plan, true, entry.recipient, message_for(plan, entry.text, reply_to), entry.state, entry.attempts,
+                      entry.sent_message_id, entry.error, entry.created_ms);
         }
     }
 }
@@ -243,6 +249,25 @@ Result<void> MemoryStore::outbox_add(std::span<const OutboxEntry> entries) {
     std::lock_guard lock(mutex_);
     add_outbox_entries(entries);
     return {};
+}
+
+Result<std::vector<OutboxEntry>> MemoryStore::outbox_add_plan(const OutboxPlanAdd& add) {
+    std::lock_guard lock(mutex_);
+    PlanOutbox& plan = plan_for(add.plan_id);
+    std::vector<OutboxEntry> existing;
+    if (!plan.entries.empty()) {
+        const std::string plan_id(add.plan_id);
+        existing.reserve(plan.entries.size());
+        for (const StoredEntry& stored : plan.entries) existing.push_back(to_entry(plan_id, plan, stored));
+    }
+    // The recipients of one call are distinct (OutboxPlanAdd): only those of an earlier call are looked for.
+    const bool check = !plan.entries.empty();
+    plan.entries.reserve(plan.entries.size() + add.recipients.size());
+    const std::uint32_t message = message_for(plan, add.text, add.reply_to);
+    for (const OutboxRecipient& recipient : add.recipients) {
+        add_entry(plan, check, *recipient.address, message, recipient.state, 0, {}, recipient.error, add.created_ms);
+    }
+    return existing;
 }
 
 Result<void> MemoryStore::outbox_update(std::span<const OutboxEntry> entries) {

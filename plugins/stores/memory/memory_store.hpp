@@ -10,6 +10,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <switchboard/store.hpp>
 #include <unordered_map>
 #include <vector>
@@ -39,6 +40,7 @@ public:
                                                                const std::string& key) override;
     [[nodiscard]] Result<void> put_values(std::span<const KeyValueWrite> writes) override;
     [[nodiscard]] Result<void> outbox_add(std::span<const OutboxEntry> entries) override;
+    [[nodiscard]] Result<std::vector<OutboxEntry>> outbox_add_plan(const OutboxPlanAdd& plan) override;
     [[nodiscard]] Result<void> outbox_update(std::span<const OutboxEntry> entries) override;
     [[nodiscard]] Result<std::vector<OutboxEntry>> outbox_pending() override;
     [[nodiscard]] Result<std::vector<OutboxEntry>> outbox_plan(const std::string& plan_id) override;
@@ -51,6 +53,11 @@ private:
     // Open addressing: the dedup ledger and the key-value maps are hit once or more per message.
     template <class Value>
     using FlatMap = boost::unordered_flat_map<std::string, Value>;
+    // Looked up by std::string or std::string_view alike.
+    struct TransparentHash {
+        using is_transparent = void;
+        std::size_t operator()(std::string_view text) const noexcept;
+    };
 
     // Everything known about one (connection, channel): the dedup ledger (message id -> timestamp), the cursor,
     // and the message log, kept sorted by timestamp (arrival order among equal timestamps).
@@ -83,9 +90,11 @@ private:
     struct PlanOutbox {
         boost::container::small_vector<PlanMessage, 1> messages;
         boost::container::small_vector<StoredEntry, 1> entries;
-        // Open addressing over entry positions (position + 1; 0 is empty), a power of two at most half full; empty
+        // Open addressing over entry positions (position + 1; 0 is empty), a power of two at most half full,
+        // covering entries[0, indexed): brought up to date by the first lookup that needs it (update_index), never
         // while the plan has no more than kLinearEntries entries and a scan is cheaper.
         std::vector<std::uint32_t> index;
+        std::uint32_t indexed = 0;
         std::uint32_t next_update = 0;  // the entry after the one outbox_update last found
     };
     static constexpr std::size_t kLinearEntries = 8;
@@ -96,15 +105,19 @@ private:
     Channel& channel_for(const std::string& connection, const std::string& channel);
     void apply_write(const KeyValueWrite& write);
     void add_outbox_entries(std::span<const OutboxEntry> entries);
+    static std::uint32_t message_for(PlanOutbox& plan, std::string_view text, std::optional<std::string_view> reply_to);
+    void add_entry(PlanOutbox& plan, bool check, const Address& recipient, std::uint32_t message, OutboxState state,
+                   std::int32_t attempts, std::string_view sent_message_id, std::string_view error,
+                   std::int64_t created_ms);
     const std::string& pair_key(const std::string& first, const std::string& second);
     PlanOutbox& plan_at(std::uint32_t number) {
         return plan_chunks_[number >> kPlanChunkBits][number & ((1U << kPlanChunkBits) - 1)];
     }
-    PlanOutbox* find_plan(const std::string& plan_id);
-    PlanOutbox& plan_for(const std::string& plan_id);
+    PlanOutbox* find_plan(std::string_view plan_id);
+    PlanOutbox& plan_for(std::string_view plan_id);
     static StoredEntry* find_entry(PlanOutbox& plan, const Address& recipient);
-    static void reserve_entries(PlanOutbox& plan, std::size_t more);
-    static std::uint32_t* index_slot(PlanOutbox& plan, const Address& recipient);
+    static void update_index(PlanOutbox& plan);
+
     static OutboxEntry to_entry(const std::string& plan_id, const PlanOutbox& plan, const StoredEntry& stored);
 
     std::mutex mutex_;
@@ -112,7 +125,8 @@ private:
     std::unordered_map<std::string, Channel> channels_;    // by pair_key(connection, channel); nodes stay put
     FlatMap<std::string> connection_state_;                // by pair_key(connection, key)
     FlatMap<std::string> values_;                          // by pair_key(space, key)
-    FlatMap<std::uint32_t> plan_numbers_;                  // plan id -> plan number
+    boost::unordered_flat_map<std::string, std::uint32_t, TransparentHash, std::equal_to<>>
+        plan_numbers_;  // plan id -> plan number
     std::vector<std::unique_ptr<PlanOutbox[]>> plan_chunks_;
     std::uint32_t plan_count_ = 0;
     std::uint64_t outbox_sequence_ = 0;

@@ -197,7 +197,7 @@ TEST_CASE("the version and help options answer, and an unknown command is a usag
     TempDir dir;
     const auto version = switchboard_run({"--version"}, dir.path());
     CHECK(version.exit_code == 0);
-    CHECK(version.out.find("switchboard 0.1.0 (plugin ABI 5;") != std::string::npos);
+    CHECK(version.out.find("switchboard 0.1.0 (plugin ABI 6;") != std::string::npos);
     const auto help = switchboard_run({"--help"}, dir.path());
     CHECK(help.exit_code == 0);
     CHECK(help.out.find("usage: switchboard COMMAND") != std::string::npos);

@@ -324,6 +324,79 @@ STORE_TEST_CASE("a plan with many recipients keeps, finds and updates each one, 
     CHECK(ok(store->outbox_pending()).size() == 201);
 }
 
+STORE_TEST_CASE("a plan's entries are added in one call that returns what the plan had before") {
+    TestType factory;
+    auto store = factory.open();
+    std::vector<Address> addresses;
+    for (int i = 0; i < 40; ++i) {
+        addresses.push_back(i % 2 == 0 ? Address::channel("irc", "#r" + std::to_string(i))
+                                       : Address::user("irc", "u" + std::to_string(i)));
+    }
+    const auto add = [&](std::size_t from, std::size_t to, std::string_view text,
+                         std::optional<std::string_view> reply_to) {
+        std::vector<OutboxRecipient> recipients;
+        for (std::size_t i = from; i < to; ++i) {
+            OutboxRecipient recipient;
+            recipient.address = &addresses[i];
+            if (i == 3) {
+                recipient.state = OutboxState::failed;
+                recipient.error = "unreachable";
+            }
+            recipients.push_back(recipient);
+        }
+        OutboxPlanAdd plan;
+        plan.plan_id = "fan";
+        plan.text = text;
+        plan.reply_to = reply_to;
+        plan.created_ms = 70;
+        plan.recipients = recipients;
+        return ok(store->outbox_add_plan(plan));
+    };
+
+    CHECK(add(0, 30, "hello all", "m-9").empty());  // a new plan had nothing
+    const auto entries = ok(store->outbox_plan("fan"));
+    REQUIRE(entries.size() == 30);
+    for (std::size_t i = 0; i < entries.size(); ++i) {
+        INFO("entry " << i);
+        CHECK(entries[i].plan_id == "fan");
+        CHECK(entries[i].recipient == addresses[i]);
+        CHECK(entries[i].text == "hello all");
+        CHECK(entries[i].reply_to == "m-9");
+        CHECK(entries[i].created_ms == 70);
+        CHECK(entries[i].attempts == 0);
+        CHECK(entries[i].sent_message_id.empty());
+        CHECK(entries[i].state == (i == 3 ? OutboxState::failed : OutboxState::pending));
+        CHECK(entries[i].error == (i == 3 ? "unreachable" : ""));
+    }
+    CHECK(ok(store->outbox_pending()).size() == 29);
+
+    SECTION("adding again returns the entries as they were, keeps them, and adds only the new recipients") {
+        OutboxEntry sent = entries[5];
+        sent.state = OutboxState::sent;
+        sent.sent_message_id = "p-5";
+        ok(store->outbox_update(std::vector{sent}));
+
+        const auto before = add(20, 40, "changed", std::nullopt);
+        REQUIRE(before.size() == 30);
+        CHECK(before[5].state == OutboxState::sent);
+        CHECK(before[5].sent_message_id == "p-5");
+        const auto after = ok(store->outbox_plan("fan"));
+        REQUIRE(after.size() == 40);
+        CHECK(after[25].text == "hello all");  // kept
+        CHECK(after[25].reply_to == "m-9");
+        CHECK(after[35].recipient == addresses[35]);  // added, with this call's message
+        CHECK(after[35].text == "changed");
+        CHECK_FALSE(after[35].reply_to.has_value());
+        CHECK(ok(store->outbox_pending()).size() == 38);
+    }
+    SECTION("entries added for a plan are updated like any other") {
+        std::vector<OutboxEntry> updates(entries.begin() + 10, entries.begin() + 20);
+        for (OutboxEntry& update : updates) update.state = OutboxState::sent;
+        ok(store->outbox_update(updates));
+        CHECK(ok(store->outbox_pending()).size() == 19);
+    }
+}
+
 STORE_TEST_CASE("the message log returns a channel's messages in a time range, oldest first, up to a limit") {
     TestType factory;
     auto store = factory.open();
