@@ -236,6 +236,23 @@ public:
     /// @brief True if @p key was already processed (and not yet pruned).
     [[nodiscard]] virtual Result<bool> is_processed(const MessageKey& key) = 0;
 
+    /// @brief Which of @p messages were processed already (and not yet pruned), by connection, channel and id: one
+    /// flag per message, in order — what is_processed() answers for each, in one call. The host's pipeline asks it
+    /// once per inbound batch, before any bot sees the batch.
+    ///
+    /// The default implementation calls is_processed() for each; a store overrides it to answer the whole batch in
+    /// one step (one read transaction, one round trip).
+    [[nodiscard]] virtual Result<std::vector<bool>> are_processed(std::span<const Message> messages) {
+        std::vector<bool> seen(messages.size());
+        for (std::size_t i = 0; i < messages.size(); ++i) {
+            const Message& message = messages[i];
+            auto one = is_processed(MessageKey{message.connection, message.channel, message.id});
+            if (!one) return one.error();
+            seen[i] = *one;
+        }
+        return seen;
+    }
+
     /// @brief Makes a batch of processed messages durable: each one atomically, the whole batch in one commit
     /// where the store can (group commit). A message already in the ledger is skipped, so a retried batch is
     /// harmless. Cursors only move forward in batch order.

@@ -322,6 +322,9 @@ InstrumentedStore::InstrumentedStore(std::shared_ptr<Store> store, Metrics& metr
 Result<bool> InstrumentedStore::is_processed(const MessageKey& key) {
     return timed(StoreOp::is_processed, [&] { return store_->is_processed(key); });
 }
+Result<std::vector<bool>> InstrumentedStore::are_processed(std::span<const Message> messages) {
+    return timed(StoreOp::is_processed, [&] { return store_->are_processed(messages); });
+}
 Result<void> InstrumentedStore::commit(std::span<const ProcessedMessage> batch) {
     return timed(StoreOp::commit, [&] { return store_->commit(batch); });
 }

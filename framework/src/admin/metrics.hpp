@@ -106,6 +106,7 @@ public:
     InstrumentedStore(std::shared_ptr<Store> store, Metrics& metrics);
 
     Result<bool> is_processed(const MessageKey& key) override;
+    Result<std::vector<bool>> are_processed(std::span<const Message> messages) override;
     Result<void> commit(std::span<const ProcessedMessage> batch) override;
     Result<std::optional<Cursor>> cursor(const std::string& connection, const std::string& channel) override;
     Result<std::vector<ChannelCursor>> cursors(const std::string& connection) override;

@@ -266,18 +266,22 @@ struct Pipeline::Impl {
         std::unordered_set<std::string> seen_in_batch;
         Overlay overlay;
         std::size_t duplicates = 0;
-        for (const Message& message : batch) {
+        // One dedup lookup for the whole batch (one transaction or round trip, whatever the store).
+        const auto seen = batch.empty() ? Result<std::vector<bool>>(std::vector<bool>{}) : store.are_processed(batch);
+        if (!seen) {
+            logger.error("store failed during dedup of " + std::to_string(batch.size()) +
+                             " message(s), will retry: " + seen.error().to_string(),
+                         LogFields{batch.front().connection, batch.front().channel, batch.front().id});
+            return note_store_failure();
+        }
+        for (std::size_t i = 0; i < batch.size(); ++i) {
+            const Message& message = batch[i];
             const LogFields where{message.connection, message.channel, message.id};
             if (!seen_in_batch.insert(message.channel + '\n' + message.id).second) {
                 ++duplicates;
                 continue;
             }
-            auto seen = store.is_processed(MessageKey{message.connection, message.channel, message.id});
-            if (!seen) {
-                logger.error("store failed during dedup, will retry: " + seen.error().to_string(), where);
-                return note_store_failure();
-            }
-            if (*seen) {
+            if ((*seen)[i]) {
                 ++duplicates;
                 logger.debug("duplicate dropped", where);
                 continue;

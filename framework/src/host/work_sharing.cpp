@@ -281,12 +281,19 @@ void WorkSharing::confirm_processed() {
     }
     std::map<std::string, std::vector<std::string>> done;
     std::vector<Taken> open;
-    for (Taken& t : taken) {
-        auto processed = store_.is_processed(t.key);
-        if (processed && *processed) {
-            done[t.queue].push_back(t.id);
+    // One dedup lookup for all of them.
+    std::vector<Message> keys(taken.size());
+    for (std::size_t i = 0; i < taken.size(); ++i) {
+        keys[i].connection = taken[i].key.connection;
+        keys[i].channel = taken[i].key.channel;
+        keys[i].id = taken[i].key.message_id;
+    }
+    const auto processed = taken.empty() ? Result<std::vector<bool>>(std::vector<bool>{}) : store_.are_processed(keys);
+    for (std::size_t i = 0; i < taken.size(); ++i) {
+        if (processed && (*processed)[i]) {
+            done[taken[i].queue].push_back(taken[i].id);
         } else {
-            open.push_back(std::move(t));
+            open.push_back(std::move(taken[i]));
         }
     }
     for (auto& [queue, ids] : done) {

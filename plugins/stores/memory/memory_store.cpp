@@ -169,6 +169,21 @@ Result<bool> MemoryStore::is_processed(const MessageKey& key) {
     return channel != nullptr && channel->seen.contains(key.message_id);
 }
 
+Result<std::vector<bool>> MemoryStore::are_processed(std::span<const Message> messages) {
+    std::lock_guard lock(mutex_);
+    std::vector<bool> seen(messages.size());
+    const Channel* channel = nullptr;
+    for (std::size_t i = 0; i < messages.size(); ++i) {
+        const Message& message = messages[i];
+        // Consecutive messages are mostly of one channel: look it up only when it changes.
+        if (i == 0 || message.channel != messages[i - 1].channel || message.connection != messages[i - 1].connection) {
+            channel = find_channel(message.connection, message.channel);
+        }
+        seen[i] = channel != nullptr && channel->seen.contains(message.id);
+    }
+    return seen;
+}
+
 Result<void> MemoryStore::commit(std::span<const ProcessedMessage> batch) {
     std::lock_guard lock(mutex_);
     for (const ProcessedMessage& item : batch) {

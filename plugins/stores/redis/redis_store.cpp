@@ -679,6 +679,42 @@ Result<bool> RedisStore::is_processed(const MessageKey& key) {
     return timestamp >= static_cast<double>(now_ms() - impl_->options.dedup_window.count());
 }
 
+Result<std::vector<bool>> RedisStore::are_processed(std::span<const Message> messages) {
+    std::vector<bool> seen(messages.size());
+    if (messages.empty()) return seen;
+    // One ZMSCORE per channel, all of them in one round trip.
+    std::vector<Command> commands;
+    std::vector<std::vector<std::size_t>> asked;  // per command: the messages it asks for, in argument order
+    std::unordered_map<std::string, std::size_t> by_channel;
+    for (std::size_t i = 0; i < messages.size(); ++i) {
+        const Message& message = messages[i];
+        auto [it, added] = by_channel.try_emplace(channel_pair(message.connection, message.channel), commands.size());
+        if (added) {
+            commands.emplace_back().arg("ZMSCORE").own(impl_->key("seen", it->first));
+            asked.emplace_back();
+        }
+        commands[it->second].arg(message.id);
+        asked[it->second].push_back(i);
+    }
+    auto replies = impl_->run("checking the dedup ledger", commands);
+    if (!replies) return replies.error();
+    // Entries past the window count as gone even before a commit trims them.
+    const auto oldest = static_cast<double>(now_ms() - impl_->options.dedup_window.count());
+    for (std::size_t c = 0; c < commands.size(); ++c) {
+        const redisReply& list = *(*replies)[c];
+        if (list.type != REDIS_REPLY_ARRAY || list.elements != asked[c].size()) {
+            return impl_->corrupt("the dedup ledger's answer");
+        }
+        for (std::size_t k = 0; k < list.elements; ++k) {
+            const redisReply* score = list.element[k];
+            if (score->type == REDIS_REPLY_NIL) continue;
+            if (!is_text(score)) return impl_->corrupt("a dedup entry");
+            seen[asked[c][k]] = std::strtod(std::string(text_of(*score)).c_str(), nullptr) >= oldest;
+        }
+    }
+    return seen;
+}
+
 Result<void> RedisStore::commit(std::span<const ProcessedMessage> batch) {
     if (batch.empty()) return {};
     Impl& s = *impl_;

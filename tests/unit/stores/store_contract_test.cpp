@@ -35,6 +35,24 @@ STORE_TEST_CASE("a store remembers which messages it has processed") {
     CHECK_FALSE(ok(store->is_processed({"discord", "#ops", "m1"})));
 }
 
+STORE_TEST_CASE("a store answers for a whole batch which of its messages it has processed") {
+    TestType factory;
+    auto store = factory.open();
+    ok(store->commit(std::vector{processed(make_message("#ops", "m1", 100)), processed(make_message("#dev", "m2", 100)),
+                                 processed(make_message("#ops", "m3", 100))}));
+
+    std::vector<Message> batch{make_message("#ops", "m1", 100), make_message("#ops", "m2", 100),
+                               make_message("#dev", "m2", 100), make_message("#ops", "m3", 100),
+                               make_message("#new", "m1", 100), make_message("#ops", "m1", 100)};
+    batch[4].connection = "discord";
+    Message other_connection = make_message("#ops", "m3", 100);
+    other_connection.connection = "discord";
+    batch.push_back(other_connection);
+    const std::vector<bool> seen = ok(store->are_processed(batch));
+    CHECK(seen == std::vector<bool>{true, false, true, true, false, true, false});
+    CHECK(ok(store->are_processed(std::span<const Message>{})).empty());
+}
+
 STORE_TEST_CASE("a message already processed is skipped with its writes and outbox entries") {
     TestType factory;
     auto store = factory.open();
