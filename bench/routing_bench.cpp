@@ -31,6 +31,7 @@
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <variant>
 #include <vector>
 
 #include "config/config.hpp"
@@ -459,6 +460,119 @@ void inbound_sqlite(benchmark::State& state) {
     state.counters["db_bytes"] = static_cast<double>(std::filesystem::file_size(dir.path() / "bench.db", ec));
 }
 
+// ---- private messages the way the host routes them ------------------------------------------------------------
+
+// What host::Pipeline does with a batch of inbound messages, with a bot that answers each direct message by routing a
+// private envelope to a named user (the private strategy and the directory): one dedup lookup for the batch
+// (Store::are_processed), per message the plan and its outbox entry staged with the message, one Store::commit
+// (dedup entries, cursors, the outbox entries), then the plans through DeliveryEngine::execute_all(…, persisted =
+// true): sink, outbox updates in rounds, reports. The inbound messages are built before the clock runs (a connector
+// hands them over built), in batches of 256 from 8 direct-message channels.
+struct PrivateBatch {
+    std::vector<Message> inbound;
+    std::vector<std::string> targets = private_targets();
+
+    void fill(std::uint64_t& sequence, std::int64_t now_ms) {
+        inbound.clear();
+        for (std::size_t i = 0; i < kInboundBatch; ++i) {
+            const std::uint64_t n = sequence++;
+            Message& m = inbound.emplace_back();
+            m.id = message_id(n);
+            m.connection = kConnection;
+            m.channel = channel_id(n % kChannels);
+            m.author = Author{user_id(n % kPrivateTargets), user_name(n % kPrivateTargets), false};
+            m.text = kText;
+            m.timestamp_ms = now_ms;
+            m.kind = MessageKind::private_message;
+        }
+    }
+};
+
+// The timed part: everything the host does with one batch. Returns false (and marks the benchmark) on a failure.
+bool route_private_batch(benchmark::State& state, Store& store, Stack& stack, const PrivateBatch& batch,
+                         const ReportCallback& done) {
+    auto seen = store.are_processed(batch.inbound);
+    if (!seen) {
+        fail_benchmark(state, seen.error().to_string());
+        return false;
+    }
+    std::vector<ProcessedMessage> processed;
+    processed.reserve(batch.inbound.size());
+    std::vector<routing::Execution> plans;
+    plans.reserve(batch.inbound.size());
+    for (std::size_t i = 0; i < batch.inbound.size(); ++i) {
+        if ((*seen)[i]) continue;
+        const Message& m = batch.inbound[i];
+        ProcessedMessage& p = processed.emplace_back();
+        p.message = m;
+        // The bot: route the text privately to the user on call (host::StagedBotContext::route).
+        Envelope envelope;
+        envelope.kind = MessageKind::private_message;
+        envelope.target = batch.targets[i % kPrivateTargets];
+        envelope.text = m.text;
+        envelope.idempotency_key = m.connection + "/" + m.channel + "/" + m.id + "#forward.0";
+        auto planned = stack.router.plan(envelope, kByKind);
+        auto* delivery = std::get_if<routing::PlannedDelivery>(&planned);
+        if (delivery == nullptr) {
+            fail_benchmark(state, "a private envelope was not planned: " + std::get<DeliveryReport>(planned).detail);
+            return false;
+        }
+        // Staged with the message (host::stage): the outbox entries become durable with it.
+        for (const Recipient& recipient : delivery->plan.recipients) {
+            OutboxEntry& entry = p.outbox.emplace_back();
+            entry.plan_id = delivery->plan_id;
+            entry.recipient = recipient.address;
+            entry.text = delivery->text;
+            entry.reply_to = delivery->reply_to;
+            entry.created_ms = m.timestamp_ms;
+        }
+        plans.push_back(routing::Execution{std::move(*delivery), done});
+    }
+    if (auto committed = store.commit(processed); !committed) {
+        fail_benchmark(state, committed.error().to_string());
+        return false;
+    }
+    stack.engine.execute_all(std::move(plans), true);
+    return true;
+}
+
+// (b) and (c): private routing the host's way, with the memory store or the sqlite store (message_log on or off).
+template <class MakeStore>
+void route_private(benchmark::State& state, MakeStore make_store) {
+    auto directory = make_directory();
+    std::uint64_t sequence = 0;
+    {
+        auto store = make_store(state);
+        Stack stack(*store, *directory);
+        Reports reports;
+        const ReportCallback done = reports.callback();
+        PrivateBatch batch;
+        const std::int64_t now = system_ms();
+        for (auto _ : state) {
+            state.PauseTiming();
+            batch.fill(sequence, now);
+            state.ResumeTiming();
+            if (!route_private_batch(state, *store, stack, batch, done)) break;
+        }
+        if (!delivered_all(state, *stack.sink, reports, sequence, sequence)) return;
+        state.counters["received"] = static_cast<double>(stack.sink->writes);
+    }
+    state.SetItemsProcessed(state.iterations() * static_cast<std::int64_t>(kInboundBatch));
+}
+
+void route_private_memory(benchmark::State& state) {
+    route_private(state, [](benchmark::State&) { return std::make_unique<stores::MemoryStore>(); });
+}
+
+void route_private_sqlite(benchmark::State& state) {
+    TempDir dir;
+    route_private(state, [&](benchmark::State& s) {
+        stores::SqliteOptions options;
+        options.message_log = s.range(0) != 0;
+        return std::make_unique<stores::SqliteStore>(dir.path() / "bench.db", options);
+    });
+}
+
 // ---- group fan-out -----------------------------------------------------------------------------------------------
 
 // (d) baseline: copying the group's members into a vector; the time of the last copy.
@@ -539,6 +653,9 @@ void cached_group(benchmark::State& state) {
 
 BENCHMARK(private_baseline)->Name("private/baseline")->Iterations(scaled(1'000'000))->UseRealTime();
 BENCHMARK(private_memory)->Name("private/memory")->Iterations(scaled(500'000))->UseRealTime();
+BENCHMARK(route_private_memory)->Name("route/private/memory")->Iterations(scaled(2000))->UseRealTime();
+BENCHMARK(route_private_sqlite)->Name("route/private/sqlite")->ArgName("message_log")->Arg(1)->Arg(0)
+    ->Iterations(scaled(400))->UseRealTime();
 BENCHMARK(inbound_baseline)->Name("inbound/baseline")->Iterations(scaled(1000))->UseRealTime();
 BENCHMARK(inbound_sqlite_floor)->Name("inbound/sqlite_floor")->Iterations(scaled(400))->UseRealTime();
 BENCHMARK(inbound_sqlite)->Name("inbound/sqlite")->ArgName("message_log")->Arg(1)->Arg(0)->Iterations(scaled(400))

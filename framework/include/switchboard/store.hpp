@@ -128,6 +128,28 @@ struct OutboxPlanAdd {
     std::span<const OutboxRecipient> recipients;
 };
 
+/// @brief One entry's new state in an OutboxPlanUpdate.
+struct OutboxRecipientUpdate {
+    /// @brief The entry's recipient. Points into the caller's data; valid during the call.
+    const Address* address = nullptr;
+    /// @brief New state.
+    OutboxState state = OutboxState::pending;
+    /// @brief Attempts made so far.
+    std::int32_t attempts = 0;
+    /// @brief Platform id of the sent message, if any. Valid during the call.
+    std::string_view sent_message_id;
+    /// @brief Last error code, if any. Valid during the call.
+    std::string_view error;
+};
+
+/// @brief New states of some entries of one plan, as Store::outbox_update_plans() takes them.
+struct OutboxPlanUpdate {
+    /// @brief The plan's id.
+    std::string_view plan_id;
+    /// @brief The entries to update, by recipient.
+    std::span<const OutboxRecipientUpdate> recipients;
+};
+
 /// @brief Everything that becomes durable when one inbound message is marked processed — in one transaction.
 ///
 /// The message's key enters the dedup ledger, its channel's cursor advances to it, it is appended to the message
@@ -314,6 +336,27 @@ public:
     /// and the call fails with `outbox_entry_not_found` naming the first such entry; the others are updated all the
     /// same. Any other failure updates none of them.
     [[nodiscard]] virtual Result<void> outbox_update(std::span<const OutboxEntry> entries) = 0;
+
+    /// @brief As outbox_update() — same semantics, `outbox_entry_not_found` included, one transaction for all —
+    /// with the entries given per plan, so that no OutboxEntry is built for each. The delivery engine records every
+    /// round of completed sends this way.
+    ///
+    /// The default implementation builds the entries and calls outbox_update().
+    [[nodiscard]] virtual Result<void> outbox_update_plans(std::span<const OutboxPlanUpdate> plans) {
+        std::vector<OutboxEntry> entries;
+        for (const OutboxPlanUpdate& plan : plans) {
+            for (const OutboxRecipientUpdate& update : plan.recipients) {
+                OutboxEntry& entry = entries.emplace_back();
+                entry.plan_id = plan.plan_id;
+                entry.recipient = *update.address;
+                entry.state = update.state;
+                entry.attempts = update.attempts;
+                entry.sent_message_id = update.sent_message_id;
+                entry.error = update.error;
+            }
+        }
+        return outbox_update(entries);
+    }
 
     /// @brief Every entry still pending, oldest first (what a restart must finish).
     [[nodiscard]] virtual Result<std::vector<OutboxEntry>> outbox_pending() = 0;

@@ -16,8 +16,8 @@
 /// 4: ConnectorHost gained is_processed() and RecoveryContext gained load_state() (both vtables changed).
 /// 5: Store gained leases() and queues() (its vtable changed), and store.hpp gained LeaseStore, Lease,
 /// SharedQueues and QueueItem.
-/// 6: Store gained are_processed() and outbox_add_plan() (its vtable changed), and store.hpp gained OutboxPlanAdd
-/// and OutboxRecipient.
+/// 6: Store gained are_processed(), outbox_add_plan() and outbox_update_plans() (its vtable changed), and store.hpp
+/// gained OutboxPlanAdd, OutboxRecipient, OutboxPlanUpdate and OutboxRecipientUpdate.
 #define SWITCHBOARD_ABI_VERSION 6
 
 #define SWITCHBOARD_DETAIL_STR2(x) #x

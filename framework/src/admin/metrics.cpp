@@ -357,6 +357,9 @@ Result<std::vector<OutboxEntry>> InstrumentedStore::outbox_add_plan(const Outbox
 Result<void> InstrumentedStore::outbox_update(std::span<const OutboxEntry> entries) {
     return timed(StoreOp::outbox_update, [&] { return store_->outbox_update(entries); });
 }
+Result<void> InstrumentedStore::outbox_update_plans(std::span<const OutboxPlanUpdate> plans) {
+    return timed(StoreOp::outbox_update, [&] { return store_->outbox_update_plans(plans); });
+}
 Result<std::vector<OutboxEntry>> InstrumentedStore::outbox_pending() {
     return timed(StoreOp::outbox_read, [&] { return store_->outbox_pending(); });
 }

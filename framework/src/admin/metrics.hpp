@@ -119,6 +119,7 @@ public:
     Result<void> outbox_add(std::span<const OutboxEntry> entries) override;
     Result<std::vector<OutboxEntry>> outbox_add_plan(const OutboxPlanAdd& plan) override;
     Result<void> outbox_update(std::span<const OutboxEntry> entries) override;
+    Result<void> outbox_update_plans(std::span<const OutboxPlanUpdate> plans) override;
     Result<std::vector<OutboxEntry>> outbox_pending() override;
     Result<std::vector<OutboxEntry>> outbox_plan(const std::string& plan_id) override;
     Result<std::vector<Message>> messages(const std::string& connection, const std::string& channel,

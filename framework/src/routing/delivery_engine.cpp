@@ -78,18 +78,11 @@ constexpr const char* kAborted = "aborted";
 // Not sent because the engine's connections were cleared (shutdown); the outbox entry stays pending.
 constexpr const char* kShuttingDown = "shutting_down";
 
-// Outbox writes reuse per-thread scratch vectors, never shrunk, so building them allocates nothing once warm: rounds
-// of updates up to kScratchEntries entries (whose strings keep their capacity), and the initial write of a plan
-// (Store::outbox_add_plan: the message once, a pointer per recipient) up to kScratchPlanEntries recipients. That
-// bounds what a thread keeps to well under a MB; bigger ones build a vector of their own.
-constexpr std::size_t kScratchEntries = 1024;
-constexpr std::size_t kScratchPlanEntries = 16'384;
-
-// The first @p n entries of @p scratch, grown (never shrunk) to hold them.
-inline std::span<OutboxEntry> scratch_entries(std::vector<OutboxEntry>& scratch, std::size_t n) {
-    if (scratch.size() < n) scratch.resize(n);
-    return std::span<OutboxEntry>(scratch.data(), n);
-}
+// Outbox writes reuse per-thread scratch vectors, never shrunk, so building them allocates nothing once warm: a
+// plan's initial write (Store::outbox_add_plan) and each round of updates (Store::outbox_update_plans) pass the
+// message once and a pointer per recipient. Up to kScratchRecipients recipients (well under a MB per thread); bigger
+// ones build a vector of their own.
+constexpr std::size_t kScratchRecipients = 16'384;
 
 struct Plan;
 class Core;
@@ -281,6 +274,16 @@ struct WriteScope {
 };
 
 inline thread_local WriteScope* t_write_scope = nullptr;
+
+// The send this thread has in Connector::send right now, so that a connector completing it inline hands the result
+// back to dispatch() (see there).
+struct InlineSend {
+    Plan* plan;
+    std::uint32_t index;
+    std::optional<Result<SentMessage>> result;
+};
+
+inline thread_local InlineSend* t_inline_send = nullptr;
 
 class Core : public std::enable_shared_from_this<Core> {
 public:
@@ -540,13 +543,8 @@ public:
     void on_sent(Plan& p, std::uint32_t index, Result<SentMessage>&& result) {
         Lane& lane = *p.slots[index].lane;  // fixed at setup
         const bool pump_lane = release_lane_slot(lane);
-        Actions actions;
-        {
-            std::lock_guard lock(p.mutex);
-            complete_send_locked(p, index, result, actions);
-        }
-        run(p, actions);
-        note_completion();
+        intrusive_ptr_add_ref(&p);  // complete_send() gives up the send's reference; the pump below needs the lane
+        complete_send(p, index, result);
         if (pump_lane) pump(lane);
         intrusive_ptr_release(&p);
     }
@@ -793,7 +791,7 @@ private:
         thread_local std::vector<OutboxRecipient> scratch;
         std::vector<OutboxRecipient> large;
         const std::size_t n = p.out.size();
-        std::vector<OutboxRecipient>& recipients = n <= kScratchPlanEntries ? scratch : large;
+        std::vector<OutboxRecipient>& recipients = n <= kScratchRecipients ? scratch : large;
         recipients.resize(n);
         for (std::size_t i = 0; i < n; ++i) {
             OutboxRecipient& recipient = recipients[i];
@@ -1301,16 +1299,22 @@ private:
             }
         }
         if (count > 0) {
-            thread_local std::vector<OutboxEntry> scratch;
-            std::vector<OutboxEntry> large;
-            const std::span<OutboxEntry> entries = scratch_entries(count <= kScratchEntries ? scratch : large, count);
+            thread_local std::vector<OutboxRecipientUpdate> scratch;
+            thread_local std::vector<OutboxPlanUpdate> plans;
+            std::vector<OutboxRecipientUpdate> large;
+            std::vector<OutboxRecipientUpdate>& updates = count <= kScratchRecipients ? scratch : large;
+            updates.resize(count);
+            plans.clear();
             std::size_t k = 0;
             for (const DeferredWrite& write : writes) {
                 Plan& p = *write.plan;
                 const IndexList& indexes = write.kind == WriteKind::group ? p.flushing : p.final_dirty;
-                for (const std::uint32_t i : indexes) fill_entry(p, i, entries[k++]);
+                if (indexes.empty()) continue;
+                const std::size_t first = k;
+                for (const std::uint32_t i : indexes) fill_update(p, i, updates[k++]);
+                plans.push_back(OutboxPlanUpdate{p.plan_id, std::span(updates.data() + first, k - first)});
             }
-            if (auto updated = store_.outbox_update(entries); !updated) {
+            if (auto updated = store_.outbox_update_plans(plans); !updated) {
                 const std::string& first = writes.front().plan->plan_id;
                 logger_.error("delivery: could not record the outbox state of " + std::to_string(count) +
                               " recipient(s) of " +
@@ -1325,19 +1329,15 @@ private:
     }
 
     // The recorded state of final recipient @p i.
-    static void fill_entry(const Plan& p, std::uint32_t i, OutboxEntry& entry) {
+    static void fill_update(const Plan& p, std::uint32_t i, OutboxRecipientUpdate& update) {
         const Slot& slot = p.slots[i];
         const RecipientOutcome& out = p.out[i];
-        entry.plan_id = p.plan_id;
-        entry.recipient = out.address;
-        entry.state = slot.entry_state;
-        entry.sent_message_id = out.message_id;
-        entry.attempts = slot.stored_attempts;
-        if (slot.entry_state == OutboxState::pending || slot.entry_state == OutboxState::failed) {
-            entry.error = out.error_code;
-        } else {
-            entry.error.clear();
-        }
+        update.address = &out.address;
+        update.state = slot.entry_state;
+        update.attempts = slot.stored_attempts;
+        update.sent_message_id = out.message_id;
+        const bool with_error = slot.entry_state == OutboxState::pending || slot.entry_state == OutboxState::failed;
+        update.error = with_error ? std::string_view(out.error_code) : std::string_view();
     }
 
     // After a group write: false if more became dirty meanwhile (the write goes on, keeping its reference and
@@ -1529,8 +1529,9 @@ private:
         Connector& connector = *lane.connector;
         if (item.op == Op::send) fill_message(lane, *item.plan, item.index);
         lock.unlock();
-        dispatch(connector, lane, item);
+        const bool completed_inline = dispatch(connector, lane, item);
         lock.lock();
+        if (completed_inline) --lane.in_flight;  // its slot, freed here rather than by on_sent()
     }
 
     // A grant on route lane.request.route for @p item that will not be used (the recipient was cut): the scheduler
@@ -1584,14 +1585,30 @@ private:
         key += to.target;
     }
 
-    void dispatch(Connector& connector, Lane& lane, const LaneItem& item) {
+    // Hands @p item to the connector. Returns true if a send completed inline (inside Connector::send, on this
+    // thread): its result was recorded here, without on_sent() taking the lane's lock to free its slot — the caller,
+    // which drains the lane, frees it when it takes the lock again.
+    bool dispatch(Connector& connector, Lane& lane, const LaneItem& item) {
         Plan* plan = item.plan;
         const std::uint32_t index = item.index;
+        InlineSend inline_send{plan, index, {}};
         try {
             if (item.op == Op::send) {
-                connector.send(lane.scratch, [plan, index](Result<SentMessage> result) {
-                    plan->engine->on_sent(*plan, index, std::move(result));
-                });
+                InlineSend* const outer = std::exchange(t_inline_send, &inline_send);
+                try {
+                    connector.send(lane.scratch, [plan, index](Result<SentMessage> result) {
+                        if (InlineSend* pending = t_inline_send;
+                            pending != nullptr && pending->plan == plan && pending->index == index && !pending->result) {
+                            pending->result.emplace(std::move(result));
+                            return;
+                        }
+                        plan->engine->on_sent(*plan, index, std::move(result));
+                    });
+                } catch (...) {
+                    t_inline_send = outer;
+                    throw;
+                }
+                t_inline_send = outer;
             } else {
                 const RecipientOutcome& out = plan->out[index];
                 connector.remove(out.address, out.message_id, [plan, index](Result<void> result) {
@@ -1600,15 +1617,30 @@ private:
             }
         } catch (const std::exception& e) {
             // A connector must not throw; if one does, the attempt counts as failed (and its callback is assumed
-            // never to come).
+            // never to come, unless it came already).
             logger_.error("delivery: connector of '" + lane.name + "' threw from " +
                           (item.op == Op::send ? "send" : "remove") + ": " + e.what());
-            if (item.op == Op::send) {
-                on_sent(*plan, index, fail(kSendFailed, std::string("the connector threw: ") + e.what()));
-            } else {
+            if (item.op == Op::remove) {
                 on_removed(*plan, index, fail(kSendFailed, std::string("the connector threw: ") + e.what()));
+            } else if (!inline_send.result) {
+                on_sent(*plan, index, fail(kSendFailed, std::string("the connector threw: ") + e.what()));
             }
         }
+        if (!inline_send.result) return false;
+        complete_send(*plan, index, *inline_send.result);
+        return true;
+    }
+
+    // A send's result, its lane slot freed already (or by the caller): the plan hears it.
+    void complete_send(Plan& p, std::uint32_t index, Result<SentMessage>& result) {
+        Actions actions;
+        {
+            std::lock_guard lock(p.mutex);
+            complete_send_locked(p, index, result, actions);
+        }
+        run(p, actions);
+        note_completion();
+        intrusive_ptr_release(&p);
     }
 
     void arm_lane_timer_locked(Lane& lane) {

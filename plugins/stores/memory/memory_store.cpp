@@ -63,20 +63,66 @@ MemoryStore::PlanOutbox& MemoryStore::plan_for(std::string_view plan_id) {
     return plan_at(plan_count_++);
 }
 
-MemoryStore::StoredEntry* MemoryStore::find_entry(PlanOutbox& plan, const Address& recipient) {
+std::uint64_t MemoryStore::Recipient::hash() const noexcept {
+    std::uint64_t h = detail::hash_add((static_cast<std::uint64_t>(connection) << 1) | (is_user ? 1U : 0U), target);
+    h ^= h >> 33;  // murmur3's finaliser
+    h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 33;
+    return h;
+}
+
+std::optional<MemoryStore::Recipient> MemoryStore::find_recipient(const Address& address) const {
+    // A handful of connections: a scan beats hashing the name.
+    for (std::size_t c = 0; c < connections_.size(); ++c) {
+        if (connections_[c] == address.connection) {
+            return Recipient{static_cast<std::uint16_t>(c), address.is_user, address.target};
+        }
+    }
+    return std::nullopt;  // no entry was ever added for this connection
+}
+
+MemoryStore::Recipient MemoryStore::recipient_for(const Address& address) {
+    if (auto found = find_recipient(address)) return *found;
+    connections_.push_back(address.connection);
+    return Recipient{static_cast<std::uint16_t>(connections_.size() - 1), address.is_user, address.target};
+}
+
+bool MemoryStore::matches(const PlanOutbox& plan, const StoredEntry& stored, const Recipient& recipient) noexcept {
+    return stored.connection == recipient.connection && stored.is_user == recipient.is_user &&
+           target_of(plan, stored) == recipient.target;
+}
+
+std::string_view MemoryStore::target_of(const PlanOutbox& plan, const StoredEntry& stored) noexcept {
+    return std::string_view(plan.targets).substr(stored.target, stored.target_size);
+}
+
+MemoryStore::StoredEntry* MemoryStore::find_entry(PlanOutbox& plan, const Recipient& recipient) {
+    // A fan-out's completions come mostly in plan order: the entry after the last one found is tried first.
+    if (plan.next_find < plan.entries.size() && matches(plan, plan.entries[plan.next_find], recipient)) {
+        return &plan.entries[plan.next_find++];
+    }
+    StoredEntry* found = nullptr;
     if (plan.entries.size() <= kLinearEntries) {
         for (StoredEntry& stored : plan.entries) {
-            if (stored.recipient == recipient) return &stored;
+            if (matches(plan, stored, recipient)) {
+                found = &stored;
+                break;
+            }
         }
-        return nullptr;
+    } else {
+        update_index(plan);
+        const std::size_t mask = plan.index.size() - 1;
+        for (std::size_t i = recipient.hash() & mask;; i = (i + 1) & mask) {
+            const std::uint32_t slot = plan.index[i];
+            if (slot == 0) break;
+            if (matches(plan, plan.entries[slot - 1], recipient)) {
+                found = &plan.entries[slot - 1];
+                break;
+            }
+        }
     }
-    update_index(plan);
-    const std::size_t mask = plan.index.size() - 1;
-    for (std::size_t i = hash_address(recipient) & mask;; i = (i + 1) & mask) {
-        const std::uint32_t slot = plan.index[i];
-        if (slot == 0) return nullptr;
-        if (plan.entries[slot - 1].recipient == recipient) return &plan.entries[slot - 1];
-    }
+    if (found != nullptr) plan.next_find = static_cast<std::uint32_t>(found - plan.entries.data()) + 1;
+    return found;
 }
 
 // Brings the plan's index up to date with its entries. It is built at the first lookup that needs it, not as entries
@@ -89,17 +135,19 @@ void MemoryStore::update_index(PlanOutbox& plan) {
     }
     const std::size_t mask = plan.index.size() - 1;
     for (; plan.indexed < count; ++plan.indexed) {
-        std::size_t i = hash_address(plan.entries[plan.indexed].recipient) & mask;
+        const StoredEntry& stored = plan.entries[plan.indexed];
+        const Recipient recipient{stored.connection, stored.is_user, target_of(plan, stored)};
+        std::size_t i = recipient.hash() & mask;
         while (plan.index[i] != 0) i = (i + 1) & mask;
         plan.index[i] = plan.indexed + 1;
     }
 }
 
-OutboxEntry MemoryStore::to_entry(const std::string& plan_id, const PlanOutbox& plan, const StoredEntry& stored) {
+OutboxEntry MemoryStore::to_entry(const std::string& plan_id, const PlanOutbox& plan, const StoredEntry& stored) const {
     const PlanMessage& message = plan.messages[stored.message];
     OutboxEntry entry;
     entry.plan_id = plan_id;
-    entry.recipient = stored.recipient;
+    entry.recipient = Address{connections_[stored.connection], std::string(target_of(plan, stored)), stored.is_user};
     entry.text = message.text;
     entry.reply_to = message.reply_to;
     entry.state = stored.state;
@@ -126,14 +174,19 @@ std::uint32_t MemoryStore::message_for(PlanOutbox& plan, std::string_view text,
     return static_cast<std::uint32_t>(plan.messages.size() - 1);
 }
 
-// Adds an entry for @p recipient to @p plan unless @p check finds one there already: that one is kept as it is.
+// Adds an entry for @p address to @p plan unless @p check finds one there already: that one is kept as it is.
 // Without @p check the caller knows the plan has none. The caller holds mutex_.
-void MemoryStore::add_entry(PlanOutbox& plan, bool check, const Address& recipient, std::uint32_t message,
+void MemoryStore::add_entry(PlanOutbox& plan, bool check, const Address& address, std::uint32_t message,
                             OutboxState state, std::int32_t attempts, std::string_view sent_message_id,
                             std::string_view error, std::int64_t created_ms) {
+    const Recipient recipient = recipient_for(address);
     if (check && find_entry(plan, recipient) != nullptr) return;
     StoredEntry& stored = plan.entries.emplace_back();
-    stored.recipient = recipient;
+    stored.target = static_cast<std::uint32_t>(plan.targets.size());
+    stored.target_size = static_cast<std::uint32_t>(address.target.size());
+    plan.targets.append(address.target);
+    stored.connection = recipient.connection;
+    stored.is_user = address.is_user;
     stored.message = message;
     stored.state = state;
     stored.attempts = attempts;
@@ -161,6 +214,21 @@ void MemoryStore::add_outbox_entries(std::span<const OutboxEntry> entries) {
                       entry.sent_message_id, entry.error, entry.created_ms);
         }
     }
+}
+
+// Records the new state of the entry of @p plan for @p address; false if there is none. The caller holds mutex_.
+bool MemoryStore::update_entry(PlanOutbox* plan, const Address& address, OutboxState state, std::int32_t attempts,
+                               std::string_view sent_message_id, std::string_view error) {
+    if (plan == nullptr) return false;
+    const auto recipient = find_recipient(address);
+    StoredEntry* stored = recipient ? find_entry(*plan, *recipient) : nullptr;
+    if (stored == nullptr) return false;
+    stored->state = state;
+    stored->attempts = attempts;
+    // Mostly empty before and after (no platform id, no error): nothing to copy then.
+    if (!sent_message_id.empty() || !stored->sent_message_id.empty()) stored->sent_message_id = sent_message_id;
+    if (!error.empty() || !stored->error.empty()) stored->error = error;
+    return true;
 }
 
 Result<bool> MemoryStore::is_processed(const MessageKey& key) {
@@ -278,6 +346,9 @@ Result<std::vector<OutboxEntry>> MemoryStore::outbox_add_plan(const OutboxPlanAd
     // The recipients of one call are distinct (OutboxPlanAdd): only those of an earlier call are looked for.
     const bool check = !plan.entries.empty();
     plan.entries.reserve(plan.entries.size() + add.recipients.size());
+    std::size_t bytes = plan.targets.size();
+    for (const OutboxRecipient& recipient : add.recipients) bytes += recipient.address->target.size();
+    plan.targets.reserve(bytes);
     const std::uint32_t message = message_for(plan, add.text, add.reply_to);
     for (const OutboxRecipient& recipient : add.recipients) {
         add_entry(plan, check, *recipient.address, message, recipient.state, 0, {}, recipient.error, add.created_ms);
@@ -295,31 +366,35 @@ Result<void> MemoryStore::outbox_update(std::span<const OutboxEntry> entries) {
             plan = find_plan(entry.plan_id);
             plan_id = &entry.plan_id;
         }
-        StoredEntry* stored = nullptr;
-        if (plan != nullptr) {
-            // A fan-out's completions come mostly in plan order: try the entry after the last one updated first.
-            const std::uint32_t next = plan->next_update;
-            if (next < plan->entries.size() && plan->entries[next].recipient == entry.recipient) {
-                stored = &plan->entries[next];
-            } else {
-                stored = find_entry(*plan, entry.recipient);
-            }
-            if (stored != nullptr) plan->next_update = static_cast<std::uint32_t>(stored - plan->entries.data()) + 1;
+        if (!update_entry(plan, entry.recipient, entry.state, entry.attempts, entry.sent_message_id, entry.error) &&
+            missing == nullptr) {
+            missing = &entry;
         }
-        if (stored == nullptr) {
-            if (missing == nullptr) missing = &entry;
-            continue;
-        }
-        stored->state = entry.state;
-        stored->sent_message_id = entry.sent_message_id;
-        stored->attempts = entry.attempts;
-        stored->error = entry.error;
     }
-    if (missing != nullptr) {
-        return fail("outbox_entry_not_found", "no outbox entry for plan '" + missing->plan_id + "' and recipient '" +
-                                                  missing->recipient.to_string() + "'; add it with outbox_add first");
-    }
+    if (missing != nullptr) return not_found(missing->plan_id, missing->recipient);
     return {};
+}
+
+Result<void> MemoryStore::outbox_update_plans(std::span<const OutboxPlanUpdate> plans) {
+    std::lock_guard lock(mutex_);
+    std::optional<Result<void>> missing;
+    for (const OutboxPlanUpdate& updates : plans) {
+        PlanOutbox* plan = find_plan(updates.plan_id);
+        for (const OutboxRecipientUpdate& update : updates.recipients) {
+            if (!update_entry(plan, *update.address, update.state, update.attempts, update.sent_message_id,
+                              update.error) &&
+                !missing) {
+                missing = not_found(updates.plan_id, *update.address);
+            }
+        }
+    }
+    if (missing) return *missing;
+    return {};
+}
+
+Result<void> MemoryStore::not_found(std::string_view plan_id, const Address& recipient) {
+    return fail("outbox_entry_not_found", "no outbox entry for plan '" + std::string(plan_id) + "' and recipient '" +
+                                              recipient.to_string() + "'; add it with outbox_add first");
 }
 
 Result<std::vector<OutboxEntry>> MemoryStore::outbox_pending() {

@@ -43,6 +43,7 @@ public:
     [[nodiscard]] Result<void> outbox_add(std::span<const OutboxEntry> entries) override;
     [[nodiscard]] Result<std::vector<OutboxEntry>> outbox_add_plan(const OutboxPlanAdd& plan) override;
     [[nodiscard]] Result<void> outbox_update(std::span<const OutboxEntry> entries) override;
+    [[nodiscard]] Result<void> outbox_update_plans(std::span<const OutboxPlanUpdate> plans) override;
     [[nodiscard]] Result<std::vector<OutboxEntry>> outbox_pending() override;
     [[nodiscard]] Result<std::vector<OutboxEntry>> outbox_plan(const std::string& plan_id) override;
     [[nodiscard]] Result<std::vector<Message>> messages(const std::string& connection, const std::string& channel,
@@ -73,15 +74,20 @@ private:
     // its entries in the order they were added, each text (with its reply_to) once, and, once it has more than a
     // few entries, an index by recipient. Plans live in fixed chunks (they never move; a map from plan id gives
     // their number), so a plan is one map slot of four bytes plus its own storage.
+    // An entry's recipient is its connection's number (connections_), is_user, and its target's place in the plan's
+    // `targets` (one string per plan: no allocation per recipient).
     struct StoredEntry {
-        Address recipient;
-        std::uint32_t message = 0;  // index into PlanOutbox::messages
+        std::uint32_t target = 0;       // offset into PlanOutbox::targets
+        std::uint32_t target_size = 0;
+        std::uint16_t connection = 0;   // index into connections_
+        bool is_user = false;
         OutboxState state = OutboxState::pending;
+        std::uint32_t message = 0;  // index into PlanOutbox::messages
         std::int32_t attempts = 0;
-        std::string sent_message_id;
-        std::string error;
         std::int64_t created_ms = 0;
         std::uint64_t sequence = 0;  // insertion order over the whole outbox, the tie-break for "oldest first"
+        std::string sent_message_id;
+        std::string error;
     };
     struct PlanMessage {
         std::string text;
@@ -91,12 +97,20 @@ private:
     struct PlanOutbox {
         boost::container::small_vector<PlanMessage, 1> messages;
         boost::container::small_vector<StoredEntry, 1> entries;
+        std::string targets;  // every entry's target, one after another
         // Open addressing over entry positions (position + 1; 0 is empty), a power of two at most half full,
         // covering entries[0, indexed): brought up to date by the first lookup that needs it (update_index), never
         // while the plan has no more than kLinearEntries entries and a scan is cheaper.
         std::vector<std::uint32_t> index;
         std::uint32_t indexed = 0;
-        std::uint32_t next_update = 0;  // the entry after the one outbox_update last found
+        std::uint32_t next_find = 0;  // the entry after the one last found
+    };
+    // An address as entries hold it, for looking one up.
+    struct Recipient {
+        std::uint16_t connection = 0;
+        bool is_user = false;
+        std::string_view target;
+        [[nodiscard]] std::uint64_t hash() const noexcept;
     };
     static constexpr std::size_t kLinearEntries = 8;
     static constexpr std::uint32_t kPlanChunkBits = 8;  // plans per chunk: 256
@@ -116,10 +130,16 @@ private:
     }
     PlanOutbox* find_plan(std::string_view plan_id);
     PlanOutbox& plan_for(std::string_view plan_id);
-    static StoredEntry* find_entry(PlanOutbox& plan, const Address& recipient);
+    static StoredEntry* find_entry(PlanOutbox& plan, const Recipient& recipient);
     static void update_index(PlanOutbox& plan);
-
-    static OutboxEntry to_entry(const std::string& plan_id, const PlanOutbox& plan, const StoredEntry& stored);
+    static bool matches(const PlanOutbox& plan, const StoredEntry& stored, const Recipient& recipient) noexcept;
+    static std::string_view target_of(const PlanOutbox& plan, const StoredEntry& stored) noexcept;
+    std::optional<Recipient> find_recipient(const Address& address) const;
+    Recipient recipient_for(const Address& address);
+    bool update_entry(PlanOutbox* plan, const Address& address, OutboxState state, std::int32_t attempts,
+                      std::string_view sent_message_id, std::string_view error);
+    static Result<void> not_found(std::string_view plan_id, const Address& recipient);
+    OutboxEntry to_entry(const std::string& plan_id, const PlanOutbox& plan, const StoredEntry& stored) const;
 
     std::mutex mutex_;
     std::string key_;
@@ -131,6 +151,7 @@ private:
     std::vector<std::unique_ptr<PlanOutbox[]>> plan_chunks_;
     std::uint32_t plan_count_ = 0;
     std::uint64_t outbox_sequence_ = 0;
+    std::vector<std::string> connections_;  // the connection names of outbox entries, numbered
     Channel* last_channel_ = nullptr;  // the channel of the last committed message (channels are never erased)
 };
 
