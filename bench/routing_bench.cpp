@@ -536,6 +536,44 @@ bool route_private_batch(benchmark::State& state, Store& store, Stack& stack, co
     return true;
 }
 
+// (a) for the route/private figures: the same batches, and per message what the host builds whatever routes it (the
+// copy of the message it commits, the envelope with its key, the staged outbox entry) moved into vectors.
+void route_private_baseline(benchmark::State& state) {
+    PrivateBatch batch;
+    std::vector<ProcessedMessage> durable;
+    std::vector<Envelope> envelopes;
+    durable.reserve(kSinkVectorSize);
+    envelopes.reserve(kSinkVectorSize);
+    std::uint64_t sequence = 0;
+    const std::int64_t now = system_ms();
+    for (auto _ : state) {
+        state.PauseTiming();
+        batch.fill(sequence, now);
+        state.ResumeTiming();
+        for (std::size_t i = 0; i < batch.inbound.size(); ++i) {
+            const Message& m = batch.inbound[i];
+            Envelope& envelope = envelopes.emplace_back();
+            envelope.kind = MessageKind::private_message;
+            envelope.target = batch.targets[i % kPrivateTargets];
+            envelope.text = m.text;
+            envelope.idempotency_key = m.connection + "/" + m.channel + "/" + m.id + "#forward.0";
+            ProcessedMessage& p = durable.emplace_back();
+            p.message = m;
+            OutboxEntry& entry = p.outbox.emplace_back();
+            entry.plan_id = envelope.idempotency_key;
+            entry.recipient = Address::user(kConnection, m.author.id);
+            entry.text = envelope.text;
+            entry.created_ms = now;
+        }
+        if (durable.size() >= kSinkVectorSize) {
+            durable.clear();
+            envelopes.clear();
+        }
+    }
+    benchmark::DoNotOptimize(durable.data());
+    state.SetItemsProcessed(state.iterations() * static_cast<std::int64_t>(kInboundBatch));
+}
+
 // (b) and (c): private routing the host's way, with the memory store or the sqlite store (message_log on or off).
 template <class MakeStore>
 void route_private(benchmark::State& state, MakeStore make_store) {
@@ -653,6 +691,7 @@ void cached_group(benchmark::State& state) {
 
 BENCHMARK(private_baseline)->Name("private/baseline")->Iterations(scaled(1'000'000))->UseRealTime();
 BENCHMARK(private_memory)->Name("private/memory")->Iterations(scaled(500'000))->UseRealTime();
+BENCHMARK(route_private_baseline)->Name("route/private/baseline")->Iterations(scaled(2000))->UseRealTime();
 BENCHMARK(route_private_memory)->Name("route/private/memory")->Iterations(scaled(2000))->UseRealTime();
 BENCHMARK(route_private_sqlite)->Name("route/private/sqlite")->ArgName("message_log")->Arg(1)->Arg(0)
     ->Iterations(scaled(400))->UseRealTime();
