@@ -114,6 +114,8 @@ TEST_CASE("the redis store forgets a processed message once the dedup window has
                                     processed(make_message("#ops", "new", now))}));
         CHECK_FALSE(ok(store.is_processed({"irc", "#ops", "old"})));
         CHECK(ok(store.is_processed({"irc", "#ops", "new"})));
+        const std::vector batch{make_message("#ops", "old", now - 60'000), make_message("#ops", "new", now)};
+        CHECK(ok(store.are_processed(batch)) == std::vector<bool>{false, true});
         CHECK(ids(ok(store.messages("irc", "#ops", 0, now + 1, 10))) == std::vector<std::string>{"new"});
         CHECK(ok(store.cursor("irc", "#ops")) == Cursor{"new", now});
     }
