@@ -255,6 +255,17 @@ void private_memory(benchmark::State& state) {
 
 // ---- inbound messages made durable, then their replies ----------------------------------------------------------
 
+// Inbound message number @p n: from channel room-(n % 8), by user-(n % 1024).
+void fill_message(Message& m, std::uint64_t n, std::int64_t now_ms, MessageKind kind) {
+    m.id = message_id(n);
+    m.connection = kConnection;
+    m.channel = channel_id(n % kChannels);
+    m.author = Author{user_id(n % kPrivateTargets), user_name(n % kPrivateTargets), false};
+    m.text = kText;
+    m.timestamp_ms = now_ms;
+    m.kind = kind;
+}
+
 // One batch of inbound messages as the pipeline commits them: each with its dedup key and cursor (from the
 // message) and the echo reply it produced (an outbox entry, as host/pipeline.cpp stages it), and the reply's plan.
 struct InboundBatch {
@@ -268,13 +279,7 @@ struct InboundBatch {
             const std::uint64_t n = sequence++;
             ProcessedMessage& p = processed.emplace_back();
             Message& m = p.message;
-            m.id = message_id(n);
-            m.connection = kConnection;
-            m.channel = channel_id(n % kChannels);
-            m.author = Author{user_id(n % kPrivateTargets), user_name(n % kPrivateTargets), false};
-            m.text = kText;
-            m.timestamp_ms = now_ms;
-            m.kind = MessageKind::group;
+            fill_message(m, n, now_ms, MessageKind::group);
 
             OutboxEntry& entry = p.outbox.emplace_back();
             entry.plan_id = m.connection + "/" + m.channel + "/" + m.id + "#echo.0";
@@ -476,14 +481,7 @@ struct PrivateBatch {
         inbound.clear();
         for (std::size_t i = 0; i < kInboundBatch; ++i) {
             const std::uint64_t n = sequence++;
-            Message& m = inbound.emplace_back();
-            m.id = message_id(n);
-            m.connection = kConnection;
-            m.channel = channel_id(n % kChannels);
-            m.author = Author{user_id(n % kPrivateTargets), user_name(n % kPrivateTargets), false};
-            m.text = kText;
-            m.timestamp_ms = now_ms;
-            m.kind = MessageKind::private_message;
+            fill_message(inbound.emplace_back(), n, now_ms, MessageKind::private_message);
         }
     }
 };
