@@ -13,8 +13,10 @@
 #include <iterator>
 #include <limits>
 #include <mutex>
+#include <set>
 #include <string_view>
 #include <system_error>
+#include <unordered_map>
 #include <utility>
 
 namespace switchboard::stores {
@@ -91,6 +93,57 @@ CREATE TABLE messages (
     raw           TEXT NOT NULL
 );
 CREATE INDEX messages_by_channel_time ON messages (connection, channel, timestamp_ms);
+)sql"},
+    // Every row a commit writes costs a B-tree insert per index, and on this kind of machine each one is
+    // microseconds: the dedup key shrinks to (channel number, message id), and the outbox loses its text primary
+    // key as the row's address (updates go by rowid) and its partial index of pending entries (the store keeps the
+    // pending entries' rowids in memory, and `store_meta.outbox_pending_from` bounds the scan that finds them).
+    Migration{2, "dedup keyed by channel number; outbox rows addressed by rowid, no pending index", R"sql(
+CREATE TABLE channels (
+    id         INTEGER PRIMARY KEY,
+    connection TEXT NOT NULL,
+    channel    TEXT NOT NULL,
+    UNIQUE (connection, channel)
+);
+INSERT INTO channels (connection, channel) SELECT DISTINCT connection, channel FROM dedup ORDER BY 1, 2;
+
+CREATE TABLE dedup_v2 (
+    channel      INTEGER NOT NULL,
+    message_id   TEXT NOT NULL,
+    timestamp_ms INTEGER NOT NULL,
+    PRIMARY KEY (channel, message_id)
+) WITHOUT ROWID;
+INSERT INTO dedup_v2 (channel, message_id, timestamp_ms)
+    SELECT c.id, d.message_id, d.timestamp_ms
+    FROM dedup d JOIN channels c ON c.connection = d.connection AND c.channel = d.channel;
+DROP TABLE dedup;
+ALTER TABLE dedup_v2 RENAME TO dedup;
+
+CREATE TABLE outbox_v2 (
+    id              INTEGER PRIMARY KEY,
+    plan_id         TEXT NOT NULL,
+    recipient       TEXT NOT NULL,
+    text            TEXT NOT NULL,
+    reply_to        TEXT,
+    state           TEXT NOT NULL,
+    sent_message_id TEXT NOT NULL DEFAULT '',
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    error           TEXT NOT NULL DEFAULT '',
+    created_ms      INTEGER NOT NULL,
+    UNIQUE (plan_id, recipient)
+);
+INSERT INTO outbox_v2 (plan_id, recipient, text, reply_to, state, sent_message_id, attempts, error, created_ms)
+    SELECT plan_id, recipient, text, reply_to, state, sent_message_id, attempts, error, created_ms
+    FROM outbox ORDER BY rowid;
+DROP TABLE outbox;
+ALTER TABLE outbox_v2 RENAME TO outbox;
+
+CREATE TABLE store_meta (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT INTO store_meta (key, value) VALUES ('outbox_pending_from',
+    coalesce((SELECT min(id) FROM outbox WHERE state = 'pending'), (SELECT coalesce(max(id), 0) + 1 FROM outbox)));
 )sql"},
 };
 static_assert(kMigrations.back().version == SqliteStore::kSchemaVersion,
@@ -269,7 +322,9 @@ struct SqliteStore::Impl {
         : path(prepare_path(std::move(file))),
           message_log(options.message_log),
           lock(path),
-          db(open_database(path, options)) {}
+          db(open_database(path, options)) {
+        load_pending();
+    }
 
     // Turns a failure of a runtime call into a value naming the file, what was being done and what to do.
     [[nodiscard]] Error runtime_error(std::string_view what, const SQLite::Exception& e) {
@@ -307,6 +362,9 @@ struct SqliteStore::Impl {
         if (sqlite3_get_autocommit(db.getHandle()) == 0) {
             sqlite3_exec(db.getHandle(), "ROLLBACK", nullptr, nullptr, nullptr);
         }
+        // The caches may hold what the rolled-back transaction wrote: read them again from the file.
+        channel_ids.clear();
+        pending_stale = true;
     }
 
     // Runs @p body under the connection's mutex; SQLite exceptions never leave the store.
@@ -314,6 +372,7 @@ struct SqliteStore::Impl {
     auto guarded(std::string_view what, Body&& body) -> decltype(body()) {
         std::lock_guard guard(mutex);
         try {
+            if (pending_stale) load_pending();
             return body();
         } catch (const SQLite::Exception& e) {
             return runtime_error(what, e);
@@ -349,6 +408,78 @@ struct SqliteStore::Impl {
         text.append(address.target);
     }
 
+    // The channel number of (@p connection, @p channel), which keys its dedup entries; with @p create, a channel
+    // seen for the first time is numbered (in the caller's transaction), else it has none.
+    std::optional<std::int64_t> channel_id(const std::string& connection, const std::string& channel, bool create) {
+        channel_key.assign(connection);
+        channel_key.push_back('\0');
+        channel_key.append(channel);
+        if (const auto it = channel_ids.find(channel_key); it != channel_ids.end()) return it->second;
+        auto& find = fresh(channel_find);
+        find.bindNoCopy(1, connection);
+        find.bindNoCopy(2, channel);
+        std::int64_t id = 0;
+        if (find.executeStep()) {
+            id = find.getColumn(0).getInt64();
+            find.tryReset();
+        } else if (create) {
+            auto& insert = fresh(channel_insert);
+            insert.bindNoCopy(1, connection);
+            insert.bindNoCopy(2, channel);
+            insert.exec();
+            id = db.getLastInsertRowid();
+        } else {
+            return std::nullopt;
+        }
+        channel_ids.emplace(channel_key, id);
+        return id;
+    }
+
+    // plan_id NUL recipient: the key of a pending entry's rowid.
+    static void entry_key(const std::string& plan_id, const std::string& recipient, std::string& key) {
+        key.assign(plan_id);
+        key.push_back('\0');
+        key.append(recipient);
+    }
+
+    void note_pending(const std::string& key, std::int64_t id) {
+        pending_ids.insert_or_assign(key, id);
+        pending_order.insert(id);
+    }
+
+    // Reads the rowids of the pending entries, from the first rowid that may be pending on.
+    void load_pending() {
+        pending_ids.clear();
+        pending_order.clear();
+        auto& from = fresh(meta_get);
+        from.bind(1, kPendingFrom);
+        const std::int64_t first = from.executeStep() ? from.getColumn(0).getInt64() : 0;
+        pending_from = first;
+        auto& last = fresh(outbox_last_id);
+        last.executeStep();
+        last_outbox_id = last.getColumn(0).getInt64();
+        auto& scan = fresh(outbox_pending_ids);
+        scan.bind(1, static_cast<std::int64_t>(first));
+        std::string key;
+        while (scan.executeStep()) {
+            entry_key(scan.getColumn(1).getString(), scan.getColumn(2).getString(), key);
+            note_pending(key, scan.getColumn(0).getInt64());
+        }
+        pending_stale = false;
+    }
+
+    // Moves `outbox_pending_from` up to the first pending rowid (or past the last row), in the caller's transaction.
+    void advance_pending_from() {
+        const std::int64_t first = pending_order.empty() ? last_outbox_id + 1 : *pending_order.begin();
+        if (first == pending_from) return;
+        auto& put = fresh(meta_advance_pending_from);
+        put.bind(1, first);
+        put.exec();
+        auto& get = fresh(meta_get);
+        get.bind(1, kPendingFrom);
+        if (get.executeStep()) pending_from = get.getColumn(0).getInt64();
+    }
+
     void add_outbox_entry(const OutboxEntry& entry) {
         auto& insert = fresh(outbox_insert);
         address_text(entry.recipient, recipient_text);
@@ -365,7 +496,47 @@ struct SqliteStore::Impl {
         insert.bind(7, entry.attempts);
         insert.bindNoCopy(8, entry.error);
         insert.bind(9, static_cast<std::int64_t>(entry.created_ms));
-        insert.exec();
+        if (insert.exec() == 0) return;  // kept the existing entry
+        last_outbox_id = db.getLastInsertRowid();
+        if (entry.state != OutboxState::pending) return;
+        entry_key(entry.plan_id, recipient_text, pending_key);
+        note_pending(pending_key, last_outbox_id);
+    }
+
+    // Writes @p entry's state; false if the outbox has no such entry.
+    bool update_outbox_entry(const OutboxEntry& entry) {
+        address_text(entry.recipient, recipient_text);
+        entry_key(entry.plan_id, recipient_text, pending_key);
+        const auto known = pending_ids.find(pending_key);
+        const bool pending = entry.state == OutboxState::pending;
+        if (known != pending_ids.end()) {
+            auto& update = fresh(outbox_set_by_id);
+            update.bind(1, known->second);
+            bind_outbox_state(update, entry);
+            if (update.exec() == 0) return false;
+            if (!pending) {
+                pending_order.erase(known->second);
+                pending_ids.erase(known);
+            }
+            return true;
+        }
+        auto& update = fresh(outbox_set_by_key);
+        update.bindNoCopy(1, entry.plan_id);
+        update.bindNoCopy(2, recipient_text);
+        bind_outbox_state(update, entry);
+        if (!update.executeStep()) return false;
+        const std::int64_t id = update.getColumn(0).getInt64();
+        update.tryReset();                           // a statement still stepping would keep COMMIT from finishing
+        if (pending) note_pending(pending_key, id);  // back to pending
+        return true;
+    }
+
+    // ?3 state, ?4 sent message id, ?5 attempts, ?6 error.
+    static void bind_outbox_state(SQLite::Statement& statement, const OutboxEntry& entry) {
+        statement.bindNoCopy(3, to_string(entry.state).data());  // a string literal
+        statement.bindNoCopy(4, entry.sent_message_id);
+        statement.bind(5, entry.attempts);
+        statement.bindNoCopy(6, entry.error);
     }
 
     void log_message(const Message& message) {
@@ -432,10 +603,12 @@ struct SqliteStore::Impl {
 
     SQLite::Statement begin{db, "BEGIN IMMEDIATE"};
     SQLite::Statement commit{db, "COMMIT"};
+    SQLite::Statement channel_find{db, "SELECT id FROM channels WHERE connection = ?1 AND channel = ?2"};
+    SQLite::Statement channel_insert{db, "INSERT INTO channels (connection, channel) VALUES (?1, ?2)"};
     SQLite::Statement dedup_insert{db,
-                                   "INSERT OR IGNORE INTO dedup (connection, channel, message_id, timestamp_ms) "
-                                   "VALUES (?1, ?2, ?3, ?4)"};
-    SQLite::Statement dedup_find{db, "SELECT 1 FROM dedup WHERE connection = ?1 AND channel = ?2 AND message_id = ?3"};
+                                   "INSERT OR IGNORE INTO dedup (channel, message_id, timestamp_ms) "
+                                   "VALUES (?1, ?2, ?3)"};
+    SQLite::Statement dedup_find{db, "SELECT 1 FROM dedup WHERE channel = ?1 AND message_id = ?2"};
     SQLite::Statement cursor_upsert{db,
                                     "INSERT INTO cursors (connection, channel, message_id, timestamp_ms) "
                                     "VALUES (?1, ?2, ?3, ?4) ON CONFLICT (connection, channel) DO UPDATE SET "
@@ -461,16 +634,29 @@ struct SqliteStore::Impl {
                                     "INSERT INTO outbox (plan_id, recipient, text, reply_to, state, sent_message_id, "
                                     "attempts, error, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) "
                                     "ON CONFLICT (plan_id, recipient) DO NOTHING"};
-    SQLite::Statement outbox_set{db,
-                                 "UPDATE outbox SET state = ?3, sent_message_id = ?4, attempts = ?5, error = ?6 "
-                                 "WHERE plan_id = ?1 AND recipient = ?2"};
+    SQLite::Statement outbox_set_by_id{db,
+                                       "UPDATE outbox SET state = ?3, sent_message_id = ?4, attempts = ?5, "
+                                       "error = ?6 WHERE id = ?1"};
+    SQLite::Statement outbox_set_by_key{db,
+                                        "UPDATE outbox SET state = ?3, sent_message_id = ?4, attempts = ?5, "
+                                        "error = ?6 WHERE plan_id = ?1 AND recipient = ?2 RETURNING id"};
     SQLite::Statement outbox_pending{db,
                                      "SELECT plan_id, recipient, text, reply_to, state, sent_message_id, attempts, "
-                                     "error, created_ms FROM outbox WHERE state = 'pending' "
-                                     "ORDER BY created_ms, rowid"};
+                                     "error, created_ms FROM outbox WHERE id >= ?1 AND state = 'pending' "
+                                     "ORDER BY created_ms, id"};
+    SQLite::Statement outbox_pending_ids{db,
+                                         "SELECT id, plan_id, recipient FROM outbox "
+                                         "WHERE id >= ?1 AND state = 'pending'"};
     SQLite::Statement outbox_plan{db,
                                   "SELECT plan_id, recipient, text, reply_to, state, sent_message_id, attempts, "
-                                  "error, created_ms FROM outbox WHERE plan_id = ?1 ORDER BY rowid"};
+                                  "error, created_ms FROM outbox WHERE plan_id = ?1 ORDER BY id"};
+    // Never past a row that exists: a rowid below it is never handed out again.
+    SQLite::Statement meta_advance_pending_from{
+        db,
+        "UPDATE store_meta SET value = min(?1, (SELECT coalesce(max(id), 0) + 1 FROM outbox)) "
+        "WHERE key = 'outbox_pending_from'"};
+    SQLite::Statement meta_get{db, "SELECT value FROM store_meta WHERE key = ?1"};
+    SQLite::Statement outbox_last_id{db, "SELECT coalesce(max(id), 0) FROM outbox"};
     SQLite::Statement log_insert{db,
                                  "INSERT INTO messages (connection, channel, id, author_id, author_name, "
                                  "author_is_bot, text, timestamp_ms, kind, reply_to, recovered, raw) "
@@ -483,9 +669,22 @@ struct SqliteStore::Impl {
     SQLite::Statement prune_dedup{db, "DELETE FROM dedup WHERE timestamp_ms < ?1"};
     SQLite::Statement prune_log{db, "DELETE FROM messages WHERE timestamp_ms < ?1"};
 
+    static constexpr const char* kPendingFrom = "outbox_pending_from";
+
     std::mutex mutex;
+    // Caches of what the file holds, read again after a rollback. Both stay small: one number per channel, and the
+    // rowids of the entries still pending (what a restart would send), never the whole outbox or ledger.
+    std::unordered_map<std::string, std::int64_t> channel_ids;  // connection NUL channel -> channels.id
+    std::unordered_map<std::string, std::int64_t> pending_ids;  // plan_id NUL recipient -> outbox.id
+    std::set<std::int64_t> pending_order;                       // the same rowids, in order
+    std::int64_t pending_from = 0;                              // store_meta.outbox_pending_from as stored
+    std::int64_t last_outbox_id = 0;                            // the largest rowid of the outbox
+    bool pending_stale = false;
+
     std::vector<const Message*> cursor_moves;  // scratch for commit(): the newest message per channel
     std::string recipient_text;                // scratch: the recipient column of the outbox entry being written
+    std::string channel_key;                   // scratch: a key of channel_ids
+    std::string pending_key;                   // scratch: a key of pending_ids
 };
 
 const ConfigSchema& SqliteStore::config_schema() {
@@ -570,10 +769,11 @@ const std::filesystem::path& SqliteStore::path() const noexcept { return impl_->
 
 Result<bool> SqliteStore::is_processed(const MessageKey& key) {
     return impl_->guarded("checking the dedup ledger", [&]() -> Result<bool> {
+        const auto channel = impl_->channel_id(key.connection, key.channel, false);
+        if (!channel) return false;
         auto& find = Impl::fresh(impl_->dedup_find);
-        find.bindNoCopy(1, key.connection);
-        find.bindNoCopy(2, key.channel);
-        find.bindNoCopy(3, key.message_id);
+        find.bind(1, *channel);
+        find.bindNoCopy(2, key.message_id);
         return find.executeStep();
     });
 }
@@ -587,11 +787,11 @@ Result<void> SqliteStore::commit(std::span<const ProcessedMessage> batch) {
         moves.clear();
         for (const ProcessedMessage& item : batch) {
             const Message& message = item.message;
+            const std::int64_t channel = *s.channel_id(message.connection, message.channel, true);
             auto& dedup = Impl::fresh(s.dedup_insert);
-            dedup.bindNoCopy(1, message.connection);
-            dedup.bindNoCopy(2, message.channel);
-            dedup.bindNoCopy(3, message.id);
-            dedup.bind(4, static_cast<std::int64_t>(message.timestamp_ms));
+            dedup.bind(1, channel);
+            dedup.bindNoCopy(2, message.id);
+            dedup.bind(3, static_cast<std::int64_t>(message.timestamp_ms));
             if (dedup.exec() == 0) continue;  // already processed: a retried batch or a recovered overlap
 
             // Cursors move once per channel per batch, to the newest message seen in batch order; the upsert's
@@ -705,18 +905,10 @@ Result<void> SqliteStore::outbox_update(std::span<const OutboxEntry> entries) {
         Impl& s = *impl_;
         Impl::fresh(s.begin).exec();
         const OutboxEntry* missing = nullptr;
-        std::string& recipient = s.recipient_text;
         for (const OutboxEntry& entry : entries) {
-            s.address_text(entry.recipient, recipient);
-            auto& update = Impl::fresh(s.outbox_set);
-            update.bindNoCopy(1, entry.plan_id);
-            update.bindNoCopy(2, recipient);
-            update.bindNoCopy(3, to_string(entry.state).data());  // a string literal
-            update.bindNoCopy(4, entry.sent_message_id);
-            update.bind(5, entry.attempts);
-            update.bindNoCopy(6, entry.error);
-            if (update.exec() == 0 && missing == nullptr) missing = &entry;
+            if (!s.update_outbox_entry(entry) && missing == nullptr) missing = &entry;
         }
+        s.advance_pending_from();
         Impl::fresh(s.commit).exec();
         if (missing != nullptr) {
             return fail("outbox_entry_not_found", "no outbox entry for plan '" + missing->plan_id +
@@ -729,7 +921,9 @@ Result<void> SqliteStore::outbox_update(std::span<const OutboxEntry> entries) {
 
 Result<std::vector<OutboxEntry>> SqliteStore::outbox_pending() {
     return impl_->guarded("listing pending outbox entries", [&]() -> Result<std::vector<OutboxEntry>> {
-        return impl_->read_outbox_entries(Impl::fresh(impl_->outbox_pending));
+        auto& query = Impl::fresh(impl_->outbox_pending);
+        query.bind(1, impl_->pending_from);
+        return impl_->read_outbox_entries(query);
     });
 }
 

@@ -204,6 +204,148 @@ TEST_CASE("the sqlite store with message_log off still deduplicates, moves curso
     CHECK(ok(store.messages("irc", "#ops", 0, 1000, 10)).empty());
 }
 
+// The schema of version 1 as it shipped, with a row in every table: what a store written by the previous release
+// holds when this one opens it.
+constexpr const char* kVersion1File = R"sql(
+CREATE TABLE dedup (connection TEXT NOT NULL, channel TEXT NOT NULL, message_id TEXT NOT NULL,
+    timestamp_ms INTEGER NOT NULL, PRIMARY KEY (connection, channel, message_id)) WITHOUT ROWID;
+CREATE TABLE cursors (connection TEXT NOT NULL, channel TEXT NOT NULL, message_id TEXT NOT NULL,
+    timestamp_ms INTEGER NOT NULL, PRIMARY KEY (connection, channel)) WITHOUT ROWID;
+CREATE TABLE connection_state (connection TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+    PRIMARY KEY (connection, key)) WITHOUT ROWID;
+CREATE TABLE outbox (plan_id TEXT NOT NULL, recipient TEXT NOT NULL, text TEXT NOT NULL, reply_to TEXT,
+    state TEXT NOT NULL, sent_message_id TEXT NOT NULL DEFAULT '', attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT NOT NULL DEFAULT '', created_ms INTEGER NOT NULL, PRIMARY KEY (plan_id, recipient));
+CREATE INDEX outbox_pending ON outbox (created_ms) WHERE state = 'pending';
+CREATE TABLE kv (space TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (space, key))
+    WITHOUT ROWID;
+CREATE TABLE messages (connection TEXT NOT NULL, channel TEXT NOT NULL, id TEXT NOT NULL, author_id TEXT NOT NULL,
+    author_name TEXT NOT NULL, author_is_bot INTEGER NOT NULL, text TEXT NOT NULL, timestamp_ms INTEGER NOT NULL,
+    kind TEXT NOT NULL, reply_to TEXT, recovered INTEGER NOT NULL, raw TEXT NOT NULL);
+CREATE INDEX messages_by_channel_time ON messages (connection, channel, timestamp_ms);
+
+INSERT INTO dedup VALUES ('irc', '#ops', 'm1', 100), ('irc', '#ops', 'm2', 200), ('irc', '#dev', 'd1', 150),
+    ('tg', '#ops', 't1', 300);
+INSERT INTO cursors VALUES ('irc', '#ops', 'm2', 200), ('irc', '#dev', 'd1', 150), ('tg', '#ops', 't1', 300);
+INSERT INTO connection_state VALUES ('tg', 'offset', '42');
+INSERT INTO outbox (plan_id, recipient, text, reply_to, state, sent_message_id, attempts, error, created_ms) VALUES
+    ('plan-b', 'irc/#ops', 'second', NULL, 'pending', '', 0, '', 200),
+    ('plan-a', 'irc/#ops', 'first', 'm1', 'sent', 'x-1', 1, '', 100),
+    ('plan-a', 'irc/@alice', 'first', 'm1', 'pending', '', 2, 'rate_limited', 100),
+    ('plan-c', 'irc/#dev', 'third', NULL, 'failed', '', 3, 'gone', 300);
+INSERT INTO kv VALUES ('echo', 'count', '7');
+INSERT INTO messages VALUES ('irc', '#ops', 'm1', 'u1', 'User 1', 0, 'hello', 100, 'group', NULL, 0, '{}'),
+    ('irc', '#ops', 'm2', 'u2', 'User 2', 1, 'again', 200, 'group', 'm1', 1, '');
+PRAGMA user_version = 1;
+)sql";
+
+TEST_CASE("the sqlite store migrates a version 1 file and keeps everything in it") {
+    TempDir dir;
+    const auto path = dir / "store.db";
+    {
+        SQLite::Database db(path.string(), SQLite::OPEN_READWRITE | SQLite::OPEN_CREATE);
+        db.exec("PRAGMA journal_mode = WAL");
+        db.exec(kVersion1File);
+    }
+    REQUIRE(user_version(path) == 1);
+
+    SqliteStore store(path);
+    CHECK(user_version(path) == SqliteStore::kSchemaVersion);
+
+    SECTION("the ledger, cursors, state and key-value entries") {
+        for (const MessageKey& key : {MessageKey{"irc", "#ops", "m1"}, MessageKey{"irc", "#ops", "m2"},
+                                      MessageKey{"irc", "#dev", "d1"}, MessageKey{"tg", "#ops", "t1"}}) {
+            CHECK(ok(store.is_processed(key)));
+        }
+        CHECK_FALSE(ok(store.is_processed({"irc", "#ops", "d1"})));
+        CHECK_FALSE(ok(store.is_processed({"irc", "#new", "m1"})));
+        CHECK(ok(store.cursor("irc", "#ops")) == Cursor{"m2", 200});
+        CHECK(ok(store.cursors("")).size() == 3);
+        CHECK(ok(store.connection_state("tg", "offset")) == "42");
+        CHECK(ok(store.get_value("echo", "count")) == "7");
+    }
+    SECTION("the message log") {
+        const auto logged = ok(store.messages("irc", "#ops", 0, 1000, 10));
+        REQUIRE(ids(logged) == std::vector<std::string>{"m1", "m2"});
+        CHECK(logged[1].author.is_bot);
+        CHECK(logged[1].reply_to == "m1");
+        CHECK(logged[1].recovered);
+    }
+    SECTION("the outbox, its pending entries oldest first") {
+        const auto pending = ok(store.outbox_pending());
+        REQUIRE(pending.size() == 2);
+        CHECK(pending[0].plan_id == "plan-a");
+        CHECK(pending[0].recipient == Address::user("irc", "alice"));
+        CHECK(pending[0].attempts == 2);
+        CHECK(pending[0].error == "rate_limited");
+        CHECK(pending[1].plan_id == "plan-b");
+        const auto plan = ok(store.outbox_plan("plan-a"));
+        REQUIRE(plan.size() == 2);
+        CHECK(plan[0].state == OutboxState::sent);
+        CHECK(plan[0].sent_message_id == "x-1");
+        CHECK(plan[0].reply_to == "m1");
+        CHECK(ok(store.outbox_plan("plan-c")).front().state == OutboxState::failed);
+    }
+    SECTION("a migrated message is not committed again; new ones are") {
+        ok(store.commit(
+            std::vector{processed(make_message("#ops", "m1", 500), {}, {outbox_entry("plan-x", "#ops", 500)}),
+                        processed(make_message("#ops", "m3", 400))}));
+        CHECK(ok(store.cursor("irc", "#ops")) == Cursor{"m3", 400});
+        CHECK(ok(store.outbox_plan("plan-x")).empty());
+        CHECK(ids(ok(store.messages("irc", "#ops", 0, 1000, 10))) == std::vector<std::string>{"m1", "m2", "m3"});
+        CHECK(ok(store.prune(250)) == 3);
+        CHECK_FALSE(ok(store.is_processed({"irc", "#ops", "m1"})));
+        CHECK(ok(store.is_processed({"irc", "#ops", "m3"})));
+        CHECK(ok(store.is_processed({"tg", "#ops", "t1"})));
+    }
+    SECTION("migrated outbox entries are updated, kept when added again, and found after a restart") {
+        OutboxEntry done = outbox_entry("plan-b", "#ops", 0);
+        done.state = OutboxState::sent;
+        done.attempts = 1;
+        ok(store.outbox_update(std::vector{done}));
+        OutboxEntry again = outbox_entry("plan-a", "#ops", 900);
+        ok(store.outbox_add(std::vector{again}));
+        CHECK(ok(store.outbox_plan("plan-a")).front().state == OutboxState::sent);
+        const auto pending = ok(store.outbox_pending());
+        REQUIRE(pending.size() == 1);
+        CHECK(pending[0].plan_id == "plan-a");
+    }
+}
+
+TEST_CASE("the sqlite store finds every pending outbox entry after a restart, however the outbox was updated") {
+    TempDir dir;
+    const auto path = dir / "store.db";
+    auto entry = [](const std::string& plan, OutboxState state) {
+        OutboxEntry e = outbox_entry(plan, "#ops", 100);
+        e.state = state;
+        return e;
+    };
+    {
+        SqliteStore store(path);
+        ok(store.outbox_add(std::vector{entry("p1", OutboxState::pending), entry("p2", OutboxState::pending),
+                                        entry("p3", OutboxState::sent), entry("p4", OutboxState::pending)}));
+        ok(store.outbox_update(std::vector{entry("p1", OutboxState::sent), entry("p4", OutboxState::failed)}));
+        // Only p2 is pending now; then p3 goes back to pending, after p2.
+        ok(store.outbox_update(std::vector{entry("p3", OutboxState::pending)}));
+        ok(store.outbox_add(std::vector{entry("p5", OutboxState::pending)}));
+        ok(store.outbox_update(std::vector{entry("p2", OutboxState::sent)}));
+    }
+    {
+        SqliteStore store(path);
+        const auto pending = ok(store.outbox_pending());
+        std::vector<std::string> plans;
+        for (const OutboxEntry& e : pending) plans.push_back(e.plan_id);
+        CHECK(plans == std::vector<std::string>{"p3", "p5"});
+        ok(store.outbox_update(std::vector{entry("p3", OutboxState::sent), entry("p5", OutboxState::sent)}));
+        CHECK(ok(store.outbox_pending()).empty());
+        ok(store.outbox_add(std::vector{entry("p6", OutboxState::pending)}));
+    }
+    SqliteStore store(path);
+    const auto pending = ok(store.outbox_pending());
+    REQUIRE(pending.size() == 1);
+    CHECK(pending[0].plan_id == "p6");
+}
+
 // Not run by default: `store_tests "[.bench]"` prints messages committed per second by each store.
 TEMPLATE_TEST_CASE("store commit throughput", "[.bench]", MemoryStoreFactory, SqliteStoreFactory) {
     TestType factory;
