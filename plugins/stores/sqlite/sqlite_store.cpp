@@ -1,5 +1,7 @@
 #include "sqlite_store.hpp"
 
+#include "block_table.hpp"
+
 #include <SQLiteCpp/SQLiteCpp.h>
 #include <fcntl.h>
 #include <sqlite3.h>
@@ -30,7 +32,10 @@ struct Migration {
     int version;
     const char* summary;
     const char* sql;
+    void (*convert)(SQLite::Database&) = nullptr;  // runs after `sql`, in the same transaction
 };
+
+void convert_to_version_2(SQLite::Database& db);
 
 constexpr std::array kMigrations{
     Migration{1, "initial schema", R"sql(
@@ -94,11 +99,10 @@ CREATE TABLE messages (
 );
 CREATE INDEX messages_by_channel_time ON messages (connection, channel, timestamp_ms);
 )sql"},
-    // Every row a commit writes costs a B-tree insert per index, and on this kind of machine each one is
-    // microseconds: the dedup key shrinks to (channel number, message id), and the outbox loses its text primary
-    // key as the row's address (updates go by rowid) and its partial index of pending entries (the store keeps the
-    // pending entries' rowids in memory, and `store_meta.outbox_pending_from` bounds the scan that finds them).
-    Migration{2, "dedup keyed by channel number; outbox rows addressed by rowid, no pending index", R"sql(
+    // Version 2 packs the dedup ledger and the outbox into blocks of records (block_table.hpp): a batch writes a
+    // few rows per channel instead of several per message. The rows of version 1 are converted by
+    // convert_to_version_2(), in the same transaction.
+    Migration{2, "dedup ledger and outbox packed into blocks of records", R"sql(
 CREATE TABLE channels (
     id         INTEGER PRIMARY KEY,
     connection TEXT NOT NULL,
@@ -107,44 +111,37 @@ CREATE TABLE channels (
 );
 INSERT INTO channels (connection, channel) SELECT DISTINCT connection, channel FROM dedup ORDER BY 1, 2;
 
-CREATE TABLE dedup_v2 (
-    channel      INTEGER NOT NULL,
-    message_id   TEXT NOT NULL,
-    timestamp_ms INTEGER NOT NULL,
-    PRIMARY KEY (channel, message_id)
-) WITHOUT ROWID;
-INSERT INTO dedup_v2 (channel, message_id, timestamp_ms)
-    SELECT c.id, d.message_id, d.timestamp_ms
-    FROM dedup d JOIN channels c ON c.connection = d.connection AND c.channel = d.channel;
-DROP TABLE dedup;
-ALTER TABLE dedup_v2 RENAME TO dedup;
-
-CREATE TABLE outbox_v2 (
-    id              INTEGER PRIMARY KEY,
-    plan_id         TEXT NOT NULL,
-    recipient       TEXT NOT NULL,
-    text            TEXT NOT NULL,
-    reply_to        TEXT,
-    state           TEXT NOT NULL,
-    sent_message_id TEXT NOT NULL DEFAULT '',
-    attempts        INTEGER NOT NULL DEFAULT 0,
-    error           TEXT NOT NULL DEFAULT '',
-    created_ms      INTEGER NOT NULL,
-    UNIQUE (plan_id, recipient)
+-- part: channels.id; a record: message id -> timestamp; summary: the oldest timestamp in the block.
+CREATE TABLE dedup_blocks (
+    id      INTEGER PRIMARY KEY,
+    part    INTEGER NOT NULL,
+    lo      BLOB NOT NULL,
+    hi      BLOB NOT NULL,
+    count   INTEGER NOT NULL,
+    summary INTEGER NOT NULL,
+    records BLOB NOT NULL,
+    UNIQUE (part, lo)
 );
-INSERT INTO outbox_v2 (plan_id, recipient, text, reply_to, state, sent_message_id, attempts, error, created_ms)
-    SELECT plan_id, recipient, text, reply_to, state, sent_message_id, attempts, error, created_ms
-    FROM outbox ORDER BY rowid;
-DROP TABLE outbox;
-ALTER TABLE outbox_v2 RENAME TO outbox;
 
+-- part: 0; a record: (plan id, recipient) -> the entry; summary: how many of the block's entries are pending.
+CREATE TABLE outbox_blocks (
+    id      INTEGER PRIMARY KEY,
+    part    INTEGER NOT NULL,
+    lo      BLOB NOT NULL,
+    hi      BLOB NOT NULL,
+    count   INTEGER NOT NULL,
+    summary INTEGER NOT NULL,
+    records BLOB NOT NULL,
+    UNIQUE (part, lo)
+);
+CREATE INDEX outbox_blocks_pending ON outbox_blocks (summary) WHERE summary > 0;
+
+-- outbox_seq: the sequence number of the last outbox entry added (entries are listed in that order).
 CREATE TABLE store_meta (
     key   TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 ) WITHOUT ROWID;
-INSERT INTO store_meta (key, value) VALUES ('outbox_pending_from',
-    coalesce((SELECT min(id) FROM outbox WHERE state = 'pending'), (SELECT coalesce(max(id), 0) + 1 FROM outbox)));
-)sql"},
+)sql", convert_to_version_2},
 };
 static_assert(kMigrations.back().version == SqliteStore::kSchemaVersion,
               "the last migration step must produce kSchemaVersion");
@@ -280,9 +277,10 @@ SQLite::Database open_database(const std::filesystem::path& path, const SqliteOp
             try {
                 db.exec("BEGIN IMMEDIATE");
                 db.exec(step.sql);
+                if (step.convert != nullptr) step.convert(db);
                 db.exec("PRAGMA user_version = " + std::to_string(step.version));
                 db.exec("COMMIT");
-            } catch (const SQLite::Exception& e) {
+            } catch (const std::exception& e) {
                 if (sqlite3_get_autocommit(db.getHandle()) == 0) sqlite3_exec(db.getHandle(), "ROLLBACK", {}, {}, {});
                 refuse("store_migration_failed", "migrating " + quoted(path) + " from schema version " +
                                                      std::to_string(version) + " to " + std::to_string(step.version) +
@@ -315,6 +313,213 @@ std::optional<std::string> optional_text(const SQLite::Column& column) {
     return column.getString();
 }
 
+// ---- records of the dedup ledger: message id -> timestamp (8 bytes, little-endian) ----
+
+void put_fixed64(std::string& out, std::int64_t value) {
+    auto bits = static_cast<std::uint64_t>(value);
+    for (int i = 0; i < 8; ++i, bits >>= 8) out.push_back(static_cast<char>(bits & 0xff));
+}
+
+std::int64_t get_fixed64(std::string_view in) {
+    std::uint64_t bits = 0;
+    for (std::size_t i = std::min<std::size_t>(in.size(), 8); i-- > 0;) {
+        bits = (bits << 8) | static_cast<unsigned char>(in[i]);
+    }
+    return static_cast<std::int64_t>(bits);
+}
+
+std::int64_t oldest_timestamp(std::span<const BlockTable::Record> records) {
+    std::int64_t oldest = std::numeric_limits<std::int64_t>::max();
+    for (const auto& record : records) oldest = std::min(oldest, get_fixed64(record.value));
+    return oldest;
+}
+
+// ---- records of the outbox ----
+// Key: the plan id with 0x00 and 0x01 escaped (as 0x01 0x01 and 0x01 0x02), a 0x00, then the recipient. Keys of
+// one plan are therefore contiguous: from plan_prefix(plan) up to, not including, plan_end(plan).
+// Value: sequence number and created_ms (8 bytes each), state (1 byte), attempts (varint), then text, reply_to
+// (a flag byte, then the text if set), sent message id and error, each with its length.
+
+constexpr std::size_t kStateOffset = 16;
+
+void append_escaped(std::string& out, std::string_view text) {
+    for (const char c : text) {
+        if (c == '\x00' || c == '\x01') {
+            out.push_back('\x01');
+            out.push_back(static_cast<char>(c + 1));
+        } else {
+            out.push_back(c);
+        }
+    }
+}
+
+std::string plan_prefix(const std::string& plan_id) {
+    std::string key;
+    append_escaped(key, plan_id);
+    key.push_back('\x00');
+    return key;
+}
+
+std::string plan_end(const std::string& plan_id) {
+    std::string key;
+    append_escaped(key, plan_id);
+    key.push_back('\x01');
+    return key;
+}
+
+void outbox_key(const std::string& plan_id, std::string_view recipient, std::string& key) {
+    key.clear();
+    append_escaped(key, plan_id);
+    key.push_back('\x00');
+    key.append(recipient);
+}
+
+char state_byte(OutboxState state) { return static_cast<char>(state); }
+
+void encode_entry(const OutboxEntry& entry, std::int64_t sequence, std::string& value) {
+    value.clear();
+    put_fixed64(value, sequence);
+    put_fixed64(value, entry.created_ms);
+    value.push_back(state_byte(entry.state));
+    put_varint(value, static_cast<std::uint32_t>(entry.attempts));
+    put_text(value, entry.text);
+    value.push_back(entry.reply_to ? '\x01' : '\x00');
+    if (entry.reply_to) put_text(value, *entry.reply_to);
+    put_text(value, entry.sent_message_id);
+    put_text(value, entry.error);
+}
+
+// An outbox entry as stored, with its sequence number.
+struct StoredEntry {
+    std::int64_t sequence = 0;
+    OutboxEntry entry;
+};
+
+std::optional<StoredEntry> decode_entry(std::string_view key, std::string_view value) {
+    StoredEntry stored;
+    OutboxEntry& entry = stored.entry;
+    std::size_t i = 0;
+    for (; i < key.size() && key[i] != '\x00'; ++i) {
+        if (key[i] != '\x01') {
+            entry.plan_id.push_back(key[i]);
+        } else if (++i < key.size()) {
+            entry.plan_id.push_back(static_cast<char>(key[i] - 1));
+        }
+    }
+    if (i >= key.size()) return std::nullopt;
+    auto recipient = Address::parse(std::string(key.substr(i + 1)));
+    if (!recipient || value.size() < kStateOffset + 1) return std::nullopt;
+    entry.recipient = std::move(*recipient);
+    stored.sequence = get_fixed64(value.substr(0, 8));
+    entry.created_ms = get_fixed64(value.substr(8, 8));
+    const auto state = static_cast<unsigned char>(value[kStateOffset]);
+    if (state > static_cast<unsigned char>(OutboxState::withdrawn)) return std::nullopt;
+    entry.state = static_cast<OutboxState>(state);
+    value.remove_prefix(kStateOffset + 1);
+    const auto attempts = get_varint(value);
+    const auto text = get_text(value);
+    if (!attempts || !text || value.empty()) return std::nullopt;
+    entry.attempts = static_cast<std::int32_t>(static_cast<std::uint32_t>(*attempts));
+    entry.text = *text;
+    const bool has_reply_to = value.front() != '\x00';
+    value.remove_prefix(1);
+    if (has_reply_to) {
+        const auto reply_to = get_text(value);
+        if (!reply_to) return std::nullopt;
+        entry.reply_to = std::string(*reply_to);
+    }
+    const auto sent = get_text(value);
+    const auto error = sent ? get_text(value) : std::nullopt;
+    if (!error) return std::nullopt;
+    entry.sent_message_id = *sent;
+    entry.error = *error;
+    return stored;
+}
+
+std::int64_t pending_entries(std::span<const BlockTable::Record> records) {
+    std::int64_t pending = 0;
+    for (const auto& record : records) {
+        if (record.value.size() > kStateOffset && record.value[kStateOffset] == state_byte(OutboxState::pending)) {
+            ++pending;
+        }
+    }
+    return pending;
+}
+
+BlockTable ledger_table(SQLite::Database& db) { return BlockTable(db, "dedup_blocks", oldest_timestamp); }
+BlockTable outbox_table(SQLite::Database& db) { return BlockTable(db, "outbox_blocks", pending_entries); }
+
+std::int64_t read_meta(SQLite::Database& db, const char* key) {
+    SQLite::Statement query(db, "SELECT value FROM store_meta WHERE key = ?1");
+    query.bind(1, key);
+    return query.executeStep() ? query.getColumn(0).getInt64() : 0;
+}
+
+// Version 1 -> 2: the rows of `dedup` and `outbox` become blocks (outbox entries keep their order: their rowid is
+// their sequence number), then the old tables go. Rows are read a chunk at a time, so memory stays bounded.
+void convert_to_version_2(SQLite::Database& db) {
+    constexpr std::size_t kChunk = 4096;
+    std::vector<BlockTable::Record> records;
+    std::vector<bool> inserted;
+    {
+        BlockTable ledger = ledger_table(db);
+        SQLite::Statement rows(db,
+                               "SELECT c.id, d.message_id, d.timestamp_ms FROM dedup d JOIN channels c "
+                               "ON c.connection = d.connection AND c.channel = d.channel ORDER BY c.id, d.message_id");
+        std::int64_t channel = 0;
+        auto flush = [&] {
+            std::sort(records.begin(), records.end(), [](const auto& a, const auto& b) { return a.key < b.key; });
+            ledger.insert(channel, records, inserted);
+            records.clear();
+        };
+        while (rows.executeStep()) {
+            const std::int64_t row_channel = rows.getColumn(0).getInt64();
+            if ((row_channel != channel || records.size() == kChunk) && !records.empty()) flush();
+            channel = row_channel;
+            std::string timestamp;
+            put_fixed64(timestamp, rows.getColumn(2).getInt64());
+            records.push_back({rows.getColumn(1).getString(), std::move(timestamp)});
+        }
+        if (!records.empty()) flush();
+    }
+    {
+        BlockTable outbox = outbox_table(db);
+        SQLite::Statement rows(db,
+                               "SELECT rowid, plan_id, recipient, text, reply_to, state, sent_message_id, attempts, "
+                               "error, created_ms FROM outbox ORDER BY plan_id, recipient");
+        std::int64_t last_sequence = 0;
+        auto flush = [&] {
+            std::sort(records.begin(), records.end(), [](const auto& a, const auto& b) { return a.key < b.key; });
+            outbox.insert(0, records, inserted);
+            records.clear();
+        };
+        while (rows.executeStep()) {
+            OutboxEntry entry;
+            const std::int64_t sequence = rows.getColumn(0).getInt64();
+            entry.text = rows.getColumn(3).getString();
+            entry.reply_to = optional_text(rows.getColumn(4));
+            const std::string state = rows.getColumn(5).getString();
+            const auto parsed = parse_outbox_state(state);
+            if (!parsed) throw std::runtime_error("an outbox entry has the unknown state '" + state + "'");
+            entry.state = *parsed;
+            entry.sent_message_id = rows.getColumn(6).getString();
+            entry.attempts = rows.getColumn(7).getInt();
+            entry.error = rows.getColumn(8).getString();
+            entry.created_ms = rows.getColumn(9).getInt64();
+            BlockTable::Record& record = records.emplace_back();
+            outbox_key(rows.getColumn(1).getString(), rows.getColumn(2).getString(), record.key);
+            encode_entry(entry, sequence, record.value);
+            last_sequence = std::max(last_sequence, sequence);
+            if (records.size() == kChunk) flush();
+        }
+        if (!records.empty()) flush();
+        SQLite::Statement meta(db, "INSERT INTO store_meta (key, value) VALUES ('outbox_seq', ?1)");
+        meta.bind(1, last_sequence);
+        meta.exec();
+    }
+    db.exec("DROP TABLE dedup; DROP TABLE outbox;");
+}
+
 }  // namespace
 
 struct SqliteStore::Impl {
@@ -323,7 +528,7 @@ struct SqliteStore::Impl {
           message_log(options.message_log),
           lock(path),
           db(open_database(path, options)) {
-        load_pending();
+        outbox_sequence = read_meta(db, "outbox_seq");
     }
 
     // Turns a failure of a runtime call into a value naming the file, what was being done and what to do.
@@ -362,9 +567,8 @@ struct SqliteStore::Impl {
         if (sqlite3_get_autocommit(db.getHandle()) == 0) {
             sqlite3_exec(db.getHandle(), "ROLLBACK", nullptr, nullptr, nullptr);
         }
-        // The caches may hold what the rolled-back transaction wrote: read them again from the file.
+        // The cache may hold channel numbers the rolled-back transaction gave out.
         channel_ids.clear();
-        pending_stale = true;
     }
 
     // Runs @p body under the connection's mutex; SQLite exceptions never leave the store.
@@ -372,7 +576,6 @@ struct SqliteStore::Impl {
     auto guarded(std::string_view what, Body&& body) -> decltype(body()) {
         std::lock_guard guard(mutex);
         try {
-            if (pending_stale) load_pending();
             return body();
         } catch (const SQLite::Exception& e) {
             return runtime_error(what, e);
@@ -408,8 +611,8 @@ struct SqliteStore::Impl {
         text.append(address.target);
     }
 
-    // The channel number of (@p connection, @p channel), which keys its dedup entries; with @p create, a channel
-    // seen for the first time is numbered (in the caller's transaction), else it has none.
+    // The number of (@p connection, @p channel), which is the ledger's partition of its messages; with @p create,
+    // a channel seen for the first time is numbered (in the caller's transaction), else it has none.
     std::optional<std::int64_t> channel_id(const std::string& connection, const std::string& channel, bool create) {
         channel_key.assign(connection);
         channel_key.push_back('\0');
@@ -431,112 +634,150 @@ struct SqliteStore::Impl {
         } else {
             return std::nullopt;
         }
+        if (channel_ids.size() >= kMaxCachedChannels) channel_ids.clear();
         channel_ids.emplace(channel_key, id);
         return id;
     }
 
-    // plan_id NUL recipient: the key of a pending entry's rowid.
-    static void entry_key(const std::string& plan_id, const std::string& recipient, std::string& key) {
-        key.assign(plan_id);
-        key.push_back('\0');
-        key.append(recipient);
-    }
-
-    void note_pending(const std::string& key, std::int64_t id) {
-        pending_ids.insert_or_assign(key, id);
-        pending_order.insert(id);
-    }
-
-    // Reads the rowids of the pending entries, from the first rowid that may be pending on.
-    void load_pending() {
-        pending_ids.clear();
-        pending_order.clear();
-        auto& from = fresh(meta_get);
-        from.bind(1, kPendingFrom);
-        const std::int64_t first = from.executeStep() ? from.getColumn(0).getInt64() : 0;
-        pending_from = first;
-        auto& last = fresh(outbox_last_id);
-        last.executeStep();
-        last_outbox_id = last.getColumn(0).getInt64();
-        auto& scan = fresh(outbox_pending_ids);
-        scan.bind(1, static_cast<std::int64_t>(first));
-        std::string key;
-        while (scan.executeStep()) {
-            entry_key(scan.getColumn(1).getString(), scan.getColumn(2).getString(), key);
-            note_pending(key, scan.getColumn(0).getInt64());
+    // Enters the messages of @p batch into the ledger; fresh[i] says whether batch[i] was not there yet (nor earlier
+    // in the batch).
+    void enter_into_ledger(std::span<const ProcessedMessage> batch, std::vector<bool>& fresh) {
+        struct Key {
+            std::int64_t channel;
+            const Message* message;
+            std::size_t index;
+        };
+        std::vector<Key> keys;
+        keys.reserve(batch.size());
+        for (std::size_t i = 0; i < batch.size(); ++i) {
+            const Message& message = batch[i].message;
+            keys.push_back({*channel_id(message.connection, message.channel, true), &message, i});
         }
-        pending_stale = false;
-    }
-
-    // Moves `outbox_pending_from` up to the first pending rowid (or past the last row), in the caller's transaction.
-    void advance_pending_from() {
-        const std::int64_t first = pending_order.empty() ? last_outbox_id + 1 : *pending_order.begin();
-        if (first == pending_from) return;
-        auto& put = fresh(meta_advance_pending_from);
-        put.bind(1, first);
-        put.exec();
-        auto& get = fresh(meta_get);
-        get.bind(1, kPendingFrom);
-        if (get.executeStep()) pending_from = get.getColumn(0).getInt64();
-    }
-
-    void add_outbox_entry(const OutboxEntry& entry) {
-        auto& insert = fresh(outbox_insert);
-        address_text(entry.recipient, recipient_text);
-        insert.bindNoCopy(1, entry.plan_id);
-        insert.bindNoCopy(2, recipient_text);
-        insert.bindNoCopy(3, entry.text);
-        if (entry.reply_to) {
-            insert.bindNoCopy(4, *entry.reply_to);
-        } else {
-            insert.bind(4);
-        }
-        insert.bindNoCopy(5, to_string(entry.state).data());  // a string literal
-        insert.bindNoCopy(6, entry.sent_message_id);
-        insert.bind(7, entry.attempts);
-        insert.bindNoCopy(8, entry.error);
-        insert.bind(9, static_cast<std::int64_t>(entry.created_ms));
-        if (insert.exec() == 0) return;  // kept the existing entry
-        last_outbox_id = db.getLastInsertRowid();
-        if (entry.state != OutboxState::pending) return;
-        entry_key(entry.plan_id, recipient_text, pending_key);
-        note_pending(pending_key, last_outbox_id);
-    }
-
-    // Writes @p entry's state; false if the outbox has no such entry.
-    bool update_outbox_entry(const OutboxEntry& entry) {
-        address_text(entry.recipient, recipient_text);
-        entry_key(entry.plan_id, recipient_text, pending_key);
-        const auto known = pending_ids.find(pending_key);
-        const bool pending = entry.state == OutboxState::pending;
-        if (known != pending_ids.end()) {
-            auto& update = fresh(outbox_set_by_id);
-            update.bind(1, known->second);
-            bind_outbox_state(update, entry);
-            if (update.exec() == 0) return false;
-            if (!pending) {
-                pending_order.erase(known->second);
-                pending_ids.erase(known);
+        std::sort(keys.begin(), keys.end(), [](const Key& a, const Key& b) {
+            if (a.channel != b.channel) return a.channel < b.channel;
+            if (const int order = a.message->id.compare(b.message->id); order != 0) return order < 0;
+            return a.index < b.index;
+        });
+        fresh.assign(batch.size(), false);
+        std::vector<BlockTable::Record> records;
+        std::vector<std::size_t> indexes;
+        std::vector<bool> inserted;
+        for (std::size_t first = 0; first < keys.size();) {
+            const std::int64_t channel = keys[first].channel;
+            records.clear();
+            indexes.clear();
+            std::size_t next = first;
+            for (; next < keys.size() && keys[next].channel == channel; ++next) {
+                const Message& message = *keys[next].message;
+                if (!records.empty() && records.back().key == message.id) continue;  // twice in the batch
+                BlockTable::Record& record = records.emplace_back();
+                record.key = message.id;
+                put_fixed64(record.value, message.timestamp_ms);
+                indexes.push_back(keys[next].index);
             }
-            return true;
+            ledger.insert(channel, records, inserted);
+            for (std::size_t k = 0; k < indexes.size(); ++k) fresh[indexes[k]] = inserted[k];
+            first = next;
         }
-        auto& update = fresh(outbox_set_by_key);
-        update.bindNoCopy(1, entry.plan_id);
-        update.bindNoCopy(2, recipient_text);
-        bind_outbox_state(update, entry);
-        if (!update.executeStep()) return false;
-        const std::int64_t id = update.getColumn(0).getInt64();
-        update.tryReset();                           // a statement still stepping would keep COMMIT from finishing
-        if (pending) note_pending(pending_key, id);  // back to pending
-        return true;
     }
 
-    // ?3 state, ?4 sent message id, ?5 attempts, ?6 error.
-    static void bind_outbox_state(SQLite::Statement& statement, const OutboxEntry& entry) {
-        statement.bindNoCopy(3, to_string(entry.state).data());  // a string literal
-        statement.bindNoCopy(4, entry.sent_message_id);
-        statement.bind(5, entry.attempts);
-        statement.bindNoCopy(6, entry.error);
+    // Adds @p entries (in order: of equal keys the first counts) to the outbox, keeping entries that exist.
+    void add_outbox_entries(std::span<const OutboxEntry* const> entries) {
+        if (entries.empty()) return;
+        std::vector<std::pair<std::string, std::size_t>> keys;
+        keys.reserve(entries.size());
+        for (std::size_t i = 0; i < entries.size(); ++i) {
+            address_text(entries[i]->recipient, recipient_text);
+            outbox_key(entries[i]->plan_id, recipient_text, keys.emplace_back(std::string(), i).first);
+        }
+        std::sort(keys.begin(), keys.end());
+        std::vector<BlockTable::Record> records;
+        records.reserve(keys.size());
+        for (auto& [key, index] : keys) {
+            if (!records.empty() && records.back().key == key) continue;  // twice in the call
+            BlockTable::Record& record = records.emplace_back();
+            encode_entry(*entries[index], outbox_sequence + 1 + static_cast<std::int64_t>(index), record.value);
+            record.key = std::move(key);
+        }
+        std::vector<bool> inserted;
+        outbox.insert(0, records, inserted);
+        outbox_sequence += static_cast<std::int64_t>(entries.size());
+        auto& put = fresh(meta_put);
+        put.bind(1, "outbox_seq");
+        put.bind(2, outbox_sequence);
+        put.exec();
+    }
+
+    // Writes the state of @p entries; the first of them the outbox does not have, if any.
+    const OutboxEntry* update_outbox_entries(std::span<const OutboxEntry> entries) {
+        std::vector<std::pair<std::string, std::size_t>> keys;
+        keys.reserve(entries.size());
+        for (std::size_t i = 0; i < entries.size(); ++i) {
+            address_text(entries[i].recipient, recipient_text);
+            outbox_key(entries[i].plan_id, recipient_text, keys.emplace_back(std::string(), i).first);
+        }
+        std::sort(keys.begin(), keys.end());  // equal keys stay in call order: the last one written wins
+        std::vector<std::string> sorted;
+        sorted.reserve(keys.size());
+        for (auto& [key, index] : keys) sorted.push_back(std::move(key));
+        std::vector<bool> found;
+        outbox.update(
+            0, sorted, [&](std::size_t k, std::string& value) { rewrite_state(entries[keys[k].second], value); },
+            found);
+        std::size_t missing = entries.size();
+        for (std::size_t k = 0; k < found.size(); ++k) {
+            if (!found[k]) missing = std::min(missing, keys[k].second);
+        }
+        return missing < entries.size() ? &entries[missing] : nullptr;
+    }
+
+    // Replaces the state, sent message id, attempts and error in @p value (an encoded entry) with @p entry's.
+    static void rewrite_state(const OutboxEntry& entry, std::string& value) {
+        std::string_view rest(value);
+        rest.remove_prefix(std::min(rest.size(), kStateOffset + 1));
+        const auto attempts = get_varint(rest);
+        const auto text = attempts ? get_text(rest) : std::nullopt;
+        if (!text || rest.empty()) throw std::runtime_error("an outbox entry is unreadable: the store file is corrupt");
+        std::optional<std::string_view> reply_to;
+        const bool has_reply_to = rest.front() != '\x00';
+        rest.remove_prefix(1);
+        if (has_reply_to) {
+            reply_to = get_text(rest);
+            if (!reply_to) throw std::runtime_error("an outbox entry is unreadable: the store file is corrupt");
+        }
+        std::string updated(value, 0, kStateOffset);
+        updated.push_back(state_byte(entry.state));
+        put_varint(updated, static_cast<std::uint32_t>(entry.attempts));
+        put_text(updated, *text);
+        updated.push_back(has_reply_to ? '\x01' : '\x00');
+        if (reply_to) put_text(updated, *reply_to);
+        put_text(updated, entry.sent_message_id);
+        put_text(updated, entry.error);
+        value = std::move(updated);
+    }
+
+    // The entries of @p records, in the order they were added (pending ones: oldest first).
+    [[nodiscard]] Result<std::vector<OutboxEntry>> entries_of(std::vector<BlockTable::Record> records,
+                                                             bool pending_only, bool by_creation) {
+        std::vector<StoredEntry> stored;
+        for (const BlockTable::Record& record : records) {
+            auto entry = decode_entry(record.key, record.value);
+            if (!entry) {
+                return fail("store_corrupt", "an outbox entry in " + quoted(path) +
+                                                 " is unreadable; stop switchboard, move the file aside (or "
+                                                 "restore a backup)");
+            }
+            if (pending_only && entry->entry.state != OutboxState::pending) continue;
+            stored.push_back(std::move(*entry));
+        }
+        std::sort(stored.begin(), stored.end(), [by_creation](const StoredEntry& a, const StoredEntry& b) {
+            if (by_creation && a.entry.created_ms != b.entry.created_ms) return a.entry.created_ms < b.entry.created_ms;
+            return a.sequence < b.sequence;
+        });
+        std::vector<OutboxEntry> result;
+        result.reserve(stored.size());
+        for (StoredEntry& entry : stored) result.push_back(std::move(entry.entry));
+        return result;
     }
 
     void log_message(const Message& message) {
@@ -560,55 +801,17 @@ struct SqliteStore::Impl {
         insert.exec();
     }
 
-    [[nodiscard]] Result<OutboxEntry> read_outbox_entry(SQLite::Statement& query) {
-        OutboxEntry entry;
-        entry.plan_id = query.getColumn(0).getString();
-        const std::string recipient = query.getColumn(1).getString();
-        auto address = Address::parse(recipient);
-        if (!address) {
-            return fail("store_corrupt", "outbox entry of plan '" + entry.plan_id + "' in " + quoted(path) +
-                                             " has an unreadable recipient '" + recipient + "'");
-        }
-        entry.recipient = *address;
-        entry.text = query.getColumn(2).getString();
-        entry.reply_to = optional_text(query.getColumn(3));
-        const std::string state = query.getColumn(4).getString();
-        const auto parsed = parse_outbox_state(state);
-        if (!parsed) {
-            return fail("store_corrupt", "outbox entry of plan '" + entry.plan_id + "' in " + quoted(path) +
-                                             " has an unknown state '" + state + "'");
-        }
-        entry.state = *parsed;
-        entry.sent_message_id = query.getColumn(5).getString();
-        entry.attempts = query.getColumn(6).getInt();
-        entry.error = query.getColumn(7).getString();
-        entry.created_ms = query.getColumn(8).getInt64();
-        return entry;
-    }
-
-    [[nodiscard]] Result<std::vector<OutboxEntry>> read_outbox_entries(SQLite::Statement& query) {
-        std::vector<OutboxEntry> entries;
-        while (query.executeStep()) {
-            auto entry = read_outbox_entry(query);
-            if (!entry) return entry.error();
-            entries.push_back(std::move(*entry));
-        }
-        return entries;
-    }
-
     const std::filesystem::path path;
     const bool message_log;
     LockFile lock;
     SQLite::Database db;  // declared after the lock: the connection closes before the lock is released
 
+    BlockTable ledger = ledger_table(db);
+    BlockTable outbox = outbox_table(db);
     SQLite::Statement begin{db, "BEGIN IMMEDIATE"};
     SQLite::Statement commit{db, "COMMIT"};
     SQLite::Statement channel_find{db, "SELECT id FROM channels WHERE connection = ?1 AND channel = ?2"};
     SQLite::Statement channel_insert{db, "INSERT INTO channels (connection, channel) VALUES (?1, ?2)"};
-    SQLite::Statement dedup_insert{db,
-                                   "INSERT OR IGNORE INTO dedup (channel, message_id, timestamp_ms) "
-                                   "VALUES (?1, ?2, ?3)"};
-    SQLite::Statement dedup_find{db, "SELECT 1 FROM dedup WHERE channel = ?1 AND message_id = ?2"};
     SQLite::Statement cursor_upsert{db,
                                     "INSERT INTO cursors (connection, channel, message_id, timestamp_ms) "
                                     "VALUES (?1, ?2, ?3, ?4) ON CONFLICT (connection, channel) DO UPDATE SET "
@@ -630,33 +833,6 @@ struct SqliteStore::Impl {
                              "ON CONFLICT (space, key) DO UPDATE SET value = excluded.value"};
     SQLite::Statement kv_erase{db, "DELETE FROM kv WHERE space = ?1 AND key = ?2"};
     SQLite::Statement kv_get{db, "SELECT value FROM kv WHERE space = ?1 AND key = ?2"};
-    SQLite::Statement outbox_insert{db,
-                                    "INSERT INTO outbox (plan_id, recipient, text, reply_to, state, sent_message_id, "
-                                    "attempts, error, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) "
-                                    "ON CONFLICT (plan_id, recipient) DO NOTHING"};
-    SQLite::Statement outbox_set_by_id{db,
-                                       "UPDATE outbox SET state = ?3, sent_message_id = ?4, attempts = ?5, "
-                                       "error = ?6 WHERE id = ?1"};
-    SQLite::Statement outbox_set_by_key{db,
-                                        "UPDATE outbox SET state = ?3, sent_message_id = ?4, attempts = ?5, "
-                                        "error = ?6 WHERE plan_id = ?1 AND recipient = ?2 RETURNING id"};
-    SQLite::Statement outbox_pending{db,
-                                     "SELECT plan_id, recipient, text, reply_to, state, sent_message_id, attempts, "
-                                     "error, created_ms FROM outbox WHERE id >= ?1 AND state = 'pending' "
-                                     "ORDER BY created_ms, id"};
-    SQLite::Statement outbox_pending_ids{db,
-                                         "SELECT id, plan_id, recipient FROM outbox "
-                                         "WHERE id >= ?1 AND state = 'pending'"};
-    SQLite::Statement outbox_plan{db,
-                                  "SELECT plan_id, recipient, text, reply_to, state, sent_message_id, attempts, "
-                                  "error, created_ms FROM outbox WHERE plan_id = ?1 ORDER BY id"};
-    // Never past a row that exists: a rowid below it is never handed out again.
-    SQLite::Statement meta_advance_pending_from{
-        db,
-        "UPDATE store_meta SET value = min(?1, (SELECT coalesce(max(id), 0) + 1 FROM outbox)) "
-        "WHERE key = 'outbox_pending_from'"};
-    SQLite::Statement meta_get{db, "SELECT value FROM store_meta WHERE key = ?1"};
-    SQLite::Statement outbox_last_id{db, "SELECT coalesce(max(id), 0) FROM outbox"};
     SQLite::Statement log_insert{db,
                                  "INSERT INTO messages (connection, channel, id, author_id, author_name, "
                                  "author_is_bot, text, timestamp_ms, kind, reply_to, recovered, raw) "
@@ -666,25 +842,23 @@ struct SqliteStore::Impl {
                                 "timestamp_ms, kind, reply_to, recovered, raw FROM messages "
                                 "WHERE connection = ?1 AND channel = ?2 AND timestamp_ms >= ?3 AND timestamp_ms < ?4 "
                                 "ORDER BY timestamp_ms, rowid LIMIT ?5"};
-    SQLite::Statement prune_dedup{db, "DELETE FROM dedup WHERE timestamp_ms < ?1"};
     SQLite::Statement prune_log{db, "DELETE FROM messages WHERE timestamp_ms < ?1"};
+    SQLite::Statement meta_put{db,
+                               "INSERT INTO store_meta (key, value) VALUES (?1, ?2) "
+                               "ON CONFLICT (key) DO UPDATE SET value = excluded.value"};
 
-    static constexpr const char* kPendingFrom = "outbox_pending_from";
+    // Channels seen at most; past it the cache starts again (it only saves a look-up).
+    static constexpr std::size_t kMaxCachedChannels = 65536;
 
     std::mutex mutex;
-    // Caches of what the file holds, read again after a rollback. Both stay small: one number per channel, and the
-    // rowids of the entries still pending (what a restart would send), never the whole outbox or ledger.
-    std::unordered_map<std::string, std::int64_t> channel_ids;  // connection NUL channel -> channels.id
-    std::unordered_map<std::string, std::int64_t> pending_ids;  // plan_id NUL recipient -> outbox.id
-    std::set<std::int64_t> pending_order;                       // the same rowids, in order
-    std::int64_t pending_from = 0;                              // store_meta.outbox_pending_from as stored
-    std::int64_t last_outbox_id = 0;                            // the largest rowid of the outbox
-    bool pending_stale = false;
+    std::unordered_map<std::string, std::int64_t> channel_ids;  // connection NUL channel -> channels.id (a cache)
+    std::int64_t outbox_sequence = 0;                           // store_meta.outbox_seq
 
+    std::vector<bool> fresh_messages;          // scratch for commit(): which messages were not in the ledger
+    std::vector<const OutboxEntry*> replies;   // scratch for commit(): the outbox entries to add
     std::vector<const Message*> cursor_moves;  // scratch for commit(): the newest message per channel
-    std::string recipient_text;                // scratch: the recipient column of the outbox entry being written
+    std::string recipient_text;                // scratch: a recipient as text
     std::string channel_key;                   // scratch: a key of channel_ids
-    std::string pending_key;                   // scratch: a key of pending_ids
 };
 
 const ConfigSchema& SqliteStore::config_schema() {
@@ -770,11 +944,7 @@ const std::filesystem::path& SqliteStore::path() const noexcept { return impl_->
 Result<bool> SqliteStore::is_processed(const MessageKey& key) {
     return impl_->guarded("checking the dedup ledger", [&]() -> Result<bool> {
         const auto channel = impl_->channel_id(key.connection, key.channel, false);
-        if (!channel) return false;
-        auto& find = Impl::fresh(impl_->dedup_find);
-        find.bind(1, *channel);
-        find.bindNoCopy(2, key.message_id);
-        return find.executeStep();
+        return channel && impl_->ledger.find(*channel, key.message_id).has_value();
     });
 }
 
@@ -783,16 +953,14 @@ Result<void> SqliteStore::commit(std::span<const ProcessedMessage> batch) {
     return impl_->guarded("committing a batch of processed messages", [&]() -> Result<void> {
         Impl& s = *impl_;
         Impl::fresh(s.begin).exec();
+        s.enter_into_ledger(batch, s.fresh_messages);
         auto& moves = s.cursor_moves;
         moves.clear();
-        for (const ProcessedMessage& item : batch) {
+        s.replies.clear();
+        for (std::size_t i = 0; i < batch.size(); ++i) {
+            if (!s.fresh_messages[i]) continue;  // already processed: a retried batch or a recovered overlap
+            const ProcessedMessage& item = batch[i];
             const Message& message = item.message;
-            const std::int64_t channel = *s.channel_id(message.connection, message.channel, true);
-            auto& dedup = Impl::fresh(s.dedup_insert);
-            dedup.bind(1, channel);
-            dedup.bindNoCopy(2, message.id);
-            dedup.bind(3, static_cast<std::int64_t>(message.timestamp_ms));
-            if (dedup.exec() == 0) continue;  // already processed: a retried batch or a recovered overlap
 
             // Cursors move once per channel per batch, to the newest message seen in batch order; the upsert's
             // WHERE keeps a stored cursor that is newer still. Same result as moving it message by message.
@@ -808,8 +976,9 @@ Result<void> SqliteStore::commit(std::span<const ProcessedMessage> batch) {
 
             if (s.message_log) s.log_message(message);
             for (const KeyValueWrite& write : item.writes) s.put_value(write);
-            for (const OutboxEntry& entry : item.outbox) s.add_outbox_entry(entry);
+            for (const OutboxEntry& entry : item.outbox) s.replies.push_back(&entry);
         }
+        s.add_outbox_entries(s.replies);
         for (const Message* message : moves) {
             auto& upsert = Impl::fresh(s.cursor_upsert);
             upsert.bindNoCopy(1, message->connection);
@@ -892,8 +1061,11 @@ Result<void> SqliteStore::put_values(std::span<const KeyValueWrite> writes) {
 Result<void> SqliteStore::outbox_add(std::span<const OutboxEntry> entries) {
     if (entries.empty()) return {};
     return impl_->guarded("adding outbox entries", [&]() -> Result<void> {
+        std::vector<const OutboxEntry*> added;
+        added.reserve(entries.size());
+        for (const OutboxEntry& entry : entries) added.push_back(&entry);
         Impl::fresh(impl_->begin).exec();
-        for (const OutboxEntry& entry : entries) impl_->add_outbox_entry(entry);
+        impl_->add_outbox_entries(added);
         Impl::fresh(impl_->commit).exec();
         return {};
     });
@@ -904,11 +1076,7 @@ Result<void> SqliteStore::outbox_update(std::span<const OutboxEntry> entries) {
     return impl_->guarded("updating outbox entries", [&]() -> Result<void> {
         Impl& s = *impl_;
         Impl::fresh(s.begin).exec();
-        const OutboxEntry* missing = nullptr;
-        for (const OutboxEntry& entry : entries) {
-            if (!s.update_outbox_entry(entry) && missing == nullptr) missing = &entry;
-        }
-        s.advance_pending_from();
+        const OutboxEntry* missing = s.update_outbox_entries(entries);
         Impl::fresh(s.commit).exec();
         if (missing != nullptr) {
             return fail("outbox_entry_not_found", "no outbox entry for plan '" + missing->plan_id +
@@ -921,17 +1089,13 @@ Result<void> SqliteStore::outbox_update(std::span<const OutboxEntry> entries) {
 
 Result<std::vector<OutboxEntry>> SqliteStore::outbox_pending() {
     return impl_->guarded("listing pending outbox entries", [&]() -> Result<std::vector<OutboxEntry>> {
-        auto& query = Impl::fresh(impl_->outbox_pending);
-        query.bind(1, impl_->pending_from);
-        return impl_->read_outbox_entries(query);
+        return impl_->entries_of(impl_->outbox.with_positive_summary(), true, true);
     });
 }
 
 Result<std::vector<OutboxEntry>> SqliteStore::outbox_plan(const std::string& plan_id) {
     return impl_->guarded("reading a plan's outbox entries", [&]() -> Result<std::vector<OutboxEntry>> {
-        auto& query = Impl::fresh(impl_->outbox_plan);
-        query.bindNoCopy(1, plan_id);
-        return impl_->read_outbox_entries(query);
+        return impl_->entries_of(impl_->outbox.range(0, plan_prefix(plan_id), plan_end(plan_id)), false, false);
     });
 }
 
@@ -970,14 +1134,13 @@ Result<std::size_t> SqliteStore::prune(std::int64_t before_ms) {
     return impl_->guarded("pruning old entries", [&]() -> Result<std::size_t> {
         Impl& s = *impl_;
         Impl::fresh(s.begin).exec();
-        auto& dedup = Impl::fresh(s.prune_dedup);
-        dedup.bind(1, static_cast<std::int64_t>(before_ms));
-        const int removed = dedup.exec();
+        const std::size_t removed = s.ledger.remove_if(
+            before_ms, [&](const BlockTable::Record& record) { return get_fixed64(record.value) < before_ms; });
         auto& log = Impl::fresh(s.prune_log);
         log.bind(1, static_cast<std::int64_t>(before_ms));
         log.exec();
         Impl::fresh(s.commit).exec();
-        return static_cast<std::size_t>(removed);
+        return removed;
     });
 }
 
