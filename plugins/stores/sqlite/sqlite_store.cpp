@@ -14,10 +14,12 @@
 #include <cstring>
 #include <iterator>
 #include <limits>
+#include <condition_variable>
 #include <mutex>
 #include <set>
 #include <string_view>
 #include <system_error>
+#include <thread>
 #include <unordered_map>
 #include <utility>
 
@@ -233,6 +235,72 @@ private:
     }
 
     int fd_ = -1;
+};
+
+// Copies the WAL back into the database file on a thread of its own, with its own connection, so that a commit
+// never waits for that copy and its fsync (SQLite's automatic checkpoint would run them inside the commit that
+// crosses the threshold). A passive checkpoint never blocks the writer. Under a steady stream of commits the WAL is
+// never fully copied at the moment a transaction starts, so it would not start over: past kForceFrames the writer
+// copies the remainder itself (little is left by then), and the WAL restarts.
+class Checkpointer {
+public:
+    static constexpr int kStartFrames = 1000;  // SQLite's own threshold (4 MB of 4 KB pages)
+    static constexpr int kForceFrames = 8000;
+
+    Checkpointer(const std::filesystem::path& path, sqlite3* writer)
+        : db_(path.string(), SQLite::OPEN_READWRITE | SQLite::OPEN_NOMUTEX), writer_(writer) {
+        db_.exec("SELECT count(*) FROM sqlite_master");  // reads the file, so the connection knows it is in WAL mode
+        sqlite3_wal_hook(writer_, &Checkpointer::on_commit, this);
+        thread_ = std::thread([this] { run(); });
+    }
+    ~Checkpointer() {
+        sqlite3_wal_hook(writer_, nullptr, nullptr);
+        {
+            std::lock_guard lock(mutex_);
+            stop_ = true;
+        }
+        wake_.notify_one();
+        thread_.join();
+    }
+    Checkpointer(const Checkpointer&) = delete;
+    Checkpointer& operator=(const Checkpointer&) = delete;
+
+private:
+    // SQLite's WAL hook: called after each commit with the WAL's size in frames.
+    static int on_commit(void* self, sqlite3* writer, const char* schema, int frames) {
+        auto& checkpointer = *static_cast<Checkpointer*>(self);
+        if (frames >= kForceFrames) {
+            sqlite3_wal_checkpoint_v2(writer, schema, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
+        } else if (frames >= kStartFrames) {
+            {
+                std::lock_guard lock(checkpointer.mutex_);
+                checkpointer.due_ = true;
+            }
+            checkpointer.wake_.notify_one();
+        }
+        return SQLITE_OK;
+    }
+
+    void run() {
+        std::unique_lock lock(mutex_);
+        while (true) {
+            wake_.wait(lock, [this] { return due_ || stop_; });
+            if (stop_) return;
+            due_ = false;
+            lock.unlock();
+            // Failures (a busy file) are left to the next round, or to the writer past kForceFrames.
+            sqlite3_wal_checkpoint_v2(db_.getHandle(), nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
+            lock.lock();
+        }
+    }
+
+    SQLite::Database db_;
+    sqlite3* writer_;
+    std::mutex mutex_;
+    std::condition_variable wake_;
+    bool due_ = false;
+    bool stop_ = false;
+    std::thread thread_;
 };
 
 int read_user_version(SQLite::Database& db) {
@@ -805,6 +873,7 @@ struct SqliteStore::Impl {
     const bool message_log;
     LockFile lock;
     SQLite::Database db;  // declared after the lock: the connection closes before the lock is released
+    Checkpointer checkpointer{path, db.getHandle()};  // stops before the connection closes
 
     BlockTable ledger = ledger_table(db);
     BlockTable outbox = outbox_table(db);
