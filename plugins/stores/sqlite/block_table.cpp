@@ -1,6 +1,7 @@
 #include "block_table.hpp"
 
 #include <algorithm>
+#include <cstring>
 #include <stdexcept>
 #include <utility>
 
@@ -40,7 +41,7 @@ std::optional<std::string_view> get_text(std::string_view& in) {
 
 namespace {
 
-void bind_bytes(SQLite::Statement& statement, int index, const std::string& bytes) {
+void bind_bytes(SQLite::Statement& statement, int index, std::string_view bytes) {
     statement.bindNoCopy(index, static_cast<const void*>(bytes.data()), static_cast<int>(bytes.size()));
 }
 
@@ -49,26 +50,30 @@ SQLite::Statement& fresh(SQLite::Statement& statement) noexcept {
     return statement;
 }
 
-std::vector<BlockTable::Record> decode(std::string_view in) {
-    std::vector<BlockTable::Record> records;
-    while (!in.empty()) {
-        const auto key = get_text(in);
-        const auto value = key ? get_text(in) : std::nullopt;
-        if (!value) throw std::runtime_error("a block of records is truncated: the store file is corrupt");
-        records.push_back({std::string(*key), std::string(*value)});
-    }
-    return records;
+std::string_view blob(const SQLite::Column& column) {
+    return {static_cast<const char*>(column.getBlob()), static_cast<std::size_t>(column.getBytes())};
 }
 
-void decode_into(std::string_view in, std::vector<BlockTable::Record>& out) {
-    for (auto& record : decode(in)) out.push_back(std::move(record));
+std::string_view bytes_of(const SQLite::Column& column) { return blob(column); }
+
+[[noreturn]] void corrupt() { throw std::runtime_error("a block of records is unreadable: the store file is corrupt"); }
+
+std::size_t shared_prefix(std::string_view a, std::string_view b) {
+    const std::size_t size = std::min(a.size(), b.size());
+    std::size_t i = 0;
+    while (i + 8 <= size && std::memcmp(a.data() + i, b.data() + i, 8) == 0) i += 8;
+    while (i < size && a[i] == b[i]) ++i;
+    return i;
 }
+
+bool key_less(const BlockTable::Record& record, std::string_view key) { return record.key < key; }
 
 }  // namespace
 
-BlockTable::BlockTable(SQLite::Database& db, std::string_view table, Summary summary)
-    : summary_(std::move(summary)),
-      at_or_before_(db, "SELECT id, lo, hi, count FROM " + std::string(table) +
+BlockTable::BlockTable(SQLite::Database& db, std::string_view table, Summary summary, Combine combine)
+    : summary_(summary),
+      combine_(combine),
+      at_or_before_(db, "SELECT id, lo, hi, count, summary, length(records) FROM " + std::string(table) +
                             " WHERE part = ?1 AND lo <= ?2 ORDER BY lo DESC LIMIT 1"),
       first_after_(db,
                    "SELECT lo FROM " + std::string(table) + " WHERE part = ?1 AND lo > ?2 ORDER BY lo LIMIT 1"),
@@ -81,46 +86,70 @@ BlockTable::BlockTable(SQLite::Database& db, std::string_view table, Summary sum
       range_(db, "SELECT records FROM " + std::string(table) +
                      " WHERE part = ?1 AND lo > ?2 AND lo < ?3 ORDER BY lo"),
       positive_(db, "SELECT records FROM " + std::string(table) + " WHERE summary > 0"),
-      below_(db, "SELECT id, records FROM " + std::string(table) +
+      below_(db, "SELECT id, part, records FROM " + std::string(table) +
                      " WHERE summary < ?1 AND id > ?2 ORDER BY id LIMIT 256") {}
 
-std::optional<BlockTable::Block> BlockTable::at_or_before(std::int64_t part, const std::string& key) {
+std::optional<BlockTable::Block> BlockTable::at_or_before(std::int64_t part, std::string_view key) {
     auto& query = fresh(at_or_before_);
     query.bind(1, part);
     bind_bytes(query, 2, key);
     if (!query.executeStep()) return std::nullopt;
-    Block block{query.getColumn(0).getInt64(), query.getColumn(1).getString(), query.getColumn(2).getString(),
-                query.getColumn(3).getInt64()};
+    Block block{query.getColumn(0).getInt64(), std::string(bytes_of(query.getColumn(1))),
+                std::string(bytes_of(query.getColumn(2))), query.getColumn(3).getInt64(), query.getColumn(4).getInt64(),
+                static_cast<std::size_t>(query.getColumn(5).getInt64())};
     query.tryReset();
     return block;
 }
 
-std::optional<std::string> BlockTable::first_after(std::int64_t part, const std::string& key) {
+std::optional<std::string> BlockTable::first_after(std::int64_t part, std::string_view key) {
     auto& query = fresh(first_after_);
     query.bind(1, part);
     bind_bytes(query, 2, key);
     if (!query.executeStep()) return std::nullopt;
-    std::string lo = query.getColumn(0).getString();
+    std::string lo(bytes_of(query.getColumn(0)));
     query.tryReset();
     return lo;
 }
 
-std::vector<BlockTable::Record> BlockTable::load(std::int64_t id) {
+void BlockTable::load(std::int64_t id, bool raw) {
     auto& query = fresh(load_);
     query.bind(1, id);
     if (!query.executeStep()) throw std::runtime_error("a block of records vanished while it was read");
-    const SQLite::Column column = query.getColumn(0);
-    auto records = decode({static_cast<const char*>(column.getBlob()), static_cast<std::size_t>(column.getBytes())});
+    loaded_.assign(blob(query.getColumn(0)));
     query.tryReset();
-    return records;
+    if (!raw) decode_loaded();
+}
+
+// Stored: per record, the length its key shares with the previous key, the rest of the key, and the value (each
+// with its length).
+void BlockTable::decode_loaded() {
+    block_.clear();
+    offsets_.clear();
+    loaded_keys_.clear();
+    std::string_view in(loaded_);
+    std::size_t previous = 0;  // where the previous key starts in loaded_keys_
+    std::size_t previous_size = 0;
+    while (!in.empty()) {
+        const auto shared = get_varint(in);
+        const auto rest = shared ? get_text(in) : std::nullopt;
+        const auto value = rest ? get_text(in) : std::nullopt;
+        if (!value || *shared > previous_size) corrupt();
+        const std::size_t start = loaded_keys_.size();
+        loaded_keys_.reserve(start + *shared + rest->size());  // so that the copy below does not move its source
+        loaded_keys_.append(loaded_keys_.data() + previous, *shared);
+        loaded_keys_.append(*rest);
+        offsets_.push_back(start);
+        block_.push_back({{}, *value});
+        previous = start;
+        previous_size = *shared + rest->size();
+    }
+    for (std::size_t i = 0; i < block_.size(); ++i) {
+        const std::size_t end = i + 1 < offsets_.size() ? offsets_[i + 1] : loaded_keys_.size();
+        block_[i].key = std::string_view(loaded_keys_).substr(offsets_[i], end - offsets_[i]);
+    }
 }
 
 void BlockTable::write_row(SQLite::Statement& statement, std::span<const Record> records) {
-    encoded_.clear();
-    for (const Record& record : records) {
-        put_text(encoded_, record.key);
-        put_text(encoded_, record.value);
-    }
     bind_bytes(statement, 2, records.front().key);
     bind_bytes(statement, 3, records.back().key);
     statement.bind(4, static_cast<std::int64_t>(records.size()));
@@ -129,70 +158,103 @@ void BlockTable::write_row(SQLite::Statement& statement, std::span<const Record>
     statement.exec();
 }
 
-void BlockTable::store(std::int64_t part, std::int64_t id, std::vector<Record>& records) {
-    const std::span<const Record> all(records);
-    for (std::size_t first = 0; first < all.size(); first += kMaxRecords) {
-        const auto chunk = all.subspan(first, std::min(kMaxRecords, all.size() - first));
-        if (first == 0 && id != 0) {
-            auto& update = fresh(update_);
-            update.bind(1, id);
-            write_row(update, chunk);
-        } else {
-            auto& insert = fresh(insert_);
-            insert.bind(1, part);
-            write_row(insert, chunk);
-        }
-    }
+void BlockTable::encode(std::string_view previous_key, const Record& record) {
+    const std::size_t shared = shared_prefix(previous_key, record.key);
+    put_varint(encoded_, shared);
+    put_text(encoded_, record.key.substr(shared));
+    put_text(encoded_, record.value);
 }
 
-void BlockTable::insert(std::int64_t part, std::span<Record> sorted, std::vector<bool>& inserted) {
+// The records go after the block's bytes as they are: nothing it holds is decoded or encoded again.
+std::size_t BlockTable::append(const Block& block, std::span<const Record> sorted) {
+    load(block.id, true);
+    encoded_ = loaded_;
+    std::size_t taken = 0;
+    std::string_view previous = block.hi;
+    while (taken < sorted.size() && encoded_.size() < kMaxBlockBytes) {
+        encode(previous, sorted[taken]);
+        previous = sorted[taken++].key;
+    }
+    auto& update = fresh(update_);
+    update.bind(1, block.id);
+    bind_bytes(update, 2, block.lo);
+    bind_bytes(update, 3, sorted[taken - 1].key);
+    update.bind(4, block.count + static_cast<std::int64_t>(taken));
+    update.bind(5, combine_(block.summary, summary_(sorted.first(taken))));
+    bind_bytes(update, 6, encoded_);
+    update.exec();
+    return taken;
+}
+
+void BlockTable::store(std::int64_t part, std::int64_t id, std::span<const Record> records) {
+    std::size_t first = 0;
+    auto flush = [&](std::size_t end) {
+        SQLite::Statement& statement = fresh(id != 0 ? update_ : insert_);
+        statement.bind(1, id != 0 ? id : part);
+        write_row(statement, records.subspan(first, end - first));
+        id = 0;  // the rest are new blocks
+        first = end;
+        encoded_.clear();
+    };
+    encoded_.clear();
+    for (std::size_t i = 0; i < records.size(); ++i) {
+        const std::size_t mark = encoded_.size();
+        encode(i > first ? records[i - 1].key : std::string_view(), records[i]);
+        if (encoded_.size() > kMaxBlockBytes && i > first) {
+            encoded_.resize(mark);
+            flush(i);
+            encode({}, records[i]);
+        }
+    }
+    flush(records.size());
+}
+
+std::string& BlockTable::scratch_value() {
+    if (values_used_ == values_.size()) values_.emplace_back();
+    std::string& value = values_[values_used_++];
+    value.clear();
+    return value;
+}
+
+void BlockTable::insert(std::int64_t part, std::span<const Record> sorted, std::vector<bool>& inserted) {
     const std::size_t n = sorted.size();
     inserted.assign(n, false);
     std::size_t i = 0;
     while (i < n) {
         const std::optional<Block> before = at_or_before(part, sorted[i].key);
         std::size_t j = i;
+        merged_.clear();
         if (before && sorted[i].key <= before->hi) {
             // Inside a block: merge, keeping the records it has.
             while (j < n && sorted[j].key <= before->hi) ++j;
-            std::vector<Record> old = load(before->id);
-            std::vector<Record> merged;
-            merged.reserve(old.size() + (j - i));
+            load(before->id);
             std::size_t r = 0;
             bool changed = false;
             for (std::size_t k = i; k < j; ++k) {
-                while (r < old.size() && old[r].key < sorted[k].key) merged.push_back(std::move(old[r++]));
-                if (r < old.size() && old[r].key == sorted[k].key) continue;  // already there
-                merged.push_back(std::move(sorted[k]));
+                while (r < block_.size() && block_[r].key < sorted[k].key) merged_.push_back(block_[r++]);
+                if (r < block_.size() && block_[r].key == sorted[k].key) continue;  // already there
+                merged_.push_back(sorted[k]);
                 inserted[k] = true;
                 changed = true;
             }
-            while (r < old.size()) merged.push_back(std::move(old[r++]));
-            if (changed) store(part, before->id, merged);
+            merged_.insert(merged_.end(), block_.begin() + static_cast<std::ptrdiff_t>(r), block_.end());
+            if (changed) store(part, before->id, merged_);
         } else {
             // In the gap after `before`: everything up to the next block goes there, appended to `before` while it
             // has room, so that keys arriving in order fill blocks.
             const std::optional<std::string> next = first_after(part, sorted[i].key);
             while (j < n && (!next || sorted[j].key < *next)) ++j;
-            std::vector<Record> records;
-            std::int64_t id = 0;
-            if (before && before->count < static_cast<std::int64_t>(kMaxRecords)) {
-                records = load(before->id);
-                id = before->id;
-            }
-            records.reserve(records.size() + (j - i));
-            for (std::size_t k = i; k < j; ++k) {
-                records.push_back(std::move(sorted[k]));
-                inserted[k] = true;
-            }
-            store(part, id, records);
+            for (std::size_t k = i; k < j; ++k) inserted[k] = true;
+            std::size_t k = i;
+            if (before && before->bytes < kMaxBlockBytes) k += append(*before, sorted.subspan(i, j - i));
+            if (k < j) store(part, 0, sorted.subspan(k, j - k));
         }
         i = j;
     }
 }
 
-void BlockTable::update(std::int64_t part, std::span<const std::string> sorted_keys,
-                        const std::function<void(std::size_t, std::string&)>& change, std::vector<bool>& found) {
+void BlockTable::update(std::int64_t part, std::span<const std::string_view> sorted_keys, const Change& change,
+                        std::vector<bool>& found) {
     const std::size_t n = sorted_keys.size();
     found.assign(n, false);
     std::size_t i = 0;
@@ -204,95 +266,123 @@ void BlockTable::update(std::int64_t part, std::span<const std::string> sorted_k
         }
         std::size_t j = i;
         while (j < n && sorted_keys[j] <= block->hi) ++j;
-        std::vector<Record> records = load(block->id);
+        load(block->id);
+        values_used_ = 0;
         bool changed = false;
+        bool resized = false;  // a value changed its length: the block is encoded again, else patched in place
         std::size_t r = 0;
         for (std::size_t k = i; k < j; ++k) {
-            while (r < records.size() && records[r].key < sorted_keys[k]) ++r;
-            if (r == records.size() || records[r].key != sorted_keys[k]) continue;
-            change(k, records[r].value);
+            while (r < block_.size() && block_[r].key < sorted_keys[k]) ++r;
+            if (r == block_.size() || block_[r].key != sorted_keys[k]) continue;
+            std::string& value = scratch_value();
+            change(k, block_[r].value, value);
+            const std::string_view old = block_[r].value;
+            const bool in_loaded = old.data() >= loaded_.data() && old.data() < loaded_.data() + loaded_.size();
+            if (value.size() == old.size() && in_loaded) {
+                std::memcpy(loaded_.data() + (old.data() - loaded_.data()), value.data(), value.size());
+            } else {
+                block_[r].value = value;
+                resized = true;
+            }
             found[k] = true;
             changed = true;
         }
-        if (changed) store(part, block->id, records);
+        if (resized) {
+            store(part, block->id, block_);
+        } else if (changed) {
+            auto& update = fresh(update_);
+            update.bind(1, block->id);
+            bind_bytes(update, 2, block->lo);
+            bind_bytes(update, 3, block->hi);
+            update.bind(4, static_cast<std::int64_t>(block_.size()));
+            update.bind(5, summary_(block_));
+            bind_bytes(update, 6, loaded_);
+            update.exec();
+        }
         i = j;
     }
 }
 
-std::optional<std::string> BlockTable::find(std::int64_t part, const std::string& key) {
+std::optional<std::string> BlockTable::find(std::int64_t part, std::string_view key) {
     const std::optional<Block> block = at_or_before(part, key);
     if (!block || key > block->hi) return std::nullopt;
-    std::vector<Record> records = load(block->id);
-    const auto it = std::lower_bound(records.begin(), records.end(), key,
-                                     [](const Record& record, const std::string& k) { return record.key < k; });
-    if (it == records.end() || it->key != key) return std::nullopt;
-    return std::move(it->value);
+    load(block->id);
+    const auto it = std::lower_bound(block_.begin(), block_.end(), key, key_less);
+    if (it == block_.end() || it->key != key) return std::nullopt;
+    return std::string(it->value);
 }
 
-std::vector<BlockTable::Record> BlockTable::range(std::int64_t part, const std::string& from, const std::string& to) {
-    std::vector<Record> candidates;
+std::vector<BlockTable::OwnedRecord> BlockTable::range(std::int64_t part, std::string_view from,
+                                                       std::string_view to) {
+    std::vector<OwnedRecord> result;
+    auto take = [&] {
+        for (const Record& record : block_) {
+            if (record.key >= from && record.key < to) result.push_back({std::string(record.key), std::string(record.value)});
+        }
+    };
     if (const std::optional<Block> first = at_or_before(part, from); first && first->hi >= from) {
-        candidates = load(first->id);
+        load(first->id);
+        take();
     }
     auto& query = fresh(range_);
     query.bind(1, part);
     bind_bytes(query, 2, from);
     bind_bytes(query, 3, to);
     while (query.executeStep()) {
-        const SQLite::Column column = query.getColumn(0);
-        decode_into({static_cast<const char*>(column.getBlob()), static_cast<std::size_t>(column.getBytes())},
-                    candidates);
-    }
-    std::vector<Record> result;
-    for (Record& record : candidates) {
-        if (record.key >= from && record.key < to) result.push_back(std::move(record));
+        loaded_.assign(blob(query.getColumn(0)));
+        decode_loaded();
+        take();
     }
     return result;
 }
 
-std::vector<BlockTable::Record> BlockTable::with_positive_summary() {
-    std::vector<Record> result;
+std::vector<BlockTable::OwnedRecord> BlockTable::with_positive_summary() {
+    std::vector<OwnedRecord> result;
     auto& query = fresh(positive_);
     while (query.executeStep()) {
-        const SQLite::Column column = query.getColumn(0);
-        decode_into({static_cast<const char*>(column.getBlob()), static_cast<std::size_t>(column.getBytes())},
-                    result);
+        loaded_.assign(blob(query.getColumn(0)));
+        decode_loaded();
+        for (const Record& record : block_) result.push_back({std::string(record.key), std::string(record.value)});
     }
     return result;
 }
 
 std::size_t BlockTable::remove_if(std::int64_t bound, const std::function<bool(const Record&)>& remove) {
+    struct Stored {
+        std::int64_t id;
+        std::int64_t part;
+        std::string records;
+    };
     std::size_t removed = 0;
     std::int64_t after = 0;
     while (true) {
         // A page of blocks at a time: memory stays bounded however many blocks are old.
-        std::vector<std::pair<std::int64_t, std::vector<Record>>> page;
+        std::vector<Stored> page;
         auto& query = fresh(below_);
         query.bind(1, bound);
         query.bind(2, after);
         while (query.executeStep()) {
-            const SQLite::Column column = query.getColumn(1);
-            page.emplace_back(query.getColumn(0).getInt64(),
-                              decode({static_cast<const char*>(column.getBlob()),
-                                      static_cast<std::size_t>(column.getBytes())}));
+            page.push_back({query.getColumn(0).getInt64(), query.getColumn(1).getInt64(),
+                            std::string(blob(query.getColumn(2)))});
         }
         query.tryReset();
         if (page.empty()) return removed;
-        for (auto& [id, records] : page) {
-            after = id;
-            const auto kept = std::remove_if(records.begin(), records.end(), remove);
-            const auto gone = static_cast<std::size_t>(records.end() - kept);
-            if (gone == 0) continue;
-            removed += gone;
-            records.erase(kept, records.end());
-            if (records.empty()) {
+        for (Stored& stored : page) {
+            after = stored.id;
+            loaded_ = std::move(stored.records);
+            decode_loaded();
+            merged_.clear();
+            for (const Record& record : block_) {
+                if (!remove(record)) merged_.push_back(record);
+            }
+            if (merged_.size() == block_.size()) continue;
+            removed += block_.size() - merged_.size();
+            if (merged_.empty()) {
                 auto& erase = fresh(delete_);
-                erase.bind(1, id);
+                erase.bind(1, stored.id);
                 erase.exec();
             } else {
-                auto& update = fresh(update_);
-                update.bind(1, id);
-                write_row(update, records);
+                store(stored.part, stored.id, merged_);
             }
         }
     }

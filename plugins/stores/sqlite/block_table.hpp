@@ -1,20 +1,23 @@
 #pragma once
 // Records packed into blocks, several to a SQLite row: how the sqlite store keeps its dedup ledger and its outbox.
 //
-// A row costs SQLite about the same whether it holds one record or sixty (a few microseconds on a small VM, mostly
-// B-tree work and statement overhead), so the store writes rows per block, not per record. A table of blocks is
-// split into partitions (the ledger: one per channel; the outbox: one); within a partition each block holds up to
-// kMaxRecords records sorted by key, and blocks never overlap: a key is in the block whose [lo, hi] holds it, or
-// nowhere. Finding a key is one indexed look-up of the last block with lo <= key; a sorted batch of keys costs
-// one or two look-ups per block (or gap between blocks) it touches, not one per key. Keys arriving in order (the
-// message ids of a channel, the plan ids a channel's messages produce) fill the partition's last block and then
-// start new ones.
+// A row costs SQLite about the same whether it holds one record or forty (a few microseconds on a small VM: B-tree
+// work, statement overhead, and a page written to the WAL), so the store writes rows per block, not per record. A
+// table of blocks is split into partitions (the ledger: one per channel; the outbox: one); within a partition each
+// block holds records sorted by key, up to about kMaxBlockBytes (one 4 KB page with the row's other columns), keys
+// stored as the length they share with the previous key and the rest. Blocks never overlap: a key is in the block
+// whose [lo, hi] holds it, or nowhere. Finding a key is one indexed look-up of the last block with lo <= key; a
+// sorted batch of keys costs one or two look-ups per block (or gap between blocks) it touches, not one per key.
+// Keys arriving in order (the message ids of a channel, the plan ids its messages produce) fill the partition's
+// last block and then start new ones.
 //
-// Every call runs inside the caller's transaction; nothing is cached between calls.
+// Every call runs inside the caller's transaction; nothing is cached between calls. Scratch buffers are kept, so a
+// warm table allocates little.
 
 #include <SQLiteCpp/SQLiteCpp.h>
 
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <optional>
 #include <span>
@@ -26,38 +29,47 @@ namespace switchboard::stores {
 
 class BlockTable {
 public:
-    /// Records per block at most.
-    static constexpr std::size_t kMaxRecords = 64;
+    /// A block is cut once its records take this many bytes.
+    static constexpr std::size_t kMaxBlockBytes = 3000;
 
+    /// A record whose key and value live elsewhere (the caller's, or the table's scratch).
     struct Record {
-        std::string key;    // compared bytewise (as memcmp)
-        std::string value;  // opaque
+        std::string_view key;  // compared bytewise (as memcmp)
+        std::string_view value;
+    };
+    /// A record that owns its bytes.
+    struct OwnedRecord {
+        std::string key;
+        std::string value;
     };
 
     /// Computes a block's summary column from its records (the ledger: the oldest timestamp; the outbox: how many
-    /// entries are pending).
-    using Summary = std::function<std::int64_t(std::span<const Record>)>;
+    /// entries are pending), and the summary of two runs of records from theirs (min, sum).
+    using Summary = std::int64_t (*)(std::span<const Record>);
+    using Combine = std::int64_t (*)(std::int64_t, std::int64_t);
+    /// Writes the new value of the i-th key, whose value is @p old, into @p out (empty when called).
+    using Change = std::function<void(std::size_t i, std::string_view old, std::string& out)>;
 
     /// Prepares the statements over @p table, which must exist.
-    BlockTable(SQLite::Database& db, std::string_view table, Summary summary);
+    BlockTable(SQLite::Database& db, std::string_view table, Summary summary, Combine combine);
 
-    /// Inserts each record of @p sorted (sorted by key, keys unique) whose key is not in @p part yet, and sets
-    /// inserted[i] to whether sorted[i] was. The records are moved from.
-    void insert(std::int64_t part, std::span<Record> sorted, std::vector<bool>& inserted);
+    /// Inserts each record of @p sorted (keys strictly increasing) whose key is not in @p part yet, and sets
+    /// inserted[i] to whether sorted[i] was.
+    void insert(std::int64_t part, std::span<const Record> sorted, std::vector<bool>& inserted);
 
-    /// For each key of @p sorted_keys (sorted; equal keys allowed, applied in order) found in @p part, calls
-    /// change(i, value) to rewrite its value in place; found[i] says whether it was found.
-    void update(std::int64_t part, std::span<const std::string> sorted_keys,
-                const std::function<void(std::size_t, std::string&)>& change, std::vector<bool>& found);
+    /// For each key of @p sorted_keys (increasing; equal keys allowed, changed in order) found in @p part, rewrites
+    /// its value with @p change; found[i] says whether the i-th key was found.
+    void update(std::int64_t part, std::span<const std::string_view> sorted_keys, const Change& change,
+                std::vector<bool>& found);
 
     /// The value of @p key in @p part, if it is there.
-    [[nodiscard]] std::optional<std::string> find(std::int64_t part, const std::string& key);
+    [[nodiscard]] std::optional<std::string> find(std::int64_t part, std::string_view key);
 
     /// Every record of @p part with from <= key < to, in key order.
-    [[nodiscard]] std::vector<Record> range(std::int64_t part, const std::string& from, const std::string& to);
+    [[nodiscard]] std::vector<OwnedRecord> range(std::int64_t part, std::string_view from, std::string_view to);
 
     /// Every record of the blocks whose summary is above zero.
-    [[nodiscard]] std::vector<Record> with_positive_summary();
+    [[nodiscard]] std::vector<OwnedRecord> with_positive_summary();
 
     /// Removes the records for which @p remove is true from the blocks whose summary is below @p bound; returns how
     /// many were removed.
@@ -69,16 +81,25 @@ private:
         std::string lo;
         std::string hi;
         std::int64_t count = 0;
+        std::int64_t summary = 0;
+        std::size_t bytes = 0;
     };
 
-    std::optional<Block> at_or_before(std::int64_t part, const std::string& key);
-    std::optional<std::string> first_after(std::int64_t part, const std::string& key);
-    std::vector<Record> load(std::int64_t id);
-    // Writes @p records (sorted, non-empty) as block @p id (0: new), split into blocks of at most kMaxRecords.
-    void store(std::int64_t part, std::int64_t id, std::vector<Record>& records);
+    std::optional<Block> at_or_before(std::int64_t part, std::string_view key);
+    std::optional<std::string> first_after(std::int64_t part, std::string_view key);
+    // Reads block @p id into loaded_ (its records' bytes) and, unless @p raw, block_ (the records).
+    void load(std::int64_t id, bool raw = false);
+    // Appends the first of @p sorted (all after its last key) to @p block while it has room; returns how many.
+    std::size_t append(const Block& block, std::span<const Record> sorted);
+    void decode_loaded();
+    // Writes @p records (sorted, non-empty) as block @p id (0: a new one), cut into blocks of kMaxBlockBytes.
+    void store(std::int64_t part, std::int64_t id, std::span<const Record> records);
     void write_row(SQLite::Statement& statement, std::span<const Record> records);
+    void encode(std::string_view previous_key, const Record& record);
+    std::string& scratch_value();
 
     Summary summary_;
+    Combine combine_;
     SQLite::Statement at_or_before_;
     SQLite::Statement first_after_;
     SQLite::Statement load_;
@@ -88,7 +109,15 @@ private:
     SQLite::Statement range_;
     SQLite::Statement positive_;
     SQLite::Statement below_;
-    std::string encoded_;  // scratch: a block's records as stored
+
+    std::string loaded_;                // the loaded block's records as stored
+    std::string loaded_keys_;           // its keys, whole
+    std::vector<Record> block_;         // its records: keys in loaded_keys_, values in loaded_ or values_
+    std::vector<Record> merged_;        // scratch: a block being rebuilt
+    std::deque<std::string> values_;    // scratch: values rewritten by update() (a deque: they never move)
+    std::size_t values_used_ = 0;
+    std::vector<std::size_t> offsets_;  // scratch: where each key starts in loaded_keys_
+    std::string encoded_;               // scratch: a block's records as stored
 };
 
 /// Appends @p value to @p out as a varint; reads one back from @p in (advancing it), nullopt if @p in is too short.

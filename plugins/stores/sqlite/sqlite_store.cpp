@@ -514,8 +514,11 @@ std::int64_t pending_entries(std::span<const BlockTable::Record> records) {
     return pending;
 }
 
-BlockTable ledger_table(SQLite::Database& db) { return BlockTable(db, "dedup_blocks", oldest_timestamp); }
-BlockTable outbox_table(SQLite::Database& db) { return BlockTable(db, "outbox_blocks", pending_entries); }
+std::int64_t smaller(std::int64_t a, std::int64_t b) { return std::min(a, b); }
+std::int64_t sum(std::int64_t a, std::int64_t b) { return a + b; }
+
+BlockTable ledger_table(SQLite::Database& db) { return BlockTable(db, "dedup_blocks", oldest_timestamp, smaller); }
+BlockTable outbox_table(SQLite::Database& db) { return BlockTable(db, "outbox_blocks", pending_entries, sum); }
 
 std::int64_t read_meta(SQLite::Database& db, const char* key) {
     SQLite::Statement query(db, "SELECT value FROM store_meta WHERE key = ?1");
@@ -527,8 +530,15 @@ std::int64_t read_meta(SQLite::Database& db, const char* key) {
 // their sequence number), then the old tables go. Rows are read a chunk at a time, so memory stays bounded.
 void convert_to_version_2(SQLite::Database& db) {
     constexpr std::size_t kChunk = 4096;
-    std::vector<BlockTable::Record> records;
+    std::vector<BlockTable::OwnedRecord> records;
+    std::vector<BlockTable::Record> views;
     std::vector<bool> inserted;
+    auto sorted_views = [&] {
+        std::sort(records.begin(), records.end(), [](const auto& a, const auto& b) { return a.key < b.key; });
+        views.clear();
+        for (const auto& record : records) views.push_back({record.key, record.value});
+        return std::span<const BlockTable::Record>(views);
+    };
     {
         BlockTable ledger = ledger_table(db);
         SQLite::Statement rows(db,
@@ -536,8 +546,7 @@ void convert_to_version_2(SQLite::Database& db) {
                                "ON c.connection = d.connection AND c.channel = d.channel ORDER BY c.id, d.message_id");
         std::int64_t channel = 0;
         auto flush = [&] {
-            std::sort(records.begin(), records.end(), [](const auto& a, const auto& b) { return a.key < b.key; });
-            ledger.insert(channel, records, inserted);
+            ledger.insert(channel, sorted_views(), inserted);
             records.clear();
         };
         while (rows.executeStep()) {
@@ -557,8 +566,7 @@ void convert_to_version_2(SQLite::Database& db) {
                                "error, created_ms FROM outbox ORDER BY plan_id, recipient");
         std::int64_t last_sequence = 0;
         auto flush = [&] {
-            std::sort(records.begin(), records.end(), [](const auto& a, const auto& b) { return a.key < b.key; });
-            outbox.insert(0, records, inserted);
+            outbox.insert(0, sorted_views(), inserted);
             records.clear();
         };
         while (rows.executeStep()) {
@@ -574,7 +582,7 @@ void convert_to_version_2(SQLite::Database& db) {
             entry.attempts = rows.getColumn(7).getInt();
             entry.error = rows.getColumn(8).getString();
             entry.created_ms = rows.getColumn(9).getInt64();
-            BlockTable::Record& record = records.emplace_back();
+            BlockTable::OwnedRecord& record = records.emplace_back();
             outbox_key(rows.getColumn(1).getString(), rows.getColumn(2).getString(), record.key);
             encode_entry(entry, sequence, record.value);
             last_sequence = std::max(last_sequence, sequence);
@@ -710,38 +718,30 @@ struct SqliteStore::Impl {
     // Enters the messages of @p batch into the ledger; fresh[i] says whether batch[i] was not there yet (nor earlier
     // in the batch).
     void enter_into_ledger(std::span<const ProcessedMessage> batch, std::vector<bool>& fresh) {
-        struct Key {
-            std::int64_t channel;
-            const Message* message;
-            std::size_t index;
-        };
-        std::vector<Key> keys;
-        keys.reserve(batch.size());
+        auto& keys = ledger_keys;
+        keys.clear();
+        timestamps.clear();
         for (std::size_t i = 0; i < batch.size(); ++i) {
             const Message& message = batch[i].message;
-            keys.push_back({*channel_id(message.connection, message.channel, true), &message, i});
+            keys.push_back({*channel_id(message.connection, message.channel, true), message.id, i});
+            put_fixed64(timestamps, message.timestamp_ms);
         }
-        std::sort(keys.begin(), keys.end(), [](const Key& a, const Key& b) {
+        std::sort(keys.begin(), keys.end(), [](const LedgerKey& a, const LedgerKey& b) {
             if (a.channel != b.channel) return a.channel < b.channel;
-            if (const int order = a.message->id.compare(b.message->id); order != 0) return order < 0;
+            if (a.id != b.id) return a.id < b.id;
             return a.index < b.index;
         });
         fresh.assign(batch.size(), false);
-        std::vector<BlockTable::Record> records;
-        std::vector<std::size_t> indexes;
-        std::vector<bool> inserted;
         for (std::size_t first = 0; first < keys.size();) {
             const std::int64_t channel = keys[first].channel;
             records.clear();
             indexes.clear();
             std::size_t next = first;
             for (; next < keys.size() && keys[next].channel == channel; ++next) {
-                const Message& message = *keys[next].message;
-                if (!records.empty() && records.back().key == message.id) continue;  // twice in the batch
-                BlockTable::Record& record = records.emplace_back();
-                record.key = message.id;
-                put_fixed64(record.value, message.timestamp_ms);
-                indexes.push_back(keys[next].index);
+                const LedgerKey& key = keys[next];
+                if (!records.empty() && records.back().key == key.id) continue;  // twice in the batch
+                records.push_back({key.id, std::string_view(timestamps).substr(key.index * 8, 8)});
+                indexes.push_back(key.index);
             }
             ledger.insert(channel, records, inserted);
             for (std::size_t k = 0; k < indexes.size(); ++k) fresh[indexes[k]] = inserted[k];
@@ -749,25 +749,51 @@ struct SqliteStore::Impl {
         }
     }
 
+    // Builds the outbox key of each entry in `arena`, and `order`: the entries' indexes sorted by key (equal keys in
+    // call order). key_of(i) is then entry i's key.
+    template <class EntryAt>
+    void sort_outbox_keys(std::size_t count, EntryAt&& entry_at) {
+        arena.clear();
+        key_ends.clear();
+        for (std::size_t i = 0; i < count; ++i) {
+            const OutboxEntry& entry = entry_at(i);
+            address_text(entry.recipient, recipient_text);
+            outbox_key(entry.plan_id, recipient_text, key_text);
+            arena.append(key_text);
+            key_ends.push_back(arena.size());
+        }
+        order.resize(count);
+        for (std::size_t i = 0; i < count; ++i) order[i] = i;
+        std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+            const std::string_view ka = key_of(a);
+            const std::string_view kb = key_of(b);
+            return ka != kb ? ka < kb : a < b;
+        });
+    }
+
+    [[nodiscard]] std::string_view key_of(std::size_t i) const {
+        const std::size_t start = i == 0 ? 0 : key_ends[i - 1];
+        return std::string_view(arena).substr(start, key_ends[i] - start);
+    }
+
     // Adds @p entries (in order: of equal keys the first counts) to the outbox, keeping entries that exist.
     void add_outbox_entries(std::span<const OutboxEntry* const> entries) {
         if (entries.empty()) return;
-        std::vector<std::pair<std::string, std::size_t>> keys;
-        keys.reserve(entries.size());
-        for (std::size_t i = 0; i < entries.size(); ++i) {
-            address_text(entries[i]->recipient, recipient_text);
-            outbox_key(entries[i]->plan_id, recipient_text, keys.emplace_back(std::string(), i).first);
+        sort_outbox_keys(entries.size(), [&](std::size_t i) -> const OutboxEntry& { return *entries[i]; });
+        values.clear();
+        value_ends.clear();
+        for (const std::size_t i : order) {
+            encode_entry(*entries[i], outbox_sequence + 1 + static_cast<std::int64_t>(i), key_text);
+            values.append(key_text);
+            value_ends.push_back(values.size());
         }
-        std::sort(keys.begin(), keys.end());
-        std::vector<BlockTable::Record> records;
-        records.reserve(keys.size());
-        for (auto& [key, index] : keys) {
+        records.clear();
+        for (std::size_t k = 0; k < order.size(); ++k) {
+            const std::string_view key = key_of(order[k]);
             if (!records.empty() && records.back().key == key) continue;  // twice in the call
-            BlockTable::Record& record = records.emplace_back();
-            encode_entry(*entries[index], outbox_sequence + 1 + static_cast<std::int64_t>(index), record.value);
-            record.key = std::move(key);
+            const std::size_t start = k == 0 ? 0 : value_ends[k - 1];
+            records.push_back({key, std::string_view(values).substr(start, value_ends[k] - start)});
         }
-        std::vector<bool> inserted;
         outbox.insert(0, records, inserted);
         outbox_sequence += static_cast<std::int64_t>(entries.size());
         auto& put = fresh(meta_put);
@@ -778,57 +804,46 @@ struct SqliteStore::Impl {
 
     // Writes the state of @p entries; the first of them the outbox does not have, if any.
     const OutboxEntry* update_outbox_entries(std::span<const OutboxEntry> entries) {
-        std::vector<std::pair<std::string, std::size_t>> keys;
-        keys.reserve(entries.size());
-        for (std::size_t i = 0; i < entries.size(); ++i) {
-            address_text(entries[i].recipient, recipient_text);
-            outbox_key(entries[i].plan_id, recipient_text, keys.emplace_back(std::string(), i).first);
-        }
-        std::sort(keys.begin(), keys.end());  // equal keys stay in call order: the last one written wins
-        std::vector<std::string> sorted;
-        sorted.reserve(keys.size());
-        for (auto& [key, index] : keys) sorted.push_back(std::move(key));
-        std::vector<bool> found;
+        sort_outbox_keys(entries.size(), [&](std::size_t i) -> const OutboxEntry& { return entries[i]; });
+        sorted_keys.clear();
+        for (const std::size_t i : order) sorted_keys.push_back(key_of(i));
         outbox.update(
-            0, sorted, [&](std::size_t k, std::string& value) { rewrite_state(entries[keys[k].second], value); },
+            0, sorted_keys,
+            [&](std::size_t k, std::string_view old, std::string& out) { rewrite_state(entries[order[k]], old, out); },
             found);
         std::size_t missing = entries.size();
         for (std::size_t k = 0; k < found.size(); ++k) {
-            if (!found[k]) missing = std::min(missing, keys[k].second);
+            if (!found[k]) missing = std::min(missing, order[k]);
         }
         return missing < entries.size() ? &entries[missing] : nullptr;
     }
 
-    // Replaces the state, sent message id, attempts and error in @p value (an encoded entry) with @p entry's.
-    static void rewrite_state(const OutboxEntry& entry, std::string& value) {
-        std::string_view rest(value);
-        rest.remove_prefix(std::min(rest.size(), kStateOffset + 1));
-        const auto attempts = get_varint(rest);
-        const auto text = attempts ? get_text(rest) : std::nullopt;
+    // Writes to @p out the entry @p old (encoded) with the state, attempts, sent message id and error of @p entry.
+    static void rewrite_state(const OutboxEntry& entry, std::string_view old, std::string& out) {
+        std::string_view rest = old.substr(std::min(old.size(), kStateOffset + 1));
+        const bool readable = get_varint(rest).has_value();
+        const std::size_t content = old.size() - rest.size();  // text and reply_to, kept as they are
+        const auto text = readable ? get_text(rest) : std::nullopt;
         if (!text || rest.empty()) throw std::runtime_error("an outbox entry is unreadable: the store file is corrupt");
-        std::optional<std::string_view> reply_to;
         const bool has_reply_to = rest.front() != '\x00';
         rest.remove_prefix(1);
-        if (has_reply_to) {
-            reply_to = get_text(rest);
-            if (!reply_to) throw std::runtime_error("an outbox entry is unreadable: the store file is corrupt");
+        if (has_reply_to && !get_text(rest)) {
+            throw std::runtime_error("an outbox entry is unreadable: the store file is corrupt");
         }
-        std::string updated(value, 0, kStateOffset);
-        updated.push_back(state_byte(entry.state));
-        put_varint(updated, static_cast<std::uint32_t>(entry.attempts));
-        put_text(updated, *text);
-        updated.push_back(has_reply_to ? '\x01' : '\x00');
-        if (reply_to) put_text(updated, *reply_to);
-        put_text(updated, entry.sent_message_id);
-        put_text(updated, entry.error);
-        value = std::move(updated);
+        const std::size_t content_end = old.size() - rest.size();
+        out.append(old.substr(0, kStateOffset));
+        out.push_back(state_byte(entry.state));
+        put_varint(out, static_cast<std::uint32_t>(entry.attempts));
+        out.append(old.substr(content, content_end - content));
+        put_text(out, entry.sent_message_id);
+        put_text(out, entry.error);
     }
 
     // The entries of @p records, in the order they were added (pending ones: oldest first).
-    [[nodiscard]] Result<std::vector<OutboxEntry>> entries_of(std::vector<BlockTable::Record> records,
+    [[nodiscard]] Result<std::vector<OutboxEntry>> entries_of(const std::vector<BlockTable::OwnedRecord>& records,
                                                              bool pending_only, bool by_creation) {
         std::vector<StoredEntry> stored;
-        for (const BlockTable::Record& record : records) {
+        for (const BlockTable::OwnedRecord& record : records) {
             auto entry = decode_entry(record.key, record.value);
             if (!entry) {
                 return fail("store_corrupt", "an outbox entry in " + quoted(path) +
@@ -923,6 +938,25 @@ struct SqliteStore::Impl {
     std::unordered_map<std::string, std::int64_t> channel_ids;  // connection NUL channel -> channels.id (a cache)
     std::int64_t outbox_sequence = 0;                           // store_meta.outbox_seq
 
+    // Scratch buffers, kept between calls so that a warm store allocates little.
+    struct LedgerKey {
+        std::int64_t channel;
+        std::string_view id;
+        std::size_t index;
+    };
+    std::vector<LedgerKey> ledger_keys;        // the batch's dedup keys, sorted
+    std::string timestamps;                    // their timestamps as stored, 8 bytes each in batch order
+    std::vector<BlockTable::Record> records;   // records handed to a block table
+    std::vector<std::size_t> indexes;          // which message each ledger record is
+    std::vector<bool> inserted;                // what a block table inserted
+    std::vector<bool> found;                   // what a block table found
+    std::string arena;                         // outbox keys, one after the other
+    std::vector<std::size_t> key_ends;         // where each ends in the arena
+    std::vector<std::size_t> order;            // entries by key
+    std::vector<std::string_view> sorted_keys; // the keys in that order
+    std::string values;                        // encoded entries, one after the other
+    std::vector<std::size_t> value_ends;       // where each ends
+    std::string key_text;                      // one key or value being built
     std::vector<bool> fresh_messages;          // scratch for commit(): which messages were not in the ledger
     std::vector<const OutboxEntry*> replies;   // scratch for commit(): the outbox entries to add
     std::vector<const Message*> cursor_moves;  // scratch for commit(): the newest message per channel
