@@ -73,11 +73,10 @@ bool key_less(const BlockTable::Record& record, std::string_view key) { return r
 BlockTable::BlockTable(SQLite::Database& db, std::string_view table, Summary summary, Combine combine)
     : summary_(summary),
       combine_(combine),
-      at_or_before_(db, "SELECT id, lo, hi, count, summary, length(records) FROM " + std::string(table) +
+      at_or_before_(db, "SELECT id, lo, hi, count, summary, records FROM " + std::string(table) +
                             " WHERE part = ?1 AND lo <= ?2 ORDER BY lo DESC LIMIT 1"),
       first_after_(db,
                    "SELECT lo FROM " + std::string(table) + " WHERE part = ?1 AND lo > ?2 ORDER BY lo LIMIT 1"),
-      load_(db, "SELECT records FROM " + std::string(table) + " WHERE id = ?1"),
       insert_(db, "INSERT INTO " + std::string(table) +
                       " (part, lo, hi, count, summary, records) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
       update_(db, "UPDATE " + std::string(table) +
@@ -96,7 +95,8 @@ std::optional<BlockTable::Block> BlockTable::at_or_before(std::int64_t part, std
     if (!query.executeStep()) return std::nullopt;
     Block block{query.getColumn(0).getInt64(), std::string(bytes_of(query.getColumn(1))),
                 std::string(bytes_of(query.getColumn(2))), query.getColumn(3).getInt64(), query.getColumn(4).getInt64(),
-                static_cast<std::size_t>(query.getColumn(5).getInt64())};
+                static_cast<std::size_t>(query.getColumn(5).getBytes())};
+    loaded_.assign(blob(query.getColumn(5)));
     query.tryReset();
     return block;
 }
@@ -109,15 +109,6 @@ std::optional<std::string> BlockTable::first_after(std::int64_t part, std::strin
     std::string lo(bytes_of(query.getColumn(0)));
     query.tryReset();
     return lo;
-}
-
-void BlockTable::load(std::int64_t id, bool raw) {
-    auto& query = fresh(load_);
-    query.bind(1, id);
-    if (!query.executeStep()) throw std::runtime_error("a block of records vanished while it was read");
-    loaded_.assign(blob(query.getColumn(0)));
-    query.tryReset();
-    if (!raw) decode_loaded();
 }
 
 // Stored: per record, the length its key shares with the previous key, the rest of the key, and the value (each
@@ -167,7 +158,6 @@ void BlockTable::encode(std::string_view previous_key, const Record& record) {
 
 // The records go after the block's bytes as they are: nothing it holds is decoded or encoded again.
 std::size_t BlockTable::append(const Block& block, std::span<const Record> sorted) {
-    load(block.id, true);
     encoded_ = loaded_;
     std::size_t taken = 0;
     std::string_view previous = block.hi;
@@ -227,7 +217,7 @@ void BlockTable::insert(std::int64_t part, std::span<const Record> sorted, std::
         if (before && sorted[i].key <= before->hi) {
             // Inside a block: merge, keeping the records it has.
             while (j < n && sorted[j].key <= before->hi) ++j;
-            load(before->id);
+            decode_loaded();
             std::size_t r = 0;
             bool changed = false;
             for (std::size_t k = i; k < j; ++k) {
@@ -266,7 +256,7 @@ void BlockTable::update(std::int64_t part, std::span<const std::string_view> sor
         }
         std::size_t j = i;
         while (j < n && sorted_keys[j] <= block->hi) ++j;
-        load(block->id);
+        decode_loaded();
         values_used_ = 0;
         bool changed = false;
         bool resized = false;  // a value changed its length: the block is encoded again, else patched in place
@@ -306,7 +296,7 @@ void BlockTable::update(std::int64_t part, std::span<const std::string_view> sor
 std::optional<std::string> BlockTable::find(std::int64_t part, std::string_view key) {
     const std::optional<Block> block = at_or_before(part, key);
     if (!block || key > block->hi) return std::nullopt;
-    load(block->id);
+    decode_loaded();
     const auto it = std::lower_bound(block_.begin(), block_.end(), key, key_less);
     if (it == block_.end() || it->key != key) return std::nullopt;
     return std::string(it->value);
@@ -321,7 +311,7 @@ std::vector<BlockTable::OwnedRecord> BlockTable::range(std::int64_t part, std::s
         }
     };
     if (const std::optional<Block> first = at_or_before(part, from); first && first->hi >= from) {
-        load(first->id);
+        decode_loaded();
         take();
     }
     auto& query = fresh(range_);

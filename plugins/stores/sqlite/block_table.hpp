@@ -85,12 +85,13 @@ private:
         std::size_t bytes = 0;
     };
 
+    // The last block of @p part with lo <= @p key; its records' bytes are then in loaded_.
     std::optional<Block> at_or_before(std::int64_t part, std::string_view key);
     std::optional<std::string> first_after(std::int64_t part, std::string_view key);
-    // Reads block @p id into loaded_ (its records' bytes) and, unless @p raw, block_ (the records).
-    void load(std::int64_t id, bool raw = false);
-    // Appends the first of @p sorted (all after its last key) to @p block while it has room; returns how many.
+    // Appends the first of @p sorted (all after its last key) to @p block, whose bytes are in loaded_, while it has
+    // room; returns how many.
     std::size_t append(const Block& block, std::span<const Record> sorted);
+    // Decodes loaded_ into block_.
     void decode_loaded();
     // Writes @p records (sorted, non-empty) as block @p id (0: a new one), cut into blocks of kMaxBlockBytes.
     void store(std::int64_t part, std::int64_t id, std::span<const Record> records);
@@ -102,7 +103,6 @@ private:
     Combine combine_;
     SQLite::Statement at_or_before_;
     SQLite::Statement first_after_;
-    SQLite::Statement load_;
     SQLite::Statement insert_;
     SQLite::Statement update_;
     SQLite::Statement delete_;

@@ -411,6 +411,11 @@ std::int64_t oldest_timestamp(std::span<const BlockTable::Record> records) {
 constexpr std::size_t kStateOffset = 16;
 
 void append_escaped(std::string& out, std::string_view text) {
+    if (std::memchr(text.data(), '\x00', text.size()) == nullptr &&
+        std::memchr(text.data(), '\x01', text.size()) == nullptr) {
+        out.append(text);
+        return;
+    }
     for (const char c : text) {
         if (c == '\x00' || c == '\x01') {
             out.push_back('\x01');
@@ -435,8 +440,8 @@ std::string plan_end(const std::string& plan_id) {
     return key;
 }
 
-void outbox_key(const std::string& plan_id, std::string_view recipient, std::string& key) {
-    key.clear();
+// Appends the key of (@p plan_id, @p recipient) to @p key.
+void append_outbox_key(const std::string& plan_id, std::string_view recipient, std::string& key) {
     append_escaped(key, plan_id);
     key.push_back('\x00');
     key.append(recipient);
@@ -583,7 +588,7 @@ void convert_to_version_2(SQLite::Database& db) {
             entry.error = rows.getColumn(8).getString();
             entry.created_ms = rows.getColumn(9).getInt64();
             BlockTable::OwnedRecord& record = records.emplace_back();
-            outbox_key(rows.getColumn(1).getString(), rows.getColumn(2).getString(), record.key);
+            append_outbox_key(rows.getColumn(1).getString(), rows.getColumn(2).getString(), record.key);
             encode_entry(entry, sequence, record.value);
             last_sequence = std::max(last_sequence, sequence);
             if (records.size() == kChunk) flush();
@@ -750,7 +755,7 @@ struct SqliteStore::Impl {
     }
 
     // Builds the outbox key of each entry in `arena`, and `order`: the entries' indexes sorted by key (equal keys in
-    // call order). key_of(i) is then entry i's key.
+    // call order), with `sorted_keys` the keys in that order.
     template <class EntryAt>
     void sort_outbox_keys(std::size_t count, EntryAt&& entry_at) {
         arena.clear();
@@ -758,22 +763,21 @@ struct SqliteStore::Impl {
         for (std::size_t i = 0; i < count; ++i) {
             const OutboxEntry& entry = entry_at(i);
             address_text(entry.recipient, recipient_text);
-            outbox_key(entry.plan_id, recipient_text, key_text);
-            arena.append(key_text);
+            append_outbox_key(entry.plan_id, recipient_text, arena);
             key_ends.push_back(arena.size());
         }
-        order.resize(count);
-        for (std::size_t i = 0; i < count; ++i) order[i] = i;
-        std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
-            const std::string_view ka = key_of(a);
-            const std::string_view kb = key_of(b);
-            return ka != kb ? ka < kb : a < b;
-        });
-    }
-
-    [[nodiscard]] std::string_view key_of(std::size_t i) const {
-        const std::size_t start = i == 0 ? 0 : key_ends[i - 1];
-        return std::string_view(arena).substr(start, key_ends[i] - start);
+        keyed.clear();
+        for (std::size_t i = 0; i < count; ++i) {
+            const std::size_t start = i == 0 ? 0 : key_ends[i - 1];
+            keyed.emplace_back(std::string_view(arena).substr(start, key_ends[i] - start), i);
+        }
+        std::sort(keyed.begin(), keyed.end());
+        order.clear();
+        sorted_keys.clear();
+        for (const auto& [key, index] : keyed) {
+            sorted_keys.push_back(key);
+            order.push_back(index);
+        }
     }
 
     // Adds @p entries (in order: of equal keys the first counts) to the outbox, keeping entries that exist.
@@ -789,7 +793,7 @@ struct SqliteStore::Impl {
         }
         records.clear();
         for (std::size_t k = 0; k < order.size(); ++k) {
-            const std::string_view key = key_of(order[k]);
+            const std::string_view key = sorted_keys[k];
             if (!records.empty() && records.back().key == key) continue;  // twice in the call
             const std::size_t start = k == 0 ? 0 : value_ends[k - 1];
             records.push_back({key, std::string_view(values).substr(start, value_ends[k] - start)});
@@ -805,8 +809,6 @@ struct SqliteStore::Impl {
     // Writes the state of @p entries; the first of them the outbox does not have, if any.
     const OutboxEntry* update_outbox_entries(std::span<const OutboxEntry> entries) {
         sort_outbox_keys(entries.size(), [&](std::size_t i) -> const OutboxEntry& { return entries[i]; });
-        sorted_keys.clear();
-        for (const std::size_t i : order) sorted_keys.push_back(key_of(i));
         outbox.update(
             0, sorted_keys,
             [&](std::size_t k, std::string_view old, std::string& out) { rewrite_state(entries[order[k]], old, out); },
@@ -952,6 +954,7 @@ struct SqliteStore::Impl {
     std::vector<bool> found;                   // what a block table found
     std::string arena;                         // outbox keys, one after the other
     std::vector<std::size_t> key_ends;         // where each ends in the arena
+    std::vector<std::pair<std::string_view, std::size_t>> keyed;  // outbox keys and their entries
     std::vector<std::size_t> order;            // entries by key
     std::vector<std::string_view> sorted_keys; // the keys in that order
     std::string values;                        // encoded entries, one after the other
