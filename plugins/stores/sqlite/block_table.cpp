@@ -75,15 +75,13 @@ BlockTable::BlockTable(SQLite::Database& db, std::string_view table, Summary sum
       combine_(combine),
       at_or_before_(db, "SELECT id, lo, hi, count, summary, records FROM " + std::string(table) +
                             " WHERE part = ?1 AND lo <= ?2 ORDER BY lo DESC LIMIT 1"),
-      first_after_(db,
-                   "SELECT lo FROM " + std::string(table) + " WHERE part = ?1 AND lo > ?2 ORDER BY lo LIMIT 1"),
+      first_after_(db, "SELECT lo FROM " + std::string(table) + " WHERE part = ?1 AND lo > ?2 ORDER BY lo LIMIT 1"),
       insert_(db, "INSERT INTO " + std::string(table) +
                       " (part, lo, hi, count, summary, records) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
       update_(db, "UPDATE " + std::string(table) +
                       " SET lo = ?2, hi = ?3, count = ?4, summary = ?5, records = ?6 WHERE id = ?1"),
       delete_(db, "DELETE FROM " + std::string(table) + " WHERE id = ?1"),
-      range_(db, "SELECT records FROM " + std::string(table) +
-                     " WHERE part = ?1 AND lo > ?2 AND lo < ?3 ORDER BY lo"),
+      range_(db, "SELECT records FROM " + std::string(table) + " WHERE part = ?1 AND lo > ?2 AND lo < ?3 ORDER BY lo"),
       positive_(db, "SELECT records FROM " + std::string(table) + " WHERE summary > 0"),
       below_(db, "SELECT id, part, records FROM " + std::string(table) +
                      " WHERE summary < ?1 AND id > ?2 ORDER BY id LIMIT 256") {}
@@ -93,8 +91,11 @@ std::optional<BlockTable::Block> BlockTable::at_or_before(std::int64_t part, std
     query.bind(1, part);
     bind_bytes(query, 2, key);
     if (!query.executeStep()) return std::nullopt;
-    Block block{query.getColumn(0).getInt64(), std::string(bytes_of(query.getColumn(1))),
-                std::string(bytes_of(query.getColumn(2))), query.getColumn(3).getInt64(), query.getColumn(4).getInt64(),
+    Block block{query.getColumn(0).getInt64(),
+                std::string(bytes_of(query.getColumn(1))),
+                std::string(bytes_of(query.getColumn(2))),
+                query.getColumn(3).getInt64(),
+                query.getColumn(4).getInt64(),
                 static_cast<std::size_t>(query.getColumn(5).getBytes())};
     loaded_.assign(blob(query.getColumn(5)));
     query.tryReset();
@@ -302,12 +303,12 @@ std::optional<std::string> BlockTable::find(std::int64_t part, std::string_view 
     return std::string(it->value);
 }
 
-std::vector<BlockTable::OwnedRecord> BlockTable::range(std::int64_t part, std::string_view from,
-                                                       std::string_view to) {
+std::vector<BlockTable::OwnedRecord> BlockTable::range(std::int64_t part, std::string_view from, std::string_view to) {
     std::vector<OwnedRecord> result;
     auto take = [&] {
         for (const Record& record : block_) {
-            if (record.key >= from && record.key < to) result.push_back({std::string(record.key), std::string(record.value)});
+            if (record.key >= from && record.key < to)
+                result.push_back({std::string(record.key), std::string(record.value)});
         }
     };
     if (const std::optional<Block> first = at_or_before(part, from); first && first->hi >= from) {
@@ -352,8 +353,8 @@ std::size_t BlockTable::remove_if(std::int64_t bound, const std::function<bool(c
         query.bind(1, bound);
         query.bind(2, after);
         while (query.executeStep()) {
-            page.push_back({query.getColumn(0).getInt64(), query.getColumn(1).getInt64(),
-                            std::string(blob(query.getColumn(2)))});
+            page.push_back(
+                {query.getColumn(0).getInt64(), query.getColumn(1).getInt64(), std::string(blob(query.getColumn(2)))});
         }
         query.tryReset();
         if (page.empty()) return removed;

@@ -110,11 +110,11 @@ private:
     SQLite::Statement positive_;
     SQLite::Statement below_;
 
-    std::string loaded_;                // the loaded block's records as stored
-    std::string loaded_keys_;           // its keys, whole
-    std::vector<Record> block_;         // its records: keys in loaded_keys_, values in loaded_ or values_
-    std::vector<Record> merged_;        // scratch: a block being rebuilt
-    std::deque<std::string> values_;    // scratch: values rewritten by update() (a deque: they never move)
+    std::string loaded_;              // the loaded block's records as stored
+    std::string loaded_keys_;         // its keys, whole
+    std::vector<Record> block_;       // its records: keys in loaded_keys_, values in loaded_ or values_
+    std::vector<Record> merged_;      // scratch: a block being rebuilt
+    std::deque<std::string> values_;  // scratch: values rewritten by update() (a deque: they never move)
     std::size_t values_used_ = 0;
     std::vector<std::size_t> offsets_;  // scratch: where each key starts in loaded_keys_
     std::string encoded_;               // scratch: a block's records as stored

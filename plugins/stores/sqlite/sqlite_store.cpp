@@ -1,7 +1,5 @@
 #include "sqlite_store.hpp"
 
-#include "block_table.hpp"
-
 #include <SQLiteCpp/SQLiteCpp.h>
 #include <fcntl.h>
 #include <sqlite3.h>
@@ -11,10 +9,10 @@
 #include <algorithm>
 #include <array>
 #include <cerrno>
+#include <condition_variable>
 #include <cstring>
 #include <iterator>
 #include <limits>
-#include <condition_variable>
 #include <mutex>
 #include <set>
 #include <string_view>
@@ -22,6 +20,8 @@
 #include <thread>
 #include <unordered_map>
 #include <utility>
+
+#include "block_table.hpp"
 
 namespace switchboard::stores {
 namespace {
@@ -143,7 +143,8 @@ CREATE TABLE store_meta (
     key   TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 ) WITHOUT ROWID;
-)sql", convert_to_version_2},
+)sql",
+              convert_to_version_2},
 };
 static_assert(kMigrations.back().version == SqliteStore::kSchemaVersion,
               "the last migration step must produce kSchemaVersion");
@@ -843,7 +844,7 @@ struct SqliteStore::Impl {
 
     // The entries of @p records, in the order they were added (pending ones: oldest first).
     [[nodiscard]] Result<std::vector<OutboxEntry>> entries_of(const std::vector<BlockTable::OwnedRecord>& records,
-                                                             bool pending_only, bool by_creation) {
+                                                              bool pending_only, bool by_creation) {
         std::vector<StoredEntry> stored;
         for (const BlockTable::OwnedRecord& record : records) {
             auto entry = decode_entry(record.key, record.value);
@@ -946,20 +947,20 @@ struct SqliteStore::Impl {
         std::string_view id;
         std::size_t index;
     };
-    std::vector<LedgerKey> ledger_keys;        // the batch's dedup keys, sorted
-    std::string timestamps;                    // their timestamps as stored, 8 bytes each in batch order
-    std::vector<BlockTable::Record> records;   // records handed to a block table
-    std::vector<std::size_t> indexes;          // which message each ledger record is
-    std::vector<bool> inserted;                // what a block table inserted
-    std::vector<bool> found;                   // what a block table found
-    std::string arena;                         // outbox keys, one after the other
-    std::vector<std::size_t> key_ends;         // where each ends in the arena
+    std::vector<LedgerKey> ledger_keys;       // the batch's dedup keys, sorted
+    std::string timestamps;                   // their timestamps as stored, 8 bytes each in batch order
+    std::vector<BlockTable::Record> records;  // records handed to a block table
+    std::vector<std::size_t> indexes;         // which message each ledger record is
+    std::vector<bool> inserted;               // what a block table inserted
+    std::vector<bool> found;                  // what a block table found
+    std::string arena;                        // outbox keys, one after the other
+    std::vector<std::size_t> key_ends;        // where each ends in the arena
     std::vector<std::pair<std::string_view, std::size_t>> keyed;  // outbox keys and their entries
-    std::vector<std::size_t> order;            // entries by key
-    std::vector<std::string_view> sorted_keys; // the keys in that order
-    std::string values;                        // encoded entries, one after the other
-    std::vector<std::size_t> value_ends;       // where each ends
-    std::string key_text;                      // one key or value being built
+    std::vector<std::size_t> order;                               // entries by key
+    std::vector<std::string_view> sorted_keys;                    // the keys in that order
+    std::string values;                                           // encoded entries, one after the other
+    std::vector<std::size_t> value_ends;                          // where each ends
+    std::string key_text;                                         // one key or value being built
     std::vector<bool> fresh_messages;          // scratch for commit(): which messages were not in the ledger
     std::vector<const OutboxEntry*> replies;   // scratch for commit(): the outbox entries to add
     std::vector<const Message*> cursor_moves;  // scratch for commit(): the newest message per channel

@@ -3,6 +3,7 @@
 #include <SQLiteCpp/SQLiteCpp.h>
 #include <unistd.h>
 
+#include <array>
 #include <boost/asio/io_context.hpp>
 #include <chrono>
 #include <cstdio>
@@ -344,6 +345,121 @@ TEST_CASE("the sqlite store finds every pending outbox entry after a restart, ho
     const auto pending = ok(store.outbox_pending());
     REQUIRE(pending.size() == 1);
     CHECK(pending[0].plan_id == "p6");
+}
+
+namespace {
+
+std::string entry_text(const OutboxEntry& e) {
+    return e.plan_id + "|" + e.recipient.to_string() + "|" + e.text + "|" + e.reply_to.value_or("-") + "|" +
+           std::string(to_string(e.state)) + "|" + e.sent_message_id + "|" + std::to_string(e.attempts) + "|" +
+           e.error + "|" + std::to_string(e.created_ms);
+}
+
+std::vector<std::string> entry_texts(const std::vector<OutboxEntry>& entries) {
+    std::vector<std::string> texts;
+    for (const OutboxEntry& e : entries) texts.push_back(entry_text(e));
+    return texts;
+}
+
+}  // namespace
+
+// The sqlite store packs its ledger and outbox into blocks that are split, merged and appended to; this drives it
+// and the memory store with the same random calls (ids in and out of order, repeated, with odd bytes, enough of
+// them to fill many blocks) and checks that both answer alike throughout, across reopenings.
+TEST_CASE("the sqlite store answers like the memory store under random use") {
+    TempDir dir;
+    const auto path = dir / "store.db";
+    stores::MemoryStore memory;
+    auto sqlite = std::make_unique<SqliteStore>(path);
+    std::mt19937 random(GENERATE(1u, 2u, 3u));
+    auto pick = [&](std::size_t n) { return static_cast<std::size_t>(random() % n); };
+    const std::vector<std::string> channels{"#a", "#b", std::string("#\0c", 3), "#d\x01"};
+    auto message_id = [&] {
+        switch (pick(4)) {
+            case 0:
+                return std::to_string(1'000'000 + pick(3000));  // in a narrow range: repeats
+            case 1:
+                return std::to_string(5'000'000'000ULL + pick(1u << 30));  // spread out
+            case 2:
+                return std::string(1, static_cast<char>(pick(3))) + std::to_string(pick(500));  // odd bytes
+            default:
+                return "m" + std::to_string(pick(100000));
+        }
+    };
+    std::vector<std::string> plans;
+    auto plan_id = [&](bool fresh) {
+        if (!fresh && !plans.empty()) return plans[pick(plans.size())];
+        std::string id =
+            pick(3) == 0 ? std::string("p\0", 2) + std::to_string(random()) : "plan-" + std::to_string(random() % 5000);
+        plans.push_back(id);
+        return id;
+    };
+    auto entry = [&](const std::string& plan) {
+        OutboxEntry e = outbox_entry(plan, "#r" + std::to_string(pick(6)), static_cast<std::int64_t>(pick(50)));
+        if (pick(4) == 0) e.recipient = Address::user("irc", "u" + std::to_string(pick(4)));
+        e.text = std::string(pick(200), 'x') + plan;
+        if (pick(2) == 0) e.reply_to = "r" + std::to_string(pick(9));
+        return e;
+    };
+    const std::array states{OutboxState::pending, OutboxState::sent, OutboxState::failed, OutboxState::withdrawn};
+
+    for (int round = 0; round < 120; ++round) {
+        const std::size_t action = pick(10);
+        if (action < 5) {
+            std::vector<ProcessedMessage> batch;
+            const std::size_t size = 1 + pick(pick(2) == 0 ? 8 : 120);
+            for (std::size_t i = 0; i < size; ++i) {
+                Message m = make_message(channels[pick(channels.size())], message_id(),
+                                         static_cast<std::int64_t>(1000 + round * 10 + pick(10)));
+                std::vector<OutboxEntry> replies;
+                if (pick(2) == 0) replies.push_back(entry(plan_id(true)));
+                batch.push_back(processed(std::move(m), {}, std::move(replies)));
+            }
+            ok(memory.commit(batch));
+            ok(sqlite->commit(batch));
+        } else if (action < 6) {
+            std::vector<OutboxEntry> added;
+            const std::string plan = plan_id(pick(2) == 0);
+            for (std::size_t i = 0, n = 1 + pick(40); i < n; ++i) added.push_back(entry(plan));
+            ok(memory.outbox_add(added));
+            ok(sqlite->outbox_add(added));
+        } else if (action < 8) {
+            std::vector<OutboxEntry> updates;
+            for (std::size_t i = 0, n = 1 + pick(60); i < n; ++i) {
+                OutboxEntry e = entry(plan_id(pick(10) == 0));
+                e.state = states[pick(states.size())];
+                e.attempts = static_cast<std::int32_t>(pick(300));
+                e.sent_message_id = pick(2) == 0 ? "" : "sent-" + std::to_string(random());
+                e.error = pick(3) == 0 ? "rate_limited" : "";
+                updates.push_back(e);
+            }
+            const auto in_memory = memory.outbox_update(updates);
+            const auto in_sqlite = sqlite->outbox_update(updates);
+            REQUIRE(in_memory.has_value() == in_sqlite.has_value());
+            if (!in_memory) CHECK(in_memory.error().message.substr(0, 40) == in_sqlite.error().message.substr(0, 40));
+        } else if (action < 9) {
+            const auto before = static_cast<std::int64_t>(1000 + pick(static_cast<std::size_t>(round + 1) * 10));
+            CHECK(ok(memory.prune(before)) == ok(sqlite->prune(before)));
+        } else {
+            sqlite.reset();
+            sqlite = std::make_unique<SqliteStore>(path);
+        }
+
+        for (int probe = 0; probe < 20; ++probe) {
+            const MessageKey key{"irc", channels[pick(channels.size())], message_id()};
+            REQUIRE(ok(memory.is_processed(key)) == ok(sqlite->is_processed(key)));
+        }
+        for (int probe = 0; probe < 5 && !plans.empty(); ++probe) {
+            const std::string plan = plans[pick(plans.size())];
+            REQUIRE(entry_texts(ok(memory.outbox_plan(plan))) == entry_texts(ok(sqlite->outbox_plan(plan))));
+        }
+        REQUIRE(entry_texts(ok(memory.outbox_pending())) == entry_texts(ok(sqlite->outbox_pending())));
+        for (const std::string& channel : channels) {
+            REQUIRE(ok(memory.cursor("irc", channel)) == ok(sqlite->cursor("irc", channel)));
+            REQUIRE(ids(ok(memory.messages("irc", channel, 0, 1'000'000, 1000))) ==
+                    ids(ok(sqlite->messages("irc", channel, 0, 1'000'000, 1000))));
+        }
+    }
 }
 
 // Not run by default: `store_tests "[.bench]"` prints messages committed per second by each store.
