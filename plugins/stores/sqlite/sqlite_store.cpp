@@ -1,3 +1,23 @@
+// The sqlite store. How it keeps things, and why:
+//
+// - One file in WAL mode; every call that writes is one transaction (commit(): a whole batch), so a crash leaves a
+//   batch entirely done or not at all. synchronous = NORMAL (a power cut may lose the last commits) or FULL.
+// - The dedup ledger and the outbox are BlockTables (block_table.hpp): records sorted by key and packed into rows of
+//   about 3 KB. On a small VM every SQLite row written costs a few microseconds (B-tree work, statement overhead, a
+//   WAL page), which is what limited version 1 (a dedup row and an outbox row with two indexes per message, and an
+//   UPDATE per outbox entry). Now a batch appends each channel's message ids to that channel's last ledger block and
+//   its replies to the outbox's blocks, and an update round rewrites the few blocks its entries are in, patching
+//   them in place when the values keep their size.
+//   - Ledger: partition = channels.id, key = message id, value = the message's timestamp (8 bytes), block summary =
+//     the oldest timestamp (prune() reads only blocks that have something to forget).
+//   - Outbox: one partition; key = plan id (0x00/0x01 escaped), 0x00, recipient: a plan's entries are contiguous;
+//     value = sequence number, created_ms, state, attempts, text, reply_to, sent message id, error; block summary =
+//     the number of pending entries, with a partial index, so outbox_pending() reads only blocks with some. Entries
+//     are listed by sequence number (the order they were added), pending ones by created_ms first.
+//   Memory stays bounded: one block is decoded at a time, plus a cache of channel numbers.
+// - Cursors, connection state, the bots' key-value space and the message log are plain tables, as in version 1.
+// - WAL checkpoints run on a thread of the store's own (Checkpointer), never inside a commit.
+
 #include "sqlite_store.hpp"
 
 #include <SQLiteCpp/SQLiteCpp.h>
@@ -14,7 +34,6 @@
 #include <iterator>
 #include <limits>
 #include <mutex>
-#include <set>
 #include <string_view>
 #include <system_error>
 #include <thread>
