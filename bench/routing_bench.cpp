@@ -360,7 +360,7 @@ CREATE TABLE dedup_blocks (id INTEGER PRIMARY KEY, part INTEGER NOT NULL, lo BLO
     count INTEGER NOT NULL, summary INTEGER NOT NULL, records BLOB NOT NULL, UNIQUE (part, lo));
 CREATE TABLE outbox_blocks (id INTEGER PRIMARY KEY, part INTEGER NOT NULL, lo BLOB NOT NULL, hi BLOB NOT NULL,
     count INTEGER NOT NULL, summary INTEGER NOT NULL, records BLOB NOT NULL, UNIQUE (part, lo));
-CREATE INDEX outbox_blocks_pending ON outbox_blocks (summary) WHERE summary > 0;
+CREATE INDEX outbox_blocks_pending ON outbox_blocks (id) WHERE summary > 0;
 CREATE TABLE store_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 )sql");
     struct Blocks {

@@ -80,6 +80,9 @@ BlockTable::BlockTable(SQLite::Database& db, std::string_view table, Summary sum
                       " (part, lo, hi, count, summary, records) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
       update_(db, "UPDATE " + std::string(table) +
                       " SET lo = ?2, hi = ?3, count = ?4, summary = ?5, records = ?6 WHERE id = ?1"),
+      // Writing lo (even unchanged) would rewrite the block's entry in the (part, lo) index: these leave it alone.
+      grow_(db, "UPDATE " + std::string(table) + " SET hi = ?2, count = ?3, summary = ?4, records = ?5 WHERE id = ?1"),
+      patch_(db, "UPDATE " + std::string(table) + " SET summary = ?2, records = ?3 WHERE id = ?1"),
       delete_(db, "DELETE FROM " + std::string(table) + " WHERE id = ?1"),
       range_(db, "SELECT records FROM " + std::string(table) + " WHERE part = ?1 AND lo > ?2 AND lo < ?3 ORDER BY lo"),
       positive_(db, "SELECT records FROM " + std::string(table) + " WHERE summary > 0"),
@@ -166,14 +169,13 @@ std::size_t BlockTable::append(const Block& block, std::span<const Record> sorte
         encode(previous, sorted[taken]);
         previous = sorted[taken++].key;
     }
-    auto& update = fresh(update_);
-    update.bind(1, block.id);
-    bind_bytes(update, 2, block.lo);
-    bind_bytes(update, 3, sorted[taken - 1].key);
-    update.bind(4, block.count + static_cast<std::int64_t>(taken));
-    update.bind(5, combine_(block.summary, summary_(sorted.first(taken))));
-    bind_bytes(update, 6, encoded_);
-    update.exec();
+    auto& grow = fresh(grow_);
+    grow.bind(1, block.id);
+    bind_bytes(grow, 2, sorted[taken - 1].key);
+    grow.bind(3, block.count + static_cast<std::int64_t>(taken));
+    grow.bind(4, combine_(block.summary, summary_(sorted.first(taken))));
+    bind_bytes(grow, 5, encoded_);
+    grow.exec();
     return taken;
 }
 
@@ -281,14 +283,11 @@ void BlockTable::update(std::int64_t part, std::span<const std::string_view> sor
         if (resized) {
             store(part, block->id, block_);
         } else if (changed) {
-            auto& update = fresh(update_);
-            update.bind(1, block->id);
-            bind_bytes(update, 2, block->lo);
-            bind_bytes(update, 3, block->hi);
-            update.bind(4, static_cast<std::int64_t>(block_.size()));
-            update.bind(5, summary_(block_));
-            bind_bytes(update, 6, loaded_);
-            update.exec();
+            auto& patch = fresh(patch_);
+            patch.bind(1, block->id);
+            patch.bind(2, summary_(block_));
+            bind_bytes(patch, 3, loaded_);
+            patch.exec();
         }
         i = j;
     }

@@ -105,6 +105,8 @@ private:
     SQLite::Statement first_after_;
     SQLite::Statement insert_;
     SQLite::Statement update_;
+    SQLite::Statement grow_;
+    SQLite::Statement patch_;
     SQLite::Statement delete_;
     SQLite::Statement range_;
     SQLite::Statement positive_;

@@ -155,7 +155,7 @@ CREATE TABLE outbox_blocks (
     records BLOB NOT NULL,
     UNIQUE (part, lo)
 );
-CREATE INDEX outbox_blocks_pending ON outbox_blocks (summary) WHERE summary > 0;
+CREATE INDEX outbox_blocks_pending ON outbox_blocks (id) WHERE summary > 0;
 
 -- outbox_seq: the sequence number of the last outbox entry added (entries are listed in that order).
 CREATE TABLE store_meta (
