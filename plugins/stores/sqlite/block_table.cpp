@@ -71,7 +71,8 @@ bool key_less(const BlockTable::Record& record, std::string_view key) { return r
 }  // namespace
 
 BlockTable::BlockTable(SQLite::Database& db, std::string_view table, Summary summary, Combine combine)
-    : summary_(summary),
+    : db_(db),
+      summary_(summary),
       combine_(combine),
       at_or_before_(db, "SELECT id, lo, hi, count, summary, records FROM " + std::string(table) +
                             " WHERE part = ?1 AND lo <= ?2 ORDER BY lo DESC LIMIT 1"),
@@ -89,7 +90,57 @@ BlockTable::BlockTable(SQLite::Database& db, std::string_view table, Summary sum
       below_(db, "SELECT id, part, records FROM " + std::string(table) +
                      " WHERE summary < ?1 AND id > ?2 ORDER BY id LIMIT 256") {}
 
+void BlockTable::forget() noexcept {
+    known_.clear();
+    known_count_ = 0;
+}
+
+BlockTable::Known& BlockTable::remember(std::int64_t part, std::string_view lo, std::int64_t id, std::string_view hi,
+                                        std::int64_t count, std::int64_t summary, std::string_view records,
+                                        bool fresh) {
+    if (known_count_ >= kMaxKnownBlocks) forget();
+    Partition& partition = known_[part];
+    auto it = partition.lower_bound(lo);
+    if (it == partition.end() || it->first != lo) {
+        Known entry;
+        if (fresh && it != partition.begin()) {
+            // The closest block before it that is known: if it was known to be followed by something past lo, it
+            // is the block right before the new one.
+            Known& before = std::prev(it)->second;
+            if (before.next == Known::Next::none || (before.next == Known::Next::lo && before.next_lo > lo)) {
+                entry.next = before.next;
+                entry.next_lo = before.next_lo;
+                before.next = Known::Next::lo;
+                before.next_lo = lo;
+            }
+        }
+        it = partition.emplace_hint(it, std::string(lo), std::move(entry));
+        ++known_count_;
+    }
+    Known& known = it->second;
+    known.id = id;
+    known.hi = hi;
+    known.count = count;
+    known.summary = summary;
+    known.records = records;
+    return known;
+}
+
 std::optional<BlockTable::Block> BlockTable::at_or_before(std::int64_t part, std::string_view key) {
+    if (const auto partition = known_.find(part); partition != known_.end()) {
+        auto it = partition->second.upper_bound(key);
+        if (it != partition->second.begin()) {
+            --it;
+            const Known& known = it->second;
+            // Blocks never overlap, so a known block holding the key, or followed by nothing up to past the key,
+            // is the answer.
+            if (key <= known.hi || known.next == Known::Next::none ||
+                (known.next == Known::Next::lo && key < known.next_lo)) {
+                loaded_ = known.records;
+                return Block{known.id, it->first, known.hi, known.count, known.summary, known.records.size()};
+            }
+        }
+    }
     auto& query = fresh(at_or_before_);
     query.bind(1, part);
     bind_bytes(query, 2, key);
@@ -102,16 +153,32 @@ std::optional<BlockTable::Block> BlockTable::at_or_before(std::int64_t part, std
                 static_cast<std::size_t>(query.getColumn(5).getBytes())};
     loaded_.assign(blob(query.getColumn(5)));
     query.tryReset();
+    remember(part, block.lo, block.id, block.hi, block.count, block.summary, loaded_, false);
     return block;
 }
 
-std::optional<std::string> BlockTable::first_after(std::int64_t part, std::string_view key) {
+std::optional<std::string> BlockTable::first_after(std::int64_t part, std::string_view key,
+                                                   const std::optional<Block>& before) {
+    Known* known = nullptr;
+    if (before) {
+        if (const auto partition = known_.find(part); partition != known_.end()) {
+            if (const auto it = partition->second.find(before->lo); it != partition->second.end()) {
+                known = &it->second;
+                if (known->next == Known::Next::none) return std::nullopt;
+                if (known->next == Known::Next::lo) return known->next_lo;
+            }
+        }
+    }
     auto& query = fresh(first_after_);
     query.bind(1, part);
     bind_bytes(query, 2, key);
-    if (!query.executeStep()) return std::nullopt;
-    std::string lo(bytes_of(query.getColumn(0)));
+    std::optional<std::string> lo;
+    if (query.executeStep()) lo.emplace(bytes_of(query.getColumn(0)));
     query.tryReset();
+    if (known != nullptr) {
+        known->next = lo ? Known::Next::lo : Known::Next::none;
+        known->next_lo = lo.value_or(std::string());
+    }
     return lo;
 }
 
@@ -161,7 +228,7 @@ void BlockTable::encode(std::string_view previous_key, const Record& record) {
 }
 
 // The records go after the block's bytes as they are: nothing it holds is decoded or encoded again.
-std::size_t BlockTable::append(const Block& block, std::span<const Record> sorted) {
+std::size_t BlockTable::append(std::int64_t part, const Block& block, std::span<const Record> sorted) {
     encoded_ = loaded_;
     std::size_t taken = 0;
     std::string_view previous = block.hi;
@@ -169,22 +236,29 @@ std::size_t BlockTable::append(const Block& block, std::span<const Record> sorte
         encode(previous, sorted[taken]);
         previous = sorted[taken++].key;
     }
+    const std::int64_t count = block.count + static_cast<std::int64_t>(taken);
+    const std::int64_t summary = combine_(block.summary, summary_(sorted.first(taken)));
     auto& grow = fresh(grow_);
     grow.bind(1, block.id);
     bind_bytes(grow, 2, sorted[taken - 1].key);
-    grow.bind(3, block.count + static_cast<std::int64_t>(taken));
-    grow.bind(4, combine_(block.summary, summary_(sorted.first(taken))));
+    grow.bind(3, count);
+    grow.bind(4, summary);
     bind_bytes(grow, 5, encoded_);
     grow.exec();
+    remember(part, block.lo, block.id, sorted[taken - 1].key, count, summary, encoded_, false);
     return taken;
 }
 
 void BlockTable::store(std::int64_t part, std::int64_t id, std::span<const Record> records) {
     std::size_t first = 0;
     auto flush = [&](std::size_t end) {
+        const auto chunk = records.subspan(first, end - first);
         SQLite::Statement& statement = fresh(id != 0 ? update_ : insert_);
         statement.bind(1, id != 0 ? id : part);
-        write_row(statement, records.subspan(first, end - first));
+        write_row(statement, chunk);
+        const std::int64_t written = id != 0 ? id : db_.getLastInsertRowid();
+        remember(part, chunk.front().key, written, chunk.back().key, static_cast<std::int64_t>(chunk.size()),
+                 summary_(chunk), encoded_, id == 0);
         id = 0;  // the rest are new blocks
         first = end;
         encoded_.clear();
@@ -235,11 +309,11 @@ void BlockTable::insert(std::int64_t part, std::span<const Record> sorted, std::
         } else {
             // In the gap after `before`: everything up to the next block goes there, appended to `before` while it
             // has room, so that keys arriving in order fill blocks.
-            const std::optional<std::string> next = first_after(part, sorted[i].key);
+            const std::optional<std::string> next = first_after(part, sorted[i].key, before);
             while (j < n && (!next || sorted[j].key < *next)) ++j;
             for (std::size_t k = i; k < j; ++k) inserted[k] = true;
             std::size_t k = i;
-            if (before && before->bytes < kMaxBlockBytes) k += append(*before, sorted.subspan(i, j - i));
+            if (before && before->bytes < kMaxBlockBytes) k += append(part, *before, sorted.subspan(i, j - i));
             if (k < j) store(part, 0, sorted.subspan(k, j - k));
         }
         i = j;
@@ -283,11 +357,13 @@ void BlockTable::update(std::int64_t part, std::span<const std::string_view> sor
         if (resized) {
             store(part, block->id, block_);
         } else if (changed) {
+            const std::int64_t summary = summary_(block_);
             auto& patch = fresh(patch_);
             patch.bind(1, block->id);
-            patch.bind(2, summary_(block_));
+            patch.bind(2, summary);
             bind_bytes(patch, 3, loaded_);
             patch.exec();
+            remember(part, block->lo, block->id, block->hi, block->count, summary, loaded_, false);
         }
         i = j;
     }
@@ -343,6 +419,7 @@ std::size_t BlockTable::remove_if(std::int64_t bound, const std::function<bool(c
         std::int64_t part;
         std::string records;
     };
+    forget();  // blocks change their lo and go away here
     std::size_t removed = 0;
     std::int64_t after = 0;
     while (true) {

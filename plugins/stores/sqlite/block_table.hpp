@@ -11,14 +11,18 @@
 // Keys arriving in order (the message ids of a channel, the plan ids its messages produce) fill the partition's
 // last block and then start new ones.
 //
-// Every call runs inside the caller's transaction; nothing is cached between calls. Scratch buffers are kept, so a
-// warm table allocates little.
+// Every call runs inside the caller's transaction. The table remembers the blocks it read or wrote last (up to
+// kMaxKnownBlocks, then it starts again), with, where it learned it, where the next block starts: a batch whose keys
+// go after what the previous batch wrote, and an update of what a batch just wrote, then need no look-up. Only this
+// object writes the table (the store holds the file's lock), so what it remembers stays true until a transaction is
+// rolled back: then the store calls forget(). Scratch buffers are kept, so a warm table allocates little.
 
 #include <SQLiteCpp/SQLiteCpp.h>
 
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <map>
 #include <optional>
 #include <span>
 #include <string>
@@ -71,6 +75,9 @@ public:
     /// Every record of the blocks whose summary is above zero.
     [[nodiscard]] std::vector<OwnedRecord> with_positive_summary();
 
+    /// Forgets what the table remembers of its blocks (after a rollback).
+    void forget() noexcept;
+
     /// Removes the records for which @p remove is true from the blocks whose summary is below @p bound; returns how
     /// many were removed.
     std::size_t remove_if(std::int64_t bound, const std::function<bool(const Record&)>& remove);
@@ -87,10 +94,11 @@ private:
 
     // The last block of @p part with lo <= @p key; its records' bytes are then in loaded_.
     std::optional<Block> at_or_before(std::int64_t part, std::string_view key);
-    std::optional<std::string> first_after(std::int64_t part, std::string_view key);
+    // The lo of the first block after @p key, which is in the gap after @p before (nullopt: the partition's first).
+    std::optional<std::string> first_after(std::int64_t part, std::string_view key, const std::optional<Block>& before);
     // Appends the first of @p sorted (all after its last key) to @p block, whose bytes are in loaded_, while it has
     // room; returns how many.
-    std::size_t append(const Block& block, std::span<const Record> sorted);
+    std::size_t append(std::int64_t part, const Block& block, std::span<const Record> sorted);
     // Decodes loaded_ into block_.
     void decode_loaded();
     // Writes @p records (sorted, non-empty) as block @p id (0: a new one), cut into blocks of kMaxBlockBytes.
@@ -99,6 +107,7 @@ private:
     void encode(std::string_view previous_key, const Record& record);
     std::string& scratch_value();
 
+    SQLite::Database& db_;
     Summary summary_;
     Combine combine_;
     SQLite::Statement at_or_before_;
@@ -120,6 +129,27 @@ private:
     std::size_t values_used_ = 0;
     std::vector<std::size_t> offsets_;  // scratch: where each key starts in loaded_keys_
     std::string encoded_;               // scratch: a block's records as stored
+
+    // A block as last read or written, and what follows it.
+    struct Known {
+        std::int64_t id = 0;
+        std::string hi;
+        std::int64_t count = 0;
+        std::int64_t summary = 0;
+        std::string records;
+        enum class Next { unknown, none, lo } next = Next::unknown;
+        std::string next_lo;
+    };
+    using Partition = std::map<std::string, Known, std::less<>>;  // by lo
+    static constexpr std::size_t kMaxKnownBlocks = 1024;
+
+    // Records the row of a block read or rewritten (lo unchanged), or written new (@p fresh: the block before it,
+    // if known to be followed by what now follows this one, is now followed by this one).
+    Known& remember(std::int64_t part, std::string_view lo, std::int64_t id, std::string_view hi, std::int64_t count,
+                    std::int64_t summary, std::string_view records, bool fresh);
+
+    std::map<std::int64_t, Partition> known_;
+    std::size_t known_count_ = 0;
 };
 
 /// Appends @p value to @p out as a varint; reads one back from @p in (advancing it), nullopt if @p in is too short.

@@ -668,8 +668,10 @@ struct SqliteStore::Impl {
         if (sqlite3_get_autocommit(db.getHandle()) == 0) {
             sqlite3_exec(db.getHandle(), "ROLLBACK", nullptr, nullptr, nullptr);
         }
-        // The cache may hold channel numbers the rolled-back transaction gave out.
+        // The caches may hold what the rolled-back transaction wrote: channel numbers, blocks.
         channel_ids.clear();
+        ledger.forget();
+        outbox.forget();
     }
 
     // Runs @p body under the connection's mutex; SQLite exceptions never leave the store.
