@@ -8,11 +8,14 @@
 namespace switchboard::stores {
 
 void put_varint(std::string& out, std::uint64_t value) {
+    char bytes[10];
+    std::size_t size = 0;
     while (value >= 0x80) {
-        out.push_back(static_cast<char>((value & 0x7f) | 0x80));
+        bytes[size++] = static_cast<char>((value & 0x7f) | 0x80);
         value >>= 7;
     }
-    out.push_back(static_cast<char>(value));
+    bytes[size++] = static_cast<char>(value);
+    out.append(bytes, size);
 }
 
 std::optional<std::uint64_t> get_varint(std::string_view& in) {

@@ -405,7 +405,12 @@ std::optional<std::string> optional_text(const SQLite::Column& column) {
 
 void put_fixed64(std::string& out, std::int64_t value) {
     auto bits = static_cast<std::uint64_t>(value);
-    for (int i = 0; i < 8; ++i, bits >>= 8) out.push_back(static_cast<char>(bits & 0xff));
+    char bytes[8];
+    for (char& byte : bytes) {
+        byte = static_cast<char>(bits & 0xff);
+        bits >>= 8;
+    }
+    out.append(bytes, sizeof bytes);
 }
 
 std::int64_t get_fixed64(std::string_view in) {
@@ -469,8 +474,8 @@ void append_outbox_key(const std::string& plan_id, std::string_view recipient, s
 
 char state_byte(OutboxState state) { return static_cast<char>(state); }
 
+// Appends @p entry, encoded, to @p value.
 void encode_entry(const OutboxEntry& entry, std::int64_t sequence, std::string& value) {
-    value.clear();
     put_fixed64(value, sequence);
     put_fixed64(value, entry.created_ms);
     value.push_back(state_byte(entry.state));
@@ -809,8 +814,7 @@ struct SqliteStore::Impl {
         values.clear();
         value_ends.clear();
         for (const std::size_t i : order) {
-            encode_entry(*entries[i], outbox_sequence + 1 + static_cast<std::int64_t>(i), key_text);
-            values.append(key_text);
+            encode_entry(*entries[i], outbox_sequence + 1 + static_cast<std::int64_t>(i), values);
             value_ends.push_back(values.size());
         }
         records.clear();
@@ -981,7 +985,6 @@ struct SqliteStore::Impl {
     std::vector<std::string_view> sorted_keys;                    // the keys in that order
     std::string values;                                           // encoded entries, one after the other
     std::vector<std::size_t> value_ends;                          // where each ends
-    std::string key_text;                                         // one key or value being built
     std::vector<bool> fresh_messages;          // scratch for commit(): which messages were not in the ledger
     std::vector<const OutboxEntry*> replies;   // scratch for commit(): the outbox entries to add
     std::vector<const Message*> cursor_moves;  // scratch for commit(): the newest message per channel
