@@ -14,7 +14,8 @@
 //     value = sequence number, created_ms, state, attempts, text, reply_to, sent message id, error; block summary =
 //     the number of pending entries, with a partial index, so outbox_pending() reads only blocks with some. Entries
 //     are listed by sequence number (the order they were added), pending ones by created_ms first.
-//   Memory stays bounded: one block is decoded at a time, plus a cache of channel numbers.
+//   Memory stays bounded whatever the size of the ledger and the outbox: one block is decoded at a time, each table
+//   remembers at most 1024 recent blocks (about 3 MB), and channel numbers are cached (at most 65,536).
 // - Cursors, connection state, the bots' key-value space and the message log are plain tables, as in version 1.
 // - WAL checkpoints run on a thread of the store's own (Checkpointer), never inside a commit.
 
