@@ -381,14 +381,18 @@ std::optional<std::string> BlockTable::find(std::int64_t part, std::string_view 
     return std::string(it->value);
 }
 
-std::vector<BlockTable::OwnedRecord> BlockTable::range(std::int64_t part, std::string_view from, std::string_view to) {
+std::vector<BlockTable::OwnedRecord> BlockTable::range(std::int64_t part, std::string_view from, std::string_view to,
+                                                       std::size_t limit) {
     std::vector<OwnedRecord> result;
     auto take = [&] {
         for (const Record& record : block_) {
-            if (record.key >= from && record.key < to)
+            if (result.size() == limit) return;
+            if (record.key >= from && record.key < to) {
                 result.push_back({std::string(record.key), std::string(record.value)});
+            }
         }
     };
+    if (limit == 0) return result;
     if (const std::optional<Block> first = at_or_before(part, from); first && first->hi >= from) {
         decode_loaded();
         take();
@@ -397,11 +401,12 @@ std::vector<BlockTable::OwnedRecord> BlockTable::range(std::int64_t part, std::s
     query.bind(1, part);
     bind_bytes(query, 2, from);
     bind_bytes(query, 3, to);
-    while (query.executeStep()) {
+    while (result.size() < limit && query.executeStep()) {
         loaded_.assign(blob(query.getColumn(0)));
         decode_loaded();
         take();
     }
+    query.tryReset();
     return result;
 }
 

@@ -69,8 +69,9 @@ public:
     /// The value of @p key in @p part, if it is there.
     [[nodiscard]] std::optional<std::string> find(std::int64_t part, std::string_view key);
 
-    /// Every record of @p part with from <= key < to, in key order.
-    [[nodiscard]] std::vector<OwnedRecord> range(std::int64_t part, std::string_view from, std::string_view to);
+    /// The first @p limit records of @p part with from <= key < to, in key order.
+    [[nodiscard]] std::vector<OwnedRecord> range(std::int64_t part, std::string_view from, std::string_view to,
+                                                 std::size_t limit = static_cast<std::size_t>(-1));
 
     /// Every record of the blocks whose summary is above zero.
     [[nodiscard]] std::vector<OwnedRecord> with_positive_summary();

@@ -16,7 +16,9 @@
 //     are listed by sequence number (the order they were added), pending ones by created_ms first.
 //   Memory stays bounded whatever the size of the ledger and the outbox: one block is decoded at a time, each table
 //   remembers at most 1024 recent blocks (about 3 MB), and channel numbers are cached (at most 65,536).
-// - Cursors, connection state, the bots' key-value space and the message log are plain tables, as in version 1.
+//   - Message log: partition = channels.id, key = timestamp and sequence number (big-endian: sorted by time, then
+//     in the order logged), value = the message; messages() reads the blocks of a time range, up to its limit.
+// - Cursors, connection state and the bots' key-value space are plain tables, as in version 1.
 // - WAL checkpoints run on a thread of the store's own (Checkpointer), never inside a commit.
 
 #include "sqlite_store.hpp"
@@ -121,10 +123,10 @@ CREATE TABLE messages (
 );
 CREATE INDEX messages_by_channel_time ON messages (connection, channel, timestamp_ms);
 )sql"},
-    // Version 2 packs the dedup ledger and the outbox into blocks of records (block_table.hpp): a batch writes a
-    // few rows per channel instead of several per message. The rows of version 1 are converted by
+    // Version 2 packs the dedup ledger, the outbox and the message log into blocks of records (block_table.hpp): a
+    // batch writes a few rows per channel instead of several per message. The rows of version 1 are converted by
     // convert_to_version_2(), in the same transaction.
-    Migration{2, "dedup ledger and outbox packed into blocks of records", R"sql(
+    Migration{2, "dedup ledger, outbox and message log packed into blocks of records", R"sql(
 CREATE TABLE channels (
     id         INTEGER PRIMARY KEY,
     connection TEXT NOT NULL,
@@ -132,6 +134,7 @@ CREATE TABLE channels (
     UNIQUE (connection, channel)
 );
 INSERT INTO channels (connection, channel) SELECT DISTINCT connection, channel FROM dedup ORDER BY 1, 2;
+INSERT OR IGNORE INTO channels (connection, channel) SELECT DISTINCT connection, channel FROM messages ORDER BY 1, 2;
 
 -- part: channels.id; a record: message id -> timestamp; summary: the oldest timestamp in the block.
 CREATE TABLE dedup_blocks (
@@ -158,7 +161,19 @@ CREATE TABLE outbox_blocks (
 );
 CREATE INDEX outbox_blocks_pending ON outbox_blocks (id) WHERE summary > 0;
 
--- outbox_seq: the sequence number of the last outbox entry added (entries are listed in that order).
+-- part: channels.id; a record: (timestamp, sequence number) -> the message; summary: the oldest timestamp.
+CREATE TABLE log_blocks (
+    id      INTEGER PRIMARY KEY,
+    part    INTEGER NOT NULL,
+    lo      BLOB NOT NULL,
+    hi      BLOB NOT NULL,
+    count   INTEGER NOT NULL,
+    summary INTEGER NOT NULL,
+    records BLOB NOT NULL,
+    UNIQUE (part, lo)
+);
+
+-- outbox_seq, log_seq: the sequence numbers of the last outbox entry and logged message added.
 CREATE TABLE store_meta (
     key   TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -545,11 +560,93 @@ std::int64_t pending_entries(std::span<const BlockTable::Record> records) {
     return pending;
 }
 
+// ---- records of the message log ----
+// Key: the timestamp and the sequence number, 8 bytes each, big-endian (the timestamp's sign bit flipped), so that
+// keys sort by time, then in the order the messages were logged. Value: id, author id and name, is_bot (1 byte),
+// text, kind, reply_to (a flag byte, then the text if set), recovered (1 byte), raw.
+
+void put_ordered64(std::string& out, std::uint64_t bits) {
+    char bytes[8];
+    for (int i = 7; i >= 0; --i) {
+        bytes[i] = static_cast<char>(bits & 0xff);
+        bits >>= 8;
+    }
+    out.append(bytes, sizeof bytes);
+}
+
+std::uint64_t get_ordered64(std::string_view in) {
+    std::uint64_t bits = 0;
+    for (std::size_t i = 0; i < 8 && i < in.size(); ++i) bits = (bits << 8) | static_cast<unsigned char>(in[i]);
+    return bits;
+}
+
+constexpr std::uint64_t kSignBit = std::uint64_t{1} << 63;
+
+void append_log_key(std::int64_t timestamp_ms, std::int64_t sequence, std::string& key) {
+    put_ordered64(key, static_cast<std::uint64_t>(timestamp_ms) ^ kSignBit);
+    put_ordered64(key, static_cast<std::uint64_t>(sequence));
+}
+
+std::int64_t log_timestamp(std::string_view key) { return static_cast<std::int64_t>(get_ordered64(key) ^ kSignBit); }
+
+void encode_message(const Message& message, std::string& value) {
+    put_text(value, message.id);
+    put_text(value, message.author.id);
+    put_text(value, message.author.display_name);
+    value.push_back(message.author.is_bot ? '\x01' : '\x00');
+    put_text(value, message.text);
+    put_text(value, to_string(message.kind));
+    value.push_back(message.reply_to ? '\x01' : '\x00');
+    if (message.reply_to) put_text(value, *message.reply_to);
+    value.push_back(message.recovered ? '\x01' : '\x00');
+    put_text(value, message.raw);
+}
+
+std::optional<Message> decode_message(std::string_view key, std::string_view value) {
+    Message message;
+    message.timestamp_ms = log_timestamp(key);
+    const auto id = get_text(value);
+    const auto author_id = id ? get_text(value) : std::nullopt;
+    const auto author_name = author_id ? get_text(value) : std::nullopt;
+    if (!author_name || value.empty()) return std::nullopt;
+    message.id = *id;
+    message.author.id = *author_id;
+    message.author.display_name = *author_name;
+    message.author.is_bot = value.front() != '\x00';
+    value.remove_prefix(1);
+    const auto text = get_text(value);
+    const auto kind = text ? get_text(value) : std::nullopt;
+    if (!kind || value.empty()) return std::nullopt;
+    message.text = *text;
+    message.kind = parse_message_kind(*kind).value_or(MessageKind::group);
+    const bool has_reply_to = value.front() != '\x00';
+    value.remove_prefix(1);
+    if (has_reply_to) {
+        const auto reply_to = get_text(value);
+        if (!reply_to) return std::nullopt;
+        message.reply_to = std::string(*reply_to);
+    }
+    if (value.empty()) return std::nullopt;
+    message.recovered = value.front() != '\x00';
+    value.remove_prefix(1);
+    const auto raw = get_text(value);
+    if (!raw) return std::nullopt;
+    message.raw = *raw;
+    return message;
+}
+
+std::int64_t oldest_logged(std::span<const BlockTable::Record> records) {
+    std::int64_t oldest = std::numeric_limits<std::int64_t>::max();
+    for (const auto& record : records) oldest = std::min(oldest, log_timestamp(record.key));
+    return oldest;
+}
+
 std::int64_t smaller(std::int64_t a, std::int64_t b) { return std::min(a, b); }
 std::int64_t sum(std::int64_t a, std::int64_t b) { return a + b; }
 
 BlockTable ledger_table(SQLite::Database& db) { return BlockTable(db, "dedup_blocks", oldest_timestamp, smaller); }
 BlockTable outbox_table(SQLite::Database& db) { return BlockTable(db, "outbox_blocks", pending_entries, sum); }
+BlockTable log_table(SQLite::Database& db) { return BlockTable(db, "log_blocks", oldest_logged, smaller); }
 
 std::int64_t read_meta(SQLite::Database& db, const char* key) {
     SQLite::Statement query(db, "SELECT value FROM store_meta WHERE key = ?1");
@@ -624,7 +721,45 @@ void convert_to_version_2(SQLite::Database& db) {
         meta.bind(1, last_sequence);
         meta.exec();
     }
-    db.exec("DROP TABLE dedup; DROP TABLE outbox;");
+    {
+        BlockTable log = log_table(db);
+        SQLite::Statement rows(db,
+                               "SELECT c.id, m.rowid, m.id, m.author_id, m.author_name, m.author_is_bot, m.text, "
+                               "m.timestamp_ms, m.kind, m.reply_to, m.recovered, m.raw FROM messages m JOIN channels c "
+                               "ON c.connection = m.connection AND c.channel = m.channel "
+                               "ORDER BY c.id, m.timestamp_ms, m.rowid");
+        std::int64_t channel = 0;
+        std::int64_t last_sequence = 0;
+        auto flush = [&] {
+            log.insert(channel, sorted_views(), inserted);
+            records.clear();
+        };
+        while (rows.executeStep()) {
+            const std::int64_t row_channel = rows.getColumn(0).getInt64();
+            if ((row_channel != channel || records.size() == kChunk) && !records.empty()) flush();
+            channel = row_channel;
+            const std::int64_t sequence = rows.getColumn(1).getInt64();
+            Message message;
+            message.id = rows.getColumn(2).getString();
+            message.author.id = rows.getColumn(3).getString();
+            message.author.display_name = rows.getColumn(4).getString();
+            message.author.is_bot = rows.getColumn(5).getInt() != 0;
+            message.text = rows.getColumn(6).getString();
+            message.kind = parse_message_kind(rows.getColumn(8).getString()).value_or(MessageKind::group);
+            message.reply_to = optional_text(rows.getColumn(9));
+            message.recovered = rows.getColumn(10).getInt() != 0;
+            message.raw = rows.getColumn(11).getString();
+            BlockTable::OwnedRecord& record = records.emplace_back();
+            append_log_key(rows.getColumn(7).getInt64(), sequence, record.key);
+            encode_message(message, record.value);
+            last_sequence = std::max(last_sequence, sequence);
+        }
+        if (!records.empty()) flush();
+        SQLite::Statement meta(db, "INSERT INTO store_meta (key, value) VALUES ('log_seq', ?1)");
+        meta.bind(1, last_sequence);
+        meta.exec();
+    }
+    db.exec("DROP TABLE dedup; DROP TABLE outbox; DROP TABLE messages;");
 }
 
 }  // namespace
@@ -636,6 +771,7 @@ struct SqliteStore::Impl {
           lock(path),
           db(open_database(path, options)) {
         outbox_sequence = read_meta(db, "outbox_seq");
+        log_sequence = read_meta(db, "log_seq");
     }
 
     // Turns a failure of a runtime call into a value naming the file, what was being done and what to do.
@@ -678,6 +814,7 @@ struct SqliteStore::Impl {
         channel_ids.clear();
         ledger.forget();
         outbox.forget();
+        log.forget();
     }
 
     // Runs @p body under the connection's mutex; SQLite exceptions never leave the store.
@@ -754,9 +891,11 @@ struct SqliteStore::Impl {
         auto& keys = ledger_keys;
         keys.clear();
         timestamps.clear();
+        channel_of.clear();
         for (std::size_t i = 0; i < batch.size(); ++i) {
             const Message& message = batch[i].message;
-            keys.push_back({*channel_id(message.connection, message.channel, true), message.id, i});
+            channel_of.push_back(*channel_id(message.connection, message.channel, true));
+            keys.push_back({channel_of.back(), message.id, i});
             put_fixed64(timestamps, message.timestamp_ms);
         }
         std::sort(keys.begin(), keys.end(), [](const LedgerKey& a, const LedgerKey& b) {
@@ -827,9 +966,50 @@ struct SqliteStore::Impl {
         }
         outbox.insert(0, records, inserted);
         outbox_sequence += static_cast<std::int64_t>(entries.size());
+    }
+
+    // Appends batch[i] for each i of @p logged (messages not processed before) to the message log.
+    void log_messages(std::span<const ProcessedMessage> batch, std::span<const std::size_t> logged) {
+        if (logged.empty()) return;
+        log_keys.clear();
+        log_values.clear();
+        log_ends.clear();
+        for (std::size_t k = 0; k < logged.size(); ++k) {
+            const Message& message = batch[logged[k]].message;
+            append_log_key(message.timestamp_ms, log_sequence + 1 + static_cast<std::int64_t>(k), log_keys);
+            encode_message(message, log_values);
+            log_ends.emplace_back(log_keys.size(), log_values.size());
+        }
+        log_sequence += static_cast<std::int64_t>(logged.size());
+        auto key = [&](std::size_t k) { return std::string_view(log_keys).substr(k * 16, 16); };
+        auto value = [&](std::size_t k) {
+            const std::size_t start = k == 0 ? 0 : log_ends[k - 1].second;
+            return std::string_view(log_values).substr(start, log_ends[k].second - start);
+        };
+        order.resize(logged.size());
+        for (std::size_t k = 0; k < order.size(); ++k) order[k] = k;
+        std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+            const std::int64_t ca = channel_of[logged[a]];
+            const std::int64_t cb = channel_of[logged[b]];
+            return ca != cb ? ca < cb : key(a) < key(b);
+        });
+        for (std::size_t first = 0; first < order.size();) {
+            const std::int64_t channel = channel_of[logged[order[first]]];
+            records.clear();
+            std::size_t next = first;
+            for (; next < order.size() && channel_of[logged[order[next]]] == channel; ++next) {
+                records.push_back({key(order[next]), value(order[next])});
+            }
+            log.insert(channel, records, inserted);
+            first = next;
+        }
+    }
+
+    // Writes the sequence numbers of the outbox and the log, in the caller's transaction.
+    void save_sequences() {
         auto& put = fresh(meta_put);
-        put.bind(1, "outbox_seq");
-        put.bind(2, outbox_sequence);
+        put.bind(1, outbox_sequence);
+        put.bind(2, log_sequence);
         put.exec();
     }
 
@@ -892,27 +1072,6 @@ struct SqliteStore::Impl {
         return result;
     }
 
-    void log_message(const Message& message) {
-        auto& insert = fresh(log_insert);
-        insert.bindNoCopy(1, message.connection);
-        insert.bindNoCopy(2, message.channel);
-        insert.bindNoCopy(3, message.id);
-        insert.bindNoCopy(4, message.author.id);
-        insert.bindNoCopy(5, message.author.display_name);
-        insert.bind(6, static_cast<std::int32_t>(message.author.is_bot));
-        insert.bindNoCopy(7, message.text);
-        insert.bind(8, static_cast<std::int64_t>(message.timestamp_ms));
-        insert.bindNoCopy(9, to_string(message.kind).data());  // a string literal
-        if (message.reply_to) {
-            insert.bindNoCopy(10, *message.reply_to);
-        } else {
-            insert.bind(10);
-        }
-        insert.bind(11, static_cast<std::int32_t>(message.recovered));
-        insert.bindNoCopy(12, message.raw);
-        insert.exec();
-    }
-
     const std::filesystem::path path;
     const bool message_log;
     LockFile lock;
@@ -921,6 +1080,7 @@ struct SqliteStore::Impl {
 
     BlockTable ledger = ledger_table(db);
     BlockTable outbox = outbox_table(db);
+    BlockTable log = log_table(db);
     SQLite::Statement begin{db, "BEGIN IMMEDIATE"};
     SQLite::Statement commit{db, "COMMIT"};
     SQLite::Statement channel_find{db, "SELECT id FROM channels WHERE connection = ?1 AND channel = ?2"};
@@ -946,18 +1106,8 @@ struct SqliteStore::Impl {
                              "ON CONFLICT (space, key) DO UPDATE SET value = excluded.value"};
     SQLite::Statement kv_erase{db, "DELETE FROM kv WHERE space = ?1 AND key = ?2"};
     SQLite::Statement kv_get{db, "SELECT value FROM kv WHERE space = ?1 AND key = ?2"};
-    SQLite::Statement log_insert{db,
-                                 "INSERT INTO messages (connection, channel, id, author_id, author_name, "
-                                 "author_is_bot, text, timestamp_ms, kind, reply_to, recovered, raw) "
-                                 "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"};
-    SQLite::Statement log_range{db,
-                                "SELECT connection, channel, id, author_id, author_name, author_is_bot, text, "
-                                "timestamp_ms, kind, reply_to, recovered, raw FROM messages "
-                                "WHERE connection = ?1 AND channel = ?2 AND timestamp_ms >= ?3 AND timestamp_ms < ?4 "
-                                "ORDER BY timestamp_ms, rowid LIMIT ?5"};
-    SQLite::Statement prune_log{db, "DELETE FROM messages WHERE timestamp_ms < ?1"};
     SQLite::Statement meta_put{db,
-                               "INSERT INTO store_meta (key, value) VALUES (?1, ?2) "
+                               "INSERT INTO store_meta (key, value) VALUES ('outbox_seq', ?1), ('log_seq', ?2) "
                                "ON CONFLICT (key) DO UPDATE SET value = excluded.value"};
 
     // Channels seen at most; past it the cache starts again (it only saves a look-up).
@@ -966,6 +1116,7 @@ struct SqliteStore::Impl {
     std::mutex mutex;
     std::unordered_map<std::string, std::int64_t> channel_ids;  // connection NUL channel -> channels.id (a cache)
     std::int64_t outbox_sequence = 0;                           // store_meta.outbox_seq
+    std::int64_t log_sequence = 0;                              // store_meta.log_seq
 
     // Scratch buffers, kept between calls so that a warm store allocates little.
     struct LedgerKey {
@@ -986,6 +1137,11 @@ struct SqliteStore::Impl {
     std::vector<std::string_view> sorted_keys;                    // the keys in that order
     std::string values;                                           // encoded entries, one after the other
     std::vector<std::size_t> value_ends;                          // where each ends
+    std::vector<std::int64_t> channel_of;                         // the channel number of each message of the batch
+    std::vector<std::size_t> logged;                              // the batch's messages to log
+    std::string log_keys;                                         // their keys, 16 bytes each
+    std::string log_values;                                       // their values, one after the other
+    std::vector<std::pair<std::size_t, std::size_t>> log_ends;    // where each key and value ends
     std::vector<bool> fresh_messages;          // scratch for commit(): which messages were not in the ledger
     std::vector<const OutboxEntry*> replies;   // scratch for commit(): the outbox entries to add
     std::vector<const Message*> cursor_moves;  // scratch for commit(): the newest message per channel
@@ -1089,6 +1245,7 @@ Result<void> SqliteStore::commit(std::span<const ProcessedMessage> batch) {
         auto& moves = s.cursor_moves;
         moves.clear();
         s.replies.clear();
+        s.logged.clear();
         for (std::size_t i = 0; i < batch.size(); ++i) {
             if (!s.fresh_messages[i]) continue;  // already processed: a retried batch or a recovered overlap
             const ProcessedMessage& item = batch[i];
@@ -1106,11 +1263,13 @@ Result<void> SqliteStore::commit(std::span<const ProcessedMessage> batch) {
                 *it = &message;
             }
 
-            if (s.message_log) s.log_message(message);
+            if (s.message_log) s.logged.push_back(i);
             for (const KeyValueWrite& write : item.writes) s.put_value(write);
             for (const OutboxEntry& entry : item.outbox) s.replies.push_back(&entry);
         }
+        s.log_messages(batch, s.logged);
         s.add_outbox_entries(s.replies);
+        s.save_sequences();
         for (const Message* message : moves) {
             auto& upsert = Impl::fresh(s.cursor_upsert);
             upsert.bindNoCopy(1, message->connection);
@@ -1198,6 +1357,7 @@ Result<void> SqliteStore::outbox_add(std::span<const OutboxEntry> entries) {
         for (const OutboxEntry& entry : entries) added.push_back(&entry);
         Impl::fresh(impl_->begin).exec();
         impl_->add_outbox_entries(added);
+        impl_->save_sequences();
         Impl::fresh(impl_->commit).exec();
         return {};
     });
@@ -1234,29 +1394,24 @@ Result<std::vector<OutboxEntry>> SqliteStore::outbox_plan(const std::string& pla
 Result<std::vector<Message>> SqliteStore::messages(const std::string& connection, const std::string& channel,
                                                    std::int64_t from_ms, std::int64_t to_ms, std::size_t limit) {
     return impl_->guarded("reading the message log", [&]() -> Result<std::vector<Message>> {
-        auto& query = Impl::fresh(impl_->log_range);
-        query.bindNoCopy(1, connection);
-        query.bindNoCopy(2, channel);
-        query.bind(3, static_cast<std::int64_t>(from_ms));
-        query.bind(4, static_cast<std::int64_t>(to_ms));
-        query.bind(5,
-                   static_cast<std::int64_t>(std::min<std::size_t>(limit, std::numeric_limits<std::int64_t>::max())));
         std::vector<Message> result;
-        while (query.executeStep()) {
-            Message message;
-            message.connection = query.getColumn(0).getString();
-            message.channel = query.getColumn(1).getString();
-            message.id = query.getColumn(2).getString();
-            message.author.id = query.getColumn(3).getString();
-            message.author.display_name = query.getColumn(4).getString();
-            message.author.is_bot = query.getColumn(5).getInt() != 0;
-            message.text = query.getColumn(6).getString();
-            message.timestamp_ms = query.getColumn(7).getInt64();
-            message.kind = parse_message_kind(query.getColumn(8).getString()).value_or(MessageKind::group);
-            message.reply_to = optional_text(query.getColumn(9));
-            message.recovered = query.getColumn(10).getInt() != 0;
-            message.raw = query.getColumn(11).getString();
-            result.push_back(std::move(message));
+        const auto part = impl_->channel_id(connection, channel, false);
+        if (!part || from_ms >= to_ms) return result;
+        std::string from;
+        std::string to;
+        append_log_key(from_ms, 0, from);
+        append_log_key(to_ms, 0, to);
+        for (const BlockTable::OwnedRecord& record : impl_->log.range(*part, from, to, limit)) {
+            auto message = decode_message(record.key, record.value);
+            if (!message) {
+                return fail("store_corrupt", "a logged message of " + connection + "/" + channel + " in " +
+                                                 quoted(impl_->path) +
+                                                 " is unreadable; stop switchboard, move the file aside (or "
+                                                 "restore a backup)");
+            }
+            message->connection = connection;
+            message->channel = channel;
+            result.push_back(std::move(*message));
         }
         return result;
     });
@@ -1268,9 +1423,8 @@ Result<std::size_t> SqliteStore::prune(std::int64_t before_ms) {
         Impl::fresh(s.begin).exec();
         const std::size_t removed = s.ledger.remove_if(
             before_ms, [&](const BlockTable::Record& record) { return get_fixed64(record.value) < before_ms; });
-        auto& log = Impl::fresh(s.prune_log);
-        log.bind(1, static_cast<std::int64_t>(before_ms));
-        log.exec();
+        s.log.remove_if(before_ms,
+                        [&](const BlockTable::Record& record) { return log_timestamp(record.key) < before_ms; });
         Impl::fresh(s.commit).exec();
         return removed;
     });
