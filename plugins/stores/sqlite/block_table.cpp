@@ -96,12 +96,13 @@ BlockTable::BlockTable(SQLite::Database& db, std::string_view table, Summary sum
 void BlockTable::forget() noexcept {
     known_.clear();
     known_count_ = 0;
+    known_bytes_ = 0;
 }
 
 BlockTable::Known& BlockTable::remember(std::int64_t part, std::string_view lo, std::int64_t id, std::string_view hi,
                                         std::int64_t count, std::int64_t summary, std::string_view records,
                                         bool fresh) {
-    if (known_count_ >= kMaxKnownBlocks) forget();
+    if (known_count_ >= kMaxKnownBlocks || known_bytes_ + records.size() > kMaxKnownBytes) forget();
     Partition& partition = known_[part];
     auto it = partition.lower_bound(lo);
     if (it == partition.end() || it->first != lo) {
@@ -121,6 +122,7 @@ BlockTable::Known& BlockTable::remember(std::int64_t part, std::string_view lo, 
         ++known_count_;
     }
     Known& known = it->second;
+    known_bytes_ = known_bytes_ - known.records.size() + records.size();
     known.id = id;
     known.hi = hi;
     known.count = count;

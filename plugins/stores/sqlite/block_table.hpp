@@ -12,10 +12,11 @@
 // last block and then start new ones.
 //
 // Every call runs inside the caller's transaction. The table remembers the blocks it read or wrote last (up to
-// kMaxKnownBlocks, then it starts again), with, where it learned it, where the next block starts: a batch whose keys
-// go after what the previous batch wrote, and an update of what a batch just wrote, then need no look-up. Only this
-// object writes the table (the store holds the file's lock), so what it remembers stays true until a transaction is
-// rolled back: then the store calls forget(). Scratch buffers are kept, so a warm table allocates little.
+// kMaxKnownBlocks or kMaxKnownBytes, then it starts again), with, where it learned it, where the next block starts: a
+// batch whose keys go after what the previous batch wrote, and an update of what a batch just wrote, then need no
+// look-up. Only this object writes the table (the store holds the file's lock), so what it remembers stays true until a
+// transaction is rolled back: then the store calls forget(). Scratch buffers are kept, so a warm table allocates
+// little.
 
 #include <SQLiteCpp/SQLiteCpp.h>
 
@@ -143,6 +144,7 @@ private:
     };
     using Partition = std::map<std::string, Known, std::less<>>;  // by lo
     static constexpr std::size_t kMaxKnownBlocks = 1024;
+    static constexpr std::size_t kMaxKnownBytes = 4 << 20;  // blocks of one large record can exceed kMaxBlockBytes
 
     // Records the row of a block read or rewritten (lo unchanged), or written new (@p fresh: the block before it,
     // if known to be followed by what now follows this one, is now followed by this one).
@@ -151,6 +153,7 @@ private:
 
     std::map<std::int64_t, Partition> known_;
     std::size_t known_count_ = 0;
+    std::size_t known_bytes_ = 0;
 };
 
 /// Appends @p value to @p out as a varint; reads one back from @p in (advancing it), nullopt if @p in is too short.
