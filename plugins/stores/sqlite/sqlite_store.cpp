@@ -15,7 +15,7 @@
 //     the number of pending entries, with a partial index, so outbox_pending() reads only blocks with some. Entries
 //     are listed by sequence number (the order they were added), pending ones by created_ms first.
 //   Memory stays bounded whatever the size of the ledger and the outbox: one block is decoded at a time, each table
-//   remembers at most 1024 recent blocks (about 3 MB), and channel numbers are cached (at most 65,536).
+//   remembers at most 1024 recent blocks (4 MB at most), and channel numbers are cached (at most 65,536).
 //   - Message log: partition = channels.id, key = timestamp and sequence number (big-endian: sorted by time, then
 //     in the order logged), value = the message; messages() reads the blocks of a time range, up to its limit.
 // - Cursors, connection state and the bots' key-value space are plain tables, as in version 1.
