@@ -1,3 +1,26 @@
+// The sqlite store. How it keeps things, and why:
+//
+// - One file in WAL mode; every call that writes is one transaction (commit(): a whole batch), so a crash leaves a
+//   batch entirely done or not at all. synchronous = NORMAL (a power cut may lose the last commits) or FULL.
+// - The dedup ledger and the outbox are BlockTables (block_table.hpp): records sorted by key and packed into rows of
+//   about 3 KB. On a small VM every SQLite row written costs a few microseconds (B-tree work, statement overhead, a
+//   WAL page), which is what limited version 1 (a dedup row and an outbox row with two indexes per message, and an
+//   UPDATE per outbox entry). Now a batch appends each channel's message ids to that channel's last ledger block and
+//   its replies to the outbox's blocks, and an update round rewrites the few blocks its entries are in, patching
+//   them in place when the values keep their size.
+//   - Ledger: partition = channels.id, key = message id, value = the message's timestamp (8 bytes), block summary =
+//     the oldest timestamp (prune() reads only blocks that have something to forget).
+//   - Outbox: one partition; key = plan id (0x00/0x01 escaped), 0x00, recipient: a plan's entries are contiguous;
+//     value = sequence number, created_ms, state, attempts, text, reply_to, sent message id, error; block summary =
+//     the number of pending entries, with a partial index, so outbox_pending() reads only blocks with some. Entries
+//     are listed by sequence number (the order they were added), pending ones by created_ms first.
+//   Memory stays bounded whatever the size of the ledger and the outbox: one block is decoded at a time, each table
+//   remembers at most 1024 recent blocks (4 MB at most), and channel numbers are cached (at most 65,536).
+//   - Message log: partition = channels.id, key = timestamp and sequence number (big-endian: sorted by time, then
+//     in the order logged), value = the message; messages() reads the blocks of a time range, up to its limit.
+// - Cursors, connection state and the bots' key-value space are plain tables, as in version 1.
+// - WAL checkpoints run on a thread of the store's own (Checkpointer), never inside a commit.
+
 #include "sqlite_store.hpp"
 
 #include <SQLiteCpp/SQLiteCpp.h>
@@ -9,13 +32,18 @@
 #include <algorithm>
 #include <array>
 #include <cerrno>
+#include <condition_variable>
 #include <cstring>
 #include <iterator>
 #include <limits>
 #include <mutex>
 #include <string_view>
 #include <system_error>
+#include <thread>
+#include <unordered_map>
 #include <utility>
+
+#include "block_table.hpp"
 
 namespace switchboard::stores {
 namespace {
@@ -28,7 +56,10 @@ struct Migration {
     int version;
     const char* summary;
     const char* sql;
+    void (*convert)(SQLite::Database&) = nullptr;  // runs after `sql`, in the same transaction
 };
+
+void convert_to_version_2(SQLite::Database& db);
 
 constexpr std::array kMigrations{
     Migration{1, "initial schema", R"sql(
@@ -92,6 +123,63 @@ CREATE TABLE messages (
 );
 CREATE INDEX messages_by_channel_time ON messages (connection, channel, timestamp_ms);
 )sql"},
+    // Version 2 packs the dedup ledger, the outbox and the message log into blocks of records (block_table.hpp): a
+    // batch writes a few rows per channel instead of several per message. The rows of version 1 are converted by
+    // convert_to_version_2(), in the same transaction.
+    Migration{2, "dedup ledger, outbox and message log packed into blocks of records", R"sql(
+CREATE TABLE channels (
+    id         INTEGER PRIMARY KEY,
+    connection TEXT NOT NULL,
+    channel    TEXT NOT NULL,
+    UNIQUE (connection, channel)
+);
+INSERT INTO channels (connection, channel) SELECT DISTINCT connection, channel FROM dedup ORDER BY 1, 2;
+INSERT OR IGNORE INTO channels (connection, channel) SELECT DISTINCT connection, channel FROM messages ORDER BY 1, 2;
+
+-- part: channels.id; a record: message id -> timestamp; summary: the oldest timestamp in the block.
+CREATE TABLE dedup_blocks (
+    id      INTEGER PRIMARY KEY,
+    part    INTEGER NOT NULL,
+    lo      BLOB NOT NULL,
+    hi      BLOB NOT NULL,
+    count   INTEGER NOT NULL,
+    summary INTEGER NOT NULL,
+    records BLOB NOT NULL,
+    UNIQUE (part, lo)
+);
+
+-- part: 0; a record: (plan id, recipient) -> the entry; summary: how many of the block's entries are pending.
+CREATE TABLE outbox_blocks (
+    id      INTEGER PRIMARY KEY,
+    part    INTEGER NOT NULL,
+    lo      BLOB NOT NULL,
+    hi      BLOB NOT NULL,
+    count   INTEGER NOT NULL,
+    summary INTEGER NOT NULL,
+    records BLOB NOT NULL,
+    UNIQUE (part, lo)
+);
+CREATE INDEX outbox_blocks_pending ON outbox_blocks (id) WHERE summary > 0;
+
+-- part: channels.id; a record: (timestamp, sequence number) -> the message; summary: the oldest timestamp.
+CREATE TABLE log_blocks (
+    id      INTEGER PRIMARY KEY,
+    part    INTEGER NOT NULL,
+    lo      BLOB NOT NULL,
+    hi      BLOB NOT NULL,
+    count   INTEGER NOT NULL,
+    summary INTEGER NOT NULL,
+    records BLOB NOT NULL,
+    UNIQUE (part, lo)
+);
+
+-- outbox_seq, log_seq: the sequence numbers of the last outbox entry and logged message added.
+CREATE TABLE store_meta (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+)sql",
+              convert_to_version_2},
 };
 static_assert(kMigrations.back().version == SqliteStore::kSchemaVersion,
               "the last migration step must produce kSchemaVersion");
@@ -185,6 +273,72 @@ private:
     int fd_ = -1;
 };
 
+// Copies the WAL back into the database file on a thread of its own, with its own connection, so that a commit
+// never waits for that copy and its fsync (SQLite's automatic checkpoint would run them inside the commit that
+// crosses the threshold). A passive checkpoint never blocks the writer. Under a steady stream of commits the WAL is
+// never fully copied at the moment a transaction starts, so it would not start over: past kForceFrames the writer
+// copies the remainder itself (little is left by then), and the WAL restarts.
+class Checkpointer {
+public:
+    static constexpr int kStartFrames = 1000;  // SQLite's own threshold (4 MB of 4 KB pages)
+    static constexpr int kForceFrames = 8000;
+
+    Checkpointer(const std::filesystem::path& path, sqlite3* writer)
+        : db_(path.string(), SQLite::OPEN_READWRITE | SQLite::OPEN_NOMUTEX), writer_(writer) {
+        db_.exec("SELECT count(*) FROM sqlite_master");  // reads the file, so the connection knows it is in WAL mode
+        sqlite3_wal_hook(writer_, &Checkpointer::on_commit, this);
+        thread_ = std::thread([this] { run(); });
+    }
+    ~Checkpointer() {
+        sqlite3_wal_hook(writer_, nullptr, nullptr);
+        {
+            std::lock_guard lock(mutex_);
+            stop_ = true;
+        }
+        wake_.notify_one();
+        thread_.join();
+    }
+    Checkpointer(const Checkpointer&) = delete;
+    Checkpointer& operator=(const Checkpointer&) = delete;
+
+private:
+    // SQLite's WAL hook: called after each commit with the WAL's size in frames.
+    static int on_commit(void* self, sqlite3* writer, const char* schema, int frames) {
+        auto& checkpointer = *static_cast<Checkpointer*>(self);
+        if (frames >= kForceFrames) {
+            sqlite3_wal_checkpoint_v2(writer, schema, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
+        } else if (frames >= kStartFrames) {
+            {
+                std::lock_guard lock(checkpointer.mutex_);
+                checkpointer.due_ = true;
+            }
+            checkpointer.wake_.notify_one();
+        }
+        return SQLITE_OK;
+    }
+
+    void run() {
+        std::unique_lock lock(mutex_);
+        while (true) {
+            wake_.wait(lock, [this] { return due_ || stop_; });
+            if (stop_) return;
+            due_ = false;
+            lock.unlock();
+            // Failures (a busy file) are left to the next round, or to the writer past kForceFrames.
+            sqlite3_wal_checkpoint_v2(db_.getHandle(), nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
+            lock.lock();
+        }
+    }
+
+    SQLite::Database db_;
+    sqlite3* writer_;
+    std::mutex mutex_;
+    std::condition_variable wake_;
+    bool due_ = false;
+    bool stop_ = false;
+    std::thread thread_;
+};
+
 int read_user_version(SQLite::Database& db) {
     SQLite::Statement query(db, "PRAGMA user_version");
     query.executeStep();
@@ -227,9 +381,10 @@ SQLite::Database open_database(const std::filesystem::path& path, const SqliteOp
             try {
                 db.exec("BEGIN IMMEDIATE");
                 db.exec(step.sql);
+                if (step.convert != nullptr) step.convert(db);
                 db.exec("PRAGMA user_version = " + std::to_string(step.version));
                 db.exec("COMMIT");
-            } catch (const SQLite::Exception& e) {
+            } catch (const std::exception& e) {
                 if (sqlite3_get_autocommit(db.getHandle()) == 0) sqlite3_exec(db.getHandle(), "ROLLBACK", {}, {}, {});
                 refuse("store_migration_failed", "migrating " + quoted(path) + " from schema version " +
                                                      std::to_string(version) + " to " + std::to_string(step.version) +
@@ -262,6 +417,351 @@ std::optional<std::string> optional_text(const SQLite::Column& column) {
     return column.getString();
 }
 
+// ---- records of the dedup ledger: message id -> timestamp (8 bytes, little-endian) ----
+
+void put_fixed64(std::string& out, std::int64_t value) {
+    auto bits = static_cast<std::uint64_t>(value);
+    char bytes[8];
+    for (char& byte : bytes) {
+        byte = static_cast<char>(bits & 0xff);
+        bits >>= 8;
+    }
+    out.append(bytes, sizeof bytes);
+}
+
+std::int64_t get_fixed64(std::string_view in) {
+    std::uint64_t bits = 0;
+    for (std::size_t i = std::min<std::size_t>(in.size(), 8); i-- > 0;) {
+        bits = (bits << 8) | static_cast<unsigned char>(in[i]);
+    }
+    return static_cast<std::int64_t>(bits);
+}
+
+std::int64_t oldest_timestamp(std::span<const BlockTable::Record> records) {
+    std::int64_t oldest = std::numeric_limits<std::int64_t>::max();
+    for (const auto& record : records) oldest = std::min(oldest, get_fixed64(record.value));
+    return oldest;
+}
+
+// ---- records of the outbox ----
+// Key: the plan id with 0x00 and 0x01 escaped (as 0x01 0x01 and 0x01 0x02), a 0x00, then the recipient. Keys of
+// one plan are therefore contiguous: from plan_prefix(plan) up to, not including, plan_end(plan).
+// Value: sequence number and created_ms (8 bytes each), state (1 byte), attempts (varint), then text, reply_to
+// (a flag byte, then the text if set), sent message id and error, each with its length.
+
+constexpr std::size_t kStateOffset = 16;
+
+void append_escaped(std::string& out, std::string_view text) {
+    if (std::memchr(text.data(), '\x00', text.size()) == nullptr &&
+        std::memchr(text.data(), '\x01', text.size()) == nullptr) {
+        out.append(text);
+        return;
+    }
+    for (const char c : text) {
+        if (c == '\x00' || c == '\x01') {
+            out.push_back('\x01');
+            out.push_back(static_cast<char>(c + 1));
+        } else {
+            out.push_back(c);
+        }
+    }
+}
+
+std::string plan_prefix(const std::string& plan_id) {
+    std::string key;
+    append_escaped(key, plan_id);
+    key.push_back('\x00');
+    return key;
+}
+
+std::string plan_end(const std::string& plan_id) {
+    std::string key;
+    append_escaped(key, plan_id);
+    key.push_back('\x01');
+    return key;
+}
+
+// Appends the key of (@p plan_id, @p recipient) to @p key.
+void append_outbox_key(const std::string& plan_id, std::string_view recipient, std::string& key) {
+    append_escaped(key, plan_id);
+    key.push_back('\x00');
+    key.append(recipient);
+}
+
+char state_byte(OutboxState state) { return static_cast<char>(state); }
+
+// Appends @p entry, encoded, to @p value.
+void encode_entry(const OutboxEntry& entry, std::int64_t sequence, std::string& value) {
+    put_fixed64(value, sequence);
+    put_fixed64(value, entry.created_ms);
+    value.push_back(state_byte(entry.state));
+    put_varint(value, static_cast<std::uint32_t>(entry.attempts));
+    put_text(value, entry.text);
+    value.push_back(entry.reply_to ? '\x01' : '\x00');
+    if (entry.reply_to) put_text(value, *entry.reply_to);
+    put_text(value, entry.sent_message_id);
+    put_text(value, entry.error);
+}
+
+// An outbox entry as stored, with its sequence number.
+struct StoredEntry {
+    std::int64_t sequence = 0;
+    OutboxEntry entry;
+};
+
+std::optional<StoredEntry> decode_entry(std::string_view key, std::string_view value) {
+    StoredEntry stored;
+    OutboxEntry& entry = stored.entry;
+    std::size_t i = 0;
+    for (; i < key.size() && key[i] != '\x00'; ++i) {
+        if (key[i] != '\x01') {
+            entry.plan_id.push_back(key[i]);
+        } else if (++i < key.size()) {
+            entry.plan_id.push_back(static_cast<char>(key[i] - 1));
+        }
+    }
+    if (i >= key.size()) return std::nullopt;
+    auto recipient = Address::parse(std::string(key.substr(i + 1)));
+    if (!recipient || value.size() < kStateOffset + 1) return std::nullopt;
+    entry.recipient = std::move(*recipient);
+    stored.sequence = get_fixed64(value.substr(0, 8));
+    entry.created_ms = get_fixed64(value.substr(8, 8));
+    const auto state = static_cast<unsigned char>(value[kStateOffset]);
+    if (state > static_cast<unsigned char>(OutboxState::withdrawn)) return std::nullopt;
+    entry.state = static_cast<OutboxState>(state);
+    value.remove_prefix(kStateOffset + 1);
+    const auto attempts = get_varint(value);
+    const auto text = get_text(value);
+    if (!attempts || !text || value.empty()) return std::nullopt;
+    entry.attempts = static_cast<std::int32_t>(static_cast<std::uint32_t>(*attempts));
+    entry.text = *text;
+    const bool has_reply_to = value.front() != '\x00';
+    value.remove_prefix(1);
+    if (has_reply_to) {
+        const auto reply_to = get_text(value);
+        if (!reply_to) return std::nullopt;
+        entry.reply_to = std::string(*reply_to);
+    }
+    const auto sent = get_text(value);
+    const auto error = sent ? get_text(value) : std::nullopt;
+    if (!error) return std::nullopt;
+    entry.sent_message_id = *sent;
+    entry.error = *error;
+    return stored;
+}
+
+std::int64_t pending_entries(std::span<const BlockTable::Record> records) {
+    std::int64_t pending = 0;
+    for (const auto& record : records) {
+        if (record.value.size() > kStateOffset && record.value[kStateOffset] == state_byte(OutboxState::pending)) {
+            ++pending;
+        }
+    }
+    return pending;
+}
+
+// ---- records of the message log ----
+// Key: the timestamp and the sequence number, 8 bytes each, big-endian (the timestamp's sign bit flipped), so that
+// keys sort by time, then in the order the messages were logged. Value: id, author id and name, is_bot (1 byte),
+// text, kind, reply_to (a flag byte, then the text if set), recovered (1 byte), raw.
+
+void put_ordered64(std::string& out, std::uint64_t bits) {
+    char bytes[8];
+    for (int i = 7; i >= 0; --i) {
+        bytes[i] = static_cast<char>(bits & 0xff);
+        bits >>= 8;
+    }
+    out.append(bytes, sizeof bytes);
+}
+
+std::uint64_t get_ordered64(std::string_view in) {
+    std::uint64_t bits = 0;
+    for (std::size_t i = 0; i < 8 && i < in.size(); ++i) bits = (bits << 8) | static_cast<unsigned char>(in[i]);
+    return bits;
+}
+
+constexpr std::uint64_t kSignBit = std::uint64_t{1} << 63;
+
+void append_log_key(std::int64_t timestamp_ms, std::int64_t sequence, std::string& key) {
+    put_ordered64(key, static_cast<std::uint64_t>(timestamp_ms) ^ kSignBit);
+    put_ordered64(key, static_cast<std::uint64_t>(sequence));
+}
+
+std::int64_t log_timestamp(std::string_view key) { return static_cast<std::int64_t>(get_ordered64(key) ^ kSignBit); }
+
+void encode_message(const Message& message, std::string& value) {
+    put_text(value, message.id);
+    put_text(value, message.author.id);
+    put_text(value, message.author.display_name);
+    value.push_back(message.author.is_bot ? '\x01' : '\x00');
+    put_text(value, message.text);
+    put_text(value, to_string(message.kind));
+    value.push_back(message.reply_to ? '\x01' : '\x00');
+    if (message.reply_to) put_text(value, *message.reply_to);
+    value.push_back(message.recovered ? '\x01' : '\x00');
+    put_text(value, message.raw);
+}
+
+std::optional<Message> decode_message(std::string_view key, std::string_view value) {
+    Message message;
+    message.timestamp_ms = log_timestamp(key);
+    const auto id = get_text(value);
+    const auto author_id = id ? get_text(value) : std::nullopt;
+    const auto author_name = author_id ? get_text(value) : std::nullopt;
+    if (!author_name || value.empty()) return std::nullopt;
+    message.id = *id;
+    message.author.id = *author_id;
+    message.author.display_name = *author_name;
+    message.author.is_bot = value.front() != '\x00';
+    value.remove_prefix(1);
+    const auto text = get_text(value);
+    const auto kind = text ? get_text(value) : std::nullopt;
+    if (!kind || value.empty()) return std::nullopt;
+    message.text = *text;
+    message.kind = parse_message_kind(*kind).value_or(MessageKind::group);
+    const bool has_reply_to = value.front() != '\x00';
+    value.remove_prefix(1);
+    if (has_reply_to) {
+        const auto reply_to = get_text(value);
+        if (!reply_to) return std::nullopt;
+        message.reply_to = std::string(*reply_to);
+    }
+    if (value.empty()) return std::nullopt;
+    message.recovered = value.front() != '\x00';
+    value.remove_prefix(1);
+    const auto raw = get_text(value);
+    if (!raw) return std::nullopt;
+    message.raw = *raw;
+    return message;
+}
+
+std::int64_t oldest_logged(std::span<const BlockTable::Record> records) {
+    std::int64_t oldest = std::numeric_limits<std::int64_t>::max();
+    for (const auto& record : records) oldest = std::min(oldest, log_timestamp(record.key));
+    return oldest;
+}
+
+std::int64_t smaller(std::int64_t a, std::int64_t b) { return std::min(a, b); }
+std::int64_t sum(std::int64_t a, std::int64_t b) { return a + b; }
+
+BlockTable ledger_table(SQLite::Database& db) { return BlockTable(db, "dedup_blocks", oldest_timestamp, smaller); }
+BlockTable outbox_table(SQLite::Database& db) { return BlockTable(db, "outbox_blocks", pending_entries, sum); }
+BlockTable log_table(SQLite::Database& db) { return BlockTable(db, "log_blocks", oldest_logged, smaller); }
+
+std::int64_t read_meta(SQLite::Database& db, const char* key) {
+    SQLite::Statement query(db, "SELECT value FROM store_meta WHERE key = ?1");
+    query.bind(1, key);
+    return query.executeStep() ? query.getColumn(0).getInt64() : 0;
+}
+
+// Version 1 -> 2: the rows of `dedup` and `outbox` become blocks (outbox entries keep their order: their rowid is
+// their sequence number), then the old tables go. Rows are read a chunk at a time, so memory stays bounded.
+void convert_to_version_2(SQLite::Database& db) {
+    constexpr std::size_t kChunk = 4096;
+    std::vector<BlockTable::OwnedRecord> records;
+    std::vector<BlockTable::Record> views;
+    std::vector<bool> inserted;
+    auto sorted_views = [&] {
+        std::sort(records.begin(), records.end(), [](const auto& a, const auto& b) { return a.key < b.key; });
+        views.clear();
+        for (const auto& record : records) views.push_back({record.key, record.value});
+        return std::span<const BlockTable::Record>(views);
+    };
+    {
+        BlockTable ledger = ledger_table(db);
+        SQLite::Statement rows(db,
+                               "SELECT c.id, d.message_id, d.timestamp_ms FROM dedup d JOIN channels c "
+                               "ON c.connection = d.connection AND c.channel = d.channel ORDER BY c.id, d.message_id");
+        std::int64_t channel = 0;
+        auto flush = [&] {
+            ledger.insert(channel, sorted_views(), inserted);
+            records.clear();
+        };
+        while (rows.executeStep()) {
+            const std::int64_t row_channel = rows.getColumn(0).getInt64();
+            if ((row_channel != channel || records.size() == kChunk) && !records.empty()) flush();
+            channel = row_channel;
+            std::string timestamp;
+            put_fixed64(timestamp, rows.getColumn(2).getInt64());
+            records.push_back({rows.getColumn(1).getString(), std::move(timestamp)});
+        }
+        if (!records.empty()) flush();
+    }
+    {
+        BlockTable outbox = outbox_table(db);
+        SQLite::Statement rows(db,
+                               "SELECT rowid, plan_id, recipient, text, reply_to, state, sent_message_id, attempts, "
+                               "error, created_ms FROM outbox ORDER BY plan_id, recipient");
+        std::int64_t last_sequence = 0;
+        auto flush = [&] {
+            outbox.insert(0, sorted_views(), inserted);
+            records.clear();
+        };
+        while (rows.executeStep()) {
+            OutboxEntry entry;
+            const std::int64_t sequence = rows.getColumn(0).getInt64();
+            entry.text = rows.getColumn(3).getString();
+            entry.reply_to = optional_text(rows.getColumn(4));
+            const std::string state = rows.getColumn(5).getString();
+            const auto parsed = parse_outbox_state(state);
+            if (!parsed) throw std::runtime_error("an outbox entry has the unknown state '" + state + "'");
+            entry.state = *parsed;
+            entry.sent_message_id = rows.getColumn(6).getString();
+            entry.attempts = rows.getColumn(7).getInt();
+            entry.error = rows.getColumn(8).getString();
+            entry.created_ms = rows.getColumn(9).getInt64();
+            BlockTable::OwnedRecord& record = records.emplace_back();
+            append_outbox_key(rows.getColumn(1).getString(), rows.getColumn(2).getString(), record.key);
+            encode_entry(entry, sequence, record.value);
+            last_sequence = std::max(last_sequence, sequence);
+            if (records.size() == kChunk) flush();
+        }
+        if (!records.empty()) flush();
+        SQLite::Statement meta(db, "INSERT INTO store_meta (key, value) VALUES ('outbox_seq', ?1)");
+        meta.bind(1, last_sequence);
+        meta.exec();
+    }
+    {
+        BlockTable log = log_table(db);
+        SQLite::Statement rows(db,
+                               "SELECT c.id, m.rowid, m.id, m.author_id, m.author_name, m.author_is_bot, m.text, "
+                               "m.timestamp_ms, m.kind, m.reply_to, m.recovered, m.raw FROM messages m JOIN channels c "
+                               "ON c.connection = m.connection AND c.channel = m.channel "
+                               "ORDER BY c.id, m.timestamp_ms, m.rowid");
+        std::int64_t channel = 0;
+        std::int64_t last_sequence = 0;
+        auto flush = [&] {
+            log.insert(channel, sorted_views(), inserted);
+            records.clear();
+        };
+        while (rows.executeStep()) {
+            const std::int64_t row_channel = rows.getColumn(0).getInt64();
+            if ((row_channel != channel || records.size() == kChunk) && !records.empty()) flush();
+            channel = row_channel;
+            const std::int64_t sequence = rows.getColumn(1).getInt64();
+            Message message;
+            message.id = rows.getColumn(2).getString();
+            message.author.id = rows.getColumn(3).getString();
+            message.author.display_name = rows.getColumn(4).getString();
+            message.author.is_bot = rows.getColumn(5).getInt() != 0;
+            message.text = rows.getColumn(6).getString();
+            message.kind = parse_message_kind(rows.getColumn(8).getString()).value_or(MessageKind::group);
+            message.reply_to = optional_text(rows.getColumn(9));
+            message.recovered = rows.getColumn(10).getInt() != 0;
+            message.raw = rows.getColumn(11).getString();
+            BlockTable::OwnedRecord& record = records.emplace_back();
+            append_log_key(rows.getColumn(7).getInt64(), sequence, record.key);
+            encode_message(message, record.value);
+            last_sequence = std::max(last_sequence, sequence);
+        }
+        if (!records.empty()) flush();
+        SQLite::Statement meta(db, "INSERT INTO store_meta (key, value) VALUES ('log_seq', ?1)");
+        meta.bind(1, last_sequence);
+        meta.exec();
+    }
+    db.exec("DROP TABLE dedup; DROP TABLE outbox; DROP TABLE messages;");
+}
+
 }  // namespace
 
 struct SqliteStore::Impl {
@@ -269,7 +769,10 @@ struct SqliteStore::Impl {
         : path(prepare_path(std::move(file))),
           message_log(options.message_log),
           lock(path),
-          db(open_database(path, options)) {}
+          db(open_database(path, options)) {
+        outbox_sequence = read_meta(db, "outbox_seq");
+        log_sequence = read_meta(db, "log_seq");
+    }
 
     // Turns a failure of a runtime call into a value naming the file, what was being done and what to do.
     [[nodiscard]] Error runtime_error(std::string_view what, const SQLite::Exception& e) {
@@ -307,6 +810,11 @@ struct SqliteStore::Impl {
         if (sqlite3_get_autocommit(db.getHandle()) == 0) {
             sqlite3_exec(db.getHandle(), "ROLLBACK", nullptr, nullptr, nullptr);
         }
+        // The caches may hold what the rolled-back transaction wrote: channel numbers, blocks.
+        channel_ids.clear();
+        ledger.forget();
+        outbox.forget();
+        log.forget();
     }
 
     // Runs @p body under the connection's mutex; SQLite exceptions never leave the store.
@@ -349,93 +857,234 @@ struct SqliteStore::Impl {
         text.append(address.target);
     }
 
-    void add_outbox_entry(const OutboxEntry& entry) {
-        auto& insert = fresh(outbox_insert);
-        address_text(entry.recipient, recipient_text);
-        insert.bindNoCopy(1, entry.plan_id);
-        insert.bindNoCopy(2, recipient_text);
-        insert.bindNoCopy(3, entry.text);
-        if (entry.reply_to) {
-            insert.bindNoCopy(4, *entry.reply_to);
+    // The number of (@p connection, @p channel), which is the ledger's partition of its messages; with @p create,
+    // a channel seen for the first time is numbered (in the caller's transaction), else it has none.
+    std::optional<std::int64_t> channel_id(const std::string& connection, const std::string& channel, bool create) {
+        channel_key.assign(connection);
+        channel_key.push_back('\0');
+        channel_key.append(channel);
+        if (const auto it = channel_ids.find(channel_key); it != channel_ids.end()) return it->second;
+        auto& find = fresh(channel_find);
+        find.bindNoCopy(1, connection);
+        find.bindNoCopy(2, channel);
+        std::int64_t id = 0;
+        if (find.executeStep()) {
+            id = find.getColumn(0).getInt64();
+            find.tryReset();
+        } else if (create) {
+            auto& insert = fresh(channel_insert);
+            insert.bindNoCopy(1, connection);
+            insert.bindNoCopy(2, channel);
+            insert.exec();
+            id = db.getLastInsertRowid();
         } else {
-            insert.bind(4);
+            return std::nullopt;
         }
-        insert.bindNoCopy(5, to_string(entry.state).data());  // a string literal
-        insert.bindNoCopy(6, entry.sent_message_id);
-        insert.bind(7, entry.attempts);
-        insert.bindNoCopy(8, entry.error);
-        insert.bind(9, static_cast<std::int64_t>(entry.created_ms));
-        insert.exec();
+        if (channel_ids.size() >= kMaxCachedChannels) channel_ids.clear();
+        channel_ids.emplace(channel_key, id);
+        return id;
     }
 
-    void log_message(const Message& message) {
-        auto& insert = fresh(log_insert);
-        insert.bindNoCopy(1, message.connection);
-        insert.bindNoCopy(2, message.channel);
-        insert.bindNoCopy(3, message.id);
-        insert.bindNoCopy(4, message.author.id);
-        insert.bindNoCopy(5, message.author.display_name);
-        insert.bind(6, static_cast<std::int32_t>(message.author.is_bot));
-        insert.bindNoCopy(7, message.text);
-        insert.bind(8, static_cast<std::int64_t>(message.timestamp_ms));
-        insert.bindNoCopy(9, to_string(message.kind).data());  // a string literal
-        if (message.reply_to) {
-            insert.bindNoCopy(10, *message.reply_to);
-        } else {
-            insert.bind(10);
+    // Enters the messages of @p batch into the ledger; fresh[i] says whether batch[i] was not there yet (nor earlier
+    // in the batch).
+    void enter_into_ledger(std::span<const ProcessedMessage> batch, std::vector<bool>& fresh) {
+        auto& keys = ledger_keys;
+        keys.clear();
+        timestamps.clear();
+        channel_of.clear();
+        for (std::size_t i = 0; i < batch.size(); ++i) {
+            const Message& message = batch[i].message;
+            channel_of.push_back(*channel_id(message.connection, message.channel, true));
+            keys.push_back({channel_of.back(), message.id, i});
+            put_fixed64(timestamps, message.timestamp_ms);
         }
-        insert.bind(11, static_cast<std::int32_t>(message.recovered));
-        insert.bindNoCopy(12, message.raw);
-        insert.exec();
+        std::sort(keys.begin(), keys.end(), [](const LedgerKey& a, const LedgerKey& b) {
+            if (a.channel != b.channel) return a.channel < b.channel;
+            if (a.id != b.id) return a.id < b.id;
+            return a.index < b.index;
+        });
+        fresh.assign(batch.size(), false);
+        for (std::size_t first = 0; first < keys.size();) {
+            const std::int64_t channel = keys[first].channel;
+            records.clear();
+            indexes.clear();
+            std::size_t next = first;
+            for (; next < keys.size() && keys[next].channel == channel; ++next) {
+                const LedgerKey& key = keys[next];
+                if (!records.empty() && records.back().key == key.id) continue;  // twice in the batch
+                records.push_back({key.id, std::string_view(timestamps).substr(key.index * 8, 8)});
+                indexes.push_back(key.index);
+            }
+            ledger.insert(channel, records, inserted);
+            for (std::size_t k = 0; k < indexes.size(); ++k) fresh[indexes[k]] = inserted[k];
+            first = next;
+        }
     }
 
-    [[nodiscard]] Result<OutboxEntry> read_outbox_entry(SQLite::Statement& query) {
-        OutboxEntry entry;
-        entry.plan_id = query.getColumn(0).getString();
-        const std::string recipient = query.getColumn(1).getString();
-        auto address = Address::parse(recipient);
-        if (!address) {
-            return fail("store_corrupt", "outbox entry of plan '" + entry.plan_id + "' in " + quoted(path) +
-                                             " has an unreadable recipient '" + recipient + "'");
+    // Builds the outbox key of each entry in `arena`, and `order`: the entries' indexes sorted by key (equal keys in
+    // call order), with `sorted_keys` the keys in that order.
+    template <class EntryAt>
+    void sort_outbox_keys(std::size_t count, EntryAt&& entry_at) {
+        arena.clear();
+        key_ends.clear();
+        for (std::size_t i = 0; i < count; ++i) {
+            const OutboxEntry& entry = entry_at(i);
+            address_text(entry.recipient, recipient_text);
+            append_outbox_key(entry.plan_id, recipient_text, arena);
+            key_ends.push_back(arena.size());
         }
-        entry.recipient = *address;
-        entry.text = query.getColumn(2).getString();
-        entry.reply_to = optional_text(query.getColumn(3));
-        const std::string state = query.getColumn(4).getString();
-        const auto parsed = parse_outbox_state(state);
-        if (!parsed) {
-            return fail("store_corrupt", "outbox entry of plan '" + entry.plan_id + "' in " + quoted(path) +
-                                             " has an unknown state '" + state + "'");
+        keyed.clear();
+        for (std::size_t i = 0; i < count; ++i) {
+            const std::size_t start = i == 0 ? 0 : key_ends[i - 1];
+            keyed.emplace_back(std::string_view(arena).substr(start, key_ends[i] - start), i);
         }
-        entry.state = *parsed;
-        entry.sent_message_id = query.getColumn(5).getString();
-        entry.attempts = query.getColumn(6).getInt();
-        entry.error = query.getColumn(7).getString();
-        entry.created_ms = query.getColumn(8).getInt64();
-        return entry;
+        std::sort(keyed.begin(), keyed.end());
+        order.clear();
+        sorted_keys.clear();
+        for (const auto& [key, index] : keyed) {
+            sorted_keys.push_back(key);
+            order.push_back(index);
+        }
     }
 
-    [[nodiscard]] Result<std::vector<OutboxEntry>> read_outbox_entries(SQLite::Statement& query) {
-        std::vector<OutboxEntry> entries;
-        while (query.executeStep()) {
-            auto entry = read_outbox_entry(query);
-            if (!entry) return entry.error();
-            entries.push_back(std::move(*entry));
+    // Adds @p entries (in order: of equal keys the first counts) to the outbox, keeping entries that exist.
+    void add_outbox_entries(std::span<const OutboxEntry* const> entries) {
+        if (entries.empty()) return;
+        sort_outbox_keys(entries.size(), [&](std::size_t i) -> const OutboxEntry& { return *entries[i]; });
+        values.clear();
+        value_ends.clear();
+        for (const std::size_t i : order) {
+            encode_entry(*entries[i], outbox_sequence + 1 + static_cast<std::int64_t>(i), values);
+            value_ends.push_back(values.size());
         }
-        return entries;
+        records.clear();
+        for (std::size_t k = 0; k < order.size(); ++k) {
+            const std::string_view key = sorted_keys[k];
+            if (!records.empty() && records.back().key == key) continue;  // twice in the call
+            const std::size_t start = k == 0 ? 0 : value_ends[k - 1];
+            records.push_back({key, std::string_view(values).substr(start, value_ends[k] - start)});
+        }
+        outbox.insert(0, records, inserted);
+        outbox_sequence += static_cast<std::int64_t>(entries.size());
+    }
+
+    // Appends batch[i] for each i of @p logged (messages not processed before) to the message log.
+    void log_messages(std::span<const ProcessedMessage> batch, std::span<const std::size_t> logged) {
+        if (logged.empty()) return;
+        log_keys.clear();
+        log_values.clear();
+        log_ends.clear();
+        for (std::size_t k = 0; k < logged.size(); ++k) {
+            const Message& message = batch[logged[k]].message;
+            append_log_key(message.timestamp_ms, log_sequence + 1 + static_cast<std::int64_t>(k), log_keys);
+            encode_message(message, log_values);
+            log_ends.emplace_back(log_keys.size(), log_values.size());
+        }
+        log_sequence += static_cast<std::int64_t>(logged.size());
+        auto key = [&](std::size_t k) { return std::string_view(log_keys).substr(k * 16, 16); };
+        auto value = [&](std::size_t k) {
+            const std::size_t start = k == 0 ? 0 : log_ends[k - 1].second;
+            return std::string_view(log_values).substr(start, log_ends[k].second - start);
+        };
+        order.resize(logged.size());
+        for (std::size_t k = 0; k < order.size(); ++k) order[k] = k;
+        std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+            const std::int64_t ca = channel_of[logged[a]];
+            const std::int64_t cb = channel_of[logged[b]];
+            return ca != cb ? ca < cb : key(a) < key(b);
+        });
+        for (std::size_t first = 0; first < order.size();) {
+            const std::int64_t channel = channel_of[logged[order[first]]];
+            records.clear();
+            std::size_t next = first;
+            for (; next < order.size() && channel_of[logged[order[next]]] == channel; ++next) {
+                records.push_back({key(order[next]), value(order[next])});
+            }
+            log.insert(channel, records, inserted);
+            first = next;
+        }
+    }
+
+    // Writes the sequence numbers of the outbox and the log, in the caller's transaction.
+    void save_sequences() {
+        auto& put = fresh(meta_put);
+        put.bind(1, outbox_sequence);
+        put.bind(2, log_sequence);
+        put.exec();
+    }
+
+    // Writes the state of @p entries; the first of them the outbox does not have, if any.
+    const OutboxEntry* update_outbox_entries(std::span<const OutboxEntry> entries) {
+        sort_outbox_keys(entries.size(), [&](std::size_t i) -> const OutboxEntry& { return entries[i]; });
+        outbox.update(
+            0, sorted_keys,
+            [&](std::size_t k, std::string_view old, std::string& out) { rewrite_state(entries[order[k]], old, out); },
+            found);
+        std::size_t missing = entries.size();
+        for (std::size_t k = 0; k < found.size(); ++k) {
+            if (!found[k]) missing = std::min(missing, order[k]);
+        }
+        return missing < entries.size() ? &entries[missing] : nullptr;
+    }
+
+    // Writes to @p out the entry @p old (encoded) with the state, attempts, sent message id and error of @p entry.
+    static void rewrite_state(const OutboxEntry& entry, std::string_view old, std::string& out) {
+        std::string_view rest = old.substr(std::min(old.size(), kStateOffset + 1));
+        const bool readable = get_varint(rest).has_value();
+        const std::size_t content = old.size() - rest.size();  // text and reply_to, kept as they are
+        const auto text = readable ? get_text(rest) : std::nullopt;
+        if (!text || rest.empty()) throw std::runtime_error("an outbox entry is unreadable: the store file is corrupt");
+        const bool has_reply_to = rest.front() != '\x00';
+        rest.remove_prefix(1);
+        if (has_reply_to && !get_text(rest)) {
+            throw std::runtime_error("an outbox entry is unreadable: the store file is corrupt");
+        }
+        const std::size_t content_end = old.size() - rest.size();
+        out.append(old.substr(0, kStateOffset));
+        out.push_back(state_byte(entry.state));
+        put_varint(out, static_cast<std::uint32_t>(entry.attempts));
+        out.append(old.substr(content, content_end - content));
+        put_text(out, entry.sent_message_id);
+        put_text(out, entry.error);
+    }
+
+    // The entries of @p records, in the order they were added (pending ones: oldest first).
+    [[nodiscard]] Result<std::vector<OutboxEntry>> entries_of(const std::vector<BlockTable::OwnedRecord>& records,
+                                                              bool pending_only, bool by_creation) {
+        std::vector<StoredEntry> stored;
+        for (const BlockTable::OwnedRecord& record : records) {
+            auto entry = decode_entry(record.key, record.value);
+            if (!entry) {
+                return fail("store_corrupt", "an outbox entry in " + quoted(path) +
+                                                 " is unreadable; stop switchboard, move the file aside (or "
+                                                 "restore a backup)");
+            }
+            if (pending_only && entry->entry.state != OutboxState::pending) continue;
+            stored.push_back(std::move(*entry));
+        }
+        std::sort(stored.begin(), stored.end(), [by_creation](const StoredEntry& a, const StoredEntry& b) {
+            if (by_creation && a.entry.created_ms != b.entry.created_ms) return a.entry.created_ms < b.entry.created_ms;
+            return a.sequence < b.sequence;
+        });
+        std::vector<OutboxEntry> result;
+        result.reserve(stored.size());
+        for (StoredEntry& entry : stored) result.push_back(std::move(entry.entry));
+        return result;
     }
 
     const std::filesystem::path path;
     const bool message_log;
     LockFile lock;
     SQLite::Database db;  // declared after the lock: the connection closes before the lock is released
+    Checkpointer checkpointer{path, db.getHandle()};  // stops before the connection closes
 
+    BlockTable ledger = ledger_table(db);
+    BlockTable outbox = outbox_table(db);
+    BlockTable log = log_table(db);
     SQLite::Statement begin{db, "BEGIN IMMEDIATE"};
     SQLite::Statement commit{db, "COMMIT"};
-    SQLite::Statement dedup_insert{db,
-                                   "INSERT OR IGNORE INTO dedup (connection, channel, message_id, timestamp_ms) "
-                                   "VALUES (?1, ?2, ?3, ?4)"};
-    SQLite::Statement dedup_find{db, "SELECT 1 FROM dedup WHERE connection = ?1 AND channel = ?2 AND message_id = ?3"};
+    SQLite::Statement channel_find{db, "SELECT id FROM channels WHERE connection = ?1 AND channel = ?2"};
+    SQLite::Statement channel_insert{db, "INSERT INTO channels (connection, channel) VALUES (?1, ?2)"};
     SQLite::Statement cursor_upsert{db,
                                     "INSERT INTO cursors (connection, channel, message_id, timestamp_ms) "
                                     "VALUES (?1, ?2, ?3, ?4) ON CONFLICT (connection, channel) DO UPDATE SET "
@@ -457,35 +1106,47 @@ struct SqliteStore::Impl {
                              "ON CONFLICT (space, key) DO UPDATE SET value = excluded.value"};
     SQLite::Statement kv_erase{db, "DELETE FROM kv WHERE space = ?1 AND key = ?2"};
     SQLite::Statement kv_get{db, "SELECT value FROM kv WHERE space = ?1 AND key = ?2"};
-    SQLite::Statement outbox_insert{db,
-                                    "INSERT INTO outbox (plan_id, recipient, text, reply_to, state, sent_message_id, "
-                                    "attempts, error, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) "
-                                    "ON CONFLICT (plan_id, recipient) DO NOTHING"};
-    SQLite::Statement outbox_set{db,
-                                 "UPDATE outbox SET state = ?3, sent_message_id = ?4, attempts = ?5, error = ?6 "
-                                 "WHERE plan_id = ?1 AND recipient = ?2"};
-    SQLite::Statement outbox_pending{db,
-                                     "SELECT plan_id, recipient, text, reply_to, state, sent_message_id, attempts, "
-                                     "error, created_ms FROM outbox WHERE state = 'pending' "
-                                     "ORDER BY created_ms, rowid"};
-    SQLite::Statement outbox_plan{db,
-                                  "SELECT plan_id, recipient, text, reply_to, state, sent_message_id, attempts, "
-                                  "error, created_ms FROM outbox WHERE plan_id = ?1 ORDER BY rowid"};
-    SQLite::Statement log_insert{db,
-                                 "INSERT INTO messages (connection, channel, id, author_id, author_name, "
-                                 "author_is_bot, text, timestamp_ms, kind, reply_to, recovered, raw) "
-                                 "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"};
-    SQLite::Statement log_range{db,
-                                "SELECT connection, channel, id, author_id, author_name, author_is_bot, text, "
-                                "timestamp_ms, kind, reply_to, recovered, raw FROM messages "
-                                "WHERE connection = ?1 AND channel = ?2 AND timestamp_ms >= ?3 AND timestamp_ms < ?4 "
-                                "ORDER BY timestamp_ms, rowid LIMIT ?5"};
-    SQLite::Statement prune_dedup{db, "DELETE FROM dedup WHERE timestamp_ms < ?1"};
-    SQLite::Statement prune_log{db, "DELETE FROM messages WHERE timestamp_ms < ?1"};
+    SQLite::Statement meta_put{db,
+                               "INSERT INTO store_meta (key, value) VALUES ('outbox_seq', ?1), ('log_seq', ?2) "
+                               "ON CONFLICT (key) DO UPDATE SET value = excluded.value"};
+
+    // Channels seen at most; past it the cache starts again (it only saves a look-up).
+    static constexpr std::size_t kMaxCachedChannels = 65536;
 
     std::mutex mutex;
+    std::unordered_map<std::string, std::int64_t> channel_ids;  // connection NUL channel -> channels.id (a cache)
+    std::int64_t outbox_sequence = 0;                           // store_meta.outbox_seq
+    std::int64_t log_sequence = 0;                              // store_meta.log_seq
+
+    // Scratch buffers, kept between calls so that a warm store allocates little.
+    struct LedgerKey {
+        std::int64_t channel;
+        std::string_view id;
+        std::size_t index;
+    };
+    std::vector<LedgerKey> ledger_keys;       // the batch's dedup keys, sorted
+    std::string timestamps;                   // their timestamps as stored, 8 bytes each in batch order
+    std::vector<BlockTable::Record> records;  // records handed to a block table
+    std::vector<std::size_t> indexes;         // which message each ledger record is
+    std::vector<bool> inserted;               // what a block table inserted
+    std::vector<bool> found;                  // what a block table found
+    std::string arena;                        // outbox keys, one after the other
+    std::vector<std::size_t> key_ends;        // where each ends in the arena
+    std::vector<std::pair<std::string_view, std::size_t>> keyed;  // outbox keys and their entries
+    std::vector<std::size_t> order;                               // entries by key
+    std::vector<std::string_view> sorted_keys;                    // the keys in that order
+    std::string values;                                           // encoded entries, one after the other
+    std::vector<std::size_t> value_ends;                          // where each ends
+    std::vector<std::int64_t> channel_of;                         // the channel number of each message of the batch
+    std::vector<std::size_t> logged;                              // the batch's messages to log
+    std::string log_keys;                                         // their keys, 16 bytes each
+    std::string log_values;                                       // their values, one after the other
+    std::vector<std::pair<std::size_t, std::size_t>> log_ends;    // where each key and value ends
+    std::vector<bool> fresh_messages;          // scratch for commit(): which messages were not in the ledger
+    std::vector<const OutboxEntry*> replies;   // scratch for commit(): the outbox entries to add
     std::vector<const Message*> cursor_moves;  // scratch for commit(): the newest message per channel
-    std::string recipient_text;                // scratch: the recipient column of the outbox entry being written
+    std::string recipient_text;                // scratch: a recipient as text
+    std::string channel_key;                   // scratch: a key of channel_ids
 };
 
 const ConfigSchema& SqliteStore::config_schema() {
@@ -570,11 +1231,8 @@ const std::filesystem::path& SqliteStore::path() const noexcept { return impl_->
 
 Result<bool> SqliteStore::is_processed(const MessageKey& key) {
     return impl_->guarded("checking the dedup ledger", [&]() -> Result<bool> {
-        auto& find = Impl::fresh(impl_->dedup_find);
-        find.bindNoCopy(1, key.connection);
-        find.bindNoCopy(2, key.channel);
-        find.bindNoCopy(3, key.message_id);
-        return find.executeStep();
+        const auto channel = impl_->channel_id(key.connection, key.channel, false);
+        return channel && impl_->ledger.find(*channel, key.message_id).has_value();
     });
 }
 
@@ -583,16 +1241,15 @@ Result<void> SqliteStore::commit(std::span<const ProcessedMessage> batch) {
     return impl_->guarded("committing a batch of processed messages", [&]() -> Result<void> {
         Impl& s = *impl_;
         Impl::fresh(s.begin).exec();
+        s.enter_into_ledger(batch, s.fresh_messages);
         auto& moves = s.cursor_moves;
         moves.clear();
-        for (const ProcessedMessage& item : batch) {
+        s.replies.clear();
+        s.logged.clear();
+        for (std::size_t i = 0; i < batch.size(); ++i) {
+            if (!s.fresh_messages[i]) continue;  // already processed: a retried batch or a recovered overlap
+            const ProcessedMessage& item = batch[i];
             const Message& message = item.message;
-            auto& dedup = Impl::fresh(s.dedup_insert);
-            dedup.bindNoCopy(1, message.connection);
-            dedup.bindNoCopy(2, message.channel);
-            dedup.bindNoCopy(3, message.id);
-            dedup.bind(4, static_cast<std::int64_t>(message.timestamp_ms));
-            if (dedup.exec() == 0) continue;  // already processed: a retried batch or a recovered overlap
 
             // Cursors move once per channel per batch, to the newest message seen in batch order; the upsert's
             // WHERE keeps a stored cursor that is newer still. Same result as moving it message by message.
@@ -606,10 +1263,13 @@ Result<void> SqliteStore::commit(std::span<const ProcessedMessage> batch) {
                 *it = &message;
             }
 
-            if (s.message_log) s.log_message(message);
+            if (s.message_log) s.logged.push_back(i);
             for (const KeyValueWrite& write : item.writes) s.put_value(write);
-            for (const OutboxEntry& entry : item.outbox) s.add_outbox_entry(entry);
+            for (const OutboxEntry& entry : item.outbox) s.replies.push_back(&entry);
         }
+        s.log_messages(batch, s.logged);
+        s.add_outbox_entries(s.replies);
+        s.save_sequences();
         for (const Message* message : moves) {
             auto& upsert = Impl::fresh(s.cursor_upsert);
             upsert.bindNoCopy(1, message->connection);
@@ -692,8 +1352,12 @@ Result<void> SqliteStore::put_values(std::span<const KeyValueWrite> writes) {
 Result<void> SqliteStore::outbox_add(std::span<const OutboxEntry> entries) {
     if (entries.empty()) return {};
     return impl_->guarded("adding outbox entries", [&]() -> Result<void> {
+        std::vector<const OutboxEntry*> added;
+        added.reserve(entries.size());
+        for (const OutboxEntry& entry : entries) added.push_back(&entry);
         Impl::fresh(impl_->begin).exec();
-        for (const OutboxEntry& entry : entries) impl_->add_outbox_entry(entry);
+        impl_->add_outbox_entries(added);
+        impl_->save_sequences();
         Impl::fresh(impl_->commit).exec();
         return {};
     });
@@ -704,19 +1368,7 @@ Result<void> SqliteStore::outbox_update(std::span<const OutboxEntry> entries) {
     return impl_->guarded("updating outbox entries", [&]() -> Result<void> {
         Impl& s = *impl_;
         Impl::fresh(s.begin).exec();
-        const OutboxEntry* missing = nullptr;
-        std::string& recipient = s.recipient_text;
-        for (const OutboxEntry& entry : entries) {
-            s.address_text(entry.recipient, recipient);
-            auto& update = Impl::fresh(s.outbox_set);
-            update.bindNoCopy(1, entry.plan_id);
-            update.bindNoCopy(2, recipient);
-            update.bindNoCopy(3, to_string(entry.state).data());  // a string literal
-            update.bindNoCopy(4, entry.sent_message_id);
-            update.bind(5, entry.attempts);
-            update.bindNoCopy(6, entry.error);
-            if (update.exec() == 0 && missing == nullptr) missing = &entry;
-        }
+        const OutboxEntry* missing = s.update_outbox_entries(entries);
         Impl::fresh(s.commit).exec();
         if (missing != nullptr) {
             return fail("outbox_entry_not_found", "no outbox entry for plan '" + missing->plan_id +
@@ -729,44 +1381,37 @@ Result<void> SqliteStore::outbox_update(std::span<const OutboxEntry> entries) {
 
 Result<std::vector<OutboxEntry>> SqliteStore::outbox_pending() {
     return impl_->guarded("listing pending outbox entries", [&]() -> Result<std::vector<OutboxEntry>> {
-        return impl_->read_outbox_entries(Impl::fresh(impl_->outbox_pending));
+        return impl_->entries_of(impl_->outbox.with_positive_summary(), true, true);
     });
 }
 
 Result<std::vector<OutboxEntry>> SqliteStore::outbox_plan(const std::string& plan_id) {
     return impl_->guarded("reading a plan's outbox entries", [&]() -> Result<std::vector<OutboxEntry>> {
-        auto& query = Impl::fresh(impl_->outbox_plan);
-        query.bindNoCopy(1, plan_id);
-        return impl_->read_outbox_entries(query);
+        return impl_->entries_of(impl_->outbox.range(0, plan_prefix(plan_id), plan_end(plan_id)), false, false);
     });
 }
 
 Result<std::vector<Message>> SqliteStore::messages(const std::string& connection, const std::string& channel,
                                                    std::int64_t from_ms, std::int64_t to_ms, std::size_t limit) {
     return impl_->guarded("reading the message log", [&]() -> Result<std::vector<Message>> {
-        auto& query = Impl::fresh(impl_->log_range);
-        query.bindNoCopy(1, connection);
-        query.bindNoCopy(2, channel);
-        query.bind(3, static_cast<std::int64_t>(from_ms));
-        query.bind(4, static_cast<std::int64_t>(to_ms));
-        query.bind(5,
-                   static_cast<std::int64_t>(std::min<std::size_t>(limit, std::numeric_limits<std::int64_t>::max())));
         std::vector<Message> result;
-        while (query.executeStep()) {
-            Message message;
-            message.connection = query.getColumn(0).getString();
-            message.channel = query.getColumn(1).getString();
-            message.id = query.getColumn(2).getString();
-            message.author.id = query.getColumn(3).getString();
-            message.author.display_name = query.getColumn(4).getString();
-            message.author.is_bot = query.getColumn(5).getInt() != 0;
-            message.text = query.getColumn(6).getString();
-            message.timestamp_ms = query.getColumn(7).getInt64();
-            message.kind = parse_message_kind(query.getColumn(8).getString()).value_or(MessageKind::group);
-            message.reply_to = optional_text(query.getColumn(9));
-            message.recovered = query.getColumn(10).getInt() != 0;
-            message.raw = query.getColumn(11).getString();
-            result.push_back(std::move(message));
+        const auto part = impl_->channel_id(connection, channel, false);
+        if (!part || from_ms >= to_ms) return result;
+        std::string from;
+        std::string to;
+        append_log_key(from_ms, 0, from);
+        append_log_key(to_ms, 0, to);
+        for (const BlockTable::OwnedRecord& record : impl_->log.range(*part, from, to, limit)) {
+            auto message = decode_message(record.key, record.value);
+            if (!message) {
+                return fail("store_corrupt", "a logged message of " + connection + "/" + channel + " in " +
+                                                 quoted(impl_->path) +
+                                                 " is unreadable; stop switchboard, move the file aside (or "
+                                                 "restore a backup)");
+            }
+            message->connection = connection;
+            message->channel = channel;
+            result.push_back(std::move(*message));
         }
         return result;
     });
@@ -776,14 +1421,12 @@ Result<std::size_t> SqliteStore::prune(std::int64_t before_ms) {
     return impl_->guarded("pruning old entries", [&]() -> Result<std::size_t> {
         Impl& s = *impl_;
         Impl::fresh(s.begin).exec();
-        auto& dedup = Impl::fresh(s.prune_dedup);
-        dedup.bind(1, static_cast<std::int64_t>(before_ms));
-        const int removed = dedup.exec();
-        auto& log = Impl::fresh(s.prune_log);
-        log.bind(1, static_cast<std::int64_t>(before_ms));
-        log.exec();
+        const std::size_t removed = s.ledger.remove_if(
+            before_ms, [&](const BlockTable::Record& record) { return get_fixed64(record.value) < before_ms; });
+        s.log.remove_if(before_ms,
+                        [&](const BlockTable::Record& record) { return log_timestamp(record.key) < before_ms; });
         Impl::fresh(s.commit).exec();
-        return static_cast<std::size_t>(removed);
+        return removed;
     });
 }
 

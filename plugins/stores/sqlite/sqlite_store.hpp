@@ -33,7 +33,7 @@ public:
     /// The plugin's name in the config (`store: { plugin: sqlite }`).
     static constexpr const char* kName = "sqlite";
     /// The schema version this build creates and understands (`PRAGMA user_version`).
-    static constexpr int kSchemaVersion = 1;
+    static constexpr int kSchemaVersion = 2;
 
     /// The keys `path`, `busy_timeout`, `synchronous`, `dedup_window` and `message_log`.
     [[nodiscard]] static const ConfigSchema& config_schema();
