@@ -1082,6 +1082,7 @@ struct SqliteStore::Impl {
     BlockTable outbox = outbox_table(db);
     BlockTable log = log_table(db);
     SQLite::Statement begin{db, "BEGIN IMMEDIATE"};
+    SQLite::Statement begin_read{db, "BEGIN"};
     SQLite::Statement commit{db, "COMMIT"};
     SQLite::Statement channel_find{db, "SELECT id FROM channels WHERE connection = ?1 AND channel = ?2"};
     SQLite::Statement channel_insert{db, "INSERT INTO channels (connection, channel) VALUES (?1, ?2)"};
@@ -1233,6 +1234,27 @@ Result<bool> SqliteStore::is_processed(const MessageKey& key) {
     return impl_->guarded("checking the dedup ledger", [&]() -> Result<bool> {
         const auto channel = impl_->channel_id(key.connection, key.channel, false);
         return channel && impl_->ledger.find(*channel, key.message_id).has_value();
+    });
+}
+
+Result<std::vector<bool>> SqliteStore::are_processed(std::span<const Message> messages) {
+    return impl_->guarded("checking the dedup ledger", [&]() -> Result<std::vector<bool>> {
+        Impl& s = *impl_;
+        std::vector<bool> seen(messages.size());
+        if (messages.empty()) return seen;
+        // One read transaction for the batch, not one per look-up; consecutive messages mostly share a channel.
+        Impl::fresh(s.begin_read).exec();
+        std::optional<std::int64_t> channel;
+        for (std::size_t i = 0; i < messages.size(); ++i) {
+            const Message& message = messages[i];
+            if (i == 0 || message.channel != messages[i - 1].channel ||
+                message.connection != messages[i - 1].connection) {
+                channel = s.channel_id(message.connection, message.channel, false);
+            }
+            seen[i] = channel && s.ledger.find(*channel, message.id).has_value();
+        }
+        Impl::fresh(s.commit).exec();
+        return seen;
     });
 }
 

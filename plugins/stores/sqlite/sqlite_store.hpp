@@ -51,6 +51,7 @@ public:
     [[nodiscard]] const std::filesystem::path& path() const noexcept;
 
     [[nodiscard]] Result<bool> is_processed(const MessageKey& key) override;
+    [[nodiscard]] Result<std::vector<bool>> are_processed(std::span<const Message> messages) override;
     [[nodiscard]] Result<void> commit(std::span<const ProcessedMessage> batch) override;
     [[nodiscard]] Result<std::optional<Cursor>> cursor(const std::string& connection,
                                                        const std::string& channel) override;
