@@ -374,6 +374,26 @@ void BlockTable::update(std::int64_t part, std::span<const std::string_view> sor
     }
 }
 
+void BlockTable::contains(std::int64_t part, std::span<const std::string_view> sorted_keys, std::vector<bool>& found) {
+    found.assign(sorted_keys.size(), false);
+    std::size_t i = 0;
+    while (i < sorted_keys.size()) {
+        const std::optional<Block> block = at_or_before(part, sorted_keys[i]);
+        if (!block || sorted_keys[i] > block->hi) {
+            // In the gap before the first block or after this one: none of the keys up to the next block is there.
+            const std::optional<std::string> next = first_after(part, sorted_keys[i], block);
+            if (!next) return;
+            while (i < sorted_keys.size() && sorted_keys[i] < *next) ++i;
+            continue;
+        }
+        decode_loaded();
+        for (; i < sorted_keys.size() && sorted_keys[i] <= block->hi; ++i) {
+            const auto it = std::lower_bound(block_.begin(), block_.end(), sorted_keys[i], key_less);
+            found[i] = it != block_.end() && it->key == sorted_keys[i];
+        }
+    }
+}
+
 std::optional<std::string> BlockTable::find(std::int64_t part, std::string_view key) {
     const std::optional<Block> block = at_or_before(part, key);
     if (!block || key > block->hi) return std::nullopt;

@@ -67,6 +67,10 @@ public:
     void update(std::int64_t part, std::span<const std::string_view> sorted_keys, const Change& change,
                 std::vector<bool>& found);
 
+    /// For each key of @p sorted_keys (increasing; equal keys allowed) whether it is in @p part: one look-up per
+    /// block (or gap between blocks) the keys fall in, each block decoded once.
+    void contains(std::int64_t part, std::span<const std::string_view> sorted_keys, std::vector<bool>& found);
+
     /// The value of @p key in @p part, if it is there.
     [[nodiscard]] std::optional<std::string> find(std::int64_t part, std::string_view key);
 

@@ -482,7 +482,7 @@ std::string plan_end(const std::string& plan_id) {
 }
 
 // Appends the key of (@p plan_id, @p recipient) to @p key.
-void append_outbox_key(const std::string& plan_id, std::string_view recipient, std::string& key) {
+void append_outbox_key(std::string_view plan_id, std::string_view recipient, std::string& key) {
     append_escaped(key, plan_id);
     key.push_back('\x00');
     key.append(recipient);
@@ -922,15 +922,16 @@ struct SqliteStore::Impl {
     }
 
     // Builds the outbox key of each entry in `arena`, and `order`: the entries' indexes sorted by key (equal keys in
-    // call order), with `sorted_keys` the keys in that order.
-    template <class EntryAt>
-    void sort_outbox_keys(std::size_t count, EntryAt&& entry_at) {
+    // call order), with `sorted_keys` the keys in that order. @p key_at(i) gives the i-th entry's plan id and
+    // recipient.
+    template <class KeyAt>
+    void sort_outbox_keys(std::size_t count, KeyAt&& key_at) {
         arena.clear();
         key_ends.clear();
         for (std::size_t i = 0; i < count; ++i) {
-            const OutboxEntry& entry = entry_at(i);
-            address_text(entry.recipient, recipient_text);
-            append_outbox_key(entry.plan_id, recipient_text, arena);
+            const auto [plan_id, recipient] = key_at(i);
+            address_text(*recipient, recipient_text);
+            append_outbox_key(plan_id, recipient_text, arena);
             key_ends.push_back(arena.size());
         }
         keyed.clear();
@@ -950,7 +951,7 @@ struct SqliteStore::Impl {
     // Adds @p entries (in order: of equal keys the first counts) to the outbox, keeping entries that exist.
     void add_outbox_entries(std::span<const OutboxEntry* const> entries) {
         if (entries.empty()) return;
-        sort_outbox_keys(entries.size(), [&](std::size_t i) -> const OutboxEntry& { return *entries[i]; });
+        sort_outbox_keys(entries.size(), [&](std::size_t i) { return key_of(*entries[i]); });
         values.clear();
         value_ends.clear();
         for (const std::size_t i : order) {
@@ -1014,21 +1015,36 @@ struct SqliteStore::Impl {
     }
 
     // Writes the state of @p entries; the first of them the outbox does not have, if any.
-    const OutboxEntry* update_outbox_entries(std::span<const OutboxEntry> entries) {
-        sort_outbox_keys(entries.size(), [&](std::size_t i) -> const OutboxEntry& { return entries[i]; });
+    static std::pair<std::string_view, const Address*> key_of(const OutboxEntry& entry) {
+        return {entry.plan_id, &entry.recipient};
+    }
+
+    // What an update writes into an entry.
+    struct EntryState {
+        OutboxState state;
+        std::int32_t attempts;
+        std::string_view sent_message_id;
+        std::string_view error;
+    };
+
+    // Updates @p count entries, the i-th one's key from @p key_at(i) and its new state from @p state_at(i). Returns
+    // the first i (in call order) whose entry does not exist, or @p count.
+    template <class KeyAt, class StateAt>
+    std::size_t update_outbox_entries(std::size_t count, KeyAt&& key_at, StateAt&& state_at) {
+        sort_outbox_keys(count, key_at);
         outbox.update(
             0, sorted_keys,
-            [&](std::size_t k, std::string_view old, std::string& out) { rewrite_state(entries[order[k]], old, out); },
+            [&](std::size_t k, std::string_view old, std::string& out) { rewrite_state(state_at(order[k]), old, out); },
             found);
-        std::size_t missing = entries.size();
+        std::size_t missing = count;
         for (std::size_t k = 0; k < found.size(); ++k) {
             if (!found[k]) missing = std::min(missing, order[k]);
         }
-        return missing < entries.size() ? &entries[missing] : nullptr;
+        return missing;
     }
 
     // Writes to @p out the entry @p old (encoded) with the state, attempts, sent message id and error of @p entry.
-    static void rewrite_state(const OutboxEntry& entry, std::string_view old, std::string& out) {
+    static void rewrite_state(const EntryState& entry, std::string_view old, std::string& out) {
         std::string_view rest = old.substr(std::min(old.size(), kStateOffset + 1));
         const bool readable = get_varint(rest).has_value();
         const std::size_t content = old.size() - rest.size();  // text and reply_to, kept as they are
@@ -1046,6 +1062,12 @@ struct SqliteStore::Impl {
         out.append(old.substr(content, content_end - content));
         put_text(out, entry.sent_message_id);
         put_text(out, entry.error);
+    }
+
+    [[nodiscard]] Error entry_not_found(std::string_view plan_id, const Address& recipient) const {
+        return fail("outbox_entry_not_found", "no outbox entry for plan '" + std::string(plan_id) +
+                                                  "' and recipient '" + recipient.to_string() + "' in " + quoted(path) +
+                                                  "; add it with outbox_add first");
     }
 
     // The entries of @p records, in the order they were added (pending ones: oldest first).
@@ -1146,8 +1168,9 @@ struct SqliteStore::Impl {
     std::vector<bool> fresh_messages;          // scratch for commit(): which messages were not in the ledger
     std::vector<const OutboxEntry*> replies;   // scratch for commit(): the outbox entries to add
     std::vector<const Message*> cursor_moves;  // scratch for commit(): the newest message per channel
-    std::string recipient_text;                // scratch: a recipient as text
-    std::string channel_key;                   // scratch: a key of channel_ids
+    std::string recipient_text;  // scratch: a recipient as text
+    std::vector<std::pair<std::string_view, const OutboxRecipientUpdate*>> plan_updates;  // outbox_update_plans()
+    std::string channel_key;  // scratch: a key of channel_ids
 };
 
 const ConfigSchema& SqliteStore::config_schema() {
@@ -1242,16 +1265,37 @@ Result<std::vector<bool>> SqliteStore::are_processed(std::span<const Message> me
         Impl& s = *impl_;
         std::vector<bool> seen(messages.size());
         if (messages.empty()) return seen;
-        // One read transaction for the batch, not one per look-up; consecutive messages mostly share a channel.
-        Impl::fresh(s.begin_read).exec();
-        std::optional<std::int64_t> channel;
+        // Per channel, its message ids sorted, looked for block by block (BlockTable::contains), all in one read
+        // transaction: a batch is mostly a few channels' newest ids, past every block, so one look-up per channel.
+        // Positions are grouped by channel with a scan (a batch has a few channels), each group sorted by id.
+        std::vector<std::vector<std::size_t>> groups;
         for (std::size_t i = 0; i < messages.size(); ++i) {
-            const Message& message = messages[i];
-            if (i == 0 || message.channel != messages[i - 1].channel ||
-                message.connection != messages[i - 1].connection) {
-                channel = s.channel_id(message.connection, message.channel, false);
+            const auto same_channel = [&](const std::vector<std::size_t>& group) {
+                const Message& first = messages[group.front()];
+                return first.channel == messages[i].channel && first.connection == messages[i].connection;
+            };
+            auto group = std::find_if(groups.rbegin(), groups.rend(), same_channel);
+            if (group == groups.rend()) {
+                groups.emplace_back(1, i);
+            } else {
+                group->push_back(i);
             }
-            seen[i] = channel && s.ledger.find(*channel, message.id).has_value();
+        }
+        for (auto& group : groups) {
+            std::sort(group.begin(), group.end(),
+                      [&](std::size_t a, std::size_t b) { return messages[a].id < messages[b].id; });
+        }
+        Impl::fresh(s.begin_read).exec();
+        std::vector<std::string_view> keys;
+        std::vector<bool> found;
+        for (const auto& group : groups) {
+            const Message& first = messages[group.front()];
+            if (const auto channel = s.channel_id(first.connection, first.channel, false)) {
+                keys.clear();
+                for (const std::size_t i : group) keys.push_back(messages[i].id);
+                s.ledger.contains(*channel, keys, found);
+                for (std::size_t k = 0; k < group.size(); ++k) seen[group[k]] = found[k];
+            }
         }
         Impl::fresh(s.commit).exec();
         return seen;
@@ -1390,13 +1434,38 @@ Result<void> SqliteStore::outbox_update(std::span<const OutboxEntry> entries) {
     return impl_->guarded("updating outbox entries", [&]() -> Result<void> {
         Impl& s = *impl_;
         Impl::fresh(s.begin).exec();
-        const OutboxEntry* missing = s.update_outbox_entries(entries);
+        const std::size_t missing = s.update_outbox_entries(
+            entries.size(), [&](std::size_t i) { return Impl::key_of(entries[i]); },
+            [&](std::size_t i) {
+                const OutboxEntry& e = entries[i];
+                return Impl::EntryState{e.state, e.attempts, e.sent_message_id, e.error};
+            });
         Impl::fresh(s.commit).exec();
-        if (missing != nullptr) {
-            return fail("outbox_entry_not_found", "no outbox entry for plan '" + missing->plan_id +
-                                                      "' and recipient '" + missing->recipient.to_string() + "' in " +
-                                                      quoted(s.path) + "; add it with outbox_add first");
+        if (missing < entries.size()) return s.entry_not_found(entries[missing].plan_id, entries[missing].recipient);
+        return {};
+    });
+}
+
+Result<void> SqliteStore::outbox_update_plans(std::span<const OutboxPlanUpdate> plans) {
+    return impl_->guarded("updating outbox entries", [&]() -> Result<void> {
+        Impl& s = *impl_;
+        auto& flat = s.plan_updates;  // (plan id, update) of every entry, in call order
+        flat.clear();
+        for (const OutboxPlanUpdate& plan : plans) {
+            for (const OutboxRecipientUpdate& update : plan.recipients) flat.emplace_back(plan.plan_id, &update);
         }
+        if (flat.empty()) return {};
+        Impl::fresh(s.begin).exec();
+        const auto key_at = [&](std::size_t i) {
+            return std::pair<std::string_view, const Address*>{flat[i].first, flat[i].second->address};
+        };
+        const auto state_at = [&](std::size_t i) {
+            const OutboxRecipientUpdate& u = *flat[i].second;
+            return Impl::EntryState{u.state, u.attempts, u.sent_message_id, u.error};
+        };
+        const std::size_t missing = s.update_outbox_entries(flat.size(), key_at, state_at);
+        Impl::fresh(s.commit).exec();
+        if (missing < flat.size()) return s.entry_not_found(flat[missing].first, *flat[missing].second->address);
         return {};
     });
 }

@@ -65,6 +65,7 @@ public:
     [[nodiscard]] Result<void> put_values(std::span<const KeyValueWrite> writes) override;
     [[nodiscard]] Result<void> outbox_add(std::span<const OutboxEntry> entries) override;
     [[nodiscard]] Result<void> outbox_update(std::span<const OutboxEntry> entries) override;
+    [[nodiscard]] Result<void> outbox_update_plans(std::span<const OutboxPlanUpdate> plans) override;
     [[nodiscard]] Result<std::vector<OutboxEntry>> outbox_pending() override;
     [[nodiscard]] Result<std::vector<OutboxEntry>> outbox_plan(const std::string& plan_id) override;
     [[nodiscard]] Result<std::vector<Message>> messages(const std::string& connection, const std::string& channel,

@@ -433,8 +433,27 @@ TEST_CASE("the sqlite store answers like the memory store under random use") {
                 e.error = pick(3) == 0 ? "rate_limited" : "";
                 updates.push_back(e);
             }
-            const auto in_memory = memory.outbox_update(updates);
-            const auto in_sqlite = sqlite->outbox_update(updates);
+            Result<void> in_memory;
+            Result<void> in_sqlite;
+            if (pick(2) == 0) {
+                in_memory = memory.outbox_update(updates);
+                in_sqlite = sqlite->outbox_update(updates);
+            } else {  // the same updates per plan (runs of one plan id), as the delivery engine writes them
+                std::vector<OutboxRecipientUpdate> flat;
+                for (const OutboxEntry& e : updates) {
+                    flat.push_back(
+                        OutboxRecipientUpdate{&e.recipient, e.state, e.attempts, e.sent_message_id, e.error});
+                }
+                std::vector<OutboxPlanUpdate> per_plan;
+                for (std::size_t i = 0; i < updates.size();) {
+                    std::size_t end = i + 1;
+                    while (end < updates.size() && updates[end].plan_id == updates[i].plan_id) ++end;
+                    per_plan.push_back(OutboxPlanUpdate{updates[i].plan_id, std::span(flat.data() + i, end - i)});
+                    i = end;
+                }
+                in_memory = memory.outbox_update_plans(per_plan);
+                in_sqlite = sqlite->outbox_update_plans(per_plan);
+            }
             REQUIRE(in_memory.has_value() == in_sqlite.has_value());
             if (!in_memory) CHECK(in_memory.error().message.substr(0, 40) == in_sqlite.error().message.substr(0, 40));
         } else if (action < 9) {
@@ -449,6 +468,14 @@ TEST_CASE("the sqlite store answers like the memory store under random use") {
             const MessageKey key{"irc", channels[pick(channels.size())], message_id()};
             REQUIRE(ok(memory.is_processed(key)) == ok(sqlite->is_processed(key)));
         }
+        // A batch's look-up: several channels, ids in any order, some twice, some in no block or between blocks.
+        std::vector<Message> probes;
+        for (std::size_t i = 0, n = 1 + pick(150); i < n; ++i) {
+            probes.push_back(make_message(channels[pick(channels.size())], message_id(), 0));
+            if (pick(10) == 0) probes.push_back(probes[pick(probes.size())]);
+        }
+        if (pick(8) == 0) probes.back().connection = "elsewhere";
+        REQUIRE(ok(memory.are_processed(probes)) == ok(sqlite->are_processed(probes)));
         for (int probe = 0; probe < 5 && !plans.empty(); ++probe) {
             const std::string plan = plans[pick(plans.size())];
             REQUIRE(entry_texts(ok(memory.outbox_plan(plan))) == entry_texts(ok(sqlite->outbox_plan(plan))));
