@@ -37,15 +37,18 @@
 //
 // Completions may come inline (inside Connector::send) or later on any thread. A lane is drained by one thread at a
 // time (`pumping`); a completion that arrives while its lane is being drained only flags it (`repump`) and returns,
-// so an inline connector is served by a loop, never by recursion.
+// so an inline connector is served by a loop, never by recursion. A send completed inline is handed back to
+// dispatch() (t_inline_send) and recorded there, its lane slot freed by the draining thread when it takes the lane's
+// lock again.
 //
-// Store calls run on the StoreExecutor: the initial outbox write (unless the entries were persisted with their
-// inbound message), group-commit flushes of completed recipients (at most one per plan at a time; what completes
-// while it runs joins it, so a slow store gets larger rounds while a crash re-sends at most what was in flight), and
-// the final flush, after which the report is delivered, so the outbox already says what the report says. Only a
+// Store calls run on the StoreExecutor: the initial outbox write (Store::outbox_add_plan, which also tells which
+// recipients an earlier run of the plan reached; skipped when the entries were persisted with their inbound
+// message), group-commit flushes of completed recipients (at most one per plan at a time; what completes while it
+// runs joins it, so a slow store gets larger rounds while a crash re-sends at most what was in flight), and the final
+// flush, after which the report is delivered, so the outbox already says what the report says. Only a
 // deadline report goes out at once, before its flush. Flushes due while a thread drains a lane or starts a batch of
 // plans wait in that thread's write scope and go out together (see "write scopes" below): a round is one
-// outbox_update call for every plan in it.
+// outbox_update_plans call for every plan in it.
 //
 // Who may touch what: fields fixed before a plan is shared are read freely. A recipient's RecipientOutcome and Slot
 // are written under the plan's lock, and only while the recipient is not final (or, for compensation, once no store
@@ -250,7 +253,7 @@ struct Actions {
 //
 // A store write (group or final flush) normally goes to the store executor as soon as it is due. While a thread
 // drains a lane, or starts a batch of plans (execute_all, resume), it holds a write scope instead: the writes due on
-// that thread are held there and written together — one Store::outbox_update call for every plan concerned — once
+// that thread are held there and written together — one Store::outbox_update_plans call for every plan concerned — once
 // the scope has seen `limit` completions (the lane's concurrency limit, or kRoundLimit for a batch) or closes. So
 // a send that completes inline is recorded after at most `limit` sends, as many as an asynchronous connector may
 // have in flight, and a batch of one-recipient replies costs one store transaction rather than one each. A thread
@@ -779,7 +782,7 @@ private:
                 slot.outcome = Outcome::delivered;
                 slot.entry_state = OutboxState::sent;
             } else if (slot.state == SlotState::done) {
-                // Found unreachable now; outbox_add keeps the old entry, so it needs an update.
+                // Found unreachable now; outbox_add_plan keeps the old entry, so it needs an update.
                 p.dirty.push_back(i);
             }
         }
@@ -1283,8 +1286,8 @@ private:
         });
     }
 
-    // Writes the state of the final recipients of every plan of @p writes with one store call (outbox_update
-    // ignores text, reply_to and created_ms), then lets each plan go on. A group write takes what is dirty now; a
+    // Writes the state of the final recipients of every plan of @p writes with one store call
+    // (Store::outbox_update_plans), then lets each plan go on. A group write takes what is dirty now; a
     // final write takes final_dirty, which nobody touches while the plan is finishing.
     void write_round(std::span<const DeferredWrite> writes) {
         std::size_t count = 0;

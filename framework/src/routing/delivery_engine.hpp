@@ -10,7 +10,7 @@
 //
 // Outbox writes are group commits: what completes while a write runs joins the next one, and sends that complete
 // inline (inside Connector::send) are recorded in rounds of at most the connection's concurrency limit (256 within
-// execute_all() and resume()), one Store::outbox_update call per round whatever the number of plans. So a crash
+// execute_all() and resume()), one Store::outbox_update_plans call per round whatever the number of plans. So a crash
 // re-sends at most what was in flight or in the round being gathered, with the same idempotency keys.
 //
 // Status rules (error_code in parentheses):
@@ -145,7 +145,7 @@ public:
 
     /// Carries out each plan of @p executions as execute() does, with their outbox writes grouped: what completes
     /// while they start (sends that complete inline) is recorded in rounds of up to 256 recipients, one
-    /// Store::outbox_update call per round, rather than one call per plan. The pipeline hands over the replies of
+    /// Store::outbox_update_plans call per round, rather than one call per plan. The pipeline hands over the replies of
     /// an inbound batch this way. Empty callbacks are allowed.
     void execute_all(std::vector<Execution> executions, bool persisted);
 
