@@ -571,7 +571,7 @@ struct PrivateBatch {
 };
 
 // The timed part: everything the host does with one batch. Returns false (and marks the benchmark) on a failure.
-bool route_private_batch(benchmark::State& state, Store& store, Stack& stack, const PrivateBatch& batch,
+bool route_private_batch(benchmark::State& state, Store& store, Stack& stack, PrivateBatch& batch,
                          const ReportCallback& done) {
     auto seen = store.are_processed(batch.inbound);
     if (!seen) {
@@ -584,9 +584,9 @@ bool route_private_batch(benchmark::State& state, Store& store, Stack& stack, co
     plans.reserve(batch.inbound.size());
     for (std::size_t i = 0; i < batch.inbound.size(); ++i) {
         if ((*seen)[i]) continue;
-        const Message& m = batch.inbound[i];
         ProcessedMessage& p = processed.emplace_back();
-        p.message = m;
+        p.message = std::move(batch.inbound[i]);  // as the pipeline does: moved back only if the commit fails
+        const Message& m = p.message;
         // The bot: route the text privately to the user on call (host::StagedBotContext::route).
         Envelope envelope;
         envelope.kind = MessageKind::private_message;
@@ -619,7 +619,7 @@ bool route_private_batch(benchmark::State& state, Store& store, Stack& stack, co
 }
 
 // (a) for the route/private figures: the same batches, and per message what the host builds whatever routes it (the
-// copy of the message it commits, the envelope with its key, the staged outbox entry) moved into vectors.
+// message moved into what it commits, the envelope with its key, the staged outbox entry) moved into vectors.
 void route_private_baseline(benchmark::State& state) {
     PrivateBatch batch;
     std::vector<ProcessedMessage> durable;
@@ -633,14 +633,14 @@ void route_private_baseline(benchmark::State& state) {
         batch.fill(sequence, now);
         state.ResumeTiming();
         for (std::size_t i = 0; i < batch.inbound.size(); ++i) {
-            const Message& m = batch.inbound[i];
+            ProcessedMessage& p = durable.emplace_back();
+            p.message = std::move(batch.inbound[i]);
+            const Message& m = p.message;
             Envelope& envelope = envelopes.emplace_back();
             envelope.kind = MessageKind::private_message;
             envelope.target = batch.targets[i % kPrivateTargets];
             envelope.text = m.text;
             envelope.idempotency_key = m.connection + "/" + m.channel + "/" + m.id + "#forward.0";
-            ProcessedMessage& p = durable.emplace_back();
-            p.message = m;
             OutboxEntry& entry = p.outbox.emplace_back();
             entry.plan_id = envelope.idempotency_key;
             entry.recipient = Address::user(kConnection, m.author.id);

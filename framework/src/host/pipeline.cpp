@@ -257,10 +257,14 @@ struct Pipeline::Impl {
 
     // Dedup, bots and routes, one commit, then the staged plans. Returns false if the store failed (nothing of the
     // batch is durable then, and nothing was handed on).
-    bool process(const std::vector<Message>& batch, const Handlers& current) {
+    // The messages that get processed are moved out of @p batch into their ProcessedMessage; if the commit fails they
+    // are moved back, so that the batch is retried whole.
+    bool process(std::vector<Message>& batch, const Handlers& current) {
         const routing::Planner* planner = current.planner.get();
+        const std::string connection = batch.empty() ? std::string() : batch.front().connection;
         std::vector<ProcessedMessage> processed;
         processed.reserve(batch.size());  // Staged holds references into it: no reallocation
+        std::vector<std::size_t> origins;  // where in the batch each processed message came from
         std::vector<StagedDelivery> deliveries;
         std::vector<std::pair<ReportCallback, DeliveryReport>> failed;
         std::unordered_set<std::string> seen_in_batch;
@@ -275,19 +279,21 @@ struct Pipeline::Impl {
             return note_store_failure();
         }
         for (std::size_t i = 0; i < batch.size(); ++i) {
-            const Message& message = batch[i];
-            const LogFields where{message.connection, message.channel, message.id};
-            if (!seen_in_batch.insert(message.channel + '\n' + message.id).second) {
+            Message& incoming = batch[i];
+            if (!seen_in_batch.insert(incoming.channel + '\n' + incoming.id).second) {
                 ++duplicates;
                 continue;
             }
             if ((*seen)[i]) {
                 ++duplicates;
-                logger.debug("duplicate dropped", where);
+                logger.debug("duplicate dropped", LogFields{incoming.connection, incoming.channel, incoming.id});
                 continue;
             }
             ProcessedMessage& p = processed.emplace_back();
-            p.message = message;
+            p.message = std::move(incoming);
+            origins.push_back(i);
+            const Message& message = p.message;
+            const LogFields where{message.connection, message.channel, message.id};
             Staged staged{p, deliveries, failed};
             if (message.author.is_bot) continue;  // bots never answer bots, routes never relay them: no loops
             for (const BotBinding& binding : current.bots) {
@@ -306,11 +312,12 @@ struct Pipeline::Impl {
         if (!processed.empty()) {
             auto committed = store.commit(processed);
             if (!committed && committed.error().code == "lease_lost") {
-                fenced(batch.front().connection, processed.size(), committed.error(), deliveries, failed);
+                fenced(connection, processed.size(), committed.error(), deliveries, failed);
                 return true;
             }
             if (!committed) {
                 logger.error("store commit failed, will retry: " + committed.error().to_string());
+                for (std::size_t k = 0; k < processed.size(); ++k) batch[origins[k]] = std::move(processed[k].message);
                 return note_store_failure();
             }
         }
@@ -322,7 +329,7 @@ struct Pipeline::Impl {
             stats.duplicates += duplicates;
             stats.recovered += recovered;
         }
-        if (observer && !batch.empty()) observer(batch.front().connection, processed, duplicates);
+        if (observer && !batch.empty()) observer(connection, processed, duplicates);
         for (auto& [done, report] : failed) {
             if (done) done(std::move(report));
         }

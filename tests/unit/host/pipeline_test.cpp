@@ -257,6 +257,22 @@ TEST_CASE("when the store fails the batch is retried in order and nothing is los
     for (int i = 0; i < 10; ++i) CHECK(f.sent[i].text == "re: m" + std::to_string(i));
 }
 
+TEST_CASE("a batch retried after a failed commit has every message back in its place, duplicates included",
+          "[pipeline]") {
+    Fixture f;
+    f.store.failures = 1;
+    for (int i = 0; i < 6; ++i) {
+        f.pipeline.submit(message("a", i));
+        if (i % 2 == 0) f.pipeline.submit(message("a", i));  // the same message again in the batch
+    }
+    REQUIRE(f.pipeline.wait_idle(std::chrono::seconds(20)));
+    CHECK(f.pipeline.stats().store_failures == 1);
+    CHECK(f.pipeline.stats().processed == 6);
+    std::lock_guard lock(f.sent_mutex);
+    REQUIRE(f.sent.size() == 6);
+    for (int i = 0; i < 6; ++i) CHECK(f.sent[i].text == "re: m" + std::to_string(i));
+}
+
 TEST_CASE("a batch whose commit is fenced (lease lost) is dropped, not retried; what bots routed is reported "
           "retryable and never sent",
           "[pipeline]") {
