@@ -661,31 +661,33 @@ void convert_to_version_2(SQLite::Database& db) {
     std::vector<BlockTable::OwnedRecord> records;
     std::vector<BlockTable::Record> views;
     std::vector<bool> inserted;
-    auto sorted_views = [&] {
+    // Records go into a table a chunk at a time, each chunk of one partition: add() writes what it holds first when
+    // the partition changes or the chunk is full, flush() writes the rest.
+    std::int64_t part = 0;
+    auto flush = [&](BlockTable& table) {
+        if (records.empty()) return;
         std::sort(records.begin(), records.end(), [](const auto& a, const auto& b) { return a.key < b.key; });
         views.clear();
         for (const auto& record : records) views.push_back({record.key, record.value});
-        return std::span<const BlockTable::Record>(views);
+        table.insert(part, views, inserted);
+        records.clear();
+    };
+    auto add = [&](BlockTable& table, std::int64_t record_part) -> BlockTable::OwnedRecord& {
+        if (record_part != part || records.size() == kChunk) flush(table);
+        part = record_part;
+        return records.emplace_back();
     };
     {
         BlockTable ledger = ledger_table(db);
         SQLite::Statement rows(db,
                                "SELECT c.id, d.message_id, d.timestamp_ms FROM dedup d JOIN channels c "
                                "ON c.connection = d.connection AND c.channel = d.channel ORDER BY c.id, d.message_id");
-        std::int64_t channel = 0;
-        auto flush = [&] {
-            ledger.insert(channel, sorted_views(), inserted);
-            records.clear();
-        };
         while (rows.executeStep()) {
-            const std::int64_t row_channel = rows.getColumn(0).getInt64();
-            if ((row_channel != channel || records.size() == kChunk) && !records.empty()) flush();
-            channel = row_channel;
-            std::string timestamp;
-            put_fixed64(timestamp, rows.getColumn(2).getInt64());
-            records.push_back({rows.getColumn(1).getString(), std::move(timestamp)});
+            BlockTable::OwnedRecord& record = add(ledger, rows.getColumn(0).getInt64());
+            record.key = rows.getColumn(1).getString();
+            put_fixed64(record.value, rows.getColumn(2).getInt64());
         }
-        if (!records.empty()) flush();
+        flush(ledger);
     }
     {
         BlockTable outbox = outbox_table(db);
@@ -693,10 +695,6 @@ void convert_to_version_2(SQLite::Database& db) {
                                "SELECT rowid, plan_id, recipient, text, reply_to, state, sent_message_id, attempts, "
                                "error, created_ms FROM outbox ORDER BY plan_id, recipient");
         std::int64_t last_sequence = 0;
-        auto flush = [&] {
-            outbox.insert(0, sorted_views(), inserted);
-            records.clear();
-        };
         while (rows.executeStep()) {
             OutboxEntry entry;
             const std::int64_t sequence = rows.getColumn(0).getInt64();
@@ -710,13 +708,12 @@ void convert_to_version_2(SQLite::Database& db) {
             entry.attempts = rows.getColumn(7).getInt();
             entry.error = rows.getColumn(8).getString();
             entry.created_ms = rows.getColumn(9).getInt64();
-            BlockTable::OwnedRecord& record = records.emplace_back();
+            BlockTable::OwnedRecord& record = add(outbox, 0);
             append_outbox_key(rows.getColumn(1).getString(), rows.getColumn(2).getString(), record.key);
             encode_entry(entry, sequence, record.value);
             last_sequence = std::max(last_sequence, sequence);
-            if (records.size() == kChunk) flush();
         }
-        if (!records.empty()) flush();
+        flush(outbox);
         SQLite::Statement meta(db, "INSERT INTO store_meta (key, value) VALUES ('outbox_seq', ?1)");
         meta.bind(1, last_sequence);
         meta.exec();
@@ -728,16 +725,9 @@ void convert_to_version_2(SQLite::Database& db) {
                                "m.timestamp_ms, m.kind, m.reply_to, m.recovered, m.raw FROM messages m JOIN channels c "
                                "ON c.connection = m.connection AND c.channel = m.channel "
                                "ORDER BY c.id, m.timestamp_ms, m.rowid");
-        std::int64_t channel = 0;
         std::int64_t last_sequence = 0;
-        auto flush = [&] {
-            log.insert(channel, sorted_views(), inserted);
-            records.clear();
-        };
         while (rows.executeStep()) {
-            const std::int64_t row_channel = rows.getColumn(0).getInt64();
-            if ((row_channel != channel || records.size() == kChunk) && !records.empty()) flush();
-            channel = row_channel;
+            const std::int64_t channel = rows.getColumn(0).getInt64();
             const std::int64_t sequence = rows.getColumn(1).getInt64();
             Message message;
             message.id = rows.getColumn(2).getString();
@@ -749,12 +739,12 @@ void convert_to_version_2(SQLite::Database& db) {
             message.reply_to = optional_text(rows.getColumn(9));
             message.recovered = rows.getColumn(10).getInt() != 0;
             message.raw = rows.getColumn(11).getString();
-            BlockTable::OwnedRecord& record = records.emplace_back();
+            BlockTable::OwnedRecord& record = add(log, channel);
             append_log_key(rows.getColumn(7).getInt64(), sequence, record.key);
             encode_message(message, record.value);
             last_sequence = std::max(last_sequence, sequence);
         }
-        if (!records.empty()) flush();
+        flush(log);
         SQLite::Statement meta(db, "INSERT INTO store_meta (key, value) VALUES ('log_seq', ?1)");
         meta.bind(1, last_sequence);
         meta.exec();
