@@ -86,8 +86,11 @@ struct Execution {
 struct EngineOptions {
     /// Recipients per batch when the plan does not say.
     std::uint32_t default_batch_size = 100;
-    /// Attempts per recipient before a retryable failure counts as final (within the deadline).
-    std::uint32_t max_attempts = 5;
+    /// Attempts per recipient before a retryable failure counts as final (within the deadline). With the default
+    /// backoff, 8 attempts wait out about 12.7 s of a connection that answers retryable because it is not up yet
+    /// (reconnecting, being replaced by a reload, starting), well inside the default 30 s deadline; what is still not
+    /// sent then stays pending in the outbox until the next start.
+    std::uint32_t max_attempts = 8;
     /// First retry backoff; doubles per attempt, and a connector's retry_after_ms wins when larger.
     std::chrono::milliseconds initial_backoff{100};
     /// Hears every report just before its callback gets it, with the time since the plan started (the host's

@@ -292,12 +292,14 @@ TEST_CASE("SIGHUP under load reconnects a changed connection and loses or double
     CHECK(LedgerReader(db).seen_twice().empty());
     // Every message in `dev` got its one answer: none lost in the hand-over, none sent twice.
     json answers;
-    REQUIRE(wait_until(
+    const bool all_answered = wait_until(
         [&] {
             answers = sandbox.control("GET", "/sent?channel_id=102")["messages"];
             return answers.size() >= expected.size();
         },
-        std::chrono::seconds(30)));
+        std::chrono::seconds(30));
+    INFO(answers.size() << " answers; the host's log then:\n" << host.process.err());
+    REQUIRE(all_answered);
     std::multiset<std::string> answered;
     for (const auto& answer : answers) answered.insert(answer["content"].get<std::string>());
     std::multiset<std::string> expected_answers;
