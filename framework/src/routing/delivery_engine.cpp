@@ -546,10 +546,9 @@ public:
     void on_sent(Plan& p, std::uint32_t index, Result<SentMessage>&& result) {
         Lane& lane = *p.slots[index].lane;  // fixed at setup
         const bool pump_lane = release_lane_slot(lane);
-        intrusive_ptr_add_ref(&p);  // complete_send() gives up the send's reference; the pump below needs the lane
         complete_send(p, index, result);
         if (pump_lane) pump(lane);
-        intrusive_ptr_release(&p);
+        intrusive_ptr_release(&p);  // the send's reference, kept until the lane (which the plan keeps alive) is pumped
     }
 
     void on_removed(Plan& p, std::uint32_t index, Result<void> result) {
@@ -596,15 +595,14 @@ public:
             std::lock_guard lock(p.mutex);
             apply_existing_locked(p, *existing);
         }
-        Result<void> added = existing ? Result<void>() : Result<void>(existing.error());
 
         Actions actions;
         {
             std::lock_guard lock(p.mutex);
             --p.store_tasks;
             p.in_setup = false;
-            if (!added) {
-                const Error& error = added.error();
+            if (!existing) {
+                const Error& error = existing.error();
                 logger_.error("delivery: could not write the outbox entries of plan '" + p.plan_id +
                               "': " + error.to_string() + "; nothing was sent, the report says retryable");
                 if (!p.reported) {
@@ -1631,10 +1629,12 @@ private:
         }
         if (!inline_send.result) return false;
         complete_send(*plan, index, *inline_send.result);
+        intrusive_ptr_release(plan);  // the send's reference
         return true;
     }
 
-    // A send's result, its lane slot freed already (or by the caller): the plan hears it.
+    // A send's result, its lane slot freed already (or by the caller): the plan hears it. The caller holds the
+    // send's reference of the plan and gives it up afterwards.
     void complete_send(Plan& p, std::uint32_t index, Result<SentMessage>& result) {
         Actions actions;
         {
@@ -1643,7 +1643,6 @@ private:
         }
         run(p, actions);
         note_completion();
-        intrusive_ptr_release(&p);
     }
 
     void arm_lane_timer_locked(Lane& lane) {
