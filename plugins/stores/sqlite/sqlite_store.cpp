@@ -877,22 +877,32 @@ struct SqliteStore::Impl {
 
     // Enters the messages of @p batch into the ledger; fresh[i] says whether batch[i] was not there yet (nor earlier
     // in the batch).
-    void enter_into_ledger(std::span<const ProcessedMessage> batch, std::vector<bool>& fresh) {
-        auto& keys = ledger_keys;
-        keys.clear();
-        timestamps.clear();
+    // Fills `ledger_keys` with (channel number, message id, position) of @p count messages, @p message_at(i) the
+    // i-th, sorted by channel, id, then position, and `channel_of` with each one's channel number. With @p create a
+    // channel seen for the first time is numbered (in the caller's transaction); without, the messages of a channel
+    // that has no number get no key (none of them is in the ledger) and channel number 0.
+    template <class MessageAt>
+    void sort_ledger_keys(std::size_t count, MessageAt&& message_at, bool create) {
+        ledger_keys.clear();
         channel_of.clear();
-        for (std::size_t i = 0; i < batch.size(); ++i) {
-            const Message& message = batch[i].message;
-            channel_of.push_back(*channel_id(message.connection, message.channel, true));
-            keys.push_back({channel_of.back(), message.id, i});
-            put_fixed64(timestamps, message.timestamp_ms);
+        for (std::size_t i = 0; i < count; ++i) {
+            const Message& message = message_at(i);
+            const auto channel = channel_id(message.connection, message.channel, create);
+            channel_of.push_back(channel.value_or(0));
+            if (channel) ledger_keys.push_back({*channel, message.id, i});
         }
-        std::sort(keys.begin(), keys.end(), [](const LedgerKey& a, const LedgerKey& b) {
+        std::sort(ledger_keys.begin(), ledger_keys.end(), [](const LedgerKey& a, const LedgerKey& b) {
             if (a.channel != b.channel) return a.channel < b.channel;
             if (a.id != b.id) return a.id < b.id;
             return a.index < b.index;
         });
+    }
+
+    void enter_into_ledger(std::span<const ProcessedMessage> batch, std::vector<bool>& fresh) {
+        const auto& keys = ledger_keys;
+        sort_ledger_keys(batch.size(), [&](std::size_t i) -> const Message& { return batch[i].message; }, true);
+        timestamps.clear();
+        for (const ProcessedMessage& item : batch) put_fixed64(timestamps, item.message.timestamp_ms);
         fresh.assign(batch.size(), false);
         for (std::size_t first = 0; first < keys.size();) {
             const std::int64_t channel = keys[first].channel;
@@ -1255,37 +1265,20 @@ Result<std::vector<bool>> SqliteStore::are_processed(std::span<const Message> me
         Impl& s = *impl_;
         std::vector<bool> seen(messages.size());
         if (messages.empty()) return seen;
-        // Per channel, its message ids sorted, looked for block by block (BlockTable::contains), all in one read
-        // transaction: a batch is mostly a few channels' newest ids, past every block, so one look-up per channel.
-        // Positions are grouped by channel with a scan (a batch has a few channels), each group sorted by id.
-        std::vector<std::vector<std::size_t>> groups;
-        for (std::size_t i = 0; i < messages.size(); ++i) {
-            const auto same_channel = [&](const std::vector<std::size_t>& group) {
-                const Message& first = messages[group.front()];
-                return first.channel == messages[i].channel && first.connection == messages[i].connection;
-            };
-            auto group = std::find_if(groups.rbegin(), groups.rend(), same_channel);
-            if (group == groups.rend()) {
-                groups.emplace_back(1, i);
-            } else {
-                group->push_back(i);
-            }
-        }
-        for (auto& group : groups) {
-            std::sort(group.begin(), group.end(),
-                      [&](std::size_t a, std::size_t b) { return messages[a].id < messages[b].id; });
-        }
+        // Each channel's ids, sorted, looked for block by block (BlockTable::contains), all in one read transaction:
+        // a batch is mostly a few channels' newest ids, past every block, so one look-up per channel.
         Impl::fresh(s.begin_read).exec();
-        std::vector<std::string_view> keys;
+        s.sort_ledger_keys(messages.size(), [&](std::size_t i) -> const Message& { return messages[i]; }, false);
+        const auto& keys = s.ledger_keys;
+        std::vector<std::string_view> ids;
         std::vector<bool> found;
-        for (const auto& group : groups) {
-            const Message& first = messages[group.front()];
-            if (const auto channel = s.channel_id(first.connection, first.channel, false)) {
-                keys.clear();
-                for (const std::size_t i : group) keys.push_back(messages[i].id);
-                s.ledger.contains(*channel, keys, found);
-                for (std::size_t k = 0; k < group.size(); ++k) seen[group[k]] = found[k];
-            }
+        for (std::size_t first = 0; first < keys.size();) {
+            std::size_t next = first;
+            ids.clear();
+            for (; next < keys.size() && keys[next].channel == keys[first].channel; ++next) ids.push_back(keys[next].id);
+            s.ledger.contains(keys[first].channel, ids, found);
+            for (std::size_t k = first; k < next; ++k) seen[keys[k].index] = found[k - first];
+            first = next;
         }
         Impl::fresh(s.commit).exec();
         return seen;
