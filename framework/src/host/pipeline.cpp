@@ -257,11 +257,11 @@ struct Pipeline::Impl {
 
     // Dedup, bots and routes, one commit, then the staged plans. Returns false if the store failed (nothing of the
     // batch is durable then, and nothing was handed on).
-    // The messages that get processed are moved out of @p batch into their ProcessedMessage; if the commit fails they
-    // are moved back, so that the batch is retried whole.
+    // @p batch is not empty. The messages that get processed are moved out of it into their ProcessedMessage; if
+    // the commit fails they are moved back, so that the batch is retried whole.
     bool process(std::vector<Message>& batch, const Handlers& current) {
         const routing::Planner* planner = current.planner.get();
-        const std::string connection = batch.empty() ? std::string() : batch.front().connection;
+        const std::string connection = batch.front().connection;
         std::vector<ProcessedMessage> processed;
         processed.reserve(batch.size());  // Staged holds references into it: no reallocation
         std::vector<std::size_t> origins;  // where in the batch each processed message came from
@@ -271,7 +271,7 @@ struct Pipeline::Impl {
         Overlay overlay;
         std::size_t duplicates = 0;
         // One dedup lookup for the whole batch (one transaction or round trip, whatever the store).
-        const auto seen = batch.empty() ? Result<std::vector<bool>>(std::vector<bool>{}) : store.are_processed(batch);
+        const auto seen = store.are_processed(batch);
         if (!seen) {
             logger.error("store failed during dedup of " + std::to_string(batch.size()) +
                              " message(s), will retry: " + seen.error().to_string(),
@@ -329,7 +329,7 @@ struct Pipeline::Impl {
             stats.duplicates += duplicates;
             stats.recovered += recovered;
         }
-        if (observer && !batch.empty()) observer(connection, processed, duplicates);
+        if (observer) observer(connection, processed, duplicates);
         for (auto& [done, report] : failed) {
             if (done) done(std::move(report));
         }
