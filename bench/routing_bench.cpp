@@ -593,7 +593,7 @@ bool route_private_batch(benchmark::State& state, Store& store, Stack& stack, Pr
         envelope.target = batch.targets[i % kPrivateTargets];
         envelope.text = m.text;
         envelope.idempotency_key = m.connection + "/" + m.channel + "/" + m.id + "#forward.0";
-        auto planned = stack.router.plan(envelope, kByKind);
+        auto planned = stack.router.plan(std::move(envelope), kByKind);
         auto* delivery = std::get_if<routing::PlannedDelivery>(&planned);
         if (delivery == nullptr) {
             fail_benchmark(state, "a private envelope was not planned: " + std::get<DeliveryReport>(planned).detail);

@@ -53,14 +53,14 @@ void stage(Staged& staged, routing::PlannedDelivery delivery, ReportCallback don
 }
 
 /// Plans @p envelope and stages the plan, or the report of its failure.
-void stage_envelope(Staged& staged, const routing::Planner* planner, const Envelope& envelope,
+void stage_envelope(Staged& staged, const routing::Planner* planner, Envelope envelope,
                     const std::string& strategy, ReportCallback done) {
     if (planner == nullptr) {
         staged.failed.emplace_back(std::move(done), routing::Router::report_for(fail(
                                                         "no_strategy", "this pipeline has no router")));
         return;
     }
-    auto planned = planner->plan(envelope, strategy);
+    auto planned = planner->plan(std::move(envelope), strategy);
     if (auto* report = std::get_if<DeliveryReport>(&planned)) {
         staged.failed.emplace_back(std::move(done), std::move(*report));
         return;
@@ -84,7 +84,7 @@ public:
     void send(const Address& to, std::string text) override { send_to(to, std::move(text), std::nullopt); }
     void route(Envelope envelope, ReportCallback done) override {
         if (envelope.idempotency_key.empty()) envelope.idempotency_key = next_key();
-        stage_envelope(staged_, planner_, envelope, {}, std::move(done));
+        stage_envelope(staged_, planner_, std::move(envelope), {}, std::move(done));
     }
     KeyValueSpace& state() override { return *this; }
     const std::vector<BotInfo>& bots() const override { return bots_; }
@@ -344,7 +344,7 @@ struct Pipeline::Impl {
             routed.envelope.idempotency_key =
                 message.connection + "/" + message.channel + "/" + message.id + "#route." + std::to_string(index++);
             const std::string target = routed.envelope.target;
-            stage_envelope(staged, &planner, routed.envelope, routed.strategy,
+            stage_envelope(staged, &planner, std::move(routed.envelope), routed.strategy,
                            [this, target, where = std::make_shared<std::string>(std::string(where.message_id))](
                                DeliveryReport report) {
                                if (report.status == DeliveryStatus::delivered) return;

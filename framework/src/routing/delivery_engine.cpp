@@ -195,7 +195,7 @@ struct Plan {
     std::string text;
     std::optional<std::string> reply_to;
     std::int64_t created_ms = 0;
-    SteadyClock::time_point started;  // for EngineOptions::on_report
+    SteadyClock::time_point started;  // for EngineOptions::on_report (set only when there is one)
     std::int64_t deadline_ms = 0;
     std::uint32_t batch_size = 0;
     DeliveryMode mode = DeliveryMode::best_effort;
@@ -418,7 +418,7 @@ public:
         p.text = std::move(delivery.text);
         p.reply_to = std::move(delivery.reply_to);
         p.created_ms = now;
-        p.started = SteadyClock::now();
+        if (options_.on_report) p.started = SteadyClock::now();  // only the observer hears the elapsed time
         p.deadline_ms = delivery.deadline_ms != 0 ? delivery.deadline_ms : now + kFallbackDeadlineMs;
         p.batch_size = batch_size(delivery.plan.batch_size);
         p.mode = delivery.plan.mode;
@@ -481,7 +481,7 @@ public:
             p.text = group.front()->text;
             p.reply_to = group.front()->reply_to;
             p.created_ms = now;
-            p.started = SteadyClock::now();
+            if (options_.on_report) p.started = SteadyClock::now();  // only the observer hears the elapsed time
             p.deadline_ms = now + kFallbackDeadlineMs;
             p.batch_size = batch_size(0);
             p.done = [&logger = logger_, plan_id = p.plan_id](DeliveryReport report) {
@@ -591,14 +591,10 @@ public:
     void setup(Plan& p) {
         // Adds the plan's entries, and learns which recipients an earlier run of it (a retried envelope) reached.
         auto existing = write_new_entries(p);
-        if (existing && !existing->empty()) {
-            std::lock_guard lock(p.mutex);
-            apply_existing_locked(p, *existing);
-        }
-
         Actions actions;
         {
             std::lock_guard lock(p.mutex);
+            if (existing && !existing->empty()) apply_existing_locked(p, *existing);
             --p.store_tasks;
             p.in_setup = false;
             if (!existing) {

@@ -69,15 +69,7 @@ DeliveryReport Router::report_for(const Error& error) {
     return report;
 }
 
-std::variant<PlannedDelivery, DeliveryReport> Router::plan(const Envelope& envelope,
-                                                           const std::string& strategy) const {
-    return plan_impl(envelope, strategy);
-}
-
-// For a const envelope (plan) or one the router may take apart (send): its text, key and reply_to move into the plan.
-template <class EnvelopeRef>
-std::variant<PlannedDelivery, DeliveryReport> Router::plan_impl(EnvelopeRef&& envelope,
-                                                                const std::string& strategy) const {
+std::variant<PlannedDelivery, DeliveryReport> Router::plan(Envelope envelope, const std::string& strategy) const {
     const std::string name = strategy.empty() ? std::string(to_string(envelope.kind)) : strategy;
     auto found = strategies_.find(name);
     if (found == strategies_.end()) {
@@ -97,17 +89,17 @@ std::variant<PlannedDelivery, DeliveryReport> Router::plan_impl(EnvelopeRef&& en
     if (envelope.idempotency_key.empty()) {
         delivery.plan_id = generated_key(now);
     } else {
-        delivery.plan_id = std::forward<EnvelopeRef>(envelope).idempotency_key;
+        delivery.plan_id = std::move(envelope.idempotency_key);
     }
     delivery.plan = std::move(*plan);
-    delivery.text = std::forward<EnvelopeRef>(envelope).text;
-    delivery.reply_to = std::forward<EnvelopeRef>(envelope).reply_to;
+    delivery.text = std::move(envelope.text);
+    delivery.reply_to = std::move(envelope.reply_to);
     delivery.deadline_ms = envelope.deadline_ms != 0 ? envelope.deadline_ms : now + kDefaultDeadlineMs;
     return delivery;
 }
 
 void Router::send(Envelope envelope, const std::string& strategy, ReportCallback done) {
-    auto planned = plan_impl(std::move(envelope), strategy);
+    auto planned = plan(std::move(envelope), strategy);
     if (auto* report = std::get_if<DeliveryReport>(&planned)) {
         done(std::move(*report));
         return;

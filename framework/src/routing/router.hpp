@@ -31,8 +31,9 @@ class Planner {
 public:
     virtual ~Planner() = default;
     /// Plans @p envelope with @p strategy (empty: the strategy named like the envelope's kind). A plan that fails
-    /// comes back as its final report (group_dissolved, recipient_not_found, rejected / no_strategy).
-    [[nodiscard]] virtual std::variant<PlannedDelivery, DeliveryReport> plan(const Envelope& envelope,
+    /// comes back as its final report (group_dissolved, recipient_not_found, rejected / no_strategy). The envelope's
+    /// text, key and reply_to move into the plan: callers that are done with it move it in.
+    [[nodiscard]] virtual std::variant<PlannedDelivery, DeliveryReport> plan(Envelope envelope,
                                                                              const std::string& strategy) const = 0;
     /// What the config's routes make of @p message (empty when no route starts at its channel).
     [[nodiscard]] virtual std::vector<RoutedEnvelope> routes_for(const Message& message) const = 0;
@@ -51,8 +52,7 @@ public:
     Router(const config::Config& config, const ConfigDirectory& directory,
            std::map<std::string, std::shared_ptr<Strategy>> strategies, DeliveryEngine* engine, Clock clock = {});
 
-    std::variant<PlannedDelivery, DeliveryReport> plan(const Envelope& envelope,
-                                                       const std::string& strategy) const override;
+    std::variant<PlannedDelivery, DeliveryReport> plan(Envelope envelope, const std::string& strategy) const override;
     std::vector<RoutedEnvelope> routes_for(const Message& message) const override;
 
     /// Plans and carries out @p envelope; @p done is called exactly once with the report.
@@ -66,8 +66,6 @@ public:
     [[nodiscard]] static DeliveryReport report_for(const Error& error);
 
 private:
-    template <class EnvelopeRef>
-    std::variant<PlannedDelivery, DeliveryReport> plan_impl(EnvelopeRef&& envelope, const std::string& strategy) const;
 
     std::vector<config::RouteConfig> routes_;
     const ConfigDirectory& directory_;

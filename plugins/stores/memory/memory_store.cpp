@@ -55,11 +55,13 @@ MemoryStore::PlanOutbox* MemoryStore::find_plan(std::string_view plan_id) {
 }
 
 MemoryStore::PlanOutbox& MemoryStore::plan_for(std::string_view plan_id) {
-    if (auto it = plan_numbers_.find(plan_id); it != plan_numbers_.end()) return plan_at(it->second);
+    // The next plan's chunk first, so that a failed allocation leaves no number without a plan.
     if ((plan_count_ >> kPlanChunkBits) == plan_chunks_.size()) {
         plan_chunks_.push_back(std::make_unique<PlanOutbox[]>(std::size_t{1} << kPlanChunkBits));
     }
-    plan_numbers_.emplace(std::string(plan_id), plan_count_);
+    // Mostly a new plan: one probe that inserts, rather than a failed find and then an insert.
+    const auto [it, added] = plan_numbers_.try_emplace(std::string(plan_id), plan_count_);
+    if (!added) return plan_at(it->second);
     return plan_at(plan_count_++);
 }
 

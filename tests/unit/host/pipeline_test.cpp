@@ -99,7 +99,7 @@ Message message(std::string connection, int n, std::string text = {}) {
 /// message of channel "relay" to group "ops" with two recipients.
 class FakePlanner final : public routing::Planner {
 public:
-    std::variant<routing::PlannedDelivery, DeliveryReport> plan(const Envelope& envelope,
+    std::variant<routing::PlannedDelivery, DeliveryReport> plan(Envelope envelope,
                                                                 const std::string& strategy) const override {
         if (envelope.target == "nobody") return routing::Router::report_for(fail("recipient_not_found", "no one"));
         routing::PlannedDelivery delivery;
