@@ -686,7 +686,7 @@ private:
     // ---- starting a plan ----------------------------------------------------------------------------------------
 
     void start(Plan& p, bool persisted, bool check_reachable, std::int64_t now) {
-        // The plan is not shared yet: no lock needed to look at its recipients.
+        // The plan is not shared yet: no lock needed to look at its recipients or to decide its first step.
         bool any_unreachable = false;
         for (std::size_t i = 0; i < p.slots.size(); ++i) {
             const char* code = nullptr;
@@ -704,44 +704,43 @@ private:
             }
         }
 
+        // Still nobody else's (the deadline timer is armed later, store work is posted by run() below): the *_locked
+        // steps run without taking the plan's lock.
         Actions actions;
-        {
-            std::lock_guard lock(p.mutex);
-            if (any_unreachable && p.mode == DeliveryMode::atomic) {
-                // Nothing is written or sent. Entries persisted with the inbound message are marked failed, so a
-                // restart does not send them.
-                p.atomic_rejected = true;
-                p.stopped = true;
-                for (std::uint32_t i = 0; i < p.slots.size(); ++i) {
-                    Slot& slot = p.slots[i];
-                    if (slot.state != SlotState::done) {
-                        p.out[i].error_code = kAtomicUnreachable;
-                        slot.state = SlotState::done;
-                        slot.outcome = Outcome::failed;
-                        slot.entry_state = OutboxState::failed;
-                    }
-                    if (persisted) p.dirty.push_back(i);
+        if (any_unreachable && p.mode == DeliveryMode::atomic) {
+            // Nothing is written or sent. Entries persisted with the inbound message are marked failed, so a
+            // restart does not send them.
+            p.atomic_rejected = true;
+            p.stopped = true;
+            for (std::uint32_t i = 0; i < p.slots.size(); ++i) {
+                Slot& slot = p.slots[i];
+                if (slot.state != SlotState::done) {
+                    p.out[i].error_code = kAtomicUnreachable;
+                    slot.state = SlotState::done;
+                    slot.outcome = Outcome::failed;
+                    slot.entry_state = OutboxState::failed;
                 }
+                if (persisted) p.dirty.push_back(i);
+            }
+            finish_locked(p, actions);
+        } else {
+            if (persisted && any_unreachable) {
+                for (std::uint32_t i = 0; i < p.slots.size(); ++i) {
+                    if (p.slots[i].state == SlotState::done) p.dirty.push_back(i);
+                }
+            }
+            if (p.deadline_ms <= now) {
+                deadline_locked(p, actions);
+            } else if (persisted) {
+                start_sending_locked(p, actions, now);
+                request_flush_locked(p, actions);  // the unreachable ones, unless the plan finished already
+            } else if (p.slots.empty()) {
                 finish_locked(p, actions);
             } else {
-                if (persisted && any_unreachable) {
-                    for (std::uint32_t i = 0; i < p.slots.size(); ++i) {
-                        if (p.slots[i].state == SlotState::done) p.dirty.push_back(i);
-                    }
-                }
-                if (p.deadline_ms <= now) {
-                    deadline_locked(p, actions);
-                } else if (persisted) {
-                    start_sending_locked(p, actions, now);
-                    request_flush_locked(p, actions);  // the unreachable ones, unless the plan finished already
-                } else if (p.slots.empty()) {
-                    finish_locked(p, actions);
-                } else {
-                    p.in_setup = true;
-                    ++p.store_tasks;
-                    intrusive_ptr_add_ref(&p);
-                    actions.setup = true;
-                }
+                p.in_setup = true;
+                ++p.store_tasks;
+                intrusive_ptr_add_ref(&p);
+                actions.setup = true;
             }
         }
         run(p, actions);

@@ -91,11 +91,27 @@ MemoryStore::Recipient MemoryStore::recipient_for(const Address& address) {
 
 bool MemoryStore::matches(const PlanOutbox& plan, const StoredEntry& stored, const Recipient& recipient) noexcept {
     return stored.connection == recipient.connection && stored.is_user == recipient.is_user &&
-           target_of(plan, stored) == recipient.target;
+           piece(plan, stored.target) == recipient.target;
 }
 
-std::string_view MemoryStore::target_of(const PlanOutbox& plan, const StoredEntry& stored) noexcept {
-    return std::string_view(plan.targets).substr(stored.target, stored.target_size);
+std::string_view MemoryStore::piece(const PlanOutbox& plan, Piece piece) noexcept {
+    return std::string_view(plan.bytes).substr(piece.offset, piece.size);
+}
+
+MemoryStore::Piece MemoryStore::append_piece(PlanOutbox& plan, std::string_view text) {
+    const Piece added{static_cast<std::uint32_t>(plan.bytes.size()), static_cast<std::uint32_t>(text.size())};
+    plan.bytes.append(text);
+    return added;
+}
+
+void MemoryStore::set_detail(StoredEntry& stored, std::string_view sent_message_id, std::string_view error) {
+    if (sent_message_id.empty() && error.empty()) {
+        stored.detail.reset();
+        return;
+    }
+    if (!stored.detail) stored.detail = std::make_unique<EntryDetail>();
+    stored.detail->sent_message_id = sent_message_id;
+    stored.detail->error = error;
 }
 
 MemoryStore::StoredEntry* MemoryStore::find_entry(PlanOutbox& plan, const Recipient& recipient) {
@@ -138,7 +154,7 @@ void MemoryStore::update_index(PlanOutbox& plan) {
     const std::size_t mask = plan.index.size() - 1;
     for (; plan.indexed < count; ++plan.indexed) {
         const StoredEntry& stored = plan.entries[plan.indexed];
-        const Recipient recipient{stored.connection, stored.is_user, target_of(plan, stored)};
+        const Recipient recipient{stored.connection, stored.is_user, piece(plan, stored.target)};
         std::size_t i = recipient.hash() & mask;
         while (plan.index[i] != 0) i = (i + 1) & mask;
         plan.index[i] = plan.indexed + 1;
@@ -149,13 +165,13 @@ OutboxEntry MemoryStore::to_entry(const std::string& plan_id, const PlanOutbox& 
     const PlanMessage& message = plan.messages[stored.message];
     OutboxEntry entry;
     entry.plan_id = plan_id;
-    entry.recipient = Address{connections_[stored.connection], std::string(target_of(plan, stored)), stored.is_user};
-    entry.text = message.text;
-    entry.reply_to = message.reply_to;
+    entry.recipient = Address{connections_[stored.connection], std::string(piece(plan, stored.target)), stored.is_user};
+    entry.text = piece(plan, message.text);
+    if (message.has_reply_to) entry.reply_to.emplace(piece(plan, message.reply_to));
     entry.state = stored.state;
-    entry.sent_message_id = stored.sent_message_id;
+    if (stored.detail) entry.sent_message_id = stored.detail->sent_message_id;
     entry.attempts = stored.attempts;
-    entry.error = stored.error;
+    if (stored.detail) entry.error = stored.detail->error;
     entry.created_ms = stored.created_ms;
     return entry;
 }
@@ -164,15 +180,19 @@ OutboxEntry MemoryStore::to_entry(const std::string& plan_id, const PlanOutbox& 
 // share one text: it is looked for from the last one added.
 std::uint32_t MemoryStore::message_for(PlanOutbox& plan, std::string_view text,
                                        std::optional<std::string_view> reply_to) {
-    const auto same_reply = [&](const std::optional<std::string>& stored) {
-        return stored.has_value() == reply_to.has_value() && (!stored || *stored == *reply_to);
-    };
     for (auto m = static_cast<std::uint32_t>(plan.messages.size()); m-- > 0;) {
-        if (plan.messages[m].text == text && same_reply(plan.messages[m].reply_to)) return m;
+        const PlanMessage& stored = plan.messages[m];
+        if (piece(plan, stored.text) == text && stored.has_reply_to == reply_to.has_value() &&
+            (!reply_to || piece(plan, stored.reply_to) == *reply_to)) {
+            return m;
+        }
     }
     PlanMessage& added = plan.messages.emplace_back();
-    added.text = text;
-    if (reply_to) added.reply_to.emplace(*reply_to);
+    added.text = append_piece(plan, text);
+    if (reply_to) {
+        added.reply_to = append_piece(plan, *reply_to);
+        added.has_reply_to = true;
+    }
     return static_cast<std::uint32_t>(plan.messages.size() - 1);
 }
 
@@ -184,16 +204,13 @@ void MemoryStore::add_entry(PlanOutbox& plan, bool check, const Address& address
     const Recipient recipient = recipient_for(address);
     if (check && find_entry(plan, recipient) != nullptr) return;
     StoredEntry& stored = plan.entries.emplace_back();
-    stored.target = static_cast<std::uint32_t>(plan.targets.size());
-    stored.target_size = static_cast<std::uint32_t>(address.target.size());
-    plan.targets.append(address.target);
+    stored.target = append_piece(plan, address.target);
     stored.connection = recipient.connection;
     stored.is_user = address.is_user;
     stored.message = message;
     stored.state = state;
     stored.attempts = attempts;
-    if (!sent_message_id.empty()) stored.sent_message_id = sent_message_id;  // new: empty
-    if (!error.empty()) stored.error = error;
+    set_detail(stored, sent_message_id, error);
     stored.created_ms = created_ms;
     stored.sequence = outbox_sequence_++;
 }
@@ -227,9 +244,7 @@ bool MemoryStore::update_entry(PlanOutbox* plan, const Address& address, OutboxS
     if (stored == nullptr) return false;
     stored->state = state;
     stored->attempts = attempts;
-    // Mostly empty before and after (no platform id, no error): nothing to copy then.
-    if (!sent_message_id.empty() || !stored->sent_message_id.empty()) stored->sent_message_id = sent_message_id;
-    if (!error.empty() || !stored->error.empty()) stored->error = error;
+    set_detail(*stored, sent_message_id, error);
     return true;
 }
 
@@ -348,9 +363,10 @@ Result<std::vector<OutboxEntry>> MemoryStore::outbox_add_plan(const OutboxPlanAd
     // The recipients of one call are distinct (OutboxPlanAdd): only those of an earlier call are looked for.
     const bool check = !plan.entries.empty();
     plan.entries.reserve(plan.entries.size() + add.recipients.size());
-    std::size_t bytes = plan.targets.size();
+    // Room for the text, reply_to and every target at once: one allocation for a plan of one recipient.
+    std::size_t bytes = plan.bytes.size() + add.text.size() + (add.reply_to ? add.reply_to->size() : 0);
     for (const OutboxRecipient& recipient : add.recipients) bytes += recipient.address->target.size();
-    plan.targets.reserve(bytes);
+    plan.bytes.reserve(bytes);
     const std::uint32_t message = message_for(plan, add.text, add.reply_to);
     for (const OutboxRecipient& recipient : add.recipients) {
         add_entry(plan, check, *recipient.address, message, recipient.state, 0, {}, recipient.error, add.created_ms);
