@@ -133,13 +133,16 @@ public:
           metrics_(metrics),
           since_ms_(now_ms()) {}
 
+    /// @p on_up runs on the connection's pipeline lane each time it reports connected or resumed, after the
+    /// directory knows.
     void bind(std::shared_ptr<Connector> connector, std::shared_ptr<RecoveryPolicy> policy, Pipeline& pipeline,
-              Store& store, std::function<void()> on_finished) {
+              Store& store, std::function<void()> on_finished, std::function<void()> on_up) {
         connector_ = std::move(connector);
         policy_ = std::move(policy);
         pipeline_ = &pipeline;
         store_ = &store;
         on_finished_ = std::move(on_finished);
+        on_up_ = std::move(on_up);
         state_.emplace(name_, store, store_executor_, logger_);
     }
 
@@ -184,6 +187,7 @@ public:
             const bool up =
                 event.type == ConnectionEvent::Type::connected || event.type == ConnectionEvent::Type::resumed;
             directory_.set_connection(name_, up, connector_ptr()->capabilities());
+            if (up) on_up_();
             if (policy_) policy_->on_event(event, *this);
         });
         if (event.type == ConnectionEvent::Type::finished) on_finished_();
@@ -404,6 +408,7 @@ private:
     std::atomic<bool> released_{false};
     Store* store_ = nullptr;
     std::function<void()> on_finished_;
+    std::function<void()> on_up_;
     admin::Metrics& metrics_;
 
     mutable std::mutex status_mutex_;
@@ -583,8 +588,11 @@ struct Host::Impl {
                                                        metrics);
         auto policy = create<RecoveryPolicy>(c.recovery, c.name + "/recovery", &from);
         auto connector = create<Connector>(c.connector, c.name, &from);
-        connection->bind(std::move(connector), std::move(policy), *pipeline, *store,
-                         [this, raw = connection.get()] { connection_finished(raw); });
+        // Back up: what plans left pending for it while it was down goes out again (DeliveryEngine::retry_parked).
+        connection->bind(
+            std::move(connector), std::move(policy), *pipeline, *store,
+            [this, raw = connection.get()] { connection_finished(raw); },
+            [this, name = c.name] { engine->retry_parked(name); });
         return connection;
     }
 

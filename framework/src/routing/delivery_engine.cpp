@@ -10,6 +10,7 @@
 #include <deque>
 #include <exception>
 #include <limits>
+#include <iterator>
 #include <map>
 #include <mutex>
 #include <span>
@@ -80,6 +81,10 @@ constexpr const char* kSendFailed = "send_failed";
 constexpr const char* kAborted = "aborted";
 // Not sent because the engine's connections were cleared (shutdown); the outbox entry stays pending.
 constexpr const char* kShuttingDown = "shutting_down";
+
+// Recipients left pending that the engine keeps for retry_parked() at most; beyond, they wait in the outbox for the
+// next start (a connection down for long under heavy traffic must not grow the engine without bound).
+constexpr std::size_t kMaxParked = 100'000;
 
 // Outbox writes reuse per-thread scratch vectors, never shrunk, so building them allocates nothing once warm: a
 // plan's initial write (Store::outbox_add_plan) and each round of updates (Store::outbox_update_plans) pass the
@@ -415,6 +420,7 @@ public:
         Plan& p = *plan;
         p.serial = next_serial_.fetch_add(1, std::memory_order_relaxed) + 1;
         p.plan_id = std::move(delivery.plan_id);
+        unpark(p.plan_id);
         p.text = std::move(delivery.text);
         p.reply_to = std::move(delivery.reply_to);
         p.created_ms = now;
@@ -457,6 +463,40 @@ public:
         for (const auto& plan : plans) arm_deadline(*plan);
     }
 
+    void retry_parked(const std::string& connection) {
+        {
+            // Without a connector for it (cleared at shutdown, removed by a reload) they wait for the next start:
+            // resumed now, they would end unknown_connection, for good.
+            std::lock_guard lock(lanes_mutex_);
+            if (find_lane_locked(connection) == nullptr) return;
+        }
+        std::vector<OutboxEntry> entries;
+        {
+            std::lock_guard lock(parked_mutex_);
+            for (auto it = parked_.begin(); it != parked_.end();) {
+                std::vector<OutboxEntry>& left = it->second;
+                const auto mine = std::stable_partition(left.begin(), left.end(), [&](const OutboxEntry& entry) {
+                    return entry.recipient.connection != connection;
+                });
+                std::move(mine, left.end(), std::back_inserter(entries));
+                left.erase(mine, left.end());
+                it = left.empty() ? parked_.erase(it) : std::next(it);
+            }
+            parked_entries_ -= entries.size();
+            parked_plans_.store(parked_.size(), std::memory_order_relaxed);
+        }
+        if (entries.empty()) return;
+        logger_.info("delivery: '" + connection + "' is back; sending again " + std::to_string(entries.size()) +
+                         " recipient(s) that plans left pending while it was not",
+                     LogFields{connection, {}, {}});
+        resume(std::move(entries));
+    }
+
+    [[nodiscard]] std::size_t parked() const {
+        std::lock_guard lock(parked_mutex_);
+        return parked_entries_;
+    }
+
     std::vector<boost::intrusive_ptr<Plan>> resume_plans(std::vector<OutboxEntry>& pending) {
         // One plan per (plan id, text, reply_to): entries of one plan normally share the message.
         std::map<std::tuple<std::string_view, std::string_view, std::optional<std::string_view>>, std::size_t> by_plan;
@@ -478,6 +518,7 @@ public:
             Plan& p = *plan;
             p.serial = next_serial_.fetch_add(1, std::memory_order_relaxed) + 1;
             p.plan_id = group.front()->plan_id;
+            unpark(p.plan_id);
             p.text = group.front()->text;
             p.reply_to = group.front()->reply_to;
             p.created_ms = now;
@@ -1084,6 +1125,7 @@ private:
     // ---- reports ------------------------------------------------------------------------------------------------
 
     void report_locked(Plan& p, Actions& actions) {
+        park_locked(p);
         p.reported = true;
         p.reported_flag.store(true, std::memory_order_release);
         if (p.deadline_timer) p.deadline_timer->cancel();
@@ -1091,6 +1133,48 @@ private:
         const bool move = p.in_flight == 0 && p.store_tasks == 0 && !p.finishing;
         actions.report = build_report(p, move);
         actions.done = std::move(p.done);
+    }
+
+    // Keeps what the report leaves pending — recipients still retryable when their attempts ran out, or cut by the
+    // deadline before they were sent — for retry_parked(). In flight at the deadline is not kept: its late result
+    // decides. Lock order: a plan's lock, then parked_mutex_.
+    void park_locked(const Plan& p) {
+        std::vector<OutboxEntry> left;
+        for (std::size_t i = 0; i < p.slots.size(); ++i) {
+            const Slot& slot = p.slots[i];
+            if (slot.outcome != Outcome::retryable && slot.outcome != Outcome::cut) continue;
+            OutboxEntry& entry = left.emplace_back();
+            entry.plan_id = p.plan_id;
+            entry.recipient = p.out[i].address;
+            entry.text = p.text;
+            entry.reply_to = p.reply_to;
+            entry.attempts = slot.stored_attempts;
+            entry.error = p.out[i].error_code;
+            entry.created_ms = p.created_ms;
+        }
+        if (left.empty()) return;
+        std::lock_guard lock(parked_mutex_);
+        if (parked_entries_ + left.size() > kMaxParked) {
+            logger_.warn("delivery: " + std::to_string(left.size()) + " recipient(s) of plan '" + p.plan_id +
+                         "' stay pending in the outbox until the next start (" + std::to_string(parked_entries_) +
+                         " already wait for their connection)");
+            return;
+        }
+        std::vector<OutboxEntry>& parked = parked_[p.plan_id];  // a later run of a plan replaces what an earlier left
+        parked_entries_ = parked_entries_ - parked.size() + left.size();
+        parked = std::move(left);
+        parked_plans_.store(parked_.size(), std::memory_order_relaxed);
+    }
+
+    // A plan runs (again) under @p plan_id: it takes over what an earlier run left parked.
+    void unpark(const std::string& plan_id) {
+        if (parked_plans_.load(std::memory_order_relaxed) == 0) return;  // the common case: one atomic load
+        std::lock_guard lock(parked_mutex_);
+        const auto it = parked_.find(plan_id);
+        if (it == parked_.end()) return;
+        parked_entries_ -= it->second.size();
+        parked_.erase(it);
+        parked_plans_.store(parked_.size(), std::memory_order_relaxed);
     }
 
     DeliveryReport build_report(Plan& p, bool move) const {
@@ -1189,7 +1273,7 @@ private:
         std::size_t delivered = 0;
         for (const auto& r : report.recipients) delivered += r.delivered ? 1 : 0;
         std::string line = "delivery: finished plan '" + plan_id +
-                           "' left pending by the last run: " + std::string(to_string(report.status)) + " (" +
+                           "' left pending earlier: " + std::string(to_string(report.status)) + " (" +
                            std::to_string(delivered) + " of " + std::to_string(report.recipients.size()) + " delivered";
         if (!report.error_code.empty()) line += ", " + report.error_code;
         line += ")";
@@ -1701,6 +1785,12 @@ private:
     std::vector<std::pair<std::string, Lane*>> lanes_;  // the current lane of each connection
     std::vector<std::unique_ptr<Lane>> all_lanes_;      // every lane made; plans keep raw pointers to them
 
+    // What plans left pending, by plan id, for retry_parked() (see park_locked()).
+    mutable std::mutex parked_mutex_;
+    std::map<std::string, std::vector<OutboxEntry>, std::less<>> parked_;
+    std::size_t parked_entries_ = 0;
+    std::atomic<std::size_t> parked_plans_{0};  // parked_.size(), read without the lock by every launch
+
     std::atomic<std::uint64_t> next_serial_{0};
     std::atomic<std::size_t> active_{0};
     std::atomic<std::size_t> waiters_{0};
@@ -1741,6 +1831,10 @@ void DeliveryEngine::execute_all(std::vector<Execution> executions, bool persist
 }
 
 void DeliveryEngine::resume(std::vector<OutboxEntry> pending) { impl_->resume(std::move(pending)); }
+
+void DeliveryEngine::retry_parked(const std::string& connection) { impl_->retry_parked(connection); }
+
+std::size_t DeliveryEngine::parked() const { return impl_->parked(); }
 
 bool DeliveryEngine::wait_idle(std::chrono::milliseconds timeout) { return impl_->wait_idle(timeout); }
 

@@ -28,7 +28,8 @@
 //     partial with the first failed recipient's code (in plan order); none delivered → rejected with that code.
 //
 // Outbox states: sent (with the platform id), failed (permanent), withdrawn (compensated), and pending for anything
-// that may still go out (retryable, cut by the deadline or shutdown): a retried envelope or the next start sends those.
+// that may still go out (retryable, cut by the deadline or shutdown): a retried envelope, the connection coming back
+// (retry_parked()) or the next start sends those.
 // Engine codes beyond routing.hpp's list: `aborted`, `shutting_down` (both per recipient; shutting_down also as a
 // retryable report's code).
 
@@ -158,6 +159,17 @@ public:
     /// Entries are grouped by plan id into best-effort plans due in 30 s. Reachability is not checked (connections
     /// are still connecting at start-up): a connector that is not ready answers retryable and the engine retries.
     void resume(std::vector<OutboxEntry> pending);
+
+    /// Connection @p connection is back (connected or resumed): sends again, as resume() does, the recipients on it
+    /// that plans of this run left pending — still retryable when their attempts ran out, or cut by the deadline
+    /// before they were sent (their reports said retryable). Without this they would wait in the outbox for the next
+    /// start. A plan executed again under the same id takes its recipients over, so nobody gets a message twice; a
+    /// recipient in flight when its deadline came is not kept (its late result decides). At most 100,000 recipients
+    /// wait this way; beyond, they wait for the next start.
+    void retry_parked(const std::string& connection);
+
+    /// Recipients waiting for retry_parked() now.
+    [[nodiscard]] std::size_t parked() const;
 
     /// Waits until no plan is in progress or @p timeout passes; returns whether it drained.
     ///

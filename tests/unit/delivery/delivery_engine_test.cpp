@@ -363,6 +363,86 @@ TEST_CASE("A recipient still failing after max_attempts ends retryable with its 
     CHECK(entry.attempts == 3);
 }
 
+TEST_CASE("Recipients left retryable wait for their connection and go out once when it is back", "[delivery]") {
+    routing::EngineOptions options;
+    options.max_attempts = 3;
+    options.initial_backoff = 1ms;
+    Harness h(options);
+    auto irc = std::make_shared<FlakyConnector>(3, 1);  // down for three attempts
+    h.engine->add_connection("irc", irc, {});
+    h.engine->add_connection("discord", std::make_shared<SinkConnector>(), {});
+    ReportSink sink;
+
+    h.engine->execute(planned("p1", {kOps, kDev, kDiscord}), false, sink.callback());
+    const auto report = sink.wait();
+    REQUIRE(report);
+    CHECK(report->status == DeliveryStatus::retryable);
+    CHECK(h.engine->wait_idle(5s));
+    CHECK(h.engine->parked() == 2);
+
+    h.engine->retry_parked("discord");  // another connection: nothing of irc goes out
+    CHECK(h.engine->parked() == 2);
+    const std::size_t sends_before = irc->send_count();
+
+    h.engine->retry_parked("irc");
+    CHECK(h.engine->wait_idle(5s));
+    CHECK(h.engine->parked() == 0);
+    CHECK(irc->send_count() == sends_before + 2);
+    const auto outbox = outbox_of(h.store(), "p1");
+    CHECK(outbox.at("irc/#ops").state == OutboxState::sent);
+    CHECK(outbox.at("irc/#dev").state == OutboxState::sent);
+    CHECK(outbox.at("irc/#ops").attempts == 4);  // counted over both runs
+    CHECK(h.logger.count_containing("'irc' is back; sending again 2 recipient(s)") == 1);
+
+    h.engine->retry_parked("irc");  // nothing is left: nobody gets it twice
+    CHECK(h.engine->wait_idle(5s));
+    CHECK(irc->send_count() == sends_before + 2);
+}
+
+TEST_CASE("A plan run again under the same id takes over what its earlier run left waiting", "[delivery]") {
+    routing::EngineOptions options;
+    options.max_attempts = 2;
+    options.initial_backoff = 1ms;
+    Harness h(options);
+    auto irc = std::make_shared<FlakyConnector>(2, 1);
+    h.engine->add_connection("irc", irc, {});
+    ReportSink first;
+    h.engine->execute(planned("p1", {kOps}), false, first.callback());
+    REQUIRE(first.wait());
+    CHECK(first.wait()->status == DeliveryStatus::retryable);
+    CHECK(h.engine->wait_idle(5s));
+    CHECK(h.engine->parked() == 1);
+
+    ReportSink second;  // the bot retries the envelope with the same key
+    h.engine->execute(planned("p1", {kOps}), false, second.callback());
+    REQUIRE(second.wait());
+    CHECK(second.wait()->status == DeliveryStatus::delivered);
+    CHECK(h.engine->parked() == 0);
+
+    h.engine->retry_parked("irc");
+    CHECK(h.engine->wait_idle(5s));
+    CHECK(irc->send_count() == 3);
+}
+
+TEST_CASE("Nothing waiting for a connection is sent once its connector is gone", "[delivery]") {
+    routing::EngineOptions options;
+    options.max_attempts = 1;
+    Harness h(options);
+    auto irc = std::make_shared<FlakyConnector>(1, 1);
+    h.engine->add_connection("irc", irc, {});
+    ReportSink sink;
+    h.engine->execute(planned("p1", {kOps}), false, sink.callback());
+    REQUIRE(sink.wait());
+    CHECK(h.engine->wait_idle(5s));
+    CHECK(h.engine->parked() == 1);
+
+    h.engine->clear_connections();  // shutdown: resumed now, it would end unknown_connection, for good
+    h.engine->retry_parked("irc");
+    CHECK(h.engine->wait_idle(5s));
+    CHECK(h.engine->parked() == 1);
+    CHECK(outbox_of(h.store(), "p1").at("irc/#ops").state == OutboxState::pending);
+}
+
 TEST_CASE("A retry that would land after the deadline is not attempted: the report comes at once", "[delivery]") {
     Harness h;
     auto irc = std::make_shared<FlakyConnector>(1, 60'000);
@@ -437,6 +517,7 @@ TEST_CASE("Queued sends are cancelled at the deadline and never sent", "[deliver
     const auto outbox = outbox_of(h.store(), "p1");
     CHECK(std::count_if(outbox.begin(), outbox.end(),
                         [](const auto& e) { return e.second.state == OutboxState::pending; }) == 4);
+    CHECK(h.engine->parked() == 4);  // the cut ones wait for the connection to come back; the one in flight does not
 }
 
 TEST_CASE("A plan whose deadline has passed is reported retryable without sending", "[delivery]") {
