@@ -1139,16 +1139,19 @@ private:
     // deadline before they were sent — for retry_parked(). In flight at the deadline is not kept: its late result
     // decides. Lock order: a plan's lock, then parked_mutex_.
     void park_locked(const Plan& p) {
+        const auto waits = [](const Slot& slot) {
+            return slot.outcome == Outcome::retryable || slot.outcome == Outcome::cut;
+        };
+        if (std::none_of(p.slots.begin(), p.slots.end(), waits)) return;  // the common case: nothing to keep
         std::vector<OutboxEntry> left;
         for (std::size_t i = 0; i < p.slots.size(); ++i) {
-            const Slot& slot = p.slots[i];
-            if (slot.outcome != Outcome::retryable && slot.outcome != Outcome::cut) continue;
+            if (!waits(p.slots[i])) continue;
             OutboxEntry& entry = left.emplace_back();
             entry.plan_id = p.plan_id;
             entry.recipient = p.out[i].address;
             entry.text = p.text;
             entry.reply_to = p.reply_to;
-            entry.attempts = slot.stored_attempts;
+            entry.attempts = p.slots[i].stored_attempts;
             entry.error = p.out[i].error_code;
             entry.created_ms = p.created_ms;
         }
