@@ -284,7 +284,7 @@ struct InboundBatch {
             fill_message(m, n, now_ms, MessageKind::group);
 
             OutboxEntry& entry = p.outbox.emplace_back();
-            entry.plan_id = m.connection + "/" + m.channel + "/" + m.id + "#echo.0";
+            entry.plan_id = routing::plan_key(m, "echo", 0);
             entry.recipient = Address::channel(m.connection, m.channel);
             entry.text = "echo: " + m.text;
             entry.reply_to = m.id;
@@ -592,7 +592,7 @@ bool route_private_batch(benchmark::State& state, Store& store, Stack& stack, Pr
         envelope.kind = MessageKind::private_message;
         envelope.target = batch.targets[i % kPrivateTargets];
         envelope.text = m.text;
-        envelope.idempotency_key = m.connection + "/" + m.channel + "/" + m.id + "#forward.0";
+        envelope.idempotency_key = routing::plan_key(m, "forward", 0);  // as host::StagedBotContext keys it
         auto planned = stack.router.plan(std::move(envelope), kByKind);
         auto* delivery = std::get_if<routing::PlannedDelivery>(&planned);
         if (delivery == nullptr) {
@@ -640,7 +640,7 @@ void route_private_baseline(benchmark::State& state) {
             envelope.kind = MessageKind::private_message;
             envelope.target = batch.targets[i % kPrivateTargets];
             envelope.text = m.text;
-            envelope.idempotency_key = m.connection + "/" + m.channel + "/" + m.id + "#forward.0";
+            envelope.idempotency_key = routing::plan_key(m, "forward", 0);  // as host::StagedBotContext keys it
             OutboxEntry& entry = p.outbox.emplace_back();
             entry.plan_id = envelope.idempotency_key;
             entry.recipient = Address::user(kConnection, m.author.id);

@@ -119,10 +119,7 @@ private:
 
     // Deterministic: handling the same message again (after a crash before commit) yields the same keys, and
     // the outbox keeps the first.
-    std::string next_key() {
-        const Message& m = staged_.processed.message;
-        return m.connection + "/" + m.channel + "/" + m.id + "#" + bot_name_ + "." + std::to_string(sequence_++);
-    }
+    std::string next_key() { return routing::plan_key(staged_.processed.message, bot_name_, sequence_++); }
 
     Staged& staged_;
     const std::string& bot_name_;
@@ -341,8 +338,7 @@ struct Pipeline::Impl {
     void relay(Staged& staged, const routing::Planner& planner, const Message& message, const LogFields& where) {
         std::size_t index = 0;
         for (auto& routed : planner.routes_for(message)) {
-            routed.envelope.idempotency_key =
-                message.connection + "/" + message.channel + "/" + message.id + "#route." + std::to_string(index++);
+            routed.envelope.idempotency_key = routing::plan_key(message, "route", index++);
             const std::string target = routed.envelope.target;
             stage_envelope(staged, &planner, std::move(routed.envelope), routed.strategy,
                            [this, target, where = std::make_shared<std::string>(std::string(where.message_id))](

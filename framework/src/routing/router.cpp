@@ -1,6 +1,7 @@
 #include "routing/router.hpp"
 
 #include <atomic>
+#include <charconv>
 #include <chrono>
 #include <set>
 
@@ -19,6 +20,17 @@ std::string generated_key(std::int64_t now) {
 }
 
 }  // namespace
+
+std::string plan_key(const Message& message, std::string_view source, std::size_t index) {
+    char digits[24];
+    char* const end = std::to_chars(digits, digits + sizeof digits, index).ptr;
+    std::string key;
+    key.reserve(message.connection.size() + message.channel.size() + message.id.size() + source.size() +
+                static_cast<std::size_t>(end - digits) + 4);
+    key.append(message.connection).append(1, '/').append(message.channel).append(1, '/').append(message.id);
+    key.append(1, '#').append(source).append(1, '.').append(digits, static_cast<std::size_t>(end - digits));
+    return key;
+}
 
 Result<std::map<std::string, std::shared_ptr<Strategy>>> create_strategies(
     const config::Config& config, const plugin::Registry& registry,

@@ -12,6 +12,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <variant>
 #include <vector>
 
@@ -25,6 +26,11 @@ struct RoutedEnvelope {
 
 /// Default time a report may take when an envelope names no deadline.
 inline constexpr std::int64_t kDefaultDeadlineMs = 30'000;
+
+/// The idempotency key of the @p index-th plan that @p source (a bot's name, or `route`) makes while handling
+/// @p message: `connection/channel/id#source.index`. Deterministic, so handling the message again (after a crash
+/// before its commit) yields the same keys, and the outbox keeps the first. Built with one allocation.
+[[nodiscard]] std::string plan_key(const Message& message, std::string_view source, std::size_t index);
 
 /// Plans envelopes. The pipeline uses it while bots handle a message; the dry run uses it alone.
 class Planner {
