@@ -1163,6 +1163,9 @@ private:
                          " already wait for their connection)");
             return;
         }
+        logger_.info("delivery: " + std::to_string(left.size()) + " recipient(s) of plan '" + p.plan_id +
+                     "' left pending (" + left.front().error + "); they go out again when their connection is back",
+                     LogFields{left.front().recipient.connection, {}, {}});
         std::vector<OutboxEntry>& parked = parked_[p.plan_id];  // a later run of a plan replaces what an earlier left
         parked_entries_ = parked_entries_ - parked.size() + left.size();
         parked = std::move(left);

@@ -99,3 +99,51 @@ TEST_CASE("switchboard run with the sandbox example answers a Discord message", 
     CHECK(exited);
     CHECK(host.exit_code() == 0);
 }
+
+TEST_CASE("a reply whose retries ran out in a 429 storm goes out once the connection is back, without a restart",
+          "[discord][integration]") {
+    Sandbox sandbox;
+    ts::TempDir dir;
+    std::filesystem::copy_file(kExample / "sandbox.yaml", dir / "sandbox.yaml");
+    ::setenv("SANDBOX_PORT", std::to_string(sandbox.port()).c_str(), 1);
+    namespace bp = boost::process;
+    bp::child host(kHost.string(), bp::args({"run", "-c", "sandbox.yaml"}), bp::start_dir(dir.path().string()),
+                   bp::std_in < bp::null, bp::std_out > (dir / "out.log").string(),
+                   bp::std_err > (dir / "err.log").string());
+    const auto log_has = [&](const std::string& text) {
+        return ts::read_file(dir / "err.log").find(text) != std::string::npos;
+    };
+    const bool identified = poll_sandbox([&] { return sandbox.stats()["identifies"] == 1; }, std::chrono::seconds(20));
+    INFO(ts::read_file(dir / "err.log"));
+    REQUIRE(identified);
+
+    // Every message the bot creates gets a 429 until the storm is cleared: the echo reply's 8 attempts run out.
+    sandbox.post("/rest/storm", {{"route", "POST /channels/{channel.id}/messages"},
+                                 {"duration_ms", 120'000},
+                                 {"retry_after", 0.2}});
+    sandbox.post("/messages", {{"author_id", "2001"}, {"channel_id", "100"}, {"content", "stormy"}});
+    const bool parked =
+        poll_sandbox([&] { return log_has("go out again when their connection is back"); }, std::chrono::seconds(40));
+    sandbox.post("/rest/clear", json::object());
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+    const bool sent_early = sent_contains(sandbox, "echo: stormy");  // nothing retries it by itself
+
+    sandbox.post("/gateway/drop", json::object());  // the connection resumes: `resumed` sends it again
+    const bool answered = poll_sandbox([&] { return sent_contains(sandbox, "echo: stormy"); }, std::chrono::seconds(20));
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    const json sent = sandbox.sent();
+    int copies = 0;
+    for (const auto& message : sent["messages"]) copies += message["content"] == "echo: stormy" ? 1 : 0;
+
+    ::kill(host.id(), SIGTERM);
+    const bool exited = ts::wait_for_exit(host, std::chrono::seconds(20));
+    if (!exited) host.terminate();
+    INFO(ts::read_file(dir / "err.log"));
+    INFO("sent: " << sent.dump());
+    CHECK(parked);
+    CHECK_FALSE(sent_early);
+    CHECK(answered);
+    CHECK(copies == 1);
+    CHECK(log_has("'discord' is back; sending again 1 recipient(s)"));
+    CHECK(exited);
+}
