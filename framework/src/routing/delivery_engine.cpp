@@ -450,6 +450,9 @@ public:
                 p.slots[i].lane = last_lane;
             }
         }
+        // The recipients were moved out: their vector goes now, not after the plan (with an inline store and
+        // connector that is after the last send), so a large fan-out reuses its memory instead of touching more.
+        std::vector<Recipient>().swap(recipients);
         start(p, persisted, true, now);
         return plan;
     }
