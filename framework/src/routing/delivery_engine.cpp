@@ -227,6 +227,7 @@ struct Plan {
     bool finishing = false;          // the final flush is under way
     bool waiting_for_tasks = false;  // the final flush is done; finalize when the other store tasks are
     bool deadline_hit = false;
+    bool unrecorded = false;                 // the outbox refused its entries: nothing of it may be sent later
     bool reported = false;                   // the report was built (done() is called right after, once)
     std::atomic<bool> reported_flag{false};  // `reported`, readable without the lock
     bool idle = false;                       // no work left; counted out of the engine's active plans
@@ -645,6 +646,7 @@ public:
                 const Error& error = existing.error();
                 logger_.error("delivery: could not write the outbox entries of plan '" + p.plan_id +
                               "': " + error.to_string() + "; nothing was sent, the report says retryable");
+                p.unrecorded = true;
                 if (!p.reported) {
                     for (std::size_t i = 0; i < p.slots.size(); ++i) {
                         Slot& slot = p.slots[i];
@@ -1145,7 +1147,8 @@ private:
         const auto waits = [](const Slot& slot) {
             return slot.outcome == Outcome::retryable || slot.outcome == Outcome::cut;
         };
-        if (std::none_of(p.slots.begin(), p.slots.end(), waits)) return;  // the common case: nothing to keep
+        // The common case: nothing to keep. A plan whose entries the outbox refused has nothing to resend from.
+        if (p.unrecorded || std::none_of(p.slots.begin(), p.slots.end(), waits)) return;
         std::vector<OutboxEntry> left;
         for (std::size_t i = 0; i < p.slots.size(); ++i) {
             if (!waits(p.slots[i])) continue;

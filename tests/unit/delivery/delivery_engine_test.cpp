@@ -879,6 +879,7 @@ TEST_CASE("A store that cannot write the outbox makes the plan retryable and not
     CHECK(report->retry_after_ms > 0);
     CHECK(irc->send_count() == 0);
     CHECK(h.logger.count_containing("store_busy") == 1);
+    CHECK(h.engine->parked() == 0);  // not in the outbox: nothing to send when the connection comes back
 }
 
 TEST_CASE("clear_connections ends queued sends retryable and leaves their entries pending", "[delivery]") {
