@@ -18,6 +18,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/thread_pool.hpp>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
@@ -462,6 +463,11 @@ struct Host::Impl {
     // so their libraries, until the host stops: a stopped connector may still have I/O completions queued on the
     // io_context, whose code must stay loaded until the I/O threads are gone.
     std::vector<std::unique_ptr<Connection>> retired_connections;
+    // Pruning (start_pruning()): the store's dedup window, and the timer of the next prune (on io; destroyed before
+    // it, declared after it).
+    std::chrono::milliseconds prune_window{kDefaultDedupWindow};
+    std::optional<boost::asio::steady_timer> prune_timer;
+    static constexpr std::chrono::milliseconds kDefaultDedupWindow = std::chrono::hours(24 * 14);
 
     // Operations (DESIGN §7): metrics always (declared first: the store and pipeline record into them), the admin
     // server when configured.
@@ -952,6 +958,47 @@ struct Host::Impl {
         });
     }
 
+    // ---- pruning ------------------------------------------------------------------------------------------------
+
+    // The store forgets what is older than its dedup window (its `dedup_window` setting, 14 days when it has none):
+    // processed message ids, logged messages (Store::prune). First a minute after start, then every hour, or every
+    // half window when that is shorter; on the worker pool, like every store call.
+    void start_pruning() {
+        prune_window = std::chrono::milliseconds(
+            config.store.settings.get_int("dedup_window", static_cast<std::int64_t>(kDefaultDedupWindow.count())));
+        prune_timer.emplace(io);
+        schedule_prune(std::min(prune_interval(), std::chrono::milliseconds(std::chrono::minutes(1))));
+    }
+
+    [[nodiscard]] std::chrono::milliseconds prune_interval() const {
+        return std::clamp<std::chrono::milliseconds>(prune_window / 2, std::chrono::seconds(1), std::chrono::hours(1));
+    }
+
+    // Only one prune is ever scheduled or running, so the timer is never touched from two threads at once. At stop
+    // the I/O threads end first (a due prune is dropped), then the worker pool finishes one that runs.
+    void schedule_prune(std::chrono::milliseconds after) {
+        prune_timer->expires_after(after);
+        prune_timer->async_wait([this](const boost::system::error_code& ec) {
+            if (ec) return;
+            boost::asio::post(*workers, [this] {
+                prune_now();
+                schedule_prune(prune_interval());
+            });
+        });
+    }
+
+    void prune_now() {
+        const auto window_text = std::to_string(prune_window.count() / 1000) + " s";
+        auto removed = store->prune(now_ms() - prune_window.count());
+        if (!removed) {
+            logger.warn("store: could not forget what is older than the dedup window (" + window_text +
+                        "): " + removed.error().to_string() + "; trying again later");
+        } else if (*removed > 0) {
+            logger.info("store: forgot " + std::to_string(*removed) +
+                        " processed message id(s) older than the dedup window (" + window_text + ")");
+        }
+    }
+
     // ---- reload (SIGHUP, POST /api/reload; host/reload.hpp) ----------------------------------------------------
 
     using ReloadAnswer = std::pair<unsigned, nlohmann::json>;
@@ -1217,6 +1264,7 @@ struct Host::Impl {
         try {
             build();
             start_sampling();
+            start_pruning();
             start_admin();
             logger.info("running: " + std::to_string(connections.size()) + " connection(s), " +
                         std::to_string(bots.size()) + " bot(s), store " + config.store.plugin);

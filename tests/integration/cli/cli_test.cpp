@@ -193,6 +193,36 @@ TEST_CASE("SIGTERM stops the host cleanly and releases the store", "[cli]") {
     CHECK(next.out.find("<switchboard> after") != std::string::npos);
 }
 
+TEST_CASE("the host has the store forget processed ids older than its dedup window while it runs", "[cli]") {
+    TempDir dir;
+    {
+        std::ofstream out(dir / "prune.yaml");
+        out << "store: { plugin: sqlite, path: data/prune.db, dedup_window: 2s }\n"
+               "connections:\n"
+               "  - { name: console, plugin: console }\n"
+               "channels:\n"
+               "  console: { connection: console, id: console }\n"
+               "bots:\n"
+               "  - { plugin: echo, channels: [console] }\n";
+    }
+    const auto err_file = dir / "stderr";
+    bp::opstream in;
+    bp::child child(kSwitchboard.string(), "run", "-c", "prune.yaml", bp::start_dir(dir.path().string()),
+                    bp::std_in < in, bp::std_out > (dir / "stdout").string(), bp::std_err > err_file.string());
+    REQUIRE(wait_until([&] { return read_file(err_file).find("running:") != std::string::npos; }));
+    in << "remember me\n" << std::flush;
+    REQUIRE(wait_until([&] { return read_file(dir / "stdout").find("remember me") != std::string::npos; }));
+    // A 2 s window is pruned every second: the id goes within about 3 s.
+    const bool forgot = wait_until(
+        [&] { return read_file(err_file).find("store: forgot 1 processed message id(s)") != std::string::npos; },
+        std::chrono::seconds(15));
+    ::kill(child.id(), SIGTERM);
+    REQUIRE(wait_for_exit(child, std::chrono::seconds(20)));
+    INFO(read_file(err_file));
+    CHECK(forgot);
+    CHECK(child.exit_code() == 0);
+}
+
 TEST_CASE("the version and help options answer, and an unknown command is a usage error", "[cli]") {
     TempDir dir;
     const auto version = switchboard_run({"--version"}, dir.path());
