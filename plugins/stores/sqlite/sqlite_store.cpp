@@ -891,11 +891,20 @@ struct SqliteStore::Impl {
             channel_of.push_back(channel.value_or(0));
             if (channel) ledger_keys.push_back({*channel, message.id, i});
         }
+        // A batch interleaves a few channels, each with its ids mostly increasing: grouping by channel compares only
+        // numbers, and a channel's run then needs sorting by id only if it is not in order already.
         std::sort(ledger_keys.begin(), ledger_keys.end(), [](const LedgerKey& a, const LedgerKey& b) {
-            if (a.channel != b.channel) return a.channel < b.channel;
-            if (a.id != b.id) return a.id < b.id;
-            return a.index < b.index;
+            return a.channel != b.channel ? a.channel < b.channel : a.index < b.index;
         });
+        const auto by_id = [](const LedgerKey& a, const LedgerKey& b) {
+            return a.id != b.id ? a.id < b.id : a.index < b.index;
+        };
+        for (auto first = ledger_keys.begin(); first != ledger_keys.end();) {
+            const auto next = std::find_if(first, ledger_keys.end(),
+                                           [&](const LedgerKey& key) { return key.channel != first->channel; });
+            if (!std::is_sorted(first, next, by_id)) std::sort(first, next, by_id);
+            first = next;
+        }
     }
 
     void enter_into_ledger(std::span<const ProcessedMessage> batch, std::vector<bool>& fresh) {
