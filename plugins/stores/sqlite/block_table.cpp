@@ -42,6 +42,14 @@ std::optional<std::string_view> get_text(std::string_view& in) {
     return text;
 }
 
+std::size_t shared_prefix(std::string_view a, std::string_view b) {
+    const std::size_t size = std::min(a.size(), b.size());
+    std::size_t i = 0;
+    while (i + 8 <= size && std::memcmp(a.data() + i, b.data() + i, 8) == 0) i += 8;
+    while (i < size && a[i] == b[i]) ++i;
+    return i;
+}
+
 namespace {
 
 void bind_bytes(SQLite::Statement& statement, int index, std::string_view bytes) {
@@ -60,14 +68,6 @@ std::string_view blob(const SQLite::Column& column) {
 std::string_view bytes_of(const SQLite::Column& column) { return blob(column); }
 
 [[noreturn]] void corrupt() { throw std::runtime_error("a block of records is unreadable: the store file is corrupt"); }
-
-std::size_t shared_prefix(std::string_view a, std::string_view b) {
-    const std::size_t size = std::min(a.size(), b.size());
-    std::size_t i = 0;
-    while (i + 8 <= size && std::memcmp(a.data() + i, b.data() + i, 8) == 0) i += 8;
-    while (i < size && a[i] == b[i]) ++i;
-    return i;
-}
 
 bool key_less(const BlockTable::Record& record, std::string_view key) { return record.key < key; }
 

@@ -168,5 +168,7 @@ void put_varint(std::string& out, std::uint64_t value);
 /// Appends @p text with its length; reads it back.
 void put_text(std::string& out, std::string_view text);
 [[nodiscard]] std::optional<std::string_view> get_text(std::string_view& in);
+/// How many bytes @p a and @p b share at their start.
+[[nodiscard]] std::size_t shared_prefix(std::string_view a, std::string_view b);
 
 }  // namespace switchboard::stores
