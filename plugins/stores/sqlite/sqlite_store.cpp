@@ -1209,7 +1209,7 @@ struct SqliteStore::Impl {
     std::vector<std::pair<std::size_t, std::size_t>> log_ends;    // where each key and value ends
     std::vector<bool> fresh_messages;          // scratch for commit(): which messages were not in the ledger
     std::vector<const OutboxEntry*> replies;   // scratch for commit(): the outbox entries to add
-    std::vector<const Message*> cursor_moves;  // scratch for commit(): the newest message per channel
+    std::vector<std::pair<std::int64_t, const Message*>> cursor_moves;  // commit(): channel, its newest message
     std::string recipient_text;  // scratch: a recipient as text
     std::vector<std::pair<std::string_view, const OutboxRecipientUpdate*>> plan_updates;  // outbox_update_plans()
     std::string channel_key;  // scratch: a key of channel_ids
@@ -1344,14 +1344,14 @@ Result<void> SqliteStore::commit(std::span<const ProcessedMessage> batch) {
 
             // Cursors move once per channel per batch, to the newest message seen in batch order; the upsert's
             // WHERE keeps a stored cursor that is newer still. Same result as moving it message by message.
-            auto same_channel = [&](const Message* m) {
-                return m->channel == message.channel && m->connection == message.connection;
-            };
-            auto it = std::find_if(moves.rbegin(), moves.rend(), same_channel);
+            // Channels are told apart by their numbers, which enter_into_ledger() gave every message.
+            const std::int64_t channel = s.channel_of[i];
+            auto it =
+                std::find_if(moves.rbegin(), moves.rend(), [&](const auto& move) { return move.first == channel; });
             if (it == moves.rend()) {
-                moves.push_back(&message);
-            } else if ((*it)->timestamp_ms <= message.timestamp_ms) {
-                *it = &message;
+                moves.emplace_back(channel, &message);
+            } else if (it->second->timestamp_ms <= message.timestamp_ms) {
+                it->second = &message;
             }
 
             if (s.message_log) s.logged.push_back(i);
@@ -1361,7 +1361,7 @@ Result<void> SqliteStore::commit(std::span<const ProcessedMessage> batch) {
         s.log_messages(batch, s.logged);
         s.add_outbox_entries(s.replies);
         s.save_sequences();
-        for (const Message* message : moves) {
+        for (const auto& [channel, message] : moves) {
             auto& upsert = Impl::fresh(s.cursor_upsert);
             upsert.bindNoCopy(1, message->connection);
             upsert.bindNoCopy(2, message->channel);
