@@ -42,6 +42,14 @@ std::optional<std::string_view> get_text(std::string_view& in) {
     return text;
 }
 
+std::size_t shared_prefix(std::string_view a, std::string_view b) {
+    const std::size_t size = std::min(a.size(), b.size());
+    std::size_t i = 0;
+    while (i + 8 <= size && std::memcmp(a.data() + i, b.data() + i, 8) == 0) i += 8;
+    while (i < size && a[i] == b[i]) ++i;
+    return i;
+}
+
 namespace {
 
 void bind_bytes(SQLite::Statement& statement, int index, std::string_view bytes) {
@@ -60,14 +68,6 @@ std::string_view blob(const SQLite::Column& column) {
 std::string_view bytes_of(const SQLite::Column& column) { return blob(column); }
 
 [[noreturn]] void corrupt() { throw std::runtime_error("a block of records is unreadable: the store file is corrupt"); }
-
-std::size_t shared_prefix(std::string_view a, std::string_view b) {
-    const std::size_t size = std::min(a.size(), b.size());
-    std::size_t i = 0;
-    while (i + 8 <= size && std::memcmp(a.data() + i, b.data() + i, 8) == 0) i += 8;
-    while (i < size && a[i] == b[i]) ++i;
-    return i;
-}
 
 bool key_less(const BlockTable::Record& record, std::string_view key) { return record.key < key; }
 
@@ -90,7 +90,7 @@ BlockTable::BlockTable(SQLite::Database& db, std::string_view table, Summary sum
       delete_(db, "DELETE FROM " + std::string(table) + " WHERE id = ?1"),
       range_(db, "SELECT records FROM " + std::string(table) + " WHERE part = ?1 AND lo > ?2 AND lo < ?3 ORDER BY lo"),
       positive_(db, "SELECT records FROM " + std::string(table) + " WHERE summary > 0"),
-      below_(db, "SELECT id, part, records FROM " + std::string(table) +
+      below_(db, "SELECT id, part, lo, records FROM " + std::string(table) +
                      " WHERE summary < ?1 AND id > ?2 ORDER BY id LIMIT 256") {}
 
 void BlockTable::forget() noexcept {
@@ -216,20 +216,21 @@ void BlockTable::decode_loaded() {
     }
 }
 
-void BlockTable::write_row(SQLite::Statement& statement, std::span<const Record> records) {
-    bind_bytes(statement, 2, records.front().key);
-    bind_bytes(statement, 3, records.back().key);
-    statement.bind(4, static_cast<std::int64_t>(records.size()));
-    statement.bind(5, summary_(records));
-    bind_bytes(statement, 6, encoded_);
-    statement.exec();
-}
-
 void BlockTable::encode(std::string_view previous_key, const Record& record) {
     const std::size_t shared = shared_prefix(previous_key, record.key);
     put_varint(encoded_, shared);
     put_text(encoded_, record.key.substr(shared));
     put_text(encoded_, record.value);
+}
+
+void BlockTable::grow(std::int64_t id, std::string_view hi, std::int64_t count, std::int64_t summary) {
+    auto& statement = fresh(grow_);
+    statement.bind(1, id);
+    bind_bytes(statement, 2, hi);
+    statement.bind(3, count);
+    statement.bind(4, summary);
+    bind_bytes(statement, 5, encoded_);
+    statement.exec();
 }
 
 // The records go after the block's bytes as they are: nothing it holds is decoded or encoded again.
@@ -243,27 +244,31 @@ std::size_t BlockTable::append(std::int64_t part, const Block& block, std::span<
     }
     const std::int64_t count = block.count + static_cast<std::int64_t>(taken);
     const std::int64_t summary = combine_(block.summary, summary_(sorted.first(taken)));
-    auto& grow = fresh(grow_);
-    grow.bind(1, block.id);
-    bind_bytes(grow, 2, sorted[taken - 1].key);
-    grow.bind(3, count);
-    grow.bind(4, summary);
-    bind_bytes(grow, 5, encoded_);
-    grow.exec();
+    grow(block.id, sorted[taken - 1].key, count, summary);
     remember(part, block.lo, block.id, sorted[taken - 1].key, count, summary, encoded_, false);
     return taken;
 }
 
-void BlockTable::store(std::int64_t part, std::int64_t id, std::span<const Record> records) {
+void BlockTable::store(std::int64_t part, std::int64_t id, std::string_view lo, std::span<const Record> records) {
     std::size_t first = 0;
     auto flush = [&](std::size_t end) {
         const auto chunk = records.subspan(first, end - first);
-        SQLite::Statement& statement = fresh(id != 0 ? update_ : insert_);
-        statement.bind(1, id != 0 ? id : part);
-        write_row(statement, chunk);
+        const std::int64_t count = static_cast<std::int64_t>(chunk.size());
+        const std::int64_t summary = summary_(chunk);
+        if (id != 0 && chunk.front().key == lo) {
+            grow(id, chunk.back().key, count, summary);  // the block keeps its lo: its index entry stays
+        } else {
+            SQLite::Statement& statement = fresh(id != 0 ? update_ : insert_);
+            statement.bind(1, id != 0 ? id : part);
+            bind_bytes(statement, 2, chunk.front().key);
+            bind_bytes(statement, 3, chunk.back().key);
+            statement.bind(4, count);
+            statement.bind(5, summary);
+            bind_bytes(statement, 6, encoded_);
+            statement.exec();
+        }
         const std::int64_t written = id != 0 ? id : db_.getLastInsertRowid();
-        remember(part, chunk.front().key, written, chunk.back().key, static_cast<std::int64_t>(chunk.size()),
-                 summary_(chunk), encoded_, id == 0);
+        remember(part, chunk.front().key, written, chunk.back().key, count, summary, encoded_, id == 0);
         id = 0;  // the rest are new blocks
         first = end;
         encoded_.clear();
@@ -310,7 +315,7 @@ void BlockTable::insert(std::int64_t part, std::span<const Record> sorted, std::
                 changed = true;
             }
             merged_.insert(merged_.end(), block_.begin() + static_cast<std::ptrdiff_t>(r), block_.end());
-            if (changed) store(part, before->id, merged_);
+            if (changed) store(part, before->id, before->lo, merged_);
         } else {
             // In the gap after `before`: everything up to the next block goes there, appended to `before` while it
             // has room, so that keys arriving in order fill blocks.
@@ -319,7 +324,7 @@ void BlockTable::insert(std::int64_t part, std::span<const Record> sorted, std::
             for (std::size_t k = i; k < j; ++k) inserted[k] = true;
             std::size_t k = i;
             if (before && before->bytes < kMaxBlockBytes) k += append(part, *before, sorted.subspan(i, j - i));
-            if (k < j) store(part, 0, sorted.subspan(k, j - k));
+            if (k < j) store(part, 0, {}, sorted.subspan(k, j - k));
         }
         i = j;
     }
@@ -360,7 +365,7 @@ void BlockTable::update(std::int64_t part, std::span<const std::string_view> sor
             changed = true;
         }
         if (resized) {
-            store(part, block->id, block_);
+            store(part, block->id, block->lo, block_);
         } else if (changed) {
             const std::int64_t summary = summary_(block_);
             auto& patch = fresh(patch_);
@@ -447,6 +452,7 @@ std::size_t BlockTable::remove_if(std::int64_t bound, const std::function<bool(c
     struct Stored {
         std::int64_t id;
         std::int64_t part;
+        std::string lo;
         std::string records;
     };
     forget();  // blocks change their lo and go away here
@@ -459,8 +465,8 @@ std::size_t BlockTable::remove_if(std::int64_t bound, const std::function<bool(c
         query.bind(1, bound);
         query.bind(2, after);
         while (query.executeStep()) {
-            page.push_back(
-                {query.getColumn(0).getInt64(), query.getColumn(1).getInt64(), std::string(blob(query.getColumn(2)))});
+            page.push_back({query.getColumn(0).getInt64(), query.getColumn(1).getInt64(),
+                            std::string(bytes_of(query.getColumn(2))), std::string(blob(query.getColumn(3)))});
         }
         query.tryReset();
         if (page.empty()) return removed;
@@ -479,7 +485,7 @@ std::size_t BlockTable::remove_if(std::int64_t bound, const std::function<bool(c
                 erase.bind(1, stored.id);
                 erase.exec();
             } else {
-                store(stored.part, stored.id, merged_);
+                store(stored.part, stored.id, stored.lo, merged_);
             }
         }
     }

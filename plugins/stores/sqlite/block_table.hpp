@@ -107,9 +107,11 @@ private:
     std::size_t append(std::int64_t part, const Block& block, std::span<const Record> sorted);
     // Decodes loaded_ into block_.
     void decode_loaded();
-    // Writes @p records (sorted, non-empty) as block @p id (0: a new one), cut into blocks of kMaxBlockBytes.
-    void store(std::int64_t part, std::int64_t id, std::span<const Record> records);
-    void write_row(SQLite::Statement& statement, std::span<const Record> records);
+    // Writes @p records (sorted, non-empty) as block @p id (0: a new one), whose lo is @p lo, cut into blocks of
+    // kMaxBlockBytes.
+    void store(std::int64_t part, std::int64_t id, std::string_view lo, std::span<const Record> records);
+    // Rewrites block @p id, its lo unchanged, with encoded_ as its records (grow_: the (part, lo) index is left alone).
+    void grow(std::int64_t id, std::string_view hi, std::int64_t count, std::int64_t summary);
     void encode(std::string_view previous_key, const Record& record);
     std::string& scratch_value();
 
@@ -166,5 +168,7 @@ void put_varint(std::string& out, std::uint64_t value);
 /// Appends @p text with its length; reads it back.
 void put_text(std::string& out, std::string_view text);
 [[nodiscard]] std::optional<std::string_view> get_text(std::string_view& in);
+/// How many bytes @p a and @p b share at their start.
+[[nodiscard]] std::size_t shared_prefix(std::string_view a, std::string_view b);
 
 }  // namespace switchboard::stores

@@ -488,6 +488,15 @@ void append_outbox_key(std::string_view plan_id, std::string_view recipient, std
     key.append(recipient);
 }
 
+// The first 8 bytes of @p bytes (0 past its end) as a big-endian number: numbers compare as the bytes do.
+std::uint64_t ordered_word(std::string_view bytes) {
+    std::uint64_t word = 0;
+    for (std::size_t i = 0; i < 8; ++i) {
+        word = (word << 8) | (i < bytes.size() ? static_cast<unsigned char>(bytes[i]) : 0u);
+    }
+    return word;
+}
+
 char state_byte(OutboxState state) { return static_cast<char>(state); }
 
 // Appends @p entry, encoded, to @p value.
@@ -891,11 +900,21 @@ struct SqliteStore::Impl {
             channel_of.push_back(channel.value_or(0));
             if (channel) ledger_keys.push_back({*channel, message.id, i});
         }
+        // A batch interleaves a few channels, each with its ids mostly increasing: grouping by channel compares only
+        // numbers, and a channel's run then needs sorting by id only if it is not in order already.
         std::sort(ledger_keys.begin(), ledger_keys.end(), [](const LedgerKey& a, const LedgerKey& b) {
-            if (a.channel != b.channel) return a.channel < b.channel;
-            if (a.id != b.id) return a.id < b.id;
-            return a.index < b.index;
+            return a.channel != b.channel ? a.channel < b.channel : a.index < b.index;
         });
+        const auto by_id = [](const LedgerKey& a, const LedgerKey& b) {
+            const int order = a.id.compare(b.id);
+            return order != 0 ? order < 0 : a.index < b.index;
+        };
+        for (auto first = ledger_keys.begin(); first != ledger_keys.end();) {
+            const auto next = std::find_if(first, ledger_keys.end(),
+                                           [&](const LedgerKey& key) { return key.channel != first->channel; });
+            if (!std::is_sorted(first, next, by_id)) std::sort(first, next, by_id);
+            first = next;
+        }
     }
 
     void enter_into_ledger(std::span<const ProcessedMessage> batch, std::vector<bool>& fresh) {
@@ -937,14 +956,32 @@ struct SqliteStore::Impl {
         keyed.clear();
         for (std::size_t i = 0; i < count; ++i) {
             const std::size_t start = i == 0 ? 0 : key_ends[i - 1];
-            keyed.emplace_back(std::string_view(arena).substr(start, key_ends[i] - start), i);
+            keyed.push_back({0, std::string_view(arena).substr(start, key_ends[i] - start), i});
         }
-        std::sort(keyed.begin(), keyed.end());
+        // The keys of a batch share a long prefix (connection, channel) and come a few channels interleaved, each in
+        // order. So: sort by the 8 bytes after what all keys share (compared as a number, in the keys' order), which
+        // mostly groups them by channel, then sort a group by its keys only if it is not in order already.
+        std::size_t shared = keyed.empty() ? 0 : keyed.front().key.size();
+        for (const KeyedEntry& entry : keyed) shared = shared_prefix(keyed.front().key.substr(0, shared), entry.key);
+        for (KeyedEntry& entry : keyed) entry.word = ordered_word(entry.key.substr(shared));
+        std::sort(keyed.begin(), keyed.end(), [](const KeyedEntry& a, const KeyedEntry& b) {
+            return a.word != b.word ? a.word < b.word : a.index < b.index;
+        });
+        const auto by_key = [](const KeyedEntry& a, const KeyedEntry& b) {
+            const int order = a.key.compare(b.key);
+            return order != 0 ? order < 0 : a.index < b.index;
+        };
+        for (auto first = keyed.begin(); first != keyed.end();) {
+            const auto next =
+                std::find_if(first, keyed.end(), [&](const KeyedEntry& entry) { return entry.word != first->word; });
+            if (!std::is_sorted(first, next, by_key)) std::sort(first, next, by_key);
+            first = next;
+        }
         order.clear();
         sorted_keys.clear();
-        for (const auto& [key, index] : keyed) {
-            sorted_keys.push_back(key);
-            order.push_back(index);
+        for (const KeyedEntry& entry : keyed) {
+            sorted_keys.push_back(entry.key);
+            order.push_back(entry.index);
         }
     }
 
@@ -1155,7 +1192,12 @@ struct SqliteStore::Impl {
     std::vector<bool> found;                  // what a block table found
     std::string arena;                        // outbox keys, one after the other
     std::vector<std::size_t> key_ends;        // where each ends in the arena
-    std::vector<std::pair<std::string_view, std::size_t>> keyed;  // outbox keys and their entries
+    struct KeyedEntry {
+        std::uint64_t word;  // the key's first 8 bytes past what the call's keys share, big-endian (0 past its end)
+        std::string_view key;
+        std::size_t index;
+    };
+    std::vector<KeyedEntry> keyed;                                // outbox keys and their entries
     std::vector<std::size_t> order;                               // entries by key
     std::vector<std::string_view> sorted_keys;                    // the keys in that order
     std::string values;                                           // encoded entries, one after the other
@@ -1167,7 +1209,7 @@ struct SqliteStore::Impl {
     std::vector<std::pair<std::size_t, std::size_t>> log_ends;    // where each key and value ends
     std::vector<bool> fresh_messages;          // scratch for commit(): which messages were not in the ledger
     std::vector<const OutboxEntry*> replies;   // scratch for commit(): the outbox entries to add
-    std::vector<const Message*> cursor_moves;  // scratch for commit(): the newest message per channel
+    std::vector<std::pair<std::int64_t, const Message*>> cursor_moves;  // commit(): channel, its newest message
     std::string recipient_text;  // scratch: a recipient as text
     std::vector<std::pair<std::string_view, const OutboxRecipientUpdate*>> plan_updates;  // outbox_update_plans()
     std::string channel_key;  // scratch: a key of channel_ids
@@ -1302,14 +1344,14 @@ Result<void> SqliteStore::commit(std::span<const ProcessedMessage> batch) {
 
             // Cursors move once per channel per batch, to the newest message seen in batch order; the upsert's
             // WHERE keeps a stored cursor that is newer still. Same result as moving it message by message.
-            auto same_channel = [&](const Message* m) {
-                return m->channel == message.channel && m->connection == message.connection;
-            };
-            auto it = std::find_if(moves.rbegin(), moves.rend(), same_channel);
+            // Channels are told apart by their numbers, which enter_into_ledger() gave every message.
+            const std::int64_t channel = s.channel_of[i];
+            auto it =
+                std::find_if(moves.rbegin(), moves.rend(), [&](const auto& move) { return move.first == channel; });
             if (it == moves.rend()) {
-                moves.push_back(&message);
-            } else if ((*it)->timestamp_ms <= message.timestamp_ms) {
-                *it = &message;
+                moves.emplace_back(channel, &message);
+            } else if (it->second->timestamp_ms <= message.timestamp_ms) {
+                it->second = &message;
             }
 
             if (s.message_log) s.logged.push_back(i);
@@ -1319,7 +1361,7 @@ Result<void> SqliteStore::commit(std::span<const ProcessedMessage> batch) {
         s.log_messages(batch, s.logged);
         s.add_outbox_entries(s.replies);
         s.save_sequences();
-        for (const Message* message : moves) {
+        for (const auto& [channel, message] : moves) {
             auto& upsert = Impl::fresh(s.cursor_upsert);
             upsert.bindNoCopy(1, message->connection);
             upsert.bindNoCopy(2, message->channel);

@@ -3,6 +3,7 @@
 #include <SQLiteCpp/SQLiteCpp.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <boost/asio/io_context.hpp>
 #include <chrono>
@@ -487,6 +488,55 @@ TEST_CASE("the sqlite store answers like the memory store under random use") {
                     ids(ok(sqlite->messages("irc", channel, 0, 1'000'000, 1000))));
         }
     }
+}
+
+// Plan ids as a host makes them (connection/channel/message id#reply): long shared prefixes, a few channels
+// interleaved, each channel's ids out of order, some a prefix of another, some twice. The sqlite store sorts a call's
+// keys by the bytes past what they all share before sorting by key; both stores must still agree on every entry.
+TEST_CASE("the sqlite store adds and updates outbox entries whose plan ids share long prefixes, in any order") {
+    TempDir dir;
+    stores::MemoryStore memory;
+    SqliteStore sqlite(dir / "store.db");
+    std::mt19937 random(7);
+    std::vector<std::string> plans;
+    for (int n = 0; n < 400; ++n) {
+        const std::string id = "sink/120000000000" + std::to_string(104729 * (n % 5)) + "/1250000000000" +
+                               std::to_string(random() % 100000);
+        plans.push_back(id + "#forward.0");
+        if (n % 7 == 0) plans.push_back(id);
+        if (n % 11 == 0) plans.push_back(id + "#forward.0");
+    }
+    auto target = [](std::size_t i) { return i % 3 == 0 ? "#a" : "#b"; };
+    std::vector<ProcessedMessage> batch;
+    for (std::size_t i = 0; i < plans.size(); ++i) {
+        OutboxEntry entry = outbox_entry(plans[i], target(i), static_cast<std::int64_t>(i));
+        batch.push_back(
+            processed(make_message("#c" + std::to_string(i % 5), "m" + std::to_string(i), 100), {}, {entry}));
+    }
+    ok(memory.commit(batch));
+    ok(sqlite.commit(batch));
+
+    std::vector<OutboxEntry> updates;
+    for (std::size_t i = 0; i < plans.size(); i += 2) {
+        OutboxEntry entry = outbox_entry(plans[i], target(i), static_cast<std::int64_t>(i));
+        entry.state = OutboxState::sent;
+        entry.sent_message_id = "sent-" + std::to_string(i);
+        updates.push_back(entry);
+    }
+    std::shuffle(updates.begin(), updates.end(), random);
+    ok(memory.outbox_update(updates));
+    ok(sqlite.outbox_update(updates));
+    for (const std::string& plan : plans) {
+        REQUIRE(entry_texts(ok(memory.outbox_plan(plan))) == entry_texts(ok(sqlite.outbox_plan(plan))));
+    }
+    REQUIRE(entry_texts(ok(memory.outbox_pending())) == entry_texts(ok(sqlite.outbox_pending())));
+
+    updates.insert(updates.begin() + 3, outbox_entry(plans[5] + "0", "#a", 0));  // no such entry
+    const auto in_memory = memory.outbox_update(updates);
+    const auto in_sqlite = sqlite.outbox_update(updates);
+    REQUIRE(!in_memory);
+    REQUIRE(!in_sqlite);
+    CHECK(in_memory.error().message.substr(0, 60) == in_sqlite.error().message.substr(0, 60));
 }
 
 // Not run by default: `store_tests "[.bench]"` prints messages committed per second by each store.
