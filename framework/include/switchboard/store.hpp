@@ -370,7 +370,8 @@ public:
                                                                 std::int64_t to_ms, std::size_t limit) = 0;
 
     /// @brief Forgets dedup entries and logged messages with timestamps before @p before_ms; returns how many
-    /// dedup entries were removed.
+    /// dedup entries were removed. The host calls it while it runs, every hour (every half `dedup_window` when that
+    /// is shorter), with the store's `dedup_window` setting (14 days when the store has none).
     [[nodiscard]] virtual Result<std::size_t> prune(std::int64_t before_ms) = 0;
 
     /// @brief Connection leases, if this store is shared by several hosts (nullptr: one host owns the store, and
