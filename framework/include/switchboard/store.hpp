@@ -372,6 +372,10 @@ public:
     /// @brief Forgets dedup entries and logged messages with timestamps before @p before_ms; returns how many
     /// dedup entries were removed. The host calls it while it runs, every hour (every half `dedup_window` when that
     /// is shorter), with the store's `dedup_window` setting (14 days when the store has none).
+    ///
+    /// A store should also forget finished outbox entries (sent, failed, withdrawn) created before @p before_ms —
+    /// an envelope retried after that long is not expected — or its outbox grows by one entry per send. It may do
+    /// so a slice per call (the sqlite store reads a few thousand outbox blocks per call).
     [[nodiscard]] virtual Result<std::size_t> prune(std::int64_t before_ms) = 0;
 
     /// @brief Connection leases, if this store is shared by several hosts (nullptr: one host owns the store, and

@@ -55,14 +55,22 @@ MemoryStore::PlanOutbox* MemoryStore::find_plan(std::string_view plan_id) {
 }
 
 MemoryStore::PlanOutbox& MemoryStore::plan_for(std::string_view plan_id) {
-    // The next plan's chunk first, so that a failed allocation leaves no number without a plan.
-    if ((plan_count_ >> kPlanChunkBits) == plan_chunks_.size()) {
+    // A number prune() freed, else the next one, its chunk made first: a failed allocation leaves no number without
+    // a plan.
+    const bool reuse = !free_plans_.empty();
+    const std::uint32_t number = reuse ? free_plans_.back() : plan_count_;
+    if (!reuse && (plan_count_ >> kPlanChunkBits) == plan_chunks_.size()) {
         plan_chunks_.push_back(std::make_unique<PlanOutbox[]>(std::size_t{1} << kPlanChunkBits));
     }
     // Mostly a new plan: one probe that inserts, rather than a failed find and then an insert.
-    const auto [it, added] = plan_numbers_.try_emplace(std::string(plan_id), plan_count_);
+    const auto [it, added] = plan_numbers_.try_emplace(std::string(plan_id), number);
     if (!added) return plan_at(it->second);
-    return plan_at(plan_count_++);
+    if (reuse) {
+        free_plans_.pop_back();
+    } else {
+        ++plan_count_;
+    }
+    return plan_at(number);
 }
 
 std::uint64_t MemoryStore::Recipient::hash() const noexcept {
@@ -473,6 +481,23 @@ Result<std::size_t> MemoryStore::prune(std::int64_t before_ms) {
                                      [](const Message& m, std::int64_t ts) { return m.timestamp_ms < ts; });
         log.erase(log.begin(), keep);
     }
+    // Finished outbox entries (sent, failed, withdrawn) created before the bound; a plan left without entries goes,
+    // and its number is used again.
+    const auto finished = [&](const StoredEntry& stored) {
+        return stored.state != OutboxState::pending && stored.created_ms < before_ms;
+    };
+    boost::unordered::erase_if(plan_numbers_, [&](const auto& numbered) {
+        PlanOutbox& plan = plan_at(numbered.second);
+        if (std::none_of(plan.entries.begin(), plan.entries.end(), finished)) return false;
+        plan.entries.erase(std::remove_if(plan.entries.begin(), plan.entries.end(), finished), plan.entries.end());
+        plan.index.clear();  // positions moved: built again by the first look-up that needs it
+        plan.indexed = 0;
+        plan.next_find = 0;
+        if (!plan.entries.empty()) return false;
+        plan = PlanOutbox{};
+        free_plans_.push_back(numbered.second);
+        return true;
+    });
     return removed;
 }
 

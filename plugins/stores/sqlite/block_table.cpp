@@ -448,7 +448,8 @@ std::vector<BlockTable::OwnedRecord> BlockTable::with_positive_summary() {
     return result;
 }
 
-std::size_t BlockTable::remove_if(std::int64_t bound, const std::function<bool(const Record&)>& remove) {
+BlockTable::Removal BlockTable::remove_if(std::int64_t bound, const std::function<bool(const Record&)>& remove,
+                                           std::int64_t after, std::size_t max_blocks) {
     struct Stored {
         std::int64_t id;
         std::int64_t part;
@@ -456,22 +457,27 @@ std::size_t BlockTable::remove_if(std::int64_t bound, const std::function<bool(c
         std::string records;
     };
     forget();  // blocks change their lo and go away here
-    std::size_t removed = 0;
-    std::int64_t after = 0;
+    Removal removal;
+    removal.last_id = after;
+    std::size_t looked = 0;
     while (true) {
         // A page of blocks at a time: memory stays bounded however many blocks are old.
         std::vector<Stored> page;
         auto& query = fresh(below_);
         query.bind(1, bound);
-        query.bind(2, after);
+        query.bind(2, removal.last_id);
         while (query.executeStep()) {
             page.push_back({query.getColumn(0).getInt64(), query.getColumn(1).getInt64(),
                             std::string(bytes_of(query.getColumn(2))), std::string(blob(query.getColumn(3)))});
         }
         query.tryReset();
-        if (page.empty()) return removed;
+        if (page.empty()) return removal;
         for (Stored& stored : page) {
-            after = stored.id;
+            if (looked++ == max_blocks) {
+                removal.complete = false;
+                return removal;
+            }
+            removal.last_id = stored.id;
             loaded_ = std::move(stored.records);
             decode_loaded();
             merged_.clear();
@@ -479,7 +485,7 @@ std::size_t BlockTable::remove_if(std::int64_t bound, const std::function<bool(c
                 if (!remove(record)) merged_.push_back(record);
             }
             if (merged_.size() == block_.size()) continue;
-            removed += block_.size() - merged_.size();
+            removal.removed += block_.size() - merged_.size();
             if (merged_.empty()) {
                 auto& erase = fresh(delete_);
                 erase.bind(1, stored.id);

@@ -84,9 +84,18 @@ public:
     /// Forgets what the table remembers of its blocks (after a rollback).
     void forget() noexcept;
 
-    /// Removes the records for which @p remove is true from the blocks whose summary is below @p bound; returns how
-    /// many were removed.
-    std::size_t remove_if(std::int64_t bound, const std::function<bool(const Record&)>& remove);
+    /// How far a remove_if() got.
+    struct Removal {
+        std::size_t removed = 0;   // records removed
+        std::int64_t last_id = 0;  // the last block looked at (0: none)
+        bool complete = true;      // every block after `after` was looked at
+    };
+
+    /// Removes the records for which @p remove is true from the blocks whose summary is below @p bound, in block id
+    /// order after block @p after, looking at @p max_blocks blocks at most (a call then ends, and the next one goes on
+    /// from Removal::last_id).
+    Removal remove_if(std::int64_t bound, const std::function<bool(const Record&)>& remove, std::int64_t after = 0,
+                      std::size_t max_blocks = static_cast<std::size_t>(-1));
 
 private:
     struct Block {

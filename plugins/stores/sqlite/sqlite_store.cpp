@@ -451,6 +451,10 @@ std::int64_t oldest_timestamp(std::span<const BlockTable::Record> records) {
 
 constexpr std::size_t kStateOffset = 16;
 
+// Outbox blocks one prune() reads at most (about 12 MB, some 100,000 entries): the outbox is not in age order, so
+// pruning it reads every block, a slice per call.
+constexpr std::size_t kPruneOutboxBlocks = 4096;
+
 void append_escaped(std::string& out, std::string_view text) {
     if (std::memchr(text.data(), '\x00', text.size()) == nullptr &&
         std::memchr(text.data(), '\x01', text.size()) == nullptr) {
@@ -1139,6 +1143,7 @@ struct SqliteStore::Impl {
 
     BlockTable ledger = ledger_table(db);
     BlockTable outbox = outbox_table(db);
+    std::int64_t outbox_pruned_to = 0;  // the last outbox block the last prune() read (0: start over)
     BlockTable log = log_table(db);
     SQLite::Statement begin{db, "BEGIN IMMEDIATE"};
     SQLite::Statement begin_read{db, "BEGIN"};
@@ -1537,11 +1542,26 @@ Result<std::size_t> SqliteStore::prune(std::int64_t before_ms) {
     return impl_->guarded("pruning old entries", [&]() -> Result<std::size_t> {
         Impl& s = *impl_;
         Impl::fresh(s.begin).exec();
-        const std::size_t removed = s.ledger.remove_if(
-            before_ms, [&](const BlockTable::Record& record) { return get_fixed64(record.value) < before_ms; });
+        const std::size_t removed =
+            s.ledger
+                .remove_if(before_ms,
+                           [&](const BlockTable::Record& record) { return get_fixed64(record.value) < before_ms; })
+                .removed;
         s.log.remove_if(before_ms,
                         [&](const BlockTable::Record& record) { return log_timestamp(record.key) < before_ms; });
+        // Finished outbox entries (sent, failed, withdrawn) created before the bound. The outbox's blocks are in plan
+        // id order, not by age, so every block has to be read: a slice of kPruneOutboxBlocks per call, from where the
+        // last one stopped, starting over after the last block.
+        const BlockTable::Removal outbox = s.outbox.remove_if(
+            std::numeric_limits<std::int64_t>::max(),
+            [&](const BlockTable::Record& record) {
+                return record.value.size() > kStateOffset &&
+                       record.value[kStateOffset] != state_byte(OutboxState::pending) &&
+                       get_fixed64(record.value.substr(8, 8)) < before_ms;
+            },
+            s.outbox_pruned_to, kPruneOutboxBlocks);
         Impl::fresh(s.commit).exec();
+        s.outbox_pruned_to = outbox.complete ? 0 : outbox.last_id;
         return removed;
     });
 }

@@ -12,6 +12,7 @@
 #include <iterator>
 #include <random>
 
+#include "block_table.hpp"
 #include "store_test_support.hpp"
 
 using namespace switchboard;
@@ -561,4 +562,41 @@ TEMPLATE_TEST_CASE("store commit throughput", "[.bench]", MemoryStoreFactory, Sq
     WARN("batch size " << batch_size << ": " << static_cast<long>(kMessages / elapsed.count()) << " messages/s, "
                        << static_cast<long>(batches.size() / elapsed.count()) << " commits/s");
     CHECK(ok(store->is_processed({"irc", "#c1", "1000000001"})));
+}
+
+TEST_CASE("a block table's remove_if goes on where a bounded call stopped, and says when it saw every block",
+          "[store][sqlite]") {
+    SQLite::Database db(":memory:", SQLite::OPEN_READWRITE | SQLite::OPEN_CREATE);
+    db.exec("CREATE TABLE blocks (id INTEGER PRIMARY KEY, part INTEGER NOT NULL, lo BLOB NOT NULL, hi BLOB NOT NULL, "
+            "count INTEGER NOT NULL, summary INTEGER NOT NULL, records BLOB NOT NULL, UNIQUE (part, lo))");
+    stores::BlockTable table(
+        db, "blocks", [](std::span<const stores::BlockTable::Record> records) { return std::int64_t(records.size()); },
+        [](std::int64_t a, std::int64_t b) { return a + b; });
+    std::vector<std::string> keys;
+    for (int i = 0; i < 300; ++i) keys.push_back("key-" + std::to_string(1000 + i));
+    const std::string value(100, 'v');
+    std::vector<stores::BlockTable::Record> records;
+    for (const std::string& key : keys) records.push_back({key, value});
+    std::vector<bool> inserted;
+    table.insert(1, records, inserted);
+    const auto blocks = db.execAndGet("SELECT count(*) FROM blocks").getInt64();
+    REQUIRE(blocks > 6);
+
+    const auto even = [](const stores::BlockTable::Record& record) { return (record.key.back() - '0') % 2 == 0; };
+    std::size_t removed = 0;
+    int calls = 0;
+    std::int64_t after = 0;
+    while (true) {
+        const auto removal = table.remove_if(std::numeric_limits<std::int64_t>::max(), even, after, 3);
+        ++calls;
+        removed += removal.removed;
+        if (removal.complete) break;
+        CHECK(removal.last_id > after);
+        after = removal.last_id;
+    }
+    CHECK(removed == 150);
+    CHECK(calls == static_cast<int>((blocks + 2) / 3));  // three blocks a call, the last call seeing the end
+    const auto left = table.range(1, "", "\x7f");
+    CHECK(left.size() == 150);
+    CHECK(std::none_of(left.begin(), left.end(), [](const auto& record) { return (record.key.back() - '0') % 2 == 0; }));
 }
