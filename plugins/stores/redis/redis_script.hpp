@@ -36,9 +36,8 @@ local function outbox_add(items)
       local seq = string.format('%016x', redis.call('INCR', p .. 'outbox-seq'))
       redis.call('HSET', entries, recipient, seq .. created .. '\n' .. items[k + 5])
       redis.call('HSET', p .. 'outbox-state:' .. plan, recipient, items[k + 4])
-      if items[k + 3] == 'pending' then
-        redis.call('ZADD', p .. 'outbox-pending', created, seq .. plan .. '\n' .. recipient)
-      end
+      local set = items[k + 3] == 'pending' and 'outbox-pending' or 'outbox-done'
+      redis.call('ZADD', p .. set, created, seq .. plan .. '\n' .. recipient)
     end
   end
 end
@@ -173,7 +172,7 @@ if op == 'outbox_update' then
   -- Packed: per entry plan, recipient, state, state blob. Returns the 1-based index of the first entry that does
   -- not exist (the others are updated all the same), or 0.
   local missing = 0
-  local pending = p .. 'outbox-pending'
+  local pending, done = p .. 'outbox-pending', p .. 'outbox-done'
   local items = cmsgpack.unpack(ARGV[4])
   for k = 1, #items, 4 do
     local i = (k + 3) / 4
@@ -185,10 +184,13 @@ if op == 'outbox_update' then
       redis.call('HSET', p .. 'outbox-state:' .. plan, recipient, items[k + 3])
       local newline = string.find(content, '\n', 17, true)
       local member = string.sub(content, 1, 16) .. plan .. '\n' .. recipient
+      local created = string.sub(content, 17, newline - 1)
       if state == 'pending' then
-        redis.call('ZADD', pending, string.sub(content, 17, newline - 1), member)
+        redis.call('ZADD', pending, created, member)
+        redis.call('ZREM', done, member)
       else
         redis.call('ZREM', pending, member)
+        redis.call('ZADD', done, created, member)
       end
     end
   end
@@ -241,6 +243,15 @@ if op == 'prune' then
     if redis.call('EXISTS', seen) == 0 and redis.call('EXISTS', log) == 0 then
       redis.call('SREM', p .. 'channels', pair)
     end
+  end
+  -- Finished outbox entries created before `before`, 10,000 a call at most (a script blocks the server).
+  local done = p .. 'outbox-done'
+  for _, member in ipairs(redis.call('ZRANGEBYSCORE', done, '-inf', '(' .. ARGV[6], 'LIMIT', 0, 10000)) do
+    local newline = string.find(member, '\n', 17, true)
+    local plan, recipient = string.sub(member, 17, newline - 1), string.sub(member, newline + 1)
+    redis.call('HDEL', p .. 'outbox:' .. plan, recipient)
+    redis.call('HDEL', p .. 'outbox-state:' .. plan, recipient)
+    redis.call('ZREM', done, member)
   end
   return removed
 end

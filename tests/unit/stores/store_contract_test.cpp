@@ -482,8 +482,6 @@ STORE_TEST_CASE("prune forgets dedup entries and logged messages older than the 
     CHECK(ok(store->prune(200)) == 0);
 }
 
-#ifndef STORE_CONTRACT_REDIS
-// Redis does not prune its outbox yet (plugins/stores/redis/README.md).
 STORE_TEST_CASE("prune forgets finished outbox entries created before the cutoff, never a pending one") {
     TestType factory;
     auto store = factory.open();
@@ -514,7 +512,6 @@ STORE_TEST_CASE("prune forgets finished outbox entries created before the cutoff
     ok(store->outbox_add(std::vector{outbox_entry("gone", "#again", 400)}));
     CHECK(targets("gone") == std::vector<std::string>{"#again"});
 }
-#endif
 
 STORE_TEST_CASE("a store can be used from several threads at once") {
     TestType factory;
