@@ -53,8 +53,8 @@ void stage(Staged& staged, routing::PlannedDelivery delivery, ReportCallback don
 }
 
 /// Plans @p envelope and stages the plan, or the report of its failure.
-void stage_envelope(Staged& staged, const routing::Planner* planner, Envelope envelope,
-                    const std::string& strategy, ReportCallback done) {
+void stage_envelope(Staged& staged, const routing::Planner* planner, Envelope envelope, const std::string& strategy,
+                    ReportCallback done) {
     if (planner == nullptr) {
         staged.failed.emplace_back(std::move(done), routing::Router::report_for(fail(
                                                         "no_strategy", "this pipeline has no router")));

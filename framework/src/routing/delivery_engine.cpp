@@ -9,8 +9,8 @@
 #include <condition_variable>
 #include <deque>
 #include <exception>
-#include <limits>
 #include <iterator>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <span>
@@ -1170,7 +1170,7 @@ private:
             return;
         }
         logger_.info("delivery: " + std::to_string(left.size()) + " recipient(s) of plan '" + p.plan_id +
-                     "' left pending (" + left.front().error + "); they go out again when their connection is back",
+                         "' left pending (" + left.front().error + "); they go out again when their connection is back",
                      LogFields{left.front().recipient.connection, {}, {}});
         std::vector<OutboxEntry>& parked = parked_[p.plan_id];  // a later run of a plan replaces what an earlier left
         parked_entries_ = parked_entries_ - parked.size() + left.size();

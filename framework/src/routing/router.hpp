@@ -72,7 +72,6 @@ public:
     [[nodiscard]] static DeliveryReport report_for(const Error& error);
 
 private:
-
     std::vector<config::RouteConfig> routes_;
     const ConfigDirectory& directory_;
     std::map<std::string, std::shared_ptr<Strategy>> strategies_;

@@ -449,7 +449,7 @@ std::vector<BlockTable::OwnedRecord> BlockTable::with_positive_summary() {
 }
 
 BlockTable::Removal BlockTable::remove_if(std::int64_t bound, const std::function<bool(const Record&)>& remove,
-                                           std::int64_t after, std::size_t max_blocks) {
+                                          std::int64_t after, std::size_t max_blocks) {
     struct Stored {
         std::int64_t id;
         std::int64_t part;

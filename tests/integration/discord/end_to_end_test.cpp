@@ -118,9 +118,8 @@ TEST_CASE("a reply whose retries ran out in a 429 storm goes out once the connec
     REQUIRE(identified);
 
     // Every message the bot creates gets a 429 until the storm is cleared: the echo reply's 8 attempts run out.
-    sandbox.post("/rest/storm", {{"route", "POST /channels/{channel.id}/messages"},
-                                 {"duration_ms", 120'000},
-                                 {"retry_after", 0.2}});
+    sandbox.post("/rest/storm",
+                 {{"route", "POST /channels/{channel.id}/messages"}, {"duration_ms", 120'000}, {"retry_after", 0.2}});
     sandbox.post("/messages", {{"author_id", "2001"}, {"channel_id", "100"}, {"content", "stormy"}});
     const bool parked =
         poll_sandbox([&] { return log_has("go out again when their connection is back"); }, std::chrono::seconds(40));
@@ -129,7 +128,8 @@ TEST_CASE("a reply whose retries ran out in a 429 storm goes out once the connec
     const bool sent_early = sent_contains(sandbox, "echo: stormy");  // nothing retries it by itself
 
     sandbox.post("/gateway/drop", json::object());  // the connection resumes: `resumed` sends it again
-    const bool answered = poll_sandbox([&] { return sent_contains(sandbox, "echo: stormy"); }, std::chrono::seconds(20));
+    const bool answered =
+        poll_sandbox([&] { return sent_contains(sandbox, "echo: stormy"); }, std::chrono::seconds(20));
     std::this_thread::sleep_for(std::chrono::milliseconds(500));
     const json sent = sandbox.sent();
     int copies = 0;

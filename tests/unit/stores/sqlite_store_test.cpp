@@ -567,8 +567,9 @@ TEMPLATE_TEST_CASE("store commit throughput", "[.bench]", MemoryStoreFactory, Sq
 TEST_CASE("a block table's remove_if goes on where a bounded call stopped, and says when it saw every block",
           "[store][sqlite]") {
     SQLite::Database db(":memory:", SQLite::OPEN_READWRITE | SQLite::OPEN_CREATE);
-    db.exec("CREATE TABLE blocks (id INTEGER PRIMARY KEY, part INTEGER NOT NULL, lo BLOB NOT NULL, hi BLOB NOT NULL, "
-            "count INTEGER NOT NULL, summary INTEGER NOT NULL, records BLOB NOT NULL, UNIQUE (part, lo))");
+    db.exec(
+        "CREATE TABLE blocks (id INTEGER PRIMARY KEY, part INTEGER NOT NULL, lo BLOB NOT NULL, hi BLOB NOT NULL, "
+        "count INTEGER NOT NULL, summary INTEGER NOT NULL, records BLOB NOT NULL, UNIQUE (part, lo))");
     stores::BlockTable table(
         db, "blocks", [](std::span<const stores::BlockTable::Record> records) { return std::int64_t(records.size()); },
         [](std::int64_t a, std::int64_t b) { return a + b; });
@@ -598,5 +599,6 @@ TEST_CASE("a block table's remove_if goes on where a bounded call stopped, and s
     CHECK(calls == static_cast<int>((blocks + 2) / 3));  // three blocks a call, the last call seeing the end
     const auto left = table.range(1, "", "\x7f");
     CHECK(left.size() == 150);
-    CHECK(std::none_of(left.begin(), left.end(), [](const auto& record) { return (record.key.back() - '0') % 2 == 0; }));
+    CHECK(
+        std::none_of(left.begin(), left.end(), [](const auto& record) { return (record.key.back() - '0') % 2 == 0; }));
 }
