@@ -39,6 +39,21 @@ bool sent_contains(const Sandbox& sandbox, const std::string& content) {
     return false;
 }
 
+// `switchboard run` with the sandbox example config in @p dir, logging to out.log and err.log there; returns once the
+// connection identified (REQUIREs it).
+boost::process::child run_sandbox_example(const Sandbox& sandbox, const ts::TempDir& dir) {
+    std::filesystem::copy_file(kExample / "sandbox.yaml", dir / "sandbox.yaml");
+    ::setenv("SANDBOX_PORT", std::to_string(sandbox.port()).c_str(), 1);
+    namespace bp = boost::process;
+    bp::child host(kHost.string(), bp::args({"run", "-c", "sandbox.yaml"}), bp::start_dir(dir.path().string()),
+                   bp::std_in < bp::null, bp::std_out > (dir / "out.log").string(),
+                   bp::std_err > (dir / "err.log").string());
+    const bool identified = poll_sandbox([&] { return sandbox.stats()["identifies"] == 1; }, std::chrono::seconds(20));
+    INFO(ts::read_file(dir / "err.log"));
+    REQUIRE(identified);
+    return host;
+}
+
 }  // namespace
 
 TEST_CASE("switchboard check accepts both discord-echo example configs", "[discord][integration]") {
@@ -78,15 +93,7 @@ TEST_CASE("switchboard check names a bad discord setting at its line", "[discord
 TEST_CASE("switchboard run with the sandbox example answers a Discord message", "[discord][integration]") {
     Sandbox sandbox;
     ts::TempDir dir;
-    std::filesystem::copy_file(kExample / "sandbox.yaml", dir / "sandbox.yaml");
-    ::setenv("SANDBOX_PORT", std::to_string(sandbox.port()).c_str(), 1);
-    namespace bp = boost::process;
-    bp::child host(kHost.string(), bp::args({"run", "-c", "sandbox.yaml"}), bp::start_dir(dir.path().string()),
-                   bp::std_in < bp::null, bp::std_out > (dir / "out.log").string(),
-                   bp::std_err > (dir / "err.log").string());
-    const bool identified = poll_sandbox([&] { return sandbox.stats()["identifies"] == 1; }, std::chrono::seconds(20));
-    INFO(ts::read_file(dir / "err.log"));
-    REQUIRE(identified);
+    auto host = run_sandbox_example(sandbox, dir);
     sandbox.post("/messages", {{"author_id", "2001"}, {"channel_id", "100"}, {"content", "hello bot"}});
     const bool answered = poll_sandbox([&] { return sent_contains(sandbox, "echo: hello bot"); }, std::chrono::seconds(20));
     ::kill(host.id(), SIGTERM);
@@ -104,18 +111,10 @@ TEST_CASE("a reply whose retries ran out in a 429 storm goes out once the connec
           "[discord][integration]") {
     Sandbox sandbox;
     ts::TempDir dir;
-    std::filesystem::copy_file(kExample / "sandbox.yaml", dir / "sandbox.yaml");
-    ::setenv("SANDBOX_PORT", std::to_string(sandbox.port()).c_str(), 1);
-    namespace bp = boost::process;
-    bp::child host(kHost.string(), bp::args({"run", "-c", "sandbox.yaml"}), bp::start_dir(dir.path().string()),
-                   bp::std_in < bp::null, bp::std_out > (dir / "out.log").string(),
-                   bp::std_err > (dir / "err.log").string());
+    auto host = run_sandbox_example(sandbox, dir);
     const auto log_has = [&](const std::string& text) {
         return ts::read_file(dir / "err.log").find(text) != std::string::npos;
     };
-    const bool identified = poll_sandbox([&] { return sandbox.stats()["identifies"] == 1; }, std::chrono::seconds(20));
-    INFO(ts::read_file(dir / "err.log"));
-    REQUIRE(identified);
 
     // Every message the bot creates gets a 429 until the storm is cleared: the echo reply's 8 attempts run out.
     sandbox.post("/rest/storm",

@@ -33,6 +33,14 @@ const Address kOps = Address::channel("irc", "#ops");
 const Address kDev = Address::channel("irc", "#dev");
 const Address kDiscord = Address::channel("discord", "123");
 
+// Engine options for retry tests: @p attempts per recipient, backing off from 1 ms.
+routing::EngineOptions retries(std::uint32_t attempts) {
+    routing::EngineOptions options;
+    options.max_attempts = attempts;
+    options.initial_backoff = 1ms;
+    return options;
+}
+
 std::vector<Address> channels(const std::string& connection, int n) {
     std::vector<Address> to;
     to.reserve(static_cast<std::size_t>(n));
@@ -336,10 +344,7 @@ TEST_CASE("Without a retry_after, retries back off exponentially from the initia
 
 TEST_CASE("A recipient still failing after max_attempts ends retryable with its code and the largest retry-after",
           "[delivery]") {
-    routing::EngineOptions options;
-    options.max_attempts = 3;
-    options.initial_backoff = 1ms;
-    Harness h(options);
+    Harness h(retries(3));
     auto irc = std::make_shared<FlakyConnector>(100, 30);
     h.engine->add_connection("irc", irc, {});
     h.engine->add_connection("discord", std::make_shared<SinkConnector>(), {});
@@ -364,10 +369,7 @@ TEST_CASE("A recipient still failing after max_attempts ends retryable with its 
 }
 
 TEST_CASE("Recipients left retryable wait for their connection and go out once when it is back", "[delivery]") {
-    routing::EngineOptions options;
-    options.max_attempts = 3;
-    options.initial_backoff = 1ms;
-    Harness h(options);
+    Harness h(retries(3));
     auto irc = std::make_shared<FlakyConnector>(3, 1);  // down for three attempts
     h.engine->add_connection("irc", irc, {});
     h.engine->add_connection("discord", std::make_shared<SinkConnector>(), {});
@@ -400,10 +402,7 @@ TEST_CASE("Recipients left retryable wait for their connection and go out once w
 }
 
 TEST_CASE("A plan run again under the same id takes over what its earlier run left waiting", "[delivery]") {
-    routing::EngineOptions options;
-    options.max_attempts = 2;
-    options.initial_backoff = 1ms;
-    Harness h(options);
+    Harness h(retries(2));
     auto irc = std::make_shared<FlakyConnector>(2, 1);
     h.engine->add_connection("irc", irc, {});
     ReportSink first;
@@ -425,9 +424,7 @@ TEST_CASE("A plan run again under the same id takes over what its earlier run le
 }
 
 TEST_CASE("Nothing waiting for a connection is sent once its connector is gone", "[delivery]") {
-    routing::EngineOptions options;
-    options.max_attempts = 1;
-    Harness h(options);
+    Harness h(retries(1));
     auto irc = std::make_shared<FlakyConnector>(1, 1);
     h.engine->add_connection("irc", irc, {});
     ReportSink sink;
