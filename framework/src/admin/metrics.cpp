@@ -85,7 +85,14 @@ public:
         prometheus::ClientMetric m;
         m.gauge.value = static_cast<double>(sample.deliveries_in_progress);
         outbox.metric.push_back(m);
-        return {std::move(limited), std::move(waited), std::move(waiting), std::move(queued), std::move(outbox)};
+        auto parked = family("switchboard_outbox_waiting_for_connection",
+                             "Recipients left pending (retries ran out, or cut by the deadline) that go out again "
+                             "when their connection reports connected or resumed",
+                             prometheus::MetricType::Gauge);
+        m.gauge.value = static_cast<double>(sample.deliveries_waiting);
+        parked.metric.push_back(m);
+        return {std::move(limited), std::move(waited), std::move(waiting),
+                std::move(queued),  std::move(outbox), std::move(parked)};
     }
 
 private:

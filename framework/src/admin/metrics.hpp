@@ -53,6 +53,7 @@ struct Sample {
     };
     std::vector<Connection> connections;
     std::size_t deliveries_in_progress = 0;  // plans not finished (their outbox entries are in flight)
+    std::size_t deliveries_waiting = 0;      // recipients left pending until their connection is back
 };
 
 class Metrics {

@@ -855,6 +855,7 @@ struct Host::Impl {
         {
             std::lock_guard lock(recent_mutex);
             out["deliveries"] = {{"in_progress", engine ? engine->in_progress() : 0},
+                                 {"waiting_for_connection", engine ? engine->parked() : 0},
                                  {"recent", nlohmann::json(recent_deliveries)}};
         }
         nlohmann::json plugins = nlohmann::json::array();
@@ -954,6 +955,7 @@ struct Host::Impl {
                 sample.connections.push_back(std::move(c));
             }
             sample.deliveries_in_progress = engine ? engine->in_progress() : 0;
+            sample.deliveries_waiting = engine ? engine->parked() : 0;
             return sample;
         });
     }

@@ -115,6 +115,7 @@ TEST_CASE("Recorded events show in the text with their labels", "[admin][metrics
         c.queued = 7;
         sample.connections.push_back(c);
         sample.deliveries_in_progress = 2;
+        sample.deliveries_waiting = 5;
         return sample;
     });
 
@@ -150,6 +151,7 @@ TEST_CASE("Recorded events show in the text with their labels", "[admin][metrics
     CHECK(s.at(R"(switchboard_rate_limit_wait_seconds_total{connection="discord"})") == 1.5);
     CHECK(s.at(R"(switchboard_queue_depth{connection="discord"})") == 7);
     CHECK(s.at("switchboard_outbox_in_flight") == 2);
+    CHECK(s.at("switchboard_outbox_waiting_for_connection") == 5);
 
     // Prometheus' own checker, where it is installed (Debian's `prometheus` package).
     if (std::system("command -v promtool >/dev/null 2>&1") == 0) {
