@@ -501,6 +501,18 @@ std::uint64_t ordered_word(std::string_view bytes) {
     return word;
 }
 
+// Sorts [@p first, @p last), already grouped so that @p same_run holds within a run of neighbours, by @p less within
+// each run, leaving a run that is in order already as it is: the keys of a batch come in a few runs (channels), each
+// mostly in order, so most runs cost one pass.
+template <class It, class SameRun, class Less>
+void sort_runs(It first, It last, SameRun&& same_run, Less&& less) {
+    while (first != last) {
+        const It next = std::find_if(first, last, [&](const auto& item) { return !same_run(*first, item); });
+        if (!std::is_sorted(first, next, less)) std::sort(first, next, less);
+        first = next;
+    }
+}
+
 char state_byte(OutboxState state) { return static_cast<char>(state); }
 
 // Appends @p entry, encoded, to @p value.
@@ -888,8 +900,6 @@ struct SqliteStore::Impl {
         return id;
     }
 
-    // Enters the messages of @p batch into the ledger; fresh[i] says whether batch[i] was not there yet (nor earlier
-    // in the batch).
     // Fills `ledger_keys` with (channel number, message id, position) of @p count messages, @p message_at(i) the
     // i-th, sorted by channel, id, then position, and `channel_of` with each one's channel number. With @p create a
     // channel seen for the first time is numbered (in the caller's transaction); without, the messages of a channel
@@ -909,18 +919,17 @@ struct SqliteStore::Impl {
         std::sort(ledger_keys.begin(), ledger_keys.end(), [](const LedgerKey& a, const LedgerKey& b) {
             return a.channel != b.channel ? a.channel < b.channel : a.index < b.index;
         });
-        const auto by_id = [](const LedgerKey& a, const LedgerKey& b) {
-            const int order = a.id.compare(b.id);
-            return order != 0 ? order < 0 : a.index < b.index;
-        };
-        for (auto first = ledger_keys.begin(); first != ledger_keys.end();) {
-            const auto next = std::find_if(first, ledger_keys.end(),
-                                           [&](const LedgerKey& key) { return key.channel != first->channel; });
-            if (!std::is_sorted(first, next, by_id)) std::sort(first, next, by_id);
-            first = next;
-        }
+        sort_runs(
+            ledger_keys.begin(), ledger_keys.end(),
+            [](const LedgerKey& a, const LedgerKey& b) { return a.channel == b.channel; },
+            [](const LedgerKey& a, const LedgerKey& b) {
+                const int order = a.id.compare(b.id);
+                return order != 0 ? order < 0 : a.index < b.index;
+            });
     }
 
+    // Enters the messages of @p batch into the ledger; fresh[i] says whether batch[i] was not there yet (nor earlier
+    // in the batch).
     void enter_into_ledger(std::span<const ProcessedMessage> batch, std::vector<bool>& fresh) {
         const auto& keys = ledger_keys;
         sort_ledger_keys(batch.size(), [&](std::size_t i) -> const Message& { return batch[i].message; }, true);
@@ -971,16 +980,12 @@ struct SqliteStore::Impl {
         std::sort(keyed.begin(), keyed.end(), [](const KeyedEntry& a, const KeyedEntry& b) {
             return a.word != b.word ? a.word < b.word : a.index < b.index;
         });
-        const auto by_key = [](const KeyedEntry& a, const KeyedEntry& b) {
-            const int order = a.key.compare(b.key);
-            return order != 0 ? order < 0 : a.index < b.index;
-        };
-        for (auto first = keyed.begin(); first != keyed.end();) {
-            const auto next =
-                std::find_if(first, keyed.end(), [&](const KeyedEntry& entry) { return entry.word != first->word; });
-            if (!std::is_sorted(first, next, by_key)) std::sort(first, next, by_key);
-            first = next;
-        }
+        sort_runs(
+            keyed.begin(), keyed.end(), [](const KeyedEntry& a, const KeyedEntry& b) { return a.word == b.word; },
+            [](const KeyedEntry& a, const KeyedEntry& b) {
+                const int order = a.key.compare(b.key);
+                return order != 0 ? order < 0 : a.index < b.index;
+            });
         order.clear();
         sorted_keys.clear();
         for (const KeyedEntry& entry : keyed) {
@@ -1055,7 +1060,7 @@ struct SqliteStore::Impl {
         put.exec();
     }
 
-    // Writes the state of @p entries; the first of them the outbox does not have, if any.
+    // The plan id and recipient of @p entry, as sort_outbox_keys() takes them.
     static std::pair<std::string_view, const Address*> key_of(const OutboxEntry& entry) {
         return {entry.plan_id, &entry.recipient};
     }
