@@ -599,20 +599,27 @@ bool route_private_batch(benchmark::State& state, Store& store, Stack& stack, Pr
             fail_benchmark(state, "a private envelope was not planned: " + std::get<DeliveryReport>(planned).detail);
             return false;
         }
-        // Staged with the message (host::stage): the outbox entries become durable with it.
-        for (const Recipient& recipient : delivery->plan.recipients) {
-            OutboxEntry& entry = p.outbox.emplace_back();
-            entry.plan_id = delivery->plan_id;
-            entry.recipient = recipient.address;
-            entry.text = delivery->text;
-            entry.reply_to = delivery->reply_to;
-            entry.created_ms = m.timestamp_ms;
-        }
+        // Staged with the message as host::stage does: its one outbox entry takes the plan's address, id and text
+        // until the commit has made it durable.
+        OutboxEntry& entry = p.outbox.emplace_back();
+        entry.recipient = std::move(delivery->plan.recipients.front().address);
+        entry.plan_id = std::move(delivery->plan_id);
+        entry.text = std::move(delivery->text);
+        entry.reply_to = std::move(delivery->reply_to);
+        entry.created_ms = m.timestamp_ms;
         plans.push_back(routing::Execution{std::move(*delivery), done});
     }
     if (auto committed = store.commit(processed); !committed) {
         fail_benchmark(state, committed.error().to_string());
         return false;
+    }
+    for (std::size_t k = 0; k < plans.size(); ++k) {  // host::give_back
+        OutboxEntry& entry = processed[k].outbox.front();
+        routing::PlannedDelivery& delivery = plans[k].delivery;
+        delivery.plan.recipients.front().address = std::move(entry.recipient);
+        delivery.plan_id = std::move(entry.plan_id);
+        delivery.text = std::move(entry.text);
+        delivery.reply_to = std::move(entry.reply_to);
     }
     stack.engine.execute_all(std::move(plans), true);
     return true;

@@ -29,27 +29,69 @@ std::int64_t now_ms() {
 /// Key-value writes staged by earlier messages of the batch, so a later message reads what an earlier one wrote.
 using Overlay = std::map<std::pair<std::string, std::string>, std::optional<std::string>>;
 
+/// Where a staged plan's recipients and message wait until the commit: the outbox entries of processed message
+/// `message` from index `first` on, one per recipient in plan order, the last holding the plan id, text and reply_to.
+/// Staging moves them there rather than copying them; give_back() returns them to the plan once the entries are
+/// durable.
+struct Lent {
+    std::size_t message = 0;
+    std::size_t first = 0;
+    std::size_t count = 0;
+};
+
 /// What one message's handling stages: its durable part, and the plans and failed-plan reports to hand on after
 /// the commit.
 struct Staged {
     ProcessedMessage& processed;
+    std::size_t index;  // of `processed` among the batch's processed messages
     std::vector<StagedDelivery>& deliveries;
+    std::vector<Lent>& lent;  // one per delivery
     std::vector<std::pair<ReportCallback, DeliveryReport>>& failed;
 };
 
-/// Adds @p delivery's recipients to the message's outbox entries and the plan to what runs after commit.
+/// Adds @p delivery's recipients to the message's outbox entries and the plan to what runs after commit. The entries
+/// take the plan's addresses, and the last one its plan id, text and reply_to (the others copy those): give_back()
+/// returns them after the commit.
 void stage(Staged& staged, routing::PlannedDelivery delivery, ReportCallback done) {
     const std::int64_t created = now_ms();
-    for (const Recipient& recipient : delivery.plan.recipients) {
-        OutboxEntry entry;
-        entry.plan_id = delivery.plan_id;
-        entry.recipient = recipient.address;
-        entry.text = delivery.text;
-        entry.reply_to = delivery.reply_to;
+    std::vector<OutboxEntry>& outbox = staged.processed.outbox;
+    std::vector<Recipient>& recipients = delivery.plan.recipients;
+    const Lent lent{staged.index, outbox.size(), recipients.size()};
+    outbox.reserve(outbox.size() + recipients.size());
+    for (std::size_t i = 0; i < recipients.size(); ++i) {
+        OutboxEntry& entry = outbox.emplace_back();
+        entry.recipient = std::move(recipients[i].address);
+        if (i + 1 < recipients.size()) {
+            entry.plan_id = delivery.plan_id;
+            entry.text = delivery.text;
+            entry.reply_to = delivery.reply_to;
+        } else {
+            entry.plan_id = std::move(delivery.plan_id);
+            entry.text = std::move(delivery.text);
+            entry.reply_to = std::move(delivery.reply_to);
+        }
         entry.created_ms = created;
-        staged.processed.outbox.push_back(std::move(entry));
     }
     staged.deliveries.push_back(StagedDelivery{std::move(delivery), std::move(done)});
+    staged.lent.push_back(lent);
+}
+
+/// After the commit: returns to each staged plan what stage() moved into the outbox entries.
+void give_back(std::vector<ProcessedMessage>& processed, std::vector<StagedDelivery>& deliveries,
+               const std::vector<Lent>& lent) {
+    for (std::size_t k = 0; k < deliveries.size(); ++k) {
+        const Lent& where = lent[k];
+        if (where.count == 0) continue;
+        routing::PlannedDelivery& delivery = deliveries[k].delivery;
+        std::vector<OutboxEntry>& outbox = processed[where.message].outbox;
+        for (std::size_t i = 0; i < where.count; ++i) {
+            delivery.plan.recipients[i].address = std::move(outbox[where.first + i].recipient);
+        }
+        OutboxEntry& last = outbox[where.first + where.count - 1];
+        delivery.plan_id = std::move(last.plan_id);
+        delivery.text = std::move(last.text);
+        delivery.reply_to = std::move(last.reply_to);
+    }
 }
 
 /// Plans @p envelope and stages the plan, or the report of its failure.
@@ -263,6 +305,7 @@ struct Pipeline::Impl {
         processed.reserve(batch.size());  // Staged holds references into it: no reallocation
         std::vector<std::size_t> origins;  // where in the batch each processed message came from
         std::vector<StagedDelivery> deliveries;
+        std::vector<Lent> lent;
         std::vector<std::pair<ReportCallback, DeliveryReport>> failed;
         std::unordered_set<std::string> seen_in_batch;
         Overlay overlay;
@@ -291,7 +334,7 @@ struct Pipeline::Impl {
             origins.push_back(i);
             const Message& message = p.message;
             const LogFields where{message.connection, message.channel, message.id};
-            Staged staged{p, deliveries, failed};
+            Staged staged{p, processed.size() - 1, deliveries, lent, failed};
             if (message.author.is_bot) continue;  // bots never answer bots, routes never relay them: no loops
             for (const BotBinding& binding : current.bots) {
                 if (!listens(binding, message)) continue;
@@ -327,6 +370,7 @@ struct Pipeline::Impl {
             stats.recovered += recovered;
         }
         if (observer) observer(connection, processed, duplicates);
+        give_back(processed, deliveries, lent);
         for (auto& [done, report] : failed) {
             if (done) done(std::move(report));
         }
