@@ -850,6 +850,17 @@ struct SqliteStore::Impl {
         return statement;
     }
 
+    // The one row @p query finds, read by @p read, if there is one. The query is reset before this returns: a
+    // statement left on a row keeps its read transaction open, so a write by another connection (a sqlite3 shell)
+    // would make the next commit fail with store_busy, and checkpoints could not get past its snapshot.
+    template <class Read>
+    static auto read_row(SQLite::Statement& query, Read&& read) -> std::optional<decltype(read(query))> {
+        std::optional<decltype(read(query))> row;
+        if (query.executeStep()) row.emplace(read(query));
+        query.tryReset();
+        return row;
+    }
+
     void put_value(const KeyValueWrite& write) {
         if (write.value) {
             auto& put = fresh(kv_put);
@@ -1389,8 +1400,9 @@ Result<std::optional<Cursor>> SqliteStore::cursor(const std::string& connection,
         auto& query = Impl::fresh(impl_->cursor_get);
         query.bindNoCopy(1, connection);
         query.bindNoCopy(2, channel);
-        if (!query.executeStep()) return std::optional<Cursor>{};
-        return std::optional<Cursor>{Cursor{query.getColumn(0).getString(), query.getColumn(1).getInt64()}};
+        return Impl::read_row(query, [](SQLite::Statement& row) {
+            return Cursor{row.getColumn(0).getString(), row.getColumn(1).getInt64()};
+        });
     });
 }
 
@@ -1425,8 +1437,7 @@ Result<std::optional<std::string>> SqliteStore::connection_state(const std::stri
         auto& query = Impl::fresh(impl_->state_get);
         query.bindNoCopy(1, connection);
         query.bindNoCopy(2, key);
-        if (!query.executeStep()) return std::optional<std::string>{};
-        return std::optional<std::string>{query.getColumn(0).getString()};
+        return Impl::read_row(query, [](SQLite::Statement& row) { return row.getColumn(0).getString(); });
     });
 }
 
@@ -1435,8 +1446,7 @@ Result<std::optional<std::string>> SqliteStore::get_value(const std::string& spa
         auto& query = Impl::fresh(impl_->kv_get);
         query.bindNoCopy(1, space);
         query.bindNoCopy(2, key);
-        if (!query.executeStep()) return std::optional<std::string>{};
-        return std::optional<std::string>{query.getColumn(0).getString()};
+        return Impl::read_row(query, [](SQLite::Statement& row) { return row.getColumn(0).getString(); });
     });
 }
 

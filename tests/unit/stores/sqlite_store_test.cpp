@@ -9,8 +9,10 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <random>
+#include <set>
 
 #include "block_table.hpp"
 #include "store_test_support.hpp"
@@ -601,4 +603,105 @@ TEST_CASE("a block table's remove_if goes on where a bounded call stopped, and s
     CHECK(left.size() == 150);
     CHECK(
         std::none_of(left.begin(), left.end(), [](const auto& record) { return (record.key.back() - '0') % 2 == 0; }));
+}
+
+TEST_CASE("a sqlite commit that fails after writing most of its batch leaves nothing of it, and the store goes on",
+          "[store][sqlite]") {
+    TempDir dir;
+    const auto path = dir / "store.db";
+    // Batch k: 100 messages on #ops (appended to the blocks the earlier batch filled) and, from the second on, 10 on
+    // a channel of its own, each with a key-value write and an outbox entry.
+    const auto batch = [](int k) {
+        std::vector<ProcessedMessage> messages;
+        for (int i = 0; i < 100; ++i) {
+            const int n = k * 1000 + i;
+            const std::string id = "m" + std::to_string(n);
+            messages.push_back(processed(make_message("#ops", id, n), {{"echo", "last", id}},
+                                         {outbox_entry("plan-" + id, "#ops", n)}));
+        }
+        for (int i = 0; k > 1 && i < 10; ++i) {
+            const int n = k * 1000 + 500 + i;
+            const std::string id = "n" + std::to_string(n);
+            messages.push_back(processed(make_message("#new-" + std::to_string(k), id, n), {},
+                                         {outbox_entry("plan-" + id, "#new", n)}));
+        }
+        return messages;
+    };
+    const auto pending_plans = [](SqliteStore& store) {
+        std::set<std::string> plans;
+        for (const OutboxEntry& entry : ok(store.outbox_pending())) plans.insert(entry.plan_id);
+        return plans;
+    };
+    // What batches 1..k left, read back from @p store.
+    const auto check_batches = [&](SqliteStore& store, int k) {
+        std::set<std::string> expected_plans;
+        for (int b = 1; b <= 2; ++b) {
+            for (const ProcessedMessage& p : batch(b)) {
+                const Message& m = p.message;
+                INFO("batch " << b << ", message " << m.id);
+                CHECK(ok(store.is_processed({m.connection, m.channel, m.id})) == (b <= k));
+                if (b <= k) expected_plans.insert(p.outbox.front().plan_id);
+            }
+        }
+        CHECK(pending_plans(store) == expected_plans);
+        const std::string last = k == 1 ? "m1099" : "m2099";
+        CHECK(ok(store.cursor("irc", "#ops")) == Cursor{last, k * 1000 + 99});
+        CHECK(ok(store.get_value("echo", "last")) == last);
+        CHECK(ok(store.messages("irc", "#ops", 0, 1'000'000, 1000)).size() == static_cast<std::size_t>(k * 100));
+        CHECK(ok(store.cursor("irc", "#new-2")).has_value() == (k >= 2));
+        CHECK(ok(store.messages("irc", "#new-2", 0, 1'000'000, 1000)).size() == (k >= 2 ? 10U : 0U));
+    };
+
+    {
+        SqliteStore store(path);
+        ok(store.commit(batch(1)));
+        // A trigger refuses cursor writes, the last step of a commit: when it fires, the next batch's ledger
+        // entries, logged messages, key-value writes, outbox entries and new channel are written in its
+        // transaction, and its blocks are in the store's caches.
+        SQLite::Database other(path.string(), SQLite::OPEN_READWRITE);
+        other.exec(
+            "CREATE TRIGGER refuse_insert BEFORE INSERT ON cursors BEGIN SELECT RAISE(ABORT, 'refused by the test'); "
+            "END; CREATE TRIGGER refuse_update BEFORE UPDATE ON cursors BEGIN SELECT RAISE(ABORT, 'refused by the "
+            "test'); END;");
+        const Result<void> refused = store.commit(batch(2));
+        REQUIRE_FALSE(refused.has_value());
+        CHECK(refused.error().message.find("refused by the test") != std::string::npos);
+        check_batches(store, 1);
+
+        // The same batch again once the trigger is gone: written whole, on top of what the first left.
+        other.exec("DROP TRIGGER refuse_insert; DROP TRIGGER refuse_update;");
+        ok(store.commit(batch(2)));
+        check_batches(store, 2);
+    }
+    SqliteStore reopened(path);
+    check_batches(reopened, 2);
+}
+
+TEST_CASE("the sqlite store holds no read transaction between calls, so another connection's write blocks nothing",
+          "[store][sqlite]") {
+    TempDir dir;
+    const std::vector<std::pair<std::string, std::function<void(SqliteStore&)>>> reads{
+        {"is_processed", [](SqliteStore& s) { ok(s.is_processed({"irc", "#ops", "m1"})); }},
+        {"are_processed", [](SqliteStore& s) { ok(s.are_processed(std::vector{make_message("#ops", "m1", 1)})); }},
+        {"cursor", [](SqliteStore& s) { ok(s.cursor("irc", "#ops")); }},
+        {"cursors", [](SqliteStore& s) { ok(s.cursors("irc")); }},
+        {"connection_state", [](SqliteStore& s) { ok(s.connection_state("irc", "resume")); }},
+        {"get_value", [](SqliteStore& s) { ok(s.get_value("echo", "k")); }},
+        {"messages", [](SqliteStore& s) { ok(s.messages("irc", "#ops", 0, 100, 10)); }},
+        {"outbox_pending", [](SqliteStore& s) { ok(s.outbox_pending()); }},
+        {"outbox_plan", [](SqliteStore& s) { ok(s.outbox_plan("plan-1")); }},
+    };
+    for (const auto& [name, read] : reads) {
+        INFO("after " << name);
+        const auto path = dir / (name + ".db");
+        SqliteStore store(path);
+        ok(store.commit(std::vector{processed(make_message("#ops", "m1", 1), {{"echo", "k", "v"}},
+                                              {outbox_entry("plan-1", "#ops", 1)})}));
+        ok(store.put_connection_state("irc", "resume", "r"));
+        read(store);  // each of these finds something
+        SQLite::Database other(path.string(), SQLite::OPEN_READWRITE);
+        other.exec("CREATE TABLE written_by_another_connection (a)");
+        ok(store.commit(std::vector{processed(make_message("#ops", "m2", 2))}));
+        CHECK(ok(store.cursor("irc", "#ops")) == Cursor{"m2", 2});
+    }
 }
