@@ -27,11 +27,14 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <memory>
 #include <mutex>
 #include <sstream>
 #include <string>
 #include <vector>
+
+#include <SQLiteCpp/SQLiteCpp.h>
 
 #include "memory_store.hpp"
 #include "redis_server.hpp"
@@ -208,12 +211,89 @@ void register_store(const std::string& store, std::vector<int> threads) {
     }
 }
 
+// ---- pruning ----------------------------------------------------------------------------------------------------
+//
+// prune/sqlite: how long one Store::prune() call holds the sqlite store after a busy window — kPruneMessages
+// messages in the dedup ledger, each with one reply in the outbox, all sent, all older than the bound — calling it
+// until a call removes nothing more from the outbox. The time is that of every call together; `calls` counts them,
+// the last finding nothing; `max_call_ms` is the longest, the one the store's other callers (commits) wait behind.
+// The run ends with a check that the outbox holds no entry.
+
+constexpr std::int64_t kPruneBatches = 1600;  // 409,600 messages and replies at scale 1
+
+std::int64_t outbox_entries(const std::filesystem::path& file) {
+    SQLite::Database db(file.string(), SQLite::OPEN_READONLY);
+    return db.execAndGet("SELECT coalesce(sum(count), 0) FROM outbox_blocks").getInt64();
+}
+
+void prune_sqlite(benchmark::State& state) {
+    testing_support::TempDir dir;
+    const auto file = dir / "store.db";
+    stores::SqliteOptions options;
+    options.message_log = false;
+    stores::SqliteStore store(file, options);
+    auto batches = make_batches(0, scaled(kPruneBatches));
+    std::size_t n = 0;
+    for (auto& batch : batches) {
+        std::vector<std::string> plans;
+        for (ProcessedMessage& item : batch) {
+            OutboxEntry& reply = item.outbox.emplace_back();
+            reply.plan_id = item.message.connection + "/" + item.message.channel + "/" + item.message.id + "#echo.0";
+            reply.recipient = Address::channel(item.message.connection, item.message.channel);
+            reply.text = "echo: " + item.message.text;
+            reply.reply_to = item.message.id;
+            reply.created_ms = item.message.timestamp_ms;
+            plans.push_back(reply.plan_id);
+            ++n;
+        }
+        if (auto committed = store.commit(batch); !committed) return fail_run(state, committed.error().to_string());
+        std::vector<OutboxRecipientUpdate> sent(batch.size());
+        std::vector<OutboxPlanUpdate> updates(batch.size());
+        for (std::size_t i = 0; i < batch.size(); ++i) {
+            sent[i] = OutboxRecipientUpdate{&batch[i].outbox.front().recipient, OutboxState::sent, 1, {}, {}};
+            updates[i] = OutboxPlanUpdate{plans[i], std::span(&sent[i], 1)};
+        }
+        if (auto updated = store.outbox_update_plans(updates); !updated) {
+            return fail_run(state, updated.error().to_string());
+        }
+    }
+    batches.clear();
+    const std::int64_t bound = now_ms() + 3'600'000;  // every entry is older
+    double longest = 0;
+    double total = 0;
+    std::int64_t calls = 0;
+    for (auto _ : state) {
+        // Until a call finds nothing left to remove (at most 1,000 calls: a bound, not an expectation).
+        for (std::int64_t before = outbox_entries(file); calls < 1000;) {
+            ++calls;
+            const auto start = std::chrono::steady_clock::now();
+            auto pruned = store.prune(bound);
+            const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+            if (!pruned) return fail_run(state, pruned.error().to_string());
+            longest = std::max(longest, took);
+            total += took;
+            const std::int64_t after = outbox_entries(file);
+            if (after == before) break;
+            before = after;
+        }
+        state.SetIterationTime(total);
+    }
+    if (outbox_entries(file) != 0) return fail_run(state, "finished outbox entries are left after pruning");
+    state.counters["entries"] = static_cast<double>(n);
+    state.counters["calls"] = static_cast<double>(calls);
+    state.counters["max_call_ms"] = longest * 1e3;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
     register_store<Kind::memory>("memory", {1});
     register_store<Kind::sqlite>("sqlite", {1});
     register_store<Kind::redis>("redis", {1, 4});
+    benchmark::RegisterBenchmark("prune/sqlite", prune_sqlite)
+        ->Iterations(1)
+        ->UseManualTime()
+        ->Unit(benchmark::kMillisecond);
     benchmark::Initialize(&argc, argv);
     if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 2;
     try {
