@@ -15,6 +15,7 @@
 #include <set>
 
 #include "block_table.hpp"
+#include "sqlite_version1.hpp"
 #include "store_test_support.hpp"
 
 using namespace switchboard;
@@ -209,26 +210,9 @@ TEST_CASE("the sqlite store with message_log off still deduplicates, moves curso
     CHECK(ok(store.messages("irc", "#ops", 0, 1000, 10)).empty());
 }
 
-// The schema of version 1 as it shipped, with a row in every table: what a store written by the previous release
-// holds when this one opens it.
-constexpr const char* kVersion1File = R"sql(
-CREATE TABLE dedup (connection TEXT NOT NULL, channel TEXT NOT NULL, message_id TEXT NOT NULL,
-    timestamp_ms INTEGER NOT NULL, PRIMARY KEY (connection, channel, message_id)) WITHOUT ROWID;
-CREATE TABLE cursors (connection TEXT NOT NULL, channel TEXT NOT NULL, message_id TEXT NOT NULL,
-    timestamp_ms INTEGER NOT NULL, PRIMARY KEY (connection, channel)) WITHOUT ROWID;
-CREATE TABLE connection_state (connection TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
-    PRIMARY KEY (connection, key)) WITHOUT ROWID;
-CREATE TABLE outbox (plan_id TEXT NOT NULL, recipient TEXT NOT NULL, text TEXT NOT NULL, reply_to TEXT,
-    state TEXT NOT NULL, sent_message_id TEXT NOT NULL DEFAULT '', attempts INTEGER NOT NULL DEFAULT 0,
-    error TEXT NOT NULL DEFAULT '', created_ms INTEGER NOT NULL, PRIMARY KEY (plan_id, recipient));
-CREATE INDEX outbox_pending ON outbox (created_ms) WHERE state = 'pending';
-CREATE TABLE kv (space TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (space, key))
-    WITHOUT ROWID;
-CREATE TABLE messages (connection TEXT NOT NULL, channel TEXT NOT NULL, id TEXT NOT NULL, author_id TEXT NOT NULL,
-    author_name TEXT NOT NULL, author_is_bot INTEGER NOT NULL, text TEXT NOT NULL, timestamp_ms INTEGER NOT NULL,
-    kind TEXT NOT NULL, reply_to TEXT, recovered INTEGER NOT NULL, raw TEXT NOT NULL);
-CREATE INDEX messages_by_channel_time ON messages (connection, channel, timestamp_ms);
-
+// A file of schema version 1 as the previous release left it, with a row in every table: what a store written by
+// that release holds when this one opens it.
+const std::string kVersion1File = std::string(testing_support::kSqliteVersion1Schema) + R"sql(
 INSERT INTO dedup VALUES ('irc', '#ops', 'm1', 100), ('irc', '#ops', 'm2', 200), ('irc', '#dev', 'd1', 150),
     ('tg', '#ops', 't1', 300);
 INSERT INTO cursors VALUES ('irc', '#ops', 'm2', 200), ('irc', '#dev', 'd1', 150), ('tg', '#ops', 't1', 300);
@@ -241,7 +225,6 @@ INSERT INTO outbox (plan_id, recipient, text, reply_to, state, sent_message_id, 
 INSERT INTO kv VALUES ('echo', 'count', '7');
 INSERT INTO messages VALUES ('irc', '#ops', 'm1', 'u1', 'User 1', 0, 'hello', 100, 'group', NULL, 0, '{}'),
     ('irc', '#ops', 'm2', 'u2', 'User 2', 1, 'again', 200, 'group', 'm1', 1, '');
-PRAGMA user_version = 1;
 )sql";
 
 TEST_CASE("the sqlite store migrates a version 1 file and keeps everything in it") {
