@@ -57,7 +57,6 @@ void stage(Staged& staged, routing::PlannedDelivery delivery, ReportCallback don
     std::vector<OutboxEntry>& outbox = staged.processed.outbox;
     std::vector<Recipient>& recipients = delivery.plan.recipients;
     const Lent lent{staged.index, outbox.size(), recipients.size()};
-    outbox.reserve(outbox.size() + recipients.size());
     for (std::size_t i = 0; i < recipients.size(); ++i) {
         OutboxEntry& entry = outbox.emplace_back();
         entry.recipient = std::move(recipients[i].address);
