@@ -348,7 +348,21 @@ TEST_CASE("a message on a routed channel is relayed to the route's target with t
     CHECK(route->plan_id == "a/relay/" + relayed.id + "#route.0");
     auto entries = f.store.outbox_plan(route->plan_id);
     REQUIRE(entries.has_value());
-    CHECK(entries->size() == 2);
+    REQUIRE(entries->size() == 2);
+    // Each entry has its recipient and the whole message, and the plan has its recipients back after the commit
+    // (staging lent them to the entries).
+    std::vector<Address> staged;
+    for (const OutboxEntry& entry : *entries) {
+        CHECK(entry.text == "<Alice> deploy done");
+        staged.push_back(entry.recipient);
+    }
+    std::vector<Address> planned;
+    for (const Recipient& recipient : route->plan.recipients) planned.push_back(recipient.address);
+    const auto by_text = [](const Address& a, const Address& b) { return a.to_string() < b.to_string(); };
+    std::sort(staged.begin(), staged.end(), by_text);
+    std::sort(planned.begin(), planned.end(), by_text);
+    CHECK(planned == staged);
+    CHECK_FALSE(planned.front().target.empty());
 }
 
 TEST_CASE("while a channel recovers its live messages wait, and follow the recovered ones in order", "[pipeline]") {
