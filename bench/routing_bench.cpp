@@ -39,6 +39,7 @@
 #include "group_strategy.hpp"
 #include "memory_store.hpp"
 #include "private_strategy.hpp"
+#include "ratelimit/scheduler.hpp"
 #include "routing/delivery_engine.hpp"
 #include "routing/directory.hpp"
 #include "routing/router.hpp"
@@ -253,6 +254,68 @@ void private_memory(benchmark::State& state) {
     if (!delivered_all(state, *stack.sink, reports, n, n)) return;
     state.SetItemsProcessed(state.iterations());
     state.counters["received"] = static_cast<double>(stack.sink->writes);
+}
+
+// (c) The floor under (b): for each envelope, the same parts called in a straight line — the private strategy's
+// plan, the memory store's outbox_add_plan, a grant of the rate-limit scheduler, the sink's send (message and key
+// built in reused buffers, as the engine's lane does), outbox_update_plans, and a report of one recipient to the same
+// callback — with none of the engine's machinery: no plan object, queue, lock of its own, batch, write round,
+// retry, deadline or parking. (b) minus this is what that machinery costs; this alone is as fast as private routing
+// through these parts can be.
+void private_floor(benchmark::State& state) {
+    const auto targets = private_targets();
+    auto directory = make_directory();
+    stores::MemoryStore store;
+    boost::asio::io_context io;
+    NullLogger logger;
+    ratelimit::SchedulerOptions options;
+    options.connection = kConnection;
+    ratelimit::Scheduler rate_limits(io, logger, options);
+    SinkConnector sink;
+    strategies::PrivateStrategy strategy;
+    Reports reports;
+    const ReportCallback done = reports.callback();
+    OutboundMessage message;
+    RateRequest request;
+    request.priority = RequestPriority::live;
+    std::uint64_t n = 0;
+    for (auto _ : state) {
+        Envelope envelope = private_envelope(targets[n % kPrivateTargets], n);
+        ++n;
+        Result<DeliveryPlan> plan = strategy.plan(envelope, *directory);
+        if (!plan) return fail_benchmark(state, plan.error().to_string());
+        Recipient& recipient = plan->recipients.front();
+        const OutboxRecipient added{&recipient.address, OutboxState::pending, {}};
+        const OutboxPlanAdd add{envelope.idempotency_key, envelope.text, std::nullopt, system_ms(),
+                                std::span(&added, 1)};
+        if (auto existing = store.outbox_add_plan(add); !existing) {
+            return fail_benchmark(state, existing.error().to_string());
+        }
+        request.route.assign(recipient.address.is_user ? "send @" : "send ");
+        request.route += recipient.address.target;
+        if (!rate_limits.try_acquire(request)) return fail_benchmark(state, "the scheduler refused a grant");
+        message.to = recipient.address;
+        message.text = envelope.text;
+        message.idempotency_key.assign(envelope.idempotency_key).append(1, '|').append(recipient.address.to_string());
+        std::optional<Result<SentMessage>> sent;
+        sink.send(message, [&sent](Result<SentMessage> result) { sent.emplace(std::move(result)); });
+        if (!sent || !*sent) return fail_benchmark(state, "the sink did not accept a send");
+        const OutboxRecipientUpdate update{&recipient.address, OutboxState::sent, 1, (*sent)->message_id, {}};
+        const OutboxPlanUpdate updated{envelope.idempotency_key, std::span(&update, 1)};
+        if (auto recorded = store.outbox_update_plans(std::span(&updated, 1)); !recorded) {
+            return fail_benchmark(state, recorded.error().to_string());
+        }
+        DeliveryReport report;
+        RecipientOutcome& outcome = report.recipients.emplace_back();
+        outcome.name = std::move(recipient.name);
+        outcome.address = std::move(recipient.address);
+        outcome.delivered = true;
+        outcome.message_id = std::move((*sent)->message_id);
+        done(std::move(report));
+    }
+    if (!delivered_all(state, sink, reports, n, n)) return;
+    state.SetItemsProcessed(state.iterations());
+    state.counters["received"] = static_cast<double>(sink.writes);
 }
 
 // ---- inbound messages made durable, then their replies ----------------------------------------------------------
@@ -780,6 +843,7 @@ void cached_group(benchmark::State& state) {
 
 BENCHMARK(private_baseline)->Name("private/baseline")->Iterations(scaled(1'000'000))->UseRealTime();
 BENCHMARK(private_memory)->Name("private/memory")->Iterations(scaled(500'000))->UseRealTime();
+BENCHMARK(private_floor)->Name("private/floor")->Iterations(scaled(500'000))->UseRealTime();
 BENCHMARK(route_private_baseline)->Name("route/private/baseline")->Iterations(scaled(2000))->UseRealTime();
 BENCHMARK(route_private_memory)->Name("route/private/memory")->Iterations(scaled(2000))->UseRealTime();
 BENCHMARK(route_private_sqlite)->Name("route/private/sqlite")->ArgName("message_log")->Arg(1)->Arg(0)
