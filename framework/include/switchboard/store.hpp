@@ -374,8 +374,10 @@ public:
     /// is shorter), with the store's `dedup_window` setting (14 days when the store has none).
     ///
     /// A store should also forget finished outbox entries (sent, failed, withdrawn) created before @p before_ms —
-    /// an envelope retried after that long is not expected — or its outbox grows by one entry per send. It may do
-    /// so a slice per call (the sqlite store reads a few thousand outbox blocks per call).
+    /// an envelope retried after that long is not expected — or its outbox grows by one entry per send. One call
+    /// should forget all of them, but need not hold the store the whole time: the bundled stores work in slices
+    /// (sqlite: about a thousand blocks per transaction; redis: 10,000 outbox entries per script call) and let other
+    /// calls in between.
     [[nodiscard]] virtual Result<std::size_t> prune(std::int64_t before_ms) = 0;
 
     /// @brief Connection leases, if this store is shared by several hosts (nullptr: one host owns the store, and

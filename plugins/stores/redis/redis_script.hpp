@@ -231,11 +231,14 @@ if op == 'cursors' then
 end
 
 if op == 'prune' then
-  -- now, window, before: entries past the window go uncounted (they were expired already); then everything
-  -- older than before. Returns the dedup entries removed.
+  -- now, window, before, what ('all', or 'outbox' for the calls after the first): dedup entries past the window go
+  -- uncounted (they were expired already), then everything older than before. Returns the dedup entries removed,
+  -- the outbox entries removed (10,000 at most) and 1 once the backfill scan below is done: the client calls again
+  -- until fewer than 10,000 went and the scan is done, so the server serves others between bounded calls.
   local expired = '(' .. int(tonumber(ARGV[4]) - tonumber(ARGV[5]))
   local removed = 0
-  for _, pair in ipairs(redis.call('SMEMBERS', p .. 'channels')) do
+  local channels = ARGV[7] == 'all' and redis.call('SMEMBERS', p .. 'channels') or {}
+  for _, pair in ipairs(channels) do
     local seen, log = p .. 'seen:' .. pair, p .. 'log:' .. pair
     redis.call('ZREMRANGEBYSCORE', seen, '-inf', expired)
     removed = removed + redis.call('ZREMRANGEBYSCORE', seen, '-inf', '(' .. ARGV[6])
@@ -244,16 +247,41 @@ if op == 'prune' then
       redis.call('SREM', p .. 'channels', pair)
     end
   end
-  -- Finished outbox entries created before `before`, 10,000 a call at most (a script blocks the server).
   local done = p .. 'outbox-done'
-  for _, member in ipairs(redis.call('ZRANGEBYSCORE', done, '-inf', '(' .. ARGV[6], 'LIMIT', 0, 10000)) do
+  -- Entries that finished before `outbox-done` existed (a store written by an earlier release) are in no set: the
+  -- outbox's state hashes are scanned, 1,000 keys a call, and their finished entries added to it, until the scan
+  -- has seen every key once (`outbox-done-scan` then says "done"). Entries of later releases are there already (NX).
+  local scan = p .. 'outbox-done-scan'
+  local cursor = redis.call('GET', scan)
+  if cursor ~= 'done' then
+    local pattern = string.gsub(p, '[%*%?%[%]\\]', '\\%0') .. 'outbox-state:*'
+    local page = redis.call('SCAN', cursor or '0', 'MATCH', pattern, 'COUNT', 1000)
+    for _, key in ipairs(page[2]) do
+      local plan = string.sub(key, #p + 14)
+      local states = redis.call('HGETALL', key)
+      for i = 1, #states, 2 do
+        if cmsgpack.unpack(states[i + 1])[1] ~= 'pending' then
+          local content = redis.call('HGET', p .. 'outbox:' .. plan, states[i])
+          if content then
+            local newline = string.find(content, '\n', 17, true)
+            redis.call('ZADD', done, 'NX', string.sub(content, 17, newline - 1),
+                       string.sub(content, 1, 16) .. plan .. '\n' .. states[i])
+          end
+        end
+      end
+    end
+    redis.call('SET', scan, page[1] == '0' and 'done' or page[1])
+  end
+  -- Finished outbox entries created before `before`, 10,000 a call at most (a script blocks the server).
+  local old = redis.call('ZRANGEBYSCORE', done, '-inf', '(' .. ARGV[6], 'LIMIT', 0, 10000)
+  for _, member in ipairs(old) do
     local newline = string.find(member, '\n', 17, true)
     local plan, recipient = string.sub(member, 17, newline - 1), string.sub(member, newline + 1)
     redis.call('HDEL', p .. 'outbox:' .. plan, recipient)
     redis.call('HDEL', p .. 'outbox-state:' .. plan, recipient)
     redis.call('ZREM', done, member)
   end
-  return removed
+  return { removed, #old, redis.call('GET', scan) == 'done' and 1 or 0 }
 end
 
 if op == 'state' then

@@ -991,12 +991,23 @@ Result<std::vector<Message>> RedisStore::messages(const std::string& connection,
 }
 
 Result<std::size_t> RedisStore::prune(std::int64_t before_ms) {
-    Command command = impl_->script("prune");
-    command.number(now_ms()).arg(impl_->window_text).number(before_ms);
-    auto reply = impl_->run_one("pruning old entries", std::move(command));
-    if (!reply) return reply.error();
-    if ((*reply)->type != REDIS_REPLY_INTEGER) return impl_->corrupt("prune's answer");
-    return static_cast<std::size_t>((*reply)->integer);
+    // Script calls, each bounded (10,000 outbox entries, 1,000 keys of the backfill scan) so that the server serves
+    // other clients between them, until one removes fewer than 10,000 outbox entries with the backfill done.
+    constexpr long long kOutboxPerCall = 10'000;
+    std::size_t removed = 0;
+    for (bool first = true;; first = false) {
+        Command command = impl_->script("prune");
+        command.number(now_ms()).arg(impl_->window_text).number(before_ms).arg(first ? "all" : "outbox");
+        auto reply = impl_->run_one("pruning old entries", std::move(command));
+        if (!reply) return reply.error();
+        const redisReply& answer = **reply;
+        if (answer.type != REDIS_REPLY_ARRAY || answer.elements != 3) return impl_->corrupt("prune's answer");
+        for (std::size_t i = 0; i < 3; ++i) {
+            if (answer.element[i]->type != REDIS_REPLY_INTEGER) return impl_->corrupt("prune's answer");
+        }
+        removed += static_cast<std::size_t>(answer.element[0]->integer);
+        if (answer.element[1]->integer < kOutboxPerCall && answer.element[2]->integer == 1) return removed;
+    }
 }
 
 // ---- leases ---------------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <array>
 #include <cerrno>
 #include <condition_variable>
@@ -451,9 +452,6 @@ std::int64_t oldest_timestamp(std::span<const BlockTable::Record> records) {
 
 constexpr std::size_t kStateOffset = 16;
 
-// Outbox blocks one prune() reads at most (about 12 MB, some 100,000 entries): the outbox is not in age order, so
-// pruning it reads every block, a slice per call.
-constexpr std::size_t kPruneOutboxBlocks = 4096;
 
 void append_escaped(std::string& out, std::string_view text) {
     if (std::memchr(text.data(), '\x00', text.size()) == nullptr &&
@@ -783,6 +781,7 @@ struct SqliteStore::Impl {
     Impl(std::filesystem::path file, const SqliteOptions& options)
         : path(prepare_path(std::move(file))),
           message_log(options.message_log),
+          prune_slice_blocks(std::max<std::size_t>(1, options.prune_slice_blocks)),
           lock(path),
           db(open_database(path, options)) {
         outbox_sequence = read_meta(db, "outbox_seq");
@@ -835,7 +834,9 @@ struct SqliteStore::Impl {
     // Runs @p body under the connection's mutex; SQLite exceptions never leave the store.
     template <class Body>
     auto guarded(std::string_view what, Body&& body) -> decltype(body()) {
+        waiting.fetch_add(1, std::memory_order_relaxed);
         std::lock_guard guard(mutex);
+        waiting.fetch_sub(1, std::memory_order_relaxed);
         try {
             return body();
         } catch (const SQLite::Exception& e) {
@@ -1153,13 +1154,13 @@ struct SqliteStore::Impl {
 
     const std::filesystem::path path;
     const bool message_log;
+    const std::size_t prune_slice_blocks;
     LockFile lock;
     SQLite::Database db;  // declared after the lock: the connection closes before the lock is released
     Checkpointer checkpointer{path, db.getHandle()};  // stops before the connection closes
 
     BlockTable ledger = ledger_table(db);
     BlockTable outbox = outbox_table(db);
-    std::int64_t outbox_pruned_to = 0;  // the last outbox block the last prune() read (0: start over)
     BlockTable log = log_table(db);
     SQLite::Statement begin{db, "BEGIN IMMEDIATE"};
     SQLite::Statement begin_read{db, "BEGIN"};
@@ -1195,6 +1196,7 @@ struct SqliteStore::Impl {
     static constexpr std::size_t kMaxCachedChannels = 65536;
 
     std::mutex mutex;
+    std::atomic<int> waiting{0};  // calls waiting for `mutex`: a long task working in slices lets them go first
     std::unordered_map<std::string, std::int64_t> channel_ids;  // connection NUL channel -> channels.id (a cache)
     std::int64_t outbox_sequence = 0;                           // store_meta.outbox_seq
     std::int64_t log_sequence = 0;                              // store_meta.log_seq
@@ -1554,31 +1556,52 @@ Result<std::vector<Message>> SqliteStore::messages(const std::string& connection
 }
 
 Result<std::size_t> SqliteStore::prune(std::int64_t before_ms) {
-    return impl_->guarded("pruning old entries", [&]() -> Result<std::size_t> {
-        Impl& s = *impl_;
-        Impl::fresh(s.begin).exec();
-        const std::size_t removed =
-            s.ledger
-                .remove_if(before_ms,
-                           [&](const BlockTable::Record& record) { return get_fixed64(record.value) < before_ms; })
-                .removed;
-        s.log.remove_if(before_ms,
-                        [&](const BlockTable::Record& record) { return log_timestamp(record.key) < before_ms; });
-        // Finished outbox entries (sent, failed, withdrawn) created before the bound. The outbox's blocks are in plan
-        // id order, not by age, so every block has to be read: a slice of kPruneOutboxBlocks per call, from where the
-        // last one stopped, starting over after the last block.
-        const BlockTable::Removal outbox = s.outbox.remove_if(
-            std::numeric_limits<std::int64_t>::max(),
-            [&](const BlockTable::Record& record) {
-                return record.value.size() > kStateOffset &&
-                       record.value[kStateOffset] != state_byte(OutboxState::pending) &&
-                       get_fixed64(record.value.substr(8, 8)) < before_ms;
-            },
-            s.outbox_pruned_to, kPruneOutboxBlocks);
-        Impl::fresh(s.commit).exec();
-        s.outbox_pruned_to = outbox.complete ? 0 : outbox.last_id;
-        return removed;
-    });
+    // Each table in slices of prune_slice_blocks blocks, each slice a transaction of its own under the store's lock,
+    // letting other calls (a live connection's commits) in between, until the slice that reaches its last block.
+    const auto in_slices = [&](BlockTable& table, std::int64_t bound,
+                               const std::function<bool(const BlockTable::Record&)>& remove,
+                               std::string_view what) -> Result<std::size_t> {
+        std::size_t removed = 0;
+        for (std::int64_t after = 0;;) {
+            auto slice = impl_->guarded(what, [&]() -> Result<BlockTable::Removal> {
+                Impl::fresh(impl_->begin).exec();
+                const BlockTable::Removal removal = table.remove_if(bound, remove, after, impl_->prune_slice_blocks);
+                Impl::fresh(impl_->commit).exec();
+                return removal;
+            });
+            if (!slice) return slice.error();
+            removed += slice->removed;
+            if (slice->complete) return removed;
+            after = slice->last_id;
+            // Calls waiting for the store go first (a mutex is not fair: this thread would take it again at once);
+            // at most some 10 ms, for a store that never goes quiet.
+            for (int rounds = 0; impl_->waiting.load(std::memory_order_relaxed) > 0 && rounds < 100; ++rounds) {
+                std::this_thread::sleep_for(std::chrono::microseconds(100));
+            }
+        }
+    };
+    auto removed = in_slices(
+        impl_->ledger, before_ms,
+        [&](const BlockTable::Record& record) { return get_fixed64(record.value) < before_ms; },
+        "pruning the dedup ledger");
+    if (!removed) return removed;
+    auto logged = in_slices(
+        impl_->log, before_ms,
+        [&](const BlockTable::Record& record) { return log_timestamp(record.key) < before_ms; },
+        "pruning the message log");
+    if (!logged) return logged.error();
+    // Finished outbox entries (sent, failed, withdrawn) created before the bound. The outbox's blocks are in plan id
+    // order, not by age, and their summary counts pending entries: every block is read.
+    auto finished = in_slices(
+        impl_->outbox, std::numeric_limits<std::int64_t>::max(),
+        [&](const BlockTable::Record& record) {
+            return record.value.size() > kStateOffset &&
+                   record.value[kStateOffset] != state_byte(OutboxState::pending) &&
+                   get_fixed64(record.value.substr(8, 8)) < before_ms;
+        },
+        "pruning finished outbox entries");
+    if (!finished) return finished.error();
+    return removed;
 }
 
 }  // namespace switchboard::stores

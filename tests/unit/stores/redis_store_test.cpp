@@ -392,3 +392,44 @@ TEST_CASE("names with colons, percent signs and newlines stay apart in the key l
     CHECK(all[2].connection == "x:a");
     CHECK(server.command({"EXISTS", "switchboard:seen:x:a%3Ab"}) == "1");
 }
+
+TEST_CASE("one prune forgets more finished outbox entries than one script call may, those an earlier release left "
+          "outside outbox-done included, and keeps pending ones",
+          "[redis]") {
+    RedisServer server;
+    start(server);
+    RedisStore store(server.url());
+    // 24,000 entries of 2,400 plans (ten recipients each), all sent but one plan's.
+    std::vector<OutboxEntry> entries;
+    for (int plan = 0; plan < 2400; ++plan) {
+        for (int r = 0; r < 10; ++r) {
+            entries.push_back(outbox_entry("plan-" + std::to_string(plan), "#room-" + std::to_string(r), 100));
+        }
+    }
+    ok(store.outbox_add(entries));
+    for (OutboxEntry& entry : entries) {
+        if (entry.plan_id != "plan-7") entry.state = OutboxState::sent;
+    }
+    ok(store.outbox_update(entries));
+    CHECK(server.command({"ZCARD", "switchboard:outbox-done"}) == "23990");
+    // What a store of the release before outbox-done holds: finished entries in no set.
+    REQUIRE(server.command({"DEL", "switchboard:outbox-done", "switchboard:outbox-done-scan"}) == "1");
+
+    ok(store.prune(200));
+    CHECK(server.command({"GET", "switchboard:outbox-done-scan"}) == "done");
+    CHECK(server.command({"ZCARD", "switchboard:outbox-done"}) == "0");
+    CHECK(ok(store.outbox_plan("plan-1")).empty());
+    CHECK(ok(store.outbox_plan("plan-2399")).empty());
+    CHECK(ok(store.outbox_plan("plan-7")).size() == 10);
+    CHECK(ok(store.outbox_pending()).size() == 10);
+    CHECK(server.command({"EXISTS", "switchboard:outbox:plan-1", "switchboard:outbox-state:plan-1"}) == "0");
+
+    // Later finished entries go through outbox-done as before: a second prune forgets them.
+    for (OutboxEntry& entry : entries) {
+        if (entry.plan_id == "plan-7") entry.state = OutboxState::failed;
+    }
+    ok(store.outbox_update(std::span(entries).subspan(70, 10)));
+    ok(store.prune(200));
+    CHECK(ok(store.outbox_plan("plan-7")).empty());
+    CHECK(ok(store.outbox_pending()).empty());
+}

@@ -688,3 +688,30 @@ TEST_CASE("the sqlite store holds no read transaction between calls, so another 
         CHECK(ok(store.cursor("irc", "#ops")) == Cursor{"m2", 2});
     }
 }
+
+TEST_CASE("one prune forgets every finished outbox entry however many slices the outbox takes, and keeps pending ones",
+          "[store][sqlite]") {
+    TempDir dir;
+    stores::SqliteOptions options;
+    options.prune_slice_blocks = 2;  // some 40 blocks: about 20 slices
+    SqliteStore store(dir / "store.db", options);
+    std::vector<OutboxEntry> entries;
+    for (int i = 0; i < 1500; ++i) {
+        OutboxEntry entry = outbox_entry("plan-" + std::to_string(100000 + i), "#ops", 100);
+        entry.text = "reply number " + std::to_string(i);
+        entries.push_back(std::move(entry));
+    }
+    ok(store.outbox_add(entries));
+    for (std::size_t i = 0; i < entries.size(); ++i) {
+        if (i % 100 != 7) entries[i].state = OutboxState::sent;  // 15 stay pending
+    }
+    ok(store.outbox_update(entries));
+    SQLite::Database db((dir / "store.db").string(), SQLite::OPEN_READONLY);
+    REQUIRE(db.execAndGet("SELECT count(*) FROM outbox_blocks").getInt64() > 20);
+
+    ok(store.prune(200));
+    CHECK(db.execAndGet("SELECT sum(count) FROM outbox_blocks").getInt64() == 15);
+    const auto pending = ok(store.outbox_pending());
+    REQUIRE(pending.size() == 15);
+    for (const OutboxEntry& entry : pending) CHECK(entry.state == OutboxState::pending);
+}
