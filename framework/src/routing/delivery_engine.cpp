@@ -341,6 +341,18 @@ struct InlineSend {
 
 inline thread_local InlineSend* t_inline_send = nullptr;
 
+// Recipients of one plan still pending, with the plan's message once: what resume() and retry_parked() send again.
+struct PendingPlan {
+    struct Recipient {
+        Address address;
+        std::int32_t attempts = 0;  // the outbox entry's count
+    };
+    std::string plan_id;
+    std::string text;
+    std::optional<std::string> reply_to;
+    std::vector<Recipient> recipients;
+};
+
 class Core : public std::enable_shared_from_this<Core> {
 public:
     Core(Store& store, const Directory& directory, asio::io_context& io, StoreExecutor store_executor, Logger& logger,
@@ -505,14 +517,7 @@ public:
         return plan;
     }
 
-    void resume(std::vector<OutboxEntry> pending) {
-        std::vector<boost::intrusive_ptr<Plan>> plans;
-        {
-            WriteScopeGuard writes(*this, kRoundLimit);
-            plans = resume_plans(pending);
-        }
-        for (const auto& plan : plans) arm_deadline(*plan);
-    }
+    void resume(std::vector<OutboxEntry> pending) { resume_all(by_plan(pending)); }
 
     void retry_parked(const std::string& connection) {
         {
@@ -521,26 +526,40 @@ public:
             std::lock_guard lock(lanes_mutex_);
             if (find_lane_locked(connection) == nullptr) return;
         }
-        std::vector<OutboxEntry> entries;
+        std::vector<PendingPlan> plans;
+        std::size_t count = 0;
         {
             std::lock_guard lock(parked_mutex_);
             for (auto it = parked_.begin(); it != parked_.end();) {
-                std::vector<OutboxEntry>& left = it->second;
-                const auto mine = std::stable_partition(left.begin(), left.end(), [&](const OutboxEntry& entry) {
-                    return entry.recipient.connection != connection;
-                });
-                std::move(mine, left.end(), std::back_inserter(entries));
-                left.erase(mine, left.end());
-                it = left.empty() ? parked_.erase(it) : std::next(it);
+                PendingPlan& left = it->second;
+                const auto mine = std::stable_partition(
+                    left.recipients.begin(), left.recipients.end(),
+                    [&](const PendingPlan::Recipient& recipient) { return recipient.address.connection != connection; });
+                const auto taken = static_cast<std::size_t>(left.recipients.end() - mine);
+                count += taken;
+                if (taken == left.recipients.size()) {
+                    plans.push_back(std::move(left));
+                    it = parked_.erase(it);
+                    continue;
+                }
+                if (taken > 0) {
+                    PendingPlan& plan = plans.emplace_back();
+                    plan.plan_id = left.plan_id;
+                    plan.text = left.text;
+                    plan.reply_to = left.reply_to;
+                    plan.recipients.assign(std::make_move_iterator(mine), std::make_move_iterator(left.recipients.end()));
+                    left.recipients.erase(mine, left.recipients.end());
+                }
+                ++it;
             }
-            parked_entries_ -= entries.size();
+            parked_entries_ -= count;
             parked_plans_.store(parked_.size(), std::memory_order_relaxed);
         }
-        if (entries.empty()) return;
-        logger_.info("delivery: '" + connection + "' is back; sending again " + std::to_string(entries.size()) +
+        if (plans.empty()) return;
+        logger_.info("delivery: '" + connection + "' is back; sending again " + std::to_string(count) +
                          " recipient(s) that plans left pending while it was not",
                      LogFields{connection, {}, {}});
-        resume(std::move(entries));
+        resume_all(std::move(plans));
     }
 
     [[nodiscard]] std::size_t parked() const {
@@ -548,53 +567,72 @@ public:
         return parked_entries_;
     }
 
-    std::vector<boost::intrusive_ptr<Plan>> resume_plans(std::vector<OutboxEntry>& pending) {
-        // One plan per (plan id, text, reply_to): entries of one plan normally share the message.
-        std::map<std::tuple<std::string_view, std::string_view, std::optional<std::string_view>>, std::size_t> by_plan;
-        std::vector<std::vector<OutboxEntry*>> groups;
+    // @p pending grouped into plans, one per (plan id, text, reply_to): entries of one plan normally share the
+    // message. The addresses move out of @p pending.
+    static std::vector<PendingPlan> by_plan(std::vector<OutboxEntry>& pending) {
+        std::map<std::tuple<std::string_view, std::string_view, std::optional<std::string_view>>, std::size_t> index;
+        std::vector<PendingPlan> plans;
         for (OutboxEntry& entry : pending) {
             std::optional<std::string_view> reply;
             if (entry.reply_to) reply = *entry.reply_to;
-            auto [it, inserted] = by_plan.try_emplace({entry.plan_id, entry.text, reply}, groups.size());
-            if (inserted) groups.emplace_back();
-            groups[it->second].push_back(&entry);
-        }
-        std::vector<boost::intrusive_ptr<Plan>> plans;
-        plans.reserve(groups.size());
-        for (const std::vector<OutboxEntry*>& group : groups) {
-            const std::int64_t now = clock_();
-            boost::intrusive_ptr<Plan> plan(new_plan(shared_from_this()));
-            plans.push_back(plan);
-            active_.fetch_add(1, std::memory_order_relaxed);
-            Plan& p = *plan;
-            p.serial = next_serial_.fetch_add(1, std::memory_order_relaxed) + 1;
-            p.plan_id = group.front()->plan_id;
-            unpark(p.plan_id);
-            p.text = group.front()->text;
-            p.reply_to = group.front()->reply_to;
-            p.created_ms = now;
-            if (options_.on_report) p.started = SteadyClock::now();  // only the observer hears the elapsed time
-            p.deadline_ms = now + kFallbackDeadlineMs;
-            p.batch_size = batch_size(0);
-            p.done = [&logger = logger_, plan_id = p.plan_id](DeliveryReport report) {
-                log_resumed(logger, plan_id, report);
-            };
-            p.out.resize(group.size());
-            p.slots.resize(group.size());
-            {
-                std::lock_guard lock(lanes_mutex_);
-                for (std::size_t i = 0; i < group.size(); ++i) {
-                    p.out[i].name = group[i]->recipient.to_string();
-                    p.out[i].address = std::move(group[i]->recipient);
-                    p.slots[i].stored_attempts = group[i]->attempts;
-                    p.slots[i].lane = find_lane_locked(p.out[i].address.connection);
-                }
+            auto [it, inserted] = index.try_emplace({entry.plan_id, entry.text, reply}, plans.size());
+            if (inserted) {
+                PendingPlan& plan = plans.emplace_back();
+                plan.plan_id = entry.plan_id;  // copies: the index's keys look into the entries
+                plan.text = entry.text;
+                plan.reply_to = entry.reply_to;
             }
-            // No reachability check: at start-up the connections are still connecting. A connector that is not
-            // ready answers retryable, and the engine retries.
-            start(p, true, false, now);
+            plans[it->second].recipients.push_back(PendingPlan::Recipient{std::move(entry.recipient), entry.attempts});
         }
         return plans;
+    }
+
+    // Sends each of @p plans' recipients once, as best-effort plans due in 30 s whose reports are logged, their
+    // outbox writes grouped.
+    void resume_all(std::vector<PendingPlan> plans) {
+        std::vector<boost::intrusive_ptr<Plan>> started;
+        started.reserve(plans.size());
+        {
+            WriteScopeGuard writes(*this, kRoundLimit);
+            for (PendingPlan& plan : plans) started.push_back(resume_plan(plan));
+        }
+        for (const auto& plan : started) arm_deadline(*plan);
+    }
+
+    boost::intrusive_ptr<Plan> resume_plan(PendingPlan& pending) {
+        const std::int64_t now = clock_();
+        boost::intrusive_ptr<Plan> plan(new_plan(shared_from_this()));
+        active_.fetch_add(1, std::memory_order_relaxed);
+        Plan& p = *plan;
+        p.serial = next_serial_.fetch_add(1, std::memory_order_relaxed) + 1;
+        p.plan_id = std::move(pending.plan_id);
+        unpark(p.plan_id);
+        p.text = std::move(pending.text);
+        p.reply_to = std::move(pending.reply_to);
+        p.created_ms = now;
+        if (options_.on_report) p.started = SteadyClock::now();  // only the observer hears the elapsed time
+        p.deadline_ms = now + kFallbackDeadlineMs;
+        p.batch_size = batch_size(0);
+        p.done = [&logger = logger_, plan_id = p.plan_id](DeliveryReport report) {
+            log_resumed(logger, plan_id, report);
+        };
+        const std::size_t n = pending.recipients.size();
+        p.out.resize(n);
+        p.slots.resize(n);
+        {
+            std::lock_guard lock(lanes_mutex_);
+            for (std::size_t i = 0; i < n; ++i) {
+                PendingPlan::Recipient& recipient = pending.recipients[i];
+                p.out[i].name = recipient.address.to_string();
+                p.out[i].address = std::move(recipient.address);
+                p.slots[i].stored_attempts = recipient.attempts;
+                p.slots[i].lane = find_lane_locked(p.out[i].address.connection);
+            }
+        }
+        // No reachability check: at start-up the connections are still connecting. A connector that is not ready
+        // answers retryable, and the engine retries.
+        start(p, true, false, now);
+        return plan;
     }
 
     bool wait_idle(std::chrono::milliseconds timeout) {
@@ -1196,31 +1234,28 @@ private:
         };
         // The common case: nothing to keep. A plan whose entries the outbox refused has nothing to resend from.
         if (p.unrecorded || std::none_of(p.slots.begin(), p.slots.end(), waits)) return;
-        std::vector<OutboxEntry> left;
+        PendingPlan left;  // the message once, however many recipients wait
+        left.plan_id = p.plan_id;
+        left.text = p.text;
+        left.reply_to = p.reply_to;
+        const std::string* code = nullptr;  // the first one's, for the log
         for (std::size_t i = 0; i < p.slots.size(); ++i) {
             if (!waits(p.slots[i])) continue;
-            OutboxEntry& entry = left.emplace_back();
-            entry.plan_id = p.plan_id;
-            entry.recipient = p.out[i].address;
-            entry.text = p.text;
-            entry.reply_to = p.reply_to;
-            entry.attempts = p.slots[i].stored_attempts;
-            entry.error = p.out[i].error_code;
-            entry.created_ms = p.created_ms;
+            left.recipients.push_back(PendingPlan::Recipient{p.out[i].address, p.slots[i].stored_attempts});
+            if (code == nullptr) code = &p.out[i].error_code;
         }
-        if (left.empty()) return;
         std::lock_guard lock(parked_mutex_);
-        if (parked_entries_ + left.size() > kMaxParked) {
-            logger_.warn("delivery: " + std::to_string(left.size()) + " recipient(s) of plan '" + p.plan_id +
-                         "' stay pending in the outbox until the next start (" + std::to_string(parked_entries_) +
-                         " already wait for their connection)");
+        if (parked_entries_ + left.recipients.size() > kMaxParked) {
+            logger_.warn("delivery: " + std::to_string(left.recipients.size()) + " recipient(s) of plan '" +
+                         p.plan_id + "' stay pending in the outbox until the next start (" +
+                         std::to_string(parked_entries_) + " already wait for their connection)");
             return;
         }
-        logger_.info("delivery: " + std::to_string(left.size()) + " recipient(s) of plan '" + p.plan_id +
-                         "' left pending (" + left.front().error + "); they go out again when their connection is back",
-                     LogFields{left.front().recipient.connection, {}, {}});
-        std::vector<OutboxEntry>& parked = parked_[p.plan_id];  // a later run of a plan replaces what an earlier left
-        parked_entries_ = parked_entries_ - parked.size() + left.size();
+        logger_.info("delivery: " + std::to_string(left.recipients.size()) + " recipient(s) of plan '" + p.plan_id +
+                         "' left pending (" + *code + "); they go out again when their connection is back",
+                     LogFields{left.recipients.front().address.connection, {}, {}});
+        PendingPlan& parked = parked_[p.plan_id];  // a later run of a plan replaces what an earlier left
+        parked_entries_ = parked_entries_ - parked.recipients.size() + left.recipients.size();
         parked = std::move(left);
         parked_plans_.store(parked_.size(), std::memory_order_relaxed);
     }
@@ -1231,7 +1266,7 @@ private:
         std::lock_guard lock(parked_mutex_);
         const auto it = parked_.find(plan_id);
         if (it == parked_.end()) return;
-        parked_entries_ -= it->second.size();
+        parked_entries_ -= it->second.recipients.size();
         parked_.erase(it);
         parked_plans_.store(parked_.size(), std::memory_order_relaxed);
     }
@@ -1846,7 +1881,7 @@ private:
 
     // What plans left pending, by plan id, for retry_parked() (see park_locked()).
     mutable std::mutex parked_mutex_;
-    std::map<std::string, std::vector<OutboxEntry>, std::less<>> parked_;
+    std::map<std::string, PendingPlan, std::less<>> parked_;
     std::size_t parked_entries_ = 0;
     std::atomic<std::size_t> parked_plans_{0};  // parked_.size(), read without the lock by every launch
 
