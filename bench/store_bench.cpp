@@ -20,6 +20,7 @@
 // marked with an error and the program exits 1. SWITCHBOARD_BENCH_SCALE (default 1) scales the fixed iteration
 // counts; ctest runs everything at 0.01 as a smoke test.
 
+#include <SQLiteCpp/SQLiteCpp.h>
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -27,8 +28,8 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
-#include <limits>
 #include <filesystem>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <sstream>
@@ -36,13 +37,11 @@
 #include <thread>
 #include <vector>
 
-#include <SQLiteCpp/SQLiteCpp.h>
-
 #include "memory_store.hpp"
-#include "sqlite_version1.hpp"
 #include "redis_server.hpp"
 #include "redis_store.hpp"
 #include "sqlite_store.hpp"
+#include "sqlite_version1.hpp"
 #include "test_support.hpp"
 
 namespace {
@@ -274,8 +273,8 @@ void prune_sqlite(benchmark::State& state) {
             live.message.timestamp_ms = bound + k;
             const auto start = std::chrono::steady_clock::now();
             if (!store.commit(std::span(&live, 1))) return;
-            longest_commit = std::max(
-                longest_commit, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+            longest_commit = std::max(longest_commit,
+                                      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
             ++commits;
         }
     });
@@ -312,18 +311,19 @@ void migrate_sqlite(benchmark::State& state) {
             SQLite::Transaction fill(db);
             const std::string rows = "WITH RECURSIVE seq(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM seq WHERE n < " +
                                      std::to_string(messages - 1) + ") ";
+            const std::string text = "'" + kText + "'";
             db.exec(rows +
                     "INSERT INTO dedup SELECT 'bench', 'c' || (n % 8), '1250000000000' || n, 1700000000000 + n "
                     "FROM seq");
-            db.exec(rows +
-                    "INSERT INTO messages SELECT 'bench', 'c' || (n % 8), '1250000000000' || n, 'u' || (n % 1000), "
-                    "'user ' || (n % 1000), 0, '" + kText + "', 1700000000000 + n, 'group', NULL, 0, '' FROM seq");
-            db.exec(rows +
-                    "INSERT INTO outbox SELECT 'bench/c' || (n % 8) || '/1250000000000' || n || '#echo.0', "
-                    "'bench/c' || (n % 8), 'echo: " + kText + "', '1250000000000' || n, 'sent', '', 1, '', "
-                    "1700000000000 + n FROM seq");
-            db.exec("INSERT INTO cursors SELECT 'bench', 'c' || k, '1250000000000' || k, 1700000000000 FROM "
-                    "(WITH RECURSIVE ks(k) AS (SELECT 0 UNION ALL SELECT k + 1 FROM ks WHERE k < 7) SELECT k FROM ks)");
+            db.exec(rows + "INSERT INTO messages SELECT 'bench', 'c' || (n % 8), '1250000000000' || n, " +
+                    "'u' || (n % 1000), 'user ' || (n % 1000), 0, " + text +
+                    ", 1700000000000 + n, 'group', NULL, 0, '' FROM seq");
+            db.exec(rows + "INSERT INTO outbox SELECT 'bench/c' || (n % 8) || '/1250000000000' || n || '#echo.0', " +
+                    "'bench/c' || (n % 8), 'echo: ' || " + text +
+                    ", '1250000000000' || n, 'sent', '', 1, '', 1700000000000 + n FROM seq");
+            db.exec(
+                "WITH RECURSIVE ks(k) AS (SELECT 0 UNION ALL SELECT k + 1 FROM ks WHERE k < 7) "
+                "INSERT INTO cursors SELECT 'bench', 'c' || k, '1250000000000' || k, 1700000000000 FROM ks");
             fill.commit();
         }
         state.ResumeTiming();

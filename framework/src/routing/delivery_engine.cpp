@@ -532,9 +532,10 @@ public:
             std::lock_guard lock(parked_mutex_);
             for (auto it = parked_.begin(); it != parked_.end();) {
                 PendingPlan& left = it->second;
-                const auto mine = std::stable_partition(
-                    left.recipients.begin(), left.recipients.end(),
-                    [&](const PendingPlan::Recipient& recipient) { return recipient.address.connection != connection; });
+                const auto mine = std::stable_partition(left.recipients.begin(), left.recipients.end(),
+                                                        [&](const PendingPlan::Recipient& recipient) {
+                                                            return recipient.address.connection != connection;
+                                                        });
                 const auto taken = static_cast<std::size_t>(left.recipients.end() - mine);
                 count += taken;
                 if (taken == left.recipients.size()) {
@@ -547,7 +548,8 @@ public:
                     plan.plan_id = left.plan_id;
                     plan.text = left.text;
                     plan.reply_to = left.reply_to;
-                    plan.recipients.assign(std::make_move_iterator(mine), std::make_move_iterator(left.recipients.end()));
+                    plan.recipients.assign(std::make_move_iterator(mine),
+                                           std::make_move_iterator(left.recipients.end()));
                     left.recipients.erase(mine, left.recipients.end());
                 }
                 ++it;
@@ -1246,9 +1248,9 @@ private:
         }
         std::lock_guard lock(parked_mutex_);
         if (parked_entries_ + left.recipients.size() > kMaxParked) {
-            logger_.warn("delivery: " + std::to_string(left.recipients.size()) + " recipient(s) of plan '" +
-                         p.plan_id + "' stay pending in the outbox until the next start (" +
-                         std::to_string(parked_entries_) + " already wait for their connection)");
+            logger_.warn("delivery: " + std::to_string(left.recipients.size()) + " recipient(s) of plan '" + p.plan_id +
+                         "' stay pending in the outbox until the next start (" + std::to_string(parked_entries_) +
+                         " already wait for their connection)");
             return;
         }
         logger_.info("delivery: " + std::to_string(left.recipients.size()) + " recipient(s) of plan '" + p.plan_id +

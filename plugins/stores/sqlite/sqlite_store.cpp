@@ -30,8 +30,8 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <array>
+#include <atomic>
 #include <cerrno>
 #include <condition_variable>
 #include <cstring>
@@ -451,7 +451,6 @@ std::int64_t oldest_timestamp(std::span<const BlockTable::Record> records) {
 // (a flag byte, then the text if set), sent message id and error, each with its length.
 
 constexpr std::size_t kStateOffset = 16;
-
 
 void append_escaped(std::string& out, std::string_view text) {
     if (std::memchr(text.data(), '\x00', text.size()) == nullptr &&
@@ -1586,8 +1585,7 @@ Result<std::size_t> SqliteStore::prune(std::int64_t before_ms) {
         "pruning the dedup ledger");
     if (!removed) return removed;
     auto logged = in_slices(
-        impl_->log, before_ms,
-        [&](const BlockTable::Record& record) { return log_timestamp(record.key) < before_ms; },
+        impl_->log, before_ms, [&](const BlockTable::Record& record) { return log_timestamp(record.key) < before_ms; },
         "pruning the message log");
     if (!logged) return logged.error();
     // Finished outbox entries (sent, failed, withdrawn) created before the bound. The outbox's blocks are in plan id

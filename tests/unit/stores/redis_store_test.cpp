@@ -393,9 +393,10 @@ TEST_CASE("names with colons, percent signs and newlines stay apart in the key l
     CHECK(server.command({"EXISTS", "switchboard:seen:x:a%3Ab"}) == "1");
 }
 
-TEST_CASE("one prune forgets more finished outbox entries than one script call may, those an earlier release left "
-          "outside outbox-done included, and keeps pending ones",
-          "[redis]") {
+TEST_CASE(
+    "one prune forgets more finished outbox entries than one script call may, those an earlier release left "
+    "outside outbox-done included, and keeps pending ones",
+    "[redis]") {
     RedisServer server;
     start(server);
     RedisStore store(server.url());

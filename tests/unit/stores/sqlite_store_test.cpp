@@ -664,7 +664,10 @@ TEST_CASE("the sqlite store holds no read transaction between calls, so another 
           "[store][sqlite]") {
     TempDir dir;
     const std::vector<std::pair<std::string, std::function<void(SqliteStore&)>>> reads{
-        {"is_processed", [](SqliteStore& s) { ok(s.is_processed({"irc", "#ops", "m1"})); }},
+        {"is_processed",
+         [](SqliteStore& s) {
+             ok(s.is_processed({"irc", "#ops", "m1"}));
+         }},
         {"are_processed", [](SqliteStore& s) { ok(s.are_processed(std::vector{make_message("#ops", "m1", 1)})); }},
         {"cursor", [](SqliteStore& s) { ok(s.cursor("irc", "#ops")); }},
         {"cursors", [](SqliteStore& s) { ok(s.cursors("irc")); }},
@@ -678,8 +681,8 @@ TEST_CASE("the sqlite store holds no read transaction between calls, so another 
         INFO("after " << name);
         const auto path = dir / (name + ".db");
         SqliteStore store(path);
-        ok(store.commit(std::vector{processed(make_message("#ops", "m1", 1), {{"echo", "k", "v"}},
-                                              {outbox_entry("plan-1", "#ops", 1)})}));
+        ok(store.commit(std::vector{
+            processed(make_message("#ops", "m1", 1), {{"echo", "k", "v"}}, {outbox_entry("plan-1", "#ops", 1)})}));
         ok(store.put_connection_state("irc", "resume", "r"));
         read(store);  // each of these finds something
         SQLite::Database other(path.string(), SQLite::OPEN_READWRITE);
