@@ -472,19 +472,28 @@ public:
         for (const auto& plan : plans) arm_deadline(*plan);
     }
 
-    // Starts a plan, moving what it keeps out of @p delivery and @p done; the caller arms its deadline.
-    boost::intrusive_ptr<Plan> launch(PlannedDelivery& delivery, bool persisted, ReportCallback& done) {
-        const std::int64_t now = clock_();
+    // A new plan of this engine, counted in progress, with the message moved in from @p plan_id, @p text and
+    // @p reply_to; it takes over what an earlier run of the same id left parked.
+    boost::intrusive_ptr<Plan> make_plan(std::string& plan_id, std::string& text, std::optional<std::string>& reply_to,
+                                         std::int64_t now) {
         boost::intrusive_ptr<Plan> plan(new_plan(shared_from_this()));
         active_.fetch_add(1, std::memory_order_relaxed);
         Plan& p = *plan;
         p.serial = next_serial_.fetch_add(1, std::memory_order_relaxed) + 1;
-        p.plan_id = std::move(delivery.plan_id);
+        p.plan_id = std::move(plan_id);
         unpark(p.plan_id);
-        p.text = std::move(delivery.text);
-        p.reply_to = std::move(delivery.reply_to);
+        p.text = std::move(text);
+        p.reply_to = std::move(reply_to);
         p.created_ms = now;
         if (options_.on_report) p.started = SteadyClock::now();  // only the observer hears the elapsed time
+        return plan;
+    }
+
+    // Starts a plan, moving what it keeps out of @p delivery and @p done; the caller arms its deadline.
+    boost::intrusive_ptr<Plan> launch(PlannedDelivery& delivery, bool persisted, ReportCallback& done) {
+        const std::int64_t now = clock_();
+        boost::intrusive_ptr<Plan> plan = make_plan(delivery.plan_id, delivery.text, delivery.reply_to, now);
+        Plan& p = *plan;
         p.deadline_ms = delivery.deadline_ms != 0 ? delivery.deadline_ms : now + kFallbackDeadlineMs;
         p.batch_size = batch_size(delivery.plan.batch_size);
         p.mode = delivery.plan.mode;
@@ -603,16 +612,8 @@ public:
 
     boost::intrusive_ptr<Plan> resume_plan(PendingPlan& pending) {
         const std::int64_t now = clock_();
-        boost::intrusive_ptr<Plan> plan(new_plan(shared_from_this()));
-        active_.fetch_add(1, std::memory_order_relaxed);
+        boost::intrusive_ptr<Plan> plan = make_plan(pending.plan_id, pending.text, pending.reply_to, now);
         Plan& p = *plan;
-        p.serial = next_serial_.fetch_add(1, std::memory_order_relaxed) + 1;
-        p.plan_id = std::move(pending.plan_id);
-        unpark(p.plan_id);
-        p.text = std::move(pending.text);
-        p.reply_to = std::move(pending.reply_to);
-        p.created_ms = now;
-        if (options_.on_report) p.started = SteadyClock::now();  // only the observer hears the elapsed time
         p.deadline_ms = now + kFallbackDeadlineMs;
         p.batch_size = batch_size(0);
         p.done = [&logger = logger_, plan_id = p.plan_id](DeliveryReport report) {
