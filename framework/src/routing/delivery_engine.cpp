@@ -230,6 +230,7 @@ struct Plan {
     bool waiting_for_tasks = false;  // the final flush is done; finalize when the other store tasks are
     bool deadline_hit = false;
     bool unrecorded = false;                 // the outbox refused its entries: nothing of it may be sent later
+    bool late_expected = false;              // reported with sends in flight: see expect_late_locked()
     bool reported = false;                   // the report was built (done() is called right after, once)
     std::atomic<bool> reported_flag{false};  // `reported`, readable without the lock
     bool idle = false;                       // no work left; counted out of the engine's active plans
@@ -564,7 +565,7 @@ public:
                 ++it;
             }
             parked_entries_ -= count;
-            parked_plans_.store(parked_.size(), std::memory_order_relaxed);
+            count_parked_ids();
         }
         if (plans.empty()) return;
         logger_.info("delivery: '" + connection + "' is back; sending again " + std::to_string(count) +
@@ -1182,7 +1183,9 @@ private:
         }
         p.dirty.push_back(index);
         if (p.reported) {
-            // In flight when the deadline report went out: recorded, the report stands.
+            // In flight when the deadline report went out: recorded, the report stands. Still retryable, it waits for
+            // its connection like the recipients the report left pending.
+            if (slot.outcome == Outcome::retryable && p.late_expected) park_late_locked(p, index);
             request_flush_locked(p, actions);
             check_idle_locked(p, actions);
             return;
@@ -1219,6 +1222,7 @@ private:
 
     void report_locked(Plan& p, Actions& actions) {
         park_locked(p);
+        if (p.in_flight > 0 && !p.unrecorded) expect_late_locked(p);
         p.reported = true;
         p.reported_flag.store(true, std::memory_order_release);
         if (p.deadline_timer) p.deadline_timer->cancel();
@@ -1229,8 +1233,8 @@ private:
     }
 
     // Keeps what the report leaves pending — recipients still retryable when their attempts ran out, or cut by the
-    // deadline before they were sent — for retry_parked(). In flight at the deadline is not kept: its late result
-    // decides. Lock order: a plan's lock, then parked_mutex_.
+    // deadline before they were sent — for retry_parked(). Those in flight at the deadline are kept if their late
+    // result is retryable (park_late_locked()). Lock order: a plan's lock, then parked_mutex_.
     void park_locked(const Plan& p) {
         const auto waits = [](const Slot& slot) {
             return slot.outcome == Outcome::retryable || slot.outcome == Outcome::cut;
@@ -1260,19 +1264,68 @@ private:
         PendingPlan& parked = parked_[p.plan_id];  // a later run of a plan replaces what an earlier left
         parked_entries_ = parked_entries_ - parked.recipients.size() + left.recipients.size();
         parked = std::move(left);
-        parked_plans_.store(parked_.size(), std::memory_order_relaxed);
+        count_parked_ids();
     }
 
-    // A plan runs (again) under @p plan_id: it takes over what an earlier run left parked.
-    void unpark(const std::string& plan_id) {
-        if (parked_plans_.load(std::memory_order_relaxed) == 0) return;  // the common case: one atomic load
+    // @p p reports with sends still in flight: their late results, if retryable, are parked as its report's own
+    // pending recipients are — unless a newer run of the same plan id starts first (unpark() forgets the expectation),
+    // which then decides for them. The expectation ends when @p p goes idle (forget_late()).
+    void expect_late_locked(Plan& p) {
+        p.late_expected = true;
         std::lock_guard lock(parked_mutex_);
-        const auto it = parked_.find(plan_id);
-        if (it == parked_.end()) return;
-        parked_entries_ -= it->second.recipients.size();
-        parked_.erase(it);
-        parked_plans_.store(parked_.size(), std::memory_order_relaxed);
+        late_[p.plan_id] = p.serial;
+        count_parked_ids();
     }
+
+    // Recipient @p index of @p p, in flight when its deadline report went out, came back retryable.
+    void park_late_locked(const Plan& p, std::uint32_t index) {
+        const RecipientOutcome& out = p.out[index];
+        std::lock_guard lock(parked_mutex_);
+        const auto expected = late_.find(p.plan_id);
+        if (expected == late_.end() || expected->second != p.serial) return;  // a newer run took the id over
+        if (parked_entries_ + 1 > kMaxParked) {
+            logger_.warn("delivery: a recipient of plan '" + p.plan_id + "' stays pending in the outbox until the next "
+                         "start (" + std::to_string(parked_entries_) + " already wait for their connection)");
+            return;
+        }
+        PendingPlan& parked = parked_[p.plan_id];
+        if (parked.recipients.empty()) {
+            parked.plan_id = p.plan_id;
+            parked.text = p.text;
+            parked.reply_to = p.reply_to;
+        }
+        parked.recipients.push_back(PendingPlan::Recipient{out.address, p.slots[index].stored_attempts});
+        ++parked_entries_;
+        count_parked_ids();
+        logger_.info("delivery: " + out.address.to_string() + ", in flight when plan '" + p.plan_id +
+                         "' reached its deadline, came back " + out.error_code +
+                         "; it goes out again when its connection is back",
+                     LogFields{out.address.connection, {}, {}});
+    }
+
+    // @p p went idle: no late result of it is coming any more.
+    void forget_late(const Plan& p) {
+        std::lock_guard lock(parked_mutex_);
+        const auto expected = late_.find(p.plan_id);
+        if (expected != late_.end() && expected->second == p.serial) late_.erase(expected);
+        count_parked_ids();
+    }
+
+    // A plan runs (again) under @p plan_id: it takes over what an earlier run left parked, and what that run still
+    // has in flight is no longer parked when it comes back.
+    void unpark(const std::string& plan_id) {
+        if (parked_ids_.load(std::memory_order_relaxed) == 0) return;  // the common case: one atomic load
+        std::lock_guard lock(parked_mutex_);
+        if (const auto it = parked_.find(plan_id); it != parked_.end()) {
+            parked_entries_ -= it->second.recipients.size();
+            parked_.erase(it);
+        }
+        if (const auto it = late_.find(plan_id); it != late_.end()) late_.erase(it);
+        count_parked_ids();
+    }
+
+    // parked_ids_ from the maps; the caller holds parked_mutex_.
+    void count_parked_ids() { parked_ids_.store(parked_.size() + late_.size(), std::memory_order_relaxed); }
 
     DeliveryReport build_report(Plan& p, bool move) const {
         DeliveryReport report;
@@ -1413,6 +1466,7 @@ private:
         if (actions.group_flush) schedule_write(p, WriteKind::group);
         if (actions.final_flush) schedule_write(p, WriteKind::final);
         if (actions.become_idle) {
+            if (p.late_expected) forget_late(p);
             // seq_cst on both sides (here and in wait_idle): either the waiter sees the count at zero, or this
             // sees the waiter.
             if (active_.fetch_sub(1) == 1 && waiters_.load() > 0) {
@@ -1886,7 +1940,8 @@ private:
     mutable std::mutex parked_mutex_;
     std::map<std::string, PendingPlan, std::less<>> parked_;
     std::size_t parked_entries_ = 0;
-    std::atomic<std::size_t> parked_plans_{0};  // parked_.size(), read without the lock by every launch
+    std::map<std::string, std::uint64_t, std::less<>> late_;  // plan id -> serial of the run whose late results park
+    std::atomic<std::size_t> parked_ids_{0};  // parked_.size() + late_.size(), read without the lock by every launch
 
     std::atomic<std::uint64_t> next_serial_{0};
     std::atomic<std::size_t> active_{0};

@@ -163,9 +163,10 @@ public:
     /// Connection @p connection is back (connected or resumed): sends again, as resume() does, the recipients on it
     /// that plans of this run left pending — still retryable when their attempts ran out, or cut by the deadline
     /// before they were sent (their reports said retryable). Without this they would wait in the outbox for the next
-    /// start. A plan executed again under the same id takes its recipients over, so nobody gets a message twice; a
-    /// recipient in flight when its deadline came is not kept (its late result decides). At most 100,000 recipients
-    /// wait this way; beyond, they wait for the next start.
+    /// start. A recipient in flight when its deadline came waits this way too if its late result is retryable. A plan
+    /// executed again under the same id takes its recipients over (and the late results of the earlier run are then
+    /// left to it), so nobody gets a message twice. At most 100,000 recipients wait this way; beyond, they wait for
+    /// the next start.
     void retry_parked(const std::string& connection);
 
     /// Recipients waiting for retry_parked() now.

@@ -440,6 +440,63 @@ TEST_CASE("Nothing waiting for a connection is sent once its connector is gone",
     CHECK(outbox_of(h.store(), "p1").at("irc/#ops").state == OutboxState::pending);
 }
 
+TEST_CASE("Sends in flight at the deadline that come back retryable wait for their connection too", "[delivery]") {
+    Harness h;
+    auto irc = std::make_shared<SilentConnector>();
+    irc->set_behaviour([](const OutboundMessage&, int attempt) -> Result<SentMessage> {
+        if (attempt == 1) return fail_retryable("connection_closed", "the fake's connection dropped", 10);
+        return SentMessage{"again"};
+    });
+    h.engine->add_connection("irc", irc, {});
+    ReportSink sink;
+    auto delivery = planned("p1", {kOps, kDev});
+    delivery.deadline_ms = now_ms() + 200;
+    h.engine->execute(std::move(delivery), false, sink.callback());
+    REQUIRE(sink.wait(5s));
+    CHECK(sink.wait()->error_code == "deadline_exceeded");
+    CHECK(h.engine->parked() == 0);  // both are still out
+
+    irc->release_held();  // both come back retryable, late
+    CHECK(h.engine->wait_idle(5s));
+    CHECK(h.engine->parked() == 2);
+    CHECK(h.logger.count_containing("in flight when plan 'p1' reached its deadline, came back connection_closed") == 2);
+
+    h.engine->retry_parked("irc");
+    irc->release_held();
+    CHECK(h.engine->wait_idle(5s));
+    CHECK(h.engine->parked() == 0);
+    CHECK(irc->send_count() == 4);
+    const auto outbox = outbox_of(h.store(), "p1");
+    CHECK(outbox.at("irc/#ops").state == OutboxState::sent);
+    CHECK(outbox.at("irc/#dev").state == OutboxState::sent);
+}
+
+TEST_CASE("A late result of a plan run again under the same id meanwhile is left to the newer run", "[delivery]") {
+    Harness h;
+    auto irc = std::make_shared<SilentConnector>();
+    irc->set_behaviour([](const OutboundMessage&, int attempt) -> Result<SentMessage> {
+        if (attempt == 1) return fail_retryable("connection_closed", "the fake's connection dropped", 10);
+        return SentMessage{"again"};
+    });
+    h.engine->add_connection("irc", irc, {});
+    ReportSink first;
+    auto delivery = planned("p1", {kOps});
+    delivery.deadline_ms = now_ms() + 200;
+    h.engine->execute(std::move(delivery), false, first.callback());
+    REQUIRE(first.wait(5s));
+
+    ReportSink second;  // the bot retries the envelope with the same key while the first send is still out
+    h.engine->execute(planned("p1", {kOps}), false, second.callback());
+    irc->release_held();  // the first run's send comes back retryable: not parked; the second's is delivered
+    REQUIRE(second.wait(5s));
+    CHECK(second.wait()->status == DeliveryStatus::delivered);
+    CHECK(h.engine->wait_idle(5s));
+    CHECK(h.engine->parked() == 0);
+    h.engine->retry_parked("irc");
+    CHECK(h.engine->wait_idle(5s));
+    CHECK(irc->send_count() == 2);
+}
+
 TEST_CASE("A retry that would land after the deadline is not attempted: the report comes at once", "[delivery]") {
     Harness h;
     auto irc = std::make_shared<FlakyConnector>(1, 60'000);
