@@ -1284,8 +1284,8 @@ private:
         const auto expected = late_.find(p.plan_id);
         if (expected == late_.end() || expected->second != p.serial) return;  // a newer run took the id over
         if (parked_entries_ + 1 > kMaxParked) {
-            logger_.warn("delivery: a recipient of plan '" + p.plan_id + "' stays pending in the outbox until the next "
-                         "start (" + std::to_string(parked_entries_) + " already wait for their connection)");
+            logger_.warn("delivery: a recipient of plan '" + p.plan_id + "' stays pending in the outbox until the " +
+                         "next start (" + std::to_string(parked_entries_) + " already wait for their connection)");
             return;
         }
         PendingPlan& parked = parked_[p.plan_id];
