@@ -440,13 +440,20 @@ TEST_CASE("Nothing waiting for a connection is sent once its connector is gone",
     CHECK(outbox_of(h.store(), "p1").at("irc/#ops").state == OutboxState::pending);
 }
 
-TEST_CASE("Sends in flight at the deadline that come back retryable wait for their connection too", "[delivery]") {
-    Harness h;
-    auto irc = std::make_shared<SilentConnector>();
-    irc->set_behaviour([](const OutboundMessage&, int attempt) -> Result<SentMessage> {
+// Holds every send until the test releases it; a recipient's first attempt then comes back retryable
+// (`connection_closed`), later ones delivered.
+std::shared_ptr<SilentConnector> dropping_first_attempts() {
+    auto connector = std::make_shared<SilentConnector>();
+    connector->set_behaviour([](const OutboundMessage&, int attempt) -> Result<SentMessage> {
         if (attempt == 1) return fail_retryable("connection_closed", "the fake's connection dropped", 10);
         return SentMessage{"again"};
     });
+    return connector;
+}
+
+TEST_CASE("Sends in flight at the deadline that come back retryable wait for their connection too", "[delivery]") {
+    Harness h;
+    auto irc = dropping_first_attempts();
     h.engine->add_connection("irc", irc, {});
     ReportSink sink;
     auto delivery = planned("p1", {kOps, kDev});
@@ -473,11 +480,7 @@ TEST_CASE("Sends in flight at the deadline that come back retryable wait for the
 
 TEST_CASE("A late result of a plan run again under the same id meanwhile is left to the newer run", "[delivery]") {
     Harness h;
-    auto irc = std::make_shared<SilentConnector>();
-    irc->set_behaviour([](const OutboundMessage&, int attempt) -> Result<SentMessage> {
-        if (attempt == 1) return fail_retryable("connection_closed", "the fake's connection dropped", 10);
-        return SentMessage{"again"};
-    });
+    auto irc = dropping_first_attempts();
     h.engine->add_connection("irc", irc, {});
     ReportSink first;
     auto delivery = planned("p1", {kOps});
