@@ -1252,12 +1252,7 @@ private:
             if (code == nullptr) code = &p.out[i].error_code;
         }
         std::lock_guard lock(parked_mutex_);
-        if (parked_entries_ + left.recipients.size() > kMaxParked) {
-            logger_.warn("delivery: " + std::to_string(left.recipients.size()) + " recipient(s) of plan '" + p.plan_id +
-                         "' stay pending in the outbox until the next start (" + std::to_string(parked_entries_) +
-                         " already wait for their connection)");
-            return;
-        }
+        if (!room_to_park_locked(p, left.recipients.size())) return;
         logger_.info("delivery: " + std::to_string(left.recipients.size()) + " recipient(s) of plan '" + p.plan_id +
                          "' left pending (" + *code + "); they go out again when their connection is back",
                      LogFields{left.recipients.front().address.connection, {}, {}});
@@ -1265,6 +1260,16 @@ private:
         parked_entries_ = parked_entries_ - parked.recipients.size() + left.recipients.size();
         parked = std::move(left);
         count_parked_ids();
+    }
+
+    // Whether @p adding more recipients of @p p may wait for their connection (at most kMaxParked wait); if not,
+    // says that they stay pending in the outbox. The caller holds parked_mutex_.
+    bool room_to_park_locked(const Plan& p, std::size_t adding) {
+        if (parked_entries_ + adding <= kMaxParked) return true;
+        logger_.warn("delivery: " + std::to_string(adding) + " recipient(s) of plan '" + p.plan_id +
+                     "' stay pending in the outbox until the next start (" + std::to_string(parked_entries_) +
+                     " already wait for their connection)");
+        return false;
     }
 
     // @p p reports with sends still in flight: their late results, if retryable, are parked as its report's own
@@ -1283,11 +1288,7 @@ private:
         std::lock_guard lock(parked_mutex_);
         const auto expected = late_.find(p.plan_id);
         if (expected == late_.end() || expected->second != p.serial) return;  // a newer run took the id over
-        if (parked_entries_ + 1 > kMaxParked) {
-            logger_.warn("delivery: a recipient of plan '" + p.plan_id + "' stays pending in the outbox until the " +
-                         "next start (" + std::to_string(parked_entries_) + " already wait for their connection)");
-            return;
-        }
+        if (!room_to_park_locked(p, 1)) return;
         PendingPlan& parked = parked_[p.plan_id];
         if (parked.recipients.empty()) {
             parked.plan_id = p.plan_id;
