@@ -26,6 +26,13 @@ end
 -- the whole number @x as text, without Lua's rounding to 14 digits
 local function int(x) return string.format('%.0f', x) end
 
+-- The member an entry is in `outbox-pending` or `outbox-done` as (sequence, plan, newline, recipient), and its score
+-- (created_ms), from the entry's content in `outbox:<plan>`.
+local function outbox_member(content, plan, recipient)
+  local newline = string.find(content, '\n', 17, true)
+  return string.sub(content, 1, 16) .. plan .. '\n' .. recipient, string.sub(content, 17, newline - 1)
+end
+
 -- items: a flat list of (plan, recipient, created_ms, state, state blob, content blob). An entry whose
 -- (plan, recipient) exists is kept as it is.
 local function outbox_add(items)
@@ -182,9 +189,7 @@ if op == 'outbox_update' then
       if missing == 0 then missing = i end
     else
       redis.call('HSET', p .. 'outbox-state:' .. plan, recipient, items[k + 3])
-      local newline = string.find(content, '\n', 17, true)
-      local member = string.sub(content, 1, 16) .. plan .. '\n' .. recipient
-      local created = string.sub(content, 17, newline - 1)
+      local member, created = outbox_member(content, plan, recipient)
       if state == 'pending' then
         redis.call('ZADD', pending, created, member)
         redis.call('ZREM', done, member)
@@ -263,9 +268,8 @@ if op == 'prune' then
         if cmsgpack.unpack(states[i + 1])[1] ~= 'pending' then
           local content = redis.call('HGET', p .. 'outbox:' .. plan, states[i])
           if content then
-            local newline = string.find(content, '\n', 17, true)
-            redis.call('ZADD', done, 'NX', string.sub(content, 17, newline - 1),
-                       string.sub(content, 1, 16) .. plan .. '\n' .. states[i])
+            local member, created = outbox_member(content, plan, states[i])
+            redis.call('ZADD', done, 'NX', created, member)
           end
         end
       end
