@@ -61,8 +61,16 @@ Result<std::map<std::string, std::shared_ptr<Strategy>>> create_strategies(
 
 Router::Router(const config::Config& config, const ConfigDirectory& directory,
                std::map<std::string, std::shared_ptr<Strategy>> strategies, DeliveryEngine* engine, Clock clock)
-    : routes_(config.routes), directory_(directory), strategies_(std::move(strategies)), engine_(engine),
-      clock_(clock ? std::move(clock) : Clock(system_now_ms)) {}
+    : routes_(config.routes),
+      directory_(directory),
+      strategies_(std::move(strategies)),
+      engine_(engine),
+      clock_(clock ? std::move(clock) : Clock(system_now_ms)) {
+    for (const MessageKind kind : {MessageKind::private_message, MessageKind::group, MessageKind::broadcast}) {
+        const auto found = strategies_.find(std::string(to_string(kind)));
+        if (found != strategies_.end()) by_kind_[static_cast<std::size_t>(kind)] = found->second.get();
+    }
+}
 
 DeliveryReport Router::report_for(const Error& error) {
     DeliveryReport report;
@@ -81,23 +89,28 @@ DeliveryReport Router::report_for(const Error& error) {
     return report;
 }
 
-std::variant<PlannedDelivery, DeliveryReport> Router::plan(Envelope envelope, const std::string& strategy) const {
-    const std::string name = strategy.empty() ? std::string(to_string(envelope.kind)) : strategy;
-    auto found = strategies_.find(name);
-    if (found == strategies_.end()) {
-        return report_for(fail("no_strategy", "no routing strategy named '" + name +
-                                                  "' is loaded; add its plugin to the plugin path"));
+std::optional<DeliveryReport> Router::plan_into(Envelope& envelope, const std::string& strategy,
+                                                PlannedDelivery& delivery) const {
+    Strategy* chosen = nullptr;
+    if (strategy.empty()) {
+        chosen = by_kind_[static_cast<std::size_t>(envelope.kind)];
+    } else if (const auto found = strategies_.find(strategy); found != strategies_.end()) {
+        chosen = found->second.get();
+    }
+    const auto name = [&] { return strategy.empty() ? std::string(to_string(envelope.kind)) : strategy; };
+    if (chosen == nullptr) {
+        return report_for(fail(
+            "no_strategy", "no routing strategy named '" + name() + "' is loaded; add its plugin to the plugin path"));
     }
     Result<DeliveryPlan> plan = [&]() -> Result<DeliveryPlan> {
         try {
-            return found->second->plan(envelope, directory_);
+            return chosen->plan(envelope, directory_);
         } catch (const std::exception& e) {
-            return fail("strategy_failed", "strategy '" + name + "' threw: " + e.what());
+            return fail("strategy_failed", "strategy '" + name() + "' threw: " + e.what());
         }
     }();
     if (!plan) return report_for(plan.error());
     const std::int64_t now = clock_();
-    PlannedDelivery delivery;
     if (envelope.idempotency_key.empty()) {
         delivery.plan_id = generated_key(now);
     } else {
@@ -107,12 +120,18 @@ std::variant<PlannedDelivery, DeliveryReport> Router::plan(Envelope envelope, co
     delivery.text = std::move(envelope.text);
     delivery.reply_to = std::move(envelope.reply_to);
     delivery.deadline_ms = envelope.deadline_ms != 0 ? envelope.deadline_ms : now + kDefaultDeadlineMs;
+    return std::nullopt;
+}
+
+std::variant<PlannedDelivery, DeliveryReport> Router::plan(Envelope envelope, const std::string& strategy) const {
+    PlannedDelivery delivery;
+    if (auto report = plan_into(envelope, strategy, delivery)) return std::move(*report);
     return delivery;
 }
 
 void Router::send(Envelope envelope, const std::string& strategy, ReportCallback done) {
-    auto planned = plan(std::move(envelope), strategy);
-    if (auto* report = std::get_if<DeliveryReport>(&planned)) {
+    PlannedDelivery delivery;
+    if (auto report = plan_into(envelope, strategy, delivery)) {
         done(std::move(*report));
         return;
     }
@@ -120,7 +139,7 @@ void Router::send(Envelope envelope, const std::string& strategy, ReportCallback
         done(report_for(fail("no_engine", "this router only plans (dry run)")));
         return;
     }
-    engine_->execute(std::move(std::get<PlannedDelivery>(planned)), false, std::move(done));
+    engine_->execute(std::move(delivery), false, std::move(done));
 }
 
 std::vector<RoutedEnvelope> Router::routes_from(const std::string& channel_name, const std::string& text,

@@ -9,6 +9,7 @@
 
 #include <switchboard/routing.hpp>
 
+#include <array>
 #include <map>
 #include <memory>
 #include <string>
@@ -72,9 +73,15 @@ public:
     [[nodiscard]] static DeliveryReport report_for(const Error& error);
 
 private:
+    // Plans @p envelope into @p delivery (moving its text, key and reply_to there), or returns the report of a plan
+    // that failed: plan() and send() without moving a plan through a variant.
+    [[nodiscard]] std::optional<DeliveryReport> plan_into(Envelope& envelope, const std::string& strategy,
+                                                          PlannedDelivery& delivery) const;
+
     std::vector<config::RouteConfig> routes_;
     const ConfigDirectory& directory_;
     std::map<std::string, std::shared_ptr<Strategy>> strategies_;
+    std::array<Strategy*, 3> by_kind_{};  // the strategies named like each MessageKind, looked up once
     DeliveryEngine* engine_;
     Clock clock_;
 };
