@@ -19,6 +19,7 @@
 #include <string_view>
 #include <thread>
 #include <tuple>
+#include <type_traits>
 #include <unordered_map>
 #include <utility>
 
@@ -210,6 +211,8 @@ struct Plan {
 
     std::mutex mutex;
     ReportCallback done;
+    DeliveryReport report;               // built once (report_locked()), then only read by the thread that built it
+    std::vector<std::uint32_t> removes;  // compensation: the deletions finalize_locked() decided, written once
     std::vector<RecipientOutcome> out;  // the report's recipients, in plan order
     boost::container::small_vector<Slot, 1> slots;
     IndexList dirty;                // final recipients whose outbox entries the store has not seen yet
@@ -287,21 +290,22 @@ inline void intrusive_ptr_release(Plan* plan) noexcept {
     }
 }
 
-// What a step decided under a plan's lock, carried out after unlocking.
+// What a step decided under a plan's lock, carried out after unlocking. Trivially destructible: what it would carry
+// that owns memory (the report, the deletions) waits in the plan.
 struct Actions {
-    ReportCallback done;
-    std::optional<DeliveryReport> report;
-    std::vector<std::uint32_t> removes;
     std::size_t release_begin = 0;  // slot range to queue
     std::size_t release_end = 0;
     std::uint32_t retry_index = 0;
     std::int64_t retry_delay_ms = 0;
     bool retry = false;
+    bool report = false;   // Plan::report is built: hand it to Plan::done
+    bool removes = false;  // queue Plan::removes
     bool setup = false;
     bool group_flush = false;
     bool final_flush = false;
     bool become_idle = false;
 };
+static_assert(std::is_trivially_destructible_v<Actions>);
 
 // ---- write scopes -----------------------------------------------------------------------------------------------
 //
@@ -1038,13 +1042,14 @@ private:
                 const Slot& slot = p.slots[i];
                 if (slot.outcome == Outcome::delivered && slot.lane != nullptr && slot.lane->can_delete &&
                     !p.out[i].message_id.empty()) {
-                    actions.removes.push_back(i);
+                    p.removes.push_back(i);
                 }
             }
-            if (!actions.removes.empty()) {
-                for (const std::uint32_t i : actions.removes) p.slots[i].state = SlotState::remove_queued;
-                p.unresolved = actions.removes.size();
-                p.refs.fetch_add(static_cast<std::uint32_t>(actions.removes.size()), std::memory_order_relaxed);
+            if (!p.removes.empty()) {
+                for (const std::uint32_t i : p.removes) p.slots[i].state = SlotState::remove_queued;
+                p.unresolved = p.removes.size();
+                p.refs.fetch_add(static_cast<std::uint32_t>(p.removes.size()), std::memory_order_relaxed);
+                actions.removes = true;
                 return;
             }
         }
@@ -1228,8 +1233,8 @@ private:
         if (p.deadline_timer) p.deadline_timer->cancel();
         // With nothing in flight and no store task reading the recipients, the outcomes can be moved out whole.
         const bool move = p.in_flight == 0 && p.store_tasks == 0 && !p.finishing;
-        actions.report = build_report(p, move);
-        actions.done = std::move(p.done);
+        build_report(p, move, p.report);
+        actions.report = true;
     }
 
     // Keeps what the report leaves pending — recipients still retryable when their attempts ran out, or cut by the
@@ -1328,8 +1333,8 @@ private:
     // parked_ids_ from the maps; the caller holds parked_mutex_.
     void count_parked_ids() { parked_ids_.store(parked_.size() + late_.size(), std::memory_order_relaxed); }
 
-    DeliveryReport build_report(Plan& p, bool move) const {
-        DeliveryReport report;
+    // Builds @p p's report into @p report (empty when called).
+    void build_report(Plan& p, bool move, DeliveryReport& report) const {
         std::size_t delivered = 0, withdrawn = 0, failed = 0, unreachable = 0, retryable = 0;
         std::size_t first_failure = SIZE_MAX, first_retryable = SIZE_MAX;
         std::int64_t retry_after = 0;
@@ -1417,7 +1422,6 @@ private:
             out.message_id.clear();
             out.error_code = kDeadlineExceeded;
         }
-        return report;
     }
 
     static void log_resumed(Logger& logger, const std::string& plan_id, const DeliveryReport& report) {
@@ -1437,24 +1441,30 @@ private:
 
     // ---- carrying out decisions ---------------------------------------------------------------------------------
 
-    // The caller holds a reference of @p p.
-    void run(Plan& p, Actions& actions) {
-        if (actions.report && options_.on_report) {
+    // Hands the report this thread built to the observer, then to the plan's callback (nobody else touches either
+    // once the plan reported); the callback goes with it.
+    void deliver_report(Plan& p) {
+        if (options_.on_report) {
             try {
-                options_.on_report(*actions.report, SteadyClock::now() - p.started);
+                options_.on_report(p.report, SteadyClock::now() - p.started);
             } catch (const std::exception& e) {
                 logger_.error(std::string("delivery: the report observer threw: ") + e.what());
             }
         }
-        if (actions.report && actions.done) {
-            try {
-                actions.done(std::move(*actions.report));
-            } catch (const std::exception& e) {
-                logger_.error("delivery: the report callback of plan '" + p.plan_id + "' threw: " + e.what());
-            } catch (...) {
-                logger_.error("delivery: the report callback of plan '" + p.plan_id + "' threw");
-            }
+        const ReportCallback done = std::move(p.done);
+        if (!done) return;
+        try {
+            done(std::move(p.report));
+        } catch (const std::exception& e) {
+            logger_.error("delivery: the report callback of plan '" + p.plan_id + "' threw: " + e.what());
+        } catch (...) {
+            logger_.error("delivery: the report callback of plan '" + p.plan_id + "' threw");
         }
+    }
+
+    // The caller holds a reference of @p p.
+    void run(Plan& p, Actions& actions) {
+        if (actions.report) deliver_report(p);
         if (actions.setup) {
             store_executor_([plan = &p] {
                 plan->engine->setup(*plan);
@@ -1463,7 +1473,7 @@ private:
         }
         if (actions.retry) schedule_retry(p, actions.retry_index, actions.retry_delay_ms);
         if (actions.release_end > actions.release_begin) enqueue_range(p, actions.release_begin, actions.release_end);
-        if (!actions.removes.empty()) enqueue_removes(p, actions.removes);
+        if (actions.removes) enqueue_removes(p, p.removes);
         if (actions.group_flush) schedule_write(p, WriteKind::group);
         if (actions.final_flush) schedule_write(p, WriteKind::final);
         if (actions.become_idle) {
