@@ -278,10 +278,13 @@ private:
 // never waits for that copy and its fsync (SQLite's automatic checkpoint would run them inside the commit that
 // crosses the threshold). A passive checkpoint never blocks the writer. Under a steady stream of commits the WAL is
 // never fully copied at the moment a transaction starts, so it would not start over: past kForceFrames the writer
-// copies the remainder itself (little is left by then), and the WAL restarts.
+// copies the remainder itself (little is left by then), and the WAL restarts. The thread is woken once the WAL has
+// grown by kStepFrames since it was last woken, not after every commit: each checkpoint syncs both files, and a page
+// that the commits in between rewrote (the tail blocks of the ledger and the outbox, mostly) is copied once.
 class Checkpointer {
 public:
     static constexpr int kStartFrames = 1000;  // SQLite's own threshold (4 MB of 4 KB pages)
+    static constexpr int kStepFrames = 256;    // 1 MB
     static constexpr int kForceFrames = 8000;
 
     Checkpointer(const std::filesystem::path& path, sqlite3* writer)
@@ -306,9 +309,12 @@ private:
     // SQLite's WAL hook: called after each commit with the WAL's size in frames.
     static int on_commit(void* self, sqlite3* writer, const char* schema, int frames) {
         auto& checkpointer = *static_cast<Checkpointer*>(self);
+        if (frames < checkpointer.last_frames_) checkpointer.next_frames_ = kStartFrames;  // the WAL started over
+        checkpointer.last_frames_ = frames;
         if (frames >= kForceFrames) {
             sqlite3_wal_checkpoint_v2(writer, schema, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
-        } else if (frames >= kStartFrames) {
+        } else if (frames >= checkpointer.next_frames_) {
+            checkpointer.next_frames_ = frames + kStepFrames;
             {
                 std::lock_guard lock(checkpointer.mutex_);
                 checkpointer.due_ = true;
@@ -333,6 +339,8 @@ private:
 
     SQLite::Database db_;
     sqlite3* writer_;
+    int last_frames_ = 0;             // the WAL's size after the last commit; only the hook (the writer) touches these
+    int next_frames_ = kStartFrames;  // the size at which the thread is woken next
     std::mutex mutex_;
     std::condition_variable wake_;
     bool due_ = false;
