@@ -542,17 +542,16 @@ struct Host::Impl {
             logger_for("delivery"), engine_options);
         router = std::make_shared<routing::Router>(config, *directory, create_strategies(config, *registry),
                                                    engine.get());
-        pipeline = std::make_unique<Pipeline>(*store, bots, names, *workers, logger_for("pipeline"), router,
-                                              [this](std::vector<StagedDelivery> staged) {
-                                                  // One call for the batch: the outbox records what its replies
-                                                  // did in shared rounds, not one write per reply.
-                                                  engine->execute_all(std::move(staged), true);
-                                              },
-                                              [this](const std::string& connection,
-                                                     std::span<const ProcessedMessage> committed,
-                                                     std::size_t duplicates) {
-                                                  metrics.inbound(connection, committed, duplicates);
-                                              });
+        pipeline = std::make_unique<Pipeline>(
+            *store, bots, names, *workers, logger_for("pipeline"), router,
+            [this](std::vector<StagedDelivery> staged, bool persisted) {
+                // One call for the batch: the outbox records what its replies did in shared rounds, not one write
+                // per reply.
+                engine->execute_all(std::move(staged), persisted);
+            },
+            [this](const std::string& connection, std::span<const ProcessedMessage> committed, std::size_t duplicates) {
+                metrics.inbound(connection, committed, duplicates);
+            });
         for (const auto& c : config.connections) {
             auto connection = make_connection(c, config, *registry);
             add_to_engine(c, connection->connector_ptr(), *connection);
@@ -1335,6 +1334,7 @@ struct Host::Impl {
             pipeline->close();
             if (!pipeline->wait_idle(remaining())) {
                 logger.warn("stop: pipeline did not drain in time; unprocessed messages will be recovered");
+                pipeline->give_up();
             }
         }
         if (engine && !engine->wait_idle(remaining())) {

@@ -197,12 +197,31 @@ struct Pipeline::Impl {
         std::shared_ptr<const routing::Planner> planner;
     };
 
+    // A batch deduplicated and handled by the bots and routes, ready to commit. If the commit fails it is kept whole
+    // and committed again as it is: the bots do not handle its messages again (nor see a later message first), and a
+    // commit that went through although the store said it failed (a reply lost on the way back) changes nothing the
+    // second time, after which its plans are handed on as usual (Store::commit skips what it recorded already).
+    struct Handled {
+        std::shared_ptr<const Handlers> handlers;  // keeps the bots that staged its callbacks (and their code) loaded
+        std::string connection;
+        std::vector<ProcessedMessage> processed;
+        std::vector<StagedDelivery> deliveries;
+        std::vector<Lent> lent;  // one per delivery
+        std::vector<std::pair<ReportCallback, DeliveryReport>> failed;
+        std::size_t duplicates = 0;
+        std::size_t taken = 0;  // messages it took from the lane's queue (what `pending` counts)
+        bool retried = false;   // a commit of it failed before
+    };
+
     struct Lane {
         explicit Lane(boost::asio::thread_pool& pool) : strand(boost::asio::make_strand(pool)) {}
         Strand strand;
         std::deque<Item> queue;
         // hold(): channels whose live messages are parked, each with what was parked, in order.
         std::map<std::string, std::vector<Message>> held;
+        // A handled batch whose commit failed: committed again, as it was handled, before anything else of the lane.
+        std::optional<Handled> uncommitted;
+        std::shared_ptr<boost::asio::steady_timer> retry_timer;  // armed while the lane waits to try the store again
         bool scheduled = false;
         std::chrono::milliseconds retry_delay{0};
     };
@@ -212,6 +231,18 @@ struct Pipeline::Impl {
         : store(store_), workers(workers_), logger(logger_),
           handlers(std::make_shared<const Handlers>(std::move(bots_), std::move(planner_))),
           deliver(std::move(deliver_)), observer(std::move(observer_)) {}
+
+    // A batch still waiting to be committed again when the pipeline goes is not durable: its messages come again
+    // from their platform (their cursor never moved past them), and what its bots routed is reported, not sent.
+    ~Impl() {
+        for (auto& [connection, l] : lanes) {
+            if (!l->uncommitted) continue;
+            report_unsent(*l->uncommitted, "shutting_down",
+                          "the host stopped before the message that routed this was stored; nothing was sent");
+        }
+    }
+    Impl(const Impl&) = delete;
+    Impl& operator=(const Impl&) = delete;
 
     Lane& lane(const std::string& connection) {
         auto& slot = lanes[connection];
@@ -237,14 +268,20 @@ struct Pipeline::Impl {
     }
 
     void drain(Lane& l) {
+        std::optional<Handled> uncommitted;
         std::vector<Message> batch;
         std::function<void()> task;
         std::shared_ptr<const Handlers> current;
         {
             std::lock_guard lock(mutex);
+            if (given_up) return;  // stopping: what is left is recovered (or reported) later
             current = handlers;
-            // A task runs alone, in its place in the order; messages go in batches up to kMaxBatch.
-            if (!l.queue.empty() && std::holds_alternative<std::function<void()>>(l.queue.front())) {
+            // A batch whose commit failed goes first; a task runs alone, in its place in the order; messages go in
+            // batches up to kMaxBatch.
+            if (l.uncommitted) {
+                uncommitted = std::move(l.uncommitted);
+                l.uncommitted.reset();
+            } else if (!l.queue.empty() && std::holds_alternative<std::function<void()>>(l.queue.front())) {
                 task = std::move(std::get<std::function<void()>>(l.queue.front()));
                 l.queue.pop_front();
             } else {
@@ -263,18 +300,25 @@ struct Pipeline::Impl {
             }
         }
         std::size_t done = 1;
-        if (task) {
+        if (uncommitted) {
+            done = uncommitted->taken;
+            if (!commit(l, *uncommitted)) return;
+        } else if (task) {
             try {
                 task();
             } catch (const std::exception& e) {
                 logger.error(std::string("connection event handler failed: ") + e.what());
             }
-        } else {
+        } else if (!batch.empty()) {
             done = batch.size();
-            if (!batch.empty() && !process(batch, *current)) {
-                retry_later(l, std::move(batch));
+            std::optional<Handled> handled = handle(batch, current);
+            if (!handled) {
+                requeue(l, std::move(batch));
                 return;
             }
+            if (!commit(l, *handled)) return;
+        } else {
+            done = 0;  // every message taken was held
         }
         std::lock_guard lock(mutex);
         l.retry_delay = std::chrono::milliseconds(0);
@@ -284,39 +328,61 @@ struct Pipeline::Impl {
         if (pending == 0) idle.notify_all();
     }
 
-    // The store failed: put the batch back in front, in order, and try again after a growing delay.
-    void retry_later(Lane& l, std::vector<Message> batch) {
-        std::lock_guard lock(mutex);
-        for (auto it = batch.rbegin(); it != batch.rend(); ++it) l.queue.push_front(std::move(*it));
-        l.retry_delay = std::clamp(l.retry_delay * 2, std::chrono::milliseconds(100), std::chrono::milliseconds(5000));
-        auto timer = std::make_shared<boost::asio::steady_timer>(l.strand, l.retry_delay);
-        timer->async_wait([this, &l, timer](const boost::system::error_code&) { drain(l); });
+    // The store failed before anything was handled: put the batch back in front, in order, and try again later.
+    void requeue(Lane& l, std::vector<Message> batch) {
+        {
+            std::lock_guard lock(mutex);
+            for (auto it = batch.rbegin(); it != batch.rend(); ++it) l.queue.push_front(std::move(*it));
+        }
+        retry_later(l);
     }
 
-    // Dedup, bots and routes, one commit, then the staged plans. Returns false if the store failed (nothing of the
-    // batch is durable then, and nothing was handed on).
-    // @p batch is not empty. The messages that get processed are moved out of it into their ProcessedMessage; if
-    // the commit fails they are moved back, so that the batch is retried whole.
-    bool process(std::vector<Message>& batch, const Handlers& current) {
+    // Drains the lane again after a growing delay; what failed waits in front (the batch back in the queue, or the
+    // handled batch in `uncommitted`).
+    void retry_later(Lane& l) {
+        std::lock_guard lock(mutex);
+        if (given_up) return;
+        l.retry_delay = std::clamp(l.retry_delay * 2, std::chrono::milliseconds(100), std::chrono::milliseconds(5000));
+        l.retry_timer = std::make_shared<boost::asio::steady_timer>(l.strand, l.retry_delay);
+        l.retry_timer->async_wait([this, &l, timer = l.retry_timer](const boost::system::error_code& ec) {
+            if (!ec) drain(l);
+        });
+    }
+
+    void give_up() {
+        std::lock_guard lock(mutex);
+        given_up = true;
+        for (auto& [connection, l] : lanes) {
+            // On the lane's strand: the timer is only touched there and under the mutex.
+            if (auto timer = l->retry_timer) boost::asio::post(l->strand, [timer] { timer->cancel(); });
+        }
+    }
+
+    // Dedup, bots and routes: everything up to the commit. nullopt if the store failed during dedup (nothing was
+    // handled then, and @p batch is as it was). @p batch is not empty; the messages that get processed are moved
+    // out of it into their ProcessedMessage.
+    std::optional<Handled> handle(std::vector<Message>& batch, std::shared_ptr<const Handlers> current_handlers) {
+        const Handlers& current = *current_handlers;
         const routing::Planner* planner = current.planner.get();
-        const std::string connection = batch.front().connection;
-        std::vector<ProcessedMessage> processed;
-        processed.reserve(batch.size());  // Staged holds references into it: no reallocation
-        std::vector<std::size_t> origins;  // where in the batch each processed message came from
-        std::vector<StagedDelivery> deliveries;
-        std::vector<Lent> lent;
-        std::vector<std::pair<ReportCallback, DeliveryReport>> failed;
-        std::unordered_set<std::string> seen_in_batch;
-        Overlay overlay;
-        std::size_t duplicates = 0;
         // One dedup lookup for the whole batch (one transaction or round trip, whatever the store).
         const auto seen = store.are_processed(batch);
         if (!seen) {
             logger.error("store failed during dedup of " + std::to_string(batch.size()) +
                              " message(s), will retry: " + seen.error().to_string(),
                          LogFields{batch.front().connection, batch.front().channel, batch.front().id});
-            return note_store_failure();
+            note_store_failure();
+            return std::nullopt;
         }
+        std::optional<Handled> result(std::in_place);
+        Handled& h = *result;
+        h.handlers = std::move(current_handlers);
+        h.connection = batch.front().connection;
+        h.taken = batch.size();
+        std::vector<ProcessedMessage>& processed = h.processed;
+        processed.reserve(batch.size());  // Staged holds references into it: no reallocation
+        std::unordered_set<std::string> seen_in_batch;
+        Overlay overlay;
+        std::size_t& duplicates = h.duplicates;
         for (std::size_t i = 0; i < batch.size(); ++i) {
             Message& incoming = batch[i];
             if (!seen_in_batch.insert(incoming.channel + '\n' + incoming.id).second) {
@@ -330,10 +396,9 @@ struct Pipeline::Impl {
             }
             ProcessedMessage& p = processed.emplace_back();
             p.message = std::move(incoming);
-            origins.push_back(i);
             const Message& message = p.message;
             const LogFields where{message.connection, message.channel, message.id};
-            Staged staged{p, processed.size() - 1, deliveries, lent, failed};
+            Staged staged{p, processed.size() - 1, h.deliveries, h.lent, h.failed};
             if (message.author.is_bot) continue;  // bots never answer bots, routes never relay them: no loops
             for (const BotBinding& binding : current.bots) {
                 if (!listens(binding, message)) continue;
@@ -348,32 +413,49 @@ struct Pipeline::Impl {
             }
             if (planner != nullptr) relay(staged, *planner, message, where);
         }
-        if (!processed.empty()) {
-            auto committed = store.commit(processed);
+        return result;
+    }
+
+    // Commits @p h and hands on what its bots staged. Returns false if the store failed: @p h then waits in the
+    // lane's `uncommitted`, to be committed again as it is after a delay, and nothing of it was handed on.
+    bool commit(Lane& l, Handled& h) {
+        if (!h.processed.empty()) {
+            auto committed = store.commit(h.processed);
             if (!committed && committed.error().code == "lease_lost") {
-                fenced(connection, processed.size(), committed.error(), deliveries, failed);
+                fenced(h, committed.error());
                 return true;
             }
             if (!committed) {
-                logger.error("store commit failed, will retry: " + committed.error().to_string());
-                for (std::size_t k = 0; k < processed.size(); ++k) batch[origins[k]] = std::move(processed[k].message);
-                return note_store_failure();
+                logger.error("store commit of " + std::to_string(h.processed.size()) +
+                                 " handled message(s) failed, will commit them again as handled: " +
+                                 committed.error().to_string(),
+                             LogFields{h.connection, {}, {}});
+                note_store_failure();
+                h.retried = true;
+                {
+                    std::lock_guard lock(mutex);
+                    l.uncommitted = std::move(h);
+                }
+                retry_later(l);
+                return false;
             }
         }
         std::uint64_t recovered = 0;
-        for (const ProcessedMessage& p : processed) recovered += p.message.recovered ? 1 : 0;
+        for (const ProcessedMessage& p : h.processed) recovered += p.message.recovered ? 1 : 0;
         {
             std::lock_guard lock(mutex);
-            stats.processed += processed.size();
-            stats.duplicates += duplicates;
+            stats.processed += h.processed.size();
+            stats.duplicates += h.duplicates;
             stats.recovered += recovered;
         }
-        if (observer) observer(connection, processed, duplicates);
-        give_back(processed, deliveries, lent);
-        for (auto& [done, report] : failed) {
+        if (observer) observer(h.connection, h.processed, h.duplicates);
+        give_back(h.processed, h.deliveries, h.lent);
+        for (auto& [done, report] : h.failed) {
             if (done) done(std::move(report));
         }
-        if (!deliveries.empty()) deliver(std::move(deliveries));
+        // After a failed commit the outbox may hold these plans' entries already (that commit went through after
+        // all, its reply lost): the engine reads them first, so a recipient recorded as sent is not sent again.
+        if (!h.deliveries.empty()) deliver(std::move(h.deliveries), !h.retried);
         return true;
     }
 
@@ -397,29 +479,36 @@ struct Pipeline::Impl {
     // Another host holds the connection's lease now (DESIGN §8): the store refused the commit, nothing of the batch
     // is durable, and it is not this host's to retry — the holder recovers those messages from the shared cursor.
     // The batch is dropped; what bots asked to send is reported retryable, never sent.
-    void fenced(const std::string& connection, std::size_t count, const Error& error,
-                std::vector<StagedDelivery>& deliveries, std::vector<std::pair<ReportCallback, DeliveryReport>>& failed) {
+    void fenced(Handled& h, const Error& error) {
+        const std::size_t count = h.processed.size();
         logger.warn("fenced: " + error.message + "; " + std::to_string(count) +
                         " message(s) left to the lease holder, which recovers them",
-                    LogFields{connection, {}, {}});
-        DeliveryReport report;
-        report.status = DeliveryStatus::retryable;
-        report.error_code = "lease_lost";
-        report.detail = error.message;
-        for (StagedDelivery& staged : deliveries) {
-            if (staged.done) staged.done(report);
-        }
-        for (auto& [done, own] : failed) {
-            if (done) done(std::move(own));
-        }
+                    LogFields{h.connection, {}, {}});
+        report_unsent(h, "lease_lost", error.message);
         std::lock_guard lock(mutex);
         stats.fenced += count;
     }
 
-    bool note_store_failure() {
+    // Nothing of @p h becomes durable here: what its bots routed is reported retryable with @p code, never sent
+    // (plans that failed at once get their own reports).
+    static void report_unsent(Handled& h, const char* code, const std::string& detail) {
+        DeliveryReport report;
+        report.status = DeliveryStatus::retryable;
+        report.error_code = code;
+        report.detail = detail;
+        for (StagedDelivery& staged : h.deliveries) {
+            if (staged.done) staged.done(report);
+        }
+        h.deliveries.clear();
+        for (auto& [done, own] : h.failed) {
+            if (done) done(std::move(own));
+        }
+        h.failed.clear();
+    }
+
+    void note_store_failure() {
         std::lock_guard lock(mutex);
         ++stats.store_failures;
-        return false;
     }
 
     Store& store;
@@ -434,6 +523,7 @@ struct Pipeline::Impl {
     std::map<std::string, std::unique_ptr<Lane>> lanes;
     std::size_t pending = 0;
     bool closed = false;
+    bool given_up = false;  // give_up(): nothing more is handled or retried
     PipelineStats stats;
 };
 
@@ -498,6 +588,8 @@ void Pipeline::close() {
     std::lock_guard lock(impl_->mutex);
     impl_->closed = true;
 }
+
+void Pipeline::give_up() { impl_->give_up(); }
 
 PipelineStats Pipeline::stats() const {
     std::lock_guard lock(impl_->mutex);

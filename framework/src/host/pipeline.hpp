@@ -39,8 +39,11 @@ struct BotBinding {
 /// callback for its report (may be empty).
 using StagedDelivery = routing::Execution;
 
-/// Receives the staged plans once the message that produced them is durable.
-using DeliveryHandler = std::function<void(std::vector<StagedDelivery>)>;
+/// Receives the staged plans once the message that produced them is durable. @p persisted: their outbox entries are
+/// exactly what the commit wrote (DeliveryEngine::execute_all); false after a commit that failed first and went
+/// through when tried again, since the failed one may have been recorded too (its reply lost), so the engine must
+/// read what the outbox holds of them first.
+using DeliveryHandler = std::function<void(std::vector<StagedDelivery>, bool persisted)>;
 
 /// Told what each committed batch of one connection held, and how many of its messages dedup dropped (the host's
 /// metrics). Called on a pipeline worker, after the commit.
@@ -101,6 +104,12 @@ public:
 
     /// Stops accepting messages; later submit() calls are dropped (and counted as not received).
     void close();
+    /// At stop, once wait_idle() gave up: nothing more is handled, and a lane waiting to try a failed store again
+    /// stops waiting (otherwise a store that keeps failing would hold the worker pool forever). What is left is not
+    /// lost: those messages were not committed, so their cursor never moved past them and recovery fetches them at
+    /// the next start; what bots routed while handling a batch whose commit failed is reported `shutting_down` (not
+    /// sent) when the pipeline goes.
+    void give_up();
 
     [[nodiscard]] PipelineStats stats() const;
 

@@ -1,13 +1,14 @@
 #include "host/pipeline.hpp"
-#include "memory_store.hpp"
-#include "test_support.hpp"
-
-#include <boost/asio/thread_pool.hpp>
-#include <catch2/catch.hpp>
 
 #include <algorithm>
 #include <atomic>
+#include <boost/asio/thread_pool.hpp>
+#include <catch2/catch.hpp>
 #include <mutex>
+#include <thread>
+
+#include "memory_store.hpp"
+#include "test_support.hpp"
 
 using namespace switchboard;
 using switchboard::host::BotBinding;
@@ -42,10 +43,13 @@ public:
     std::vector<std::string> seen;
 };
 
-/// A memory store whose next `failures` commits fail.
+/// A memory store whose next `failures` commits fail, and whose next `lost_replies` commits are recorded but
+/// answered with a failure (as a commit whose reply the network lost).
 class FlakyStore final : public Store {
 public:
     std::atomic<int> failures{0};
+    std::atomic<int> lost_replies{0};
+    std::atomic<int> commits{0};  // commits recorded (a message already in the ledger is skipped, as in every store)
     std::atomic<bool> fenced{false};  // another host holds the lease: every commit is refused
     Result<void> commit(std::span<const ProcessedMessage> batch) override {
         if (fenced) return fail("lease_lost", "this host no longer holds the lease of connection 'a'");
@@ -53,7 +57,13 @@ public:
             --failures;
             return fail_retryable("store_busy", "injected failure");
         }
-        return inner_.commit(batch);
+        auto committed = inner_.commit(batch);
+        ++commits;
+        if (committed && lost_replies > 0) {
+            --lost_replies;
+            return fail_retryable("store_unavailable", "injected: the reply to a recorded commit was lost");
+        }
+        return committed;
     }
     Result<bool> is_processed(const MessageKey& key) override { return inner_.is_processed(key); }
     Result<std::optional<Cursor>> cursor(const std::string& c, const std::string& ch) override {
@@ -149,15 +159,19 @@ struct Fixture {
     std::shared_ptr<RoutingBot> router_bot = std::make_shared<RoutingBot>();
     std::mutex sent_mutex;
     std::vector<routing::PlannedDelivery> sent;
+    std::vector<bool> sent_persisted;  // what the pipeline said of each plan's outbox entries
     Pipeline pipeline{store,
                       {BotBinding{"recorder", bot, {}}, BotBinding{"router", router_bot, {}}},
                       {"a", "b"},
                       workers,
                       logger,
                       std::shared_ptr<const routing::Planner>(std::shared_ptr<void>(), &planner),  // not owned
-                      [this](std::vector<host::StagedDelivery> staged) {
+                      [this](std::vector<host::StagedDelivery> staged, bool persisted) {
                           std::lock_guard lock(sent_mutex);
-                          for (auto& s : staged) sent.push_back(std::move(s.delivery));
+                          for (auto& s : staged) {
+                              sent.push_back(std::move(s.delivery));
+                              sent_persisted.push_back(persisted);
+                          }
                       }};
     ~Fixture() {
         pipeline.wait_idle(std::chrono::seconds(10));
@@ -242,13 +256,17 @@ TEST_CASE("bots do not answer messages written by bots", "[pipeline]") {
     CHECK(f.pipeline.stats().processed == 1);
 }
 
-TEST_CASE("when the store fails the batch is retried in order and nothing is lost", "[pipeline]") {
+TEST_CASE("when the store fails the batch is committed again as handled, in order, and nothing is lost", "[pipeline]") {
     Fixture f;
     f.store.failures = 2;
     for (int i = 0; i < 10; ++i) f.pipeline.submit(message("a", i));
     REQUIRE(f.pipeline.wait_idle(std::chrono::seconds(20)));
     CHECK(f.pipeline.stats().store_failures == 2);
     CHECK(f.pipeline.stats().processed == 10);
+    // The bots handled each message once: a failed commit is tried again with what they staged.
+    const auto seen = f.bot->snapshot();
+    REQUIRE(seen.size() == 10);
+    for (int i = 0; i < 10; ++i) CHECK(seen[i] == "a:m" + std::to_string(i));
     auto cursor = f.store.cursor("a", "lobby");
     REQUIRE(cursor.has_value());
     CHECK((*cursor)->message_id == message("a", 9).id);
@@ -271,6 +289,76 @@ TEST_CASE("a batch retried after a failed commit has every message back in its p
     std::lock_guard lock(f.sent_mutex);
     REQUIRE(f.sent.size() == 6);
     for (int i = 0; i < 6; ++i) CHECK(f.sent[i].text == "re: m" + std::to_string(i));
+}
+
+TEST_CASE(
+    "a commit recorded although the store said it failed (its reply lost) is handed on when committed again: "
+    "its plans go out, marked for the engine to read the outbox first",
+    "[pipeline]") {
+    Fixture f;
+    f.store.lost_replies = 1;
+    // The lane's first task holds it until the three messages are queued: they are handled as one batch.
+    std::atomic<bool> go{false};
+    f.pipeline.post("a", [&] { wait_until([&] { return go.load(); }); });
+    f.pipeline.submit(message("a", 1));
+    f.pipeline.submit(message("a", 2, "!tell bob"));
+    f.pipeline.submit(message("a", 3));
+    go = true;
+    REQUIRE(f.pipeline.wait_idle(std::chrono::seconds(20)));
+    CHECK(f.pipeline.stats().store_failures == 1);
+    CHECK(f.pipeline.stats().processed == 3);
+    CHECK(f.pipeline.stats().duplicates == 0);
+    CHECK(f.store.commits == 2);
+    CHECK(f.bot->snapshot().size() == 3);  // handled once, not again when the commit was tried again
+    {
+        std::lock_guard lock(f.sent_mutex);
+        REQUIRE(f.sent.size() == 4);  // three replies and the routed envelope
+        for (const bool persisted : f.sent_persisted) CHECK_FALSE(persisted);
+    }
+    // The second commit changed nothing: each plan's entry is in the outbox once, pending until the engine sends it.
+    auto pending = f.store.outbox_pending();
+    REQUIRE(pending.has_value());
+    CHECK(pending->size() == 4);
+    CHECK(f.store.get_value("recorder", "count").value() == std::optional<std::string>("3"));
+}
+
+TEST_CASE(
+    "at stop, a batch whose commit keeps failing is given up: nothing more is tried, and what its bots routed "
+    "is reported shutting_down once the pipeline goes",
+    "[pipeline]") {
+    boost::asio::thread_pool workers{2};
+    NullLogger logger;
+    FlakyStore store;
+    store.failures = 1'000'000;
+    FakePlanner planner;
+    auto router_bot = std::make_shared<RoutingBot>();
+    std::atomic<int> handed_on{0};
+    {
+        Pipeline pipeline{store,
+                          {BotBinding{"router", router_bot, {}}},
+                          {"a"},
+                          workers,
+                          logger,
+                          std::shared_ptr<const routing::Planner>(std::shared_ptr<void>(), &planner),
+                          [&](std::vector<host::StagedDelivery>, bool) { ++handed_on; }};
+        pipeline.submit(message("a", 1, "!tell bob"));
+        REQUIRE(wait_until([&] { return pipeline.stats().store_failures >= 2; }));
+        pipeline.close();
+        CHECK_FALSE(pipeline.wait_idle(std::chrono::milliseconds(50)));
+        pipeline.give_up();
+        workers.join();  // returns: the lane no longer waits to try the store again
+        const auto failures = pipeline.stats().store_failures;
+        std::this_thread::sleep_for(std::chrono::milliseconds(300));
+        CHECK(pipeline.stats().store_failures == failures);
+        std::lock_guard lock(router_bot->mutex);
+        CHECK(router_bot->reports.empty());  // the batch still waits, as handled
+    }
+    CHECK(handed_on == 0);
+    CHECK(store.commits == 0);
+    std::lock_guard lock(router_bot->mutex);
+    REQUIRE(router_bot->reports.size() == 1);
+    CHECK(router_bot->reports[0].status == DeliveryStatus::retryable);
+    CHECK(router_bot->reports[0].error_code == "shutting_down");
 }
 
 TEST_CASE("a batch whose commit is fenced (lease lost) is dropped, not retried; what bots routed is reported "
