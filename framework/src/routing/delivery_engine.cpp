@@ -373,7 +373,8 @@ public:
               return std::chrono::duration_cast<std::chrono::milliseconds>(
                          std::chrono::system_clock::now().time_since_epoch())
                   .count();
-          })) {
+          })),
+          unrecorded_timer_(io) {
         if (options_.max_attempts == 0) options_.max_attempts = 1;
     }
 
@@ -447,7 +448,8 @@ public:
         return drained;
     }
 
-    // At destruction: closes every lane ever made, so no lane timer keeps the engine alive.
+    // At destruction: closes every lane ever made, so no lane timer keeps the engine alive, and tries once more to
+    // record what the store refused.
     void shutdown() {
         std::vector<Lane*> lanes;
         {
@@ -456,6 +458,12 @@ public:
             for (const auto& lane : all_lanes_) lanes.push_back(lane.get());
         }
         close_lanes(lanes);
+        {
+            std::lock_guard lock(unrecorded_mutex_);
+            unrecorded_closed_ = true;
+            unrecorded_timer_.cancel();
+        }
+        record_again();
     }
 
     // By reference: the caller's copy is taken apart here, not moved through every layer.
@@ -531,7 +539,16 @@ public:
         return plan;
     }
 
-    void resume(std::vector<OutboxEntry> pending) { resume_all(by_plan(pending)); }
+    void resume(std::vector<OutboxEntry> pending) {
+        if (unrecorded_count_.load(std::memory_order_relaxed) > 0) {
+            // Final here, and written again until the store takes it (record_later()): not sent again.
+            std::lock_guard lock(unrecorded_mutex_);
+            std::erase_if(pending, [&](const OutboxEntry& entry) {
+                return unrecorded_.contains(UnrecordedKey{entry.plan_id, entry.recipient.to_string()});
+            });
+        }
+        resume_all(by_plan(pending));
+    }
 
     void retry_parked(const std::string& connection) {
         {
@@ -1558,16 +1575,127 @@ private:
             }
             if (auto updated = store_.outbox_update_plans(plans); !updated) {
                 const std::string& first = writes.front().plan->plan_id;
+                const bool again = updated.error().retryable;
                 logger_.error("delivery: could not record the outbox state of " + std::to_string(count) +
                               " recipient(s) of " +
                               (writes.size() == 1 ? "plan '" + first + "'"
                                                   : std::to_string(writes.size()) + " plans (first: '" + first + "')") +
-                              " (" + updated.error().to_string() + "); a restart may send them again");
+                              " (" + updated.error().to_string() + "); " +
+                              (again ? "writing it again once the store answers" : "a restart may send them again"));
+                if (again) record_later(plans);
+            } else if (unrecorded_count_.load(std::memory_order_relaxed) > 0) {
+                forget_unrecorded(plans);  // newer than what waits for them there
             }
         }
         for (const DeferredWrite& write : writes) {
             if (write.kind == WriteKind::final) final_write_done(*write.plan);
         }
+    }
+
+    // ---- states the store refused -------------------------------------------------------------------------------
+    //
+    // A write round the store failed (a redis outage, a busy sqlite file) leaves entries pending in the outbox whose
+    // recipients this engine knows final — most of them sent. They are kept here and written again, with backoff
+    // (100 ms doubling to 5 s), until the store takes them, so that neither resume() (a lease taken back after the
+    // outage) nor the next start sends them again. At most kMaxParked are kept (beyond, the next start may send
+    // them again, as it would after a crash).
+
+    void record_later(std::span<const OutboxPlanUpdate> plans) {
+        std::size_t dropped = 0;
+        std::lock_guard lock(unrecorded_mutex_);
+        for (const OutboxPlanUpdate& plan : plans) {
+            for (const OutboxRecipientUpdate& update : plan.recipients) {
+                UnrecordedKey key{std::string(plan.plan_id), update.address->to_string()};
+                if (unrecorded_.size() >= kMaxParked && !unrecorded_.contains(key)) {
+                    ++dropped;
+                    continue;
+                }
+                unrecorded_.insert_or_assign(
+                    std::move(key),
+                    Unrecorded{*update.address, update.state, update.attempts, std::string(update.sent_message_id),
+                               std::string(update.error), ++unrecorded_version_});
+            }
+        }
+        unrecorded_count_.store(unrecorded_.size(), std::memory_order_relaxed);
+        if (dropped > 0) {
+            logger_.error("delivery: " + std::to_string(dropped) +
+                          " recipient state(s) the store refused are not kept "
+                          "for writing again (" +
+                          std::to_string(kMaxParked) +
+                          " wait already); the next start may "
+                          "send them again");
+        }
+        arm_unrecorded_locked();
+    }
+
+    // What a later round wrote is newer than what waits here for the same recipients.
+    void forget_unrecorded(std::span<const OutboxPlanUpdate> plans) {
+        std::lock_guard lock(unrecorded_mutex_);
+        for (const OutboxPlanUpdate& plan : plans) {
+            for (const OutboxRecipientUpdate& update : plan.recipients) {
+                unrecorded_.erase(UnrecordedKey{std::string(plan.plan_id), update.address->to_string()});
+            }
+        }
+        unrecorded_count_.store(unrecorded_.size(), std::memory_order_relaxed);
+    }
+
+    void arm_unrecorded_locked() {
+        if (unrecorded_armed_ || unrecorded_closed_ || unrecorded_.empty()) return;
+        unrecorded_armed_ = true;
+        unrecorded_delay_ =
+            std::clamp(unrecorded_delay_ * 2, std::chrono::milliseconds(100), std::chrono::milliseconds(5000));
+        unrecorded_timer_.expires_after(unrecorded_delay_);
+        unrecorded_timer_.async_wait([self = shared_from_this()](const boost::system::error_code& ec) {
+            if (ec) return;  // shutdown() cancelled it, and writes once more itself
+            self->store_executor_([self] { self->record_again(); });
+        });
+    }
+
+    // Writes what waits in one store call. What waits stays where resume() sees it until the store took it; on a
+    // failure the store may get over, it waits for the next try.
+    void record_again() {
+        std::vector<std::pair<UnrecordedKey, Unrecorded>> snapshot;
+        {
+            std::lock_guard lock(unrecorded_mutex_);
+            unrecorded_armed_ = false;
+            snapshot.assign(unrecorded_.begin(), unrecorded_.end());  // ordered by plan id
+        }
+        if (snapshot.empty()) return;
+        std::vector<OutboxRecipientUpdate> updates;
+        std::vector<OutboxPlanUpdate> plans;
+        updates.reserve(snapshot.size());
+        for (const auto& [key, state] : snapshot) {
+            updates.push_back(
+                OutboxRecipientUpdate{&state.address, state.state, state.attempts, state.sent_message_id, state.error});
+            const std::string& plan_id = key.first;
+            if (plans.empty() || plans.back().plan_id != plan_id) {
+                plans.push_back(OutboxPlanUpdate{plan_id, {}});
+            }
+            plans.back().recipients = std::span(updates.data() + updates.size() - plans.back().recipients.size() - 1,
+                                                plans.back().recipients.size() + 1);
+        }
+        const auto recorded = store_.outbox_update_plans(plans);
+        std::lock_guard lock(unrecorded_mutex_);
+        const bool again = !recorded && recorded.error().retryable && !unrecorded_closed_;
+        if (!again) {
+            // Taken (or never to be): what was written goes, unless a newer state replaced it meanwhile.
+            for (const auto& [key, state] : snapshot) {
+                if (auto it = unrecorded_.find(key); it != unrecorded_.end() && it->second.version == state.version) {
+                    unrecorded_.erase(it);
+                }
+            }
+        }
+        if (recorded) {
+            unrecorded_delay_ = std::chrono::milliseconds(0);
+            logger_.info("delivery: recorded the outbox state of " + std::to_string(snapshot.size()) +
+                         " recipient(s) the store had refused");
+        } else if (!again) {
+            logger_.error("delivery: could not record the outbox state of " + std::to_string(snapshot.size()) +
+                          " recipient(s) the store had refused (" + recorded.error().to_string() +
+                          "); the next start may send them again");
+        }
+        unrecorded_count_.store(unrecorded_.size(), std::memory_order_relaxed);
+        arm_unrecorded_locked();
     }
 
     // The recorded state of final recipient @p i.
@@ -1953,6 +2081,25 @@ private:
     std::size_t parked_entries_ = 0;
     std::map<std::string, std::uint64_t, std::less<>> late_;  // plan id -> serial of the run whose late results park
     std::atomic<std::size_t> parked_ids_{0};  // parked_.size() + late_.size(), read without the lock by every launch
+
+    // Final states the store refused, by (plan id, recipient text), written again until it takes them.
+    using UnrecordedKey = std::pair<std::string, std::string>;
+    struct Unrecorded {
+        Address address;
+        OutboxState state = OutboxState::pending;
+        std::int32_t attempts = 0;
+        std::string sent_message_id;
+        std::string error;
+        std::uint64_t version = 0;  // which record_later() put it there
+    };
+    std::mutex unrecorded_mutex_;
+    std::map<UnrecordedKey, Unrecorded> unrecorded_;
+    std::atomic<std::size_t> unrecorded_count_{0};  // unrecorded_.size(), read without the lock by every round
+    asio::steady_timer unrecorded_timer_;
+    std::chrono::milliseconds unrecorded_delay_{0};
+    std::uint64_t unrecorded_version_ = 0;
+    bool unrecorded_armed_ = false;
+    bool unrecorded_closed_ = false;  // shutdown(): nothing is armed any more
 
     std::atomic<std::uint64_t> next_serial_{0};
     std::atomic<std::size_t> active_{0};

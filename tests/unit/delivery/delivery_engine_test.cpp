@@ -857,6 +857,40 @@ TEST_CASE("resume() sends each pending entry once and logs one line per plan", "
     CHECK(h.logger.count_containing("delivered (2 of 2 delivered)") == 1);
 }
 
+TEST_CASE(
+    "Outbox states the store refused are written again until it takes them; meanwhile resume() does not send "
+    "those recipients again",
+    "[delivery]") {
+    ThreadNotingStore store;
+    Harness h({}, {}, &store);
+    auto irc = std::make_shared<SinkConnector>();
+    h.engine->add_connection("irc", irc, {});
+    ReportSink sink;
+    store.fail_updates = 3;  // the plan's write round, then the first two tries to write it again
+
+    h.engine->execute(planned("p1", {kOps, kDev}), false, sink.callback());
+    const auto report = sink.wait();
+    REQUIRE(report);
+    CHECK(report->status == DeliveryStatus::delivered);
+    CHECK(h.logger.count_containing("writing it again once the store answers") == 1);
+    // The store still says pending; a lease taken back now would resume what it says.
+    auto pending = store.outbox_pending();
+    REQUIRE(pending.has_value());
+    CHECK(pending->size() == 2);
+    h.engine->resume(std::move(*pending));
+    REQUIRE(h.engine->wait_idle(5s));
+    CHECK(irc->sends().size() == 2);
+
+    // 100 + 200 + 400 ms of backoff later the store has taken them.
+    REQUIRE(wait_until([&] { return store.outbox_pending()->empty(); }, 10s));
+    const auto outbox = outbox_of(store, "p1");
+    CHECK(outbox.at("irc/#ops").state == OutboxState::sent);
+    CHECK(outbox.at("irc/#dev").state == OutboxState::sent);
+    CHECK(outbox.at("irc/#dev").attempts == 1);
+    CHECK(h.logger.count_containing("recorded the outbox state of 2 recipient(s) the store had refused") == 1);
+    CHECK(irc->sends().size() == 2);
+}
+
 TEST_CASE("An inline connector serving 100,000 recipients completes without deep recursion", "[delivery]") {
     Harness h;
     auto irc = std::make_shared<SinkConnector>();

@@ -310,10 +310,12 @@ private:
 };
 
 /// The memory store, noting the thread of every outbox call and the size of every outbox_update call;
-/// outbox_add fails while `fail_outbox_add` is set, and `on_update` (set before use) sees every update call first.
+/// outbox_add fails while `fail_outbox_add` is set, the next `fail_updates` outbox_update calls fail (retryable, as
+/// a store that went away), and `on_update` (set before use) sees every update call first.
 class ThreadNotingStore final : public Store {
 public:
     std::atomic<bool> fail_outbox_add{false};
+    std::atomic<int> fail_updates{0};
     std::function<void(std::span<const OutboxEntry>)> on_update;
     [[nodiscard]] std::set<std::thread::id> threads() const {
         std::lock_guard lock(mutex_);
@@ -352,6 +354,10 @@ public:
             update_sizes_.push_back(e.size());
         }
         if (on_update) on_update(e);
+        if (fail_updates > 0) {
+            --fail_updates;
+            return fail_retryable("store_unavailable", "injected failure");
+        }
         return inner_.outbox_update(e);
     }
     Result<std::vector<OutboxEntry>> outbox_pending() override { return inner_.outbox_pending(); }
