@@ -15,6 +15,7 @@
 #include <map>
 #include <mutex>
 #include <new>
+#include <set>
 #include <span>
 #include <string_view>
 #include <thread>
@@ -97,6 +98,19 @@ constexpr std::size_t kScratchRecipients = 16'384;
 
 struct Plan;
 class Core;
+
+// Guards a few pointer writes per plan (Core::running_), where a mutex would cost more than the work; the one long
+// holder, resume() walking the list, is rare.
+class SpinLock {
+public:
+    void lock() noexcept {
+        while (flag_.test_and_set(std::memory_order_acquire)) std::this_thread::yield();
+    }
+    void unlock() noexcept { flag_.clear(std::memory_order_release); }
+
+private:
+    std::atomic_flag flag_ = ATOMIC_FLAG_INIT;
+};
 
 enum class Op : std::uint8_t { send, remove };
 
@@ -196,6 +210,8 @@ struct Plan {
 
     std::atomic<std::uint32_t> refs{1};  // the first one is the plan's own, given up when it becomes idle
     const std::shared_ptr<Core> engine;
+    Plan* running_prev = nullptr;  // the engine's list of plans not idle yet (Core::running_), under its mutex
+    Plan* running_next = nullptr;
 
     // Set before the plan is shared, then read-only.
     std::uint64_t serial = 0;  // unique per engine, unlike the address of a plan
@@ -494,6 +510,12 @@ public:
         Plan& p = *plan;
         p.serial = next_serial_.fetch_add(1, std::memory_order_relaxed) + 1;
         p.plan_id = std::move(plan_id);
+        {
+            std::lock_guard lock(running_lock_);
+            p.running_next = running_;
+            if (running_ != nullptr) running_->running_prev = &p;
+            running_ = &p;
+        }
         unpark(p.plan_id);
         p.text = std::move(text);
         p.reply_to = std::move(reply_to);
@@ -540,6 +562,16 @@ public:
     }
 
     void resume(std::vector<OutboxEntry> pending) {
+        {
+            // A plan of this engine still running (a lease taken back while it retried) finishes its own entries,
+            // and parks what it leaves pending: resumed too, they would go out twice.
+            std::set<std::string_view> running;
+            std::lock_guard lock(running_lock_);
+            for (const Plan* p = running_; p != nullptr; p = p->running_next) running.insert(p->plan_id);
+            if (!running.empty()) {
+                std::erase_if(pending, [&](const OutboxEntry& entry) { return running.contains(entry.plan_id); });
+            }
+        }
         if (unrecorded_count_.load(std::memory_order_relaxed) > 0) {
             // Final here, and written again until the store takes it (record_later()): not sent again.
             std::lock_guard lock(unrecorded_mutex_);
@@ -1495,6 +1527,11 @@ private:
         if (actions.final_flush) schedule_write(p, WriteKind::final);
         if (actions.become_idle) {
             if (p.late_expected) forget_late(p);
+            {
+                std::lock_guard lock(running_lock_);
+                (p.running_prev != nullptr ? p.running_prev->running_next : running_) = p.running_next;
+                if (p.running_next != nullptr) p.running_next->running_prev = p.running_prev;
+            }
             // seq_cst on both sides (here and in wait_idle): either the waiter sees the count at zero, or this
             // sees the waiter.
             if (active_.fetch_sub(1) == 1 && waiters_.load() > 0) {
@@ -2100,6 +2137,10 @@ private:
     std::uint64_t unrecorded_version_ = 0;
     bool unrecorded_armed_ = false;
     bool unrecorded_closed_ = false;  // shutdown(): nothing is armed any more
+
+    // Plans not idle yet, newest first, linked through Plan::running_prev/next: what resume() leaves to them.
+    SpinLock running_lock_;
+    Plan* running_ = nullptr;
 
     std::atomic<std::uint64_t> next_serial_{0};
     std::atomic<std::size_t> active_{0};

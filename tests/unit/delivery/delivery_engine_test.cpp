@@ -891,6 +891,33 @@ TEST_CASE(
     CHECK(irc->sends().size() == 2);
 }
 
+TEST_CASE("resume() leaves the entries of a plan still running to it: a lease taken back does not send them twice",
+          "[delivery]") {
+    Harness h;
+    auto irc = std::make_shared<SilentConnector>();  // holds each send until the test releases it
+    h.engine->add_connection("irc", irc, {});
+    ReportSink sink;
+    h.engine->execute(planned("p1", {kOps, kDev}), false, sink.callback());
+    REQUIRE(wait_until([&] { return irc->held_count() == 2; }));
+    std::vector<OutboxEntry> left{entry("other", kAlice, "left by another host")};
+    REQUIRE(h.store().outbox_add(left).has_value());
+    auto pending = h.store().outbox_pending();  // p1's entries are pending while their sends are out
+    REQUIRE(pending.has_value());
+    REQUIRE(pending->size() == 3);
+
+    h.engine->resume(std::move(*pending));
+    REQUIRE(wait_until([&] { return irc->held_count() == 3; }));
+    irc->release_held();
+    const auto report = sink.wait();
+    REQUIRE(report);
+    CHECK(report->status == DeliveryStatus::delivered);
+    REQUIRE(h.engine->wait_idle(5s));
+    std::multiset<std::string> keys;
+    for (const auto& send : irc->sends()) keys.insert(send.idempotency_key);
+    CHECK(keys == std::multiset<std::string>{"p1|irc/#ops", "p1|irc/#dev", "other|irc/@alice"});
+    CHECK(h.store().outbox_pending()->empty());
+}
+
 TEST_CASE("An inline connector serving 100,000 recipients completes without deep recursion", "[delivery]") {
     Harness h;
     auto irc = std::make_shared<SinkConnector>();
