@@ -33,6 +33,22 @@ std::size_t count(const std::string& text, const std::string& what) {
     return n;
 }
 
+// The run that wrote run1.out in @p dir answered each of @p lines console lines exactly once, and left nothing
+// pending in the outbox: a second run, which would send what was left, answers nothing.
+void check_each_line_answered_once(RedisServer& server, const fs::path& dir, int lines) {
+    const std::string answers = read_file(dir / "run1.out");
+    CHECK(count(answers, "<switchboard> line ") == static_cast<std::size_t>(lines));
+    for (int i = 0; i < lines; ++i) {
+        INFO("line " << i);
+        CHECK(count(answers, "<switchboard> line " + std::to_string(i) + "\n") == 1);
+    }
+    CHECK(server.command({"ZCARD", "switchboard:outbox-pending"}) == "0");
+    const auto second = run_process(kSwitchboard, {"run", "-c", "redis.yaml"}, dir, "");
+    INFO(second.err);
+    CHECK(second.exit_code == 0);
+    CHECK(count(second.out, "<switchboard> line ") == 0);
+}
+
 }  // namespace
 
 TEST_CASE("the host runs on the redis store: every line answered once, over two runs, with the ledger in Redis",
@@ -141,17 +157,7 @@ TEST_CASE("the host rides out a redis-server restart under load: every line answ
     // Every line was answered exactly once in this run, a batch whose commit went through just as the server died
     // included (its reply lost: committed again, it changes nothing, and its replies go out then): nothing is left
     // in the outbox for the next start, which answers nothing.
-    const std::string answers = read_file(dir / "run1.out");
-    CHECK(count(answers, "<switchboard> line ") == kLines);
-    for (int i = 0; i < kLines; ++i) {
-        INFO("line " << i);
-        CHECK(count(answers, "<switchboard> line " + std::to_string(i) + "\n") == 1);
-    }
-    CHECK(server.command({"ZCARD", "switchboard:outbox-pending"}) == "0");
-    const auto second = run_process(kSwitchboard, {"run", "-c", "redis.yaml"}, dir.path(), "");
-    INFO(second.err);
-    CHECK(second.exit_code == 0);
-    CHECK(count(second.out, "<switchboard> line ") == 0);
+    check_each_line_answered_once(server, dir.path(), kLines);
 }
 
 TEST_CASE("the host rides out a redis-server frozen past reconnect_timeout again and again: each line answered once",
@@ -193,15 +199,5 @@ TEST_CASE("the host rides out a redis-server frozen past reconnect_timeout again
     CHECK(host.exit_code() == 0);
     CHECK(read_file(dir / "run1.err").find("failed") != std::string::npos);  // the freezes were felt
 
-    const std::string answers = read_file(dir / "run1.out");
-    CHECK(count(answers, "<switchboard> line ") == kLines);
-    for (int i = 0; i < kLines; ++i) {
-        INFO("line " << i);
-        CHECK(count(answers, "<switchboard> line " + std::to_string(i) + "\n") == 1);
-    }
-    CHECK(server.command({"ZCARD", "switchboard:outbox-pending"}) == "0");
-    const auto second = run_process(kSwitchboard, {"run", "-c", "redis.yaml"}, dir.path(), "");
-    INFO(second.err);
-    CHECK(second.exit_code == 0);
-    CHECK(count(second.out, "<switchboard> line ") == 0);
+    check_each_line_answered_once(server, dir.path(), kLines);
 }
