@@ -210,7 +210,7 @@ struct Plan {
 
     std::atomic<std::uint32_t> refs{1};  // the first one is the plan's own, given up when it becomes idle
     const std::shared_ptr<Core> engine;
-    Plan* running_prev = nullptr;  // the engine's list of plans not idle yet (Core::running_), under its mutex
+    Plan* running_prev = nullptr;  // the engine's list of plans not idle yet (Core::running_), under its spin lock
     Plan* running_next = nullptr;
 
     // Set before the plan is shared, then read-only.
@@ -1656,11 +1656,8 @@ private:
         unrecorded_count_.store(unrecorded_.size(), std::memory_order_relaxed);
         if (dropped > 0) {
             logger_.error("delivery: " + std::to_string(dropped) +
-                          " recipient state(s) the store refused are not kept "
-                          "for writing again (" +
-                          std::to_string(kMaxParked) +
-                          " wait already); the next start may "
-                          "send them again");
+                          " recipient state(s) the store refused are not kept for writing again (" +
+                          std::to_string(kMaxParked) + " wait already); the next start may send them again");
         }
         arm_unrecorded_locked();
     }
@@ -1701,15 +1698,14 @@ private:
         std::vector<OutboxRecipientUpdate> updates;
         std::vector<OutboxPlanUpdate> plans;
         updates.reserve(snapshot.size());
-        for (const auto& [key, state] : snapshot) {
+        for (const auto& [key, state] : snapshot) {  // `updates` does not move: it has room for every one
+            if (plans.empty() || plans.back().plan_id != key.first) {
+                plans.push_back(OutboxPlanUpdate{key.first, std::span(updates.data() + updates.size(), 0)});
+            }
             updates.push_back(
                 OutboxRecipientUpdate{&state.address, state.state, state.attempts, state.sent_message_id, state.error});
-            const std::string& plan_id = key.first;
-            if (plans.empty() || plans.back().plan_id != plan_id) {
-                plans.push_back(OutboxPlanUpdate{plan_id, {}});
-            }
-            plans.back().recipients = std::span(updates.data() + updates.size() - plans.back().recipients.size() - 1,
-                                                plans.back().recipients.size() + 1);
+            std::span<const OutboxRecipientUpdate>& recipients = plans.back().recipients;
+            recipients = std::span(recipients.data(), recipients.size() + 1);
         }
         const auto recorded = store_.outbox_update_plans(plans);
         std::lock_guard lock(unrecorded_mutex_);
