@@ -236,10 +236,10 @@ if op == 'cursors' then
 end
 
 if op == 'prune' then
-  -- now, window, before, what ('all', or 'outbox' for the calls after the first): dedup entries past the window go
-  -- uncounted (they were expired already), then everything older than before. Returns the dedup entries removed,
-  -- the outbox entries removed (10,000 at most) and 1 once the backfill scan below is done: the client calls again
-  -- until fewer than 10,000 went and the scan is done, so the server serves others between bounded calls.
+  -- now, window, before, what ('all', or 'outbox' for the calls after the first), limit: dedup entries past the
+  -- window go uncounted (they were expired already), then everything older than before. Returns the dedup entries
+  -- removed, the outbox entries removed (`limit` at most) and 1 once the backfill scan below is done: the client calls
+  -- again until fewer than `limit` went and the scan is done, so the server serves others between bounded calls.
   local expired = '(' .. int(tonumber(ARGV[4]) - tonumber(ARGV[5]))
   local removed = 0
   local channels = ARGV[7] == 'all' and redis.call('SMEMBERS', p .. 'channels') or {}
@@ -276,8 +276,8 @@ if op == 'prune' then
     end
     redis.call('SET', scan, page[1] == '0' and 'done' or page[1])
   end
-  -- Finished outbox entries created before `before`, 10,000 a call at most (a script blocks the server).
-  local old = redis.call('ZRANGEBYSCORE', done, '-inf', '(' .. ARGV[6], 'LIMIT', 0, 10000)
+  -- Finished outbox entries created before `before`, `limit` a call at most (a script blocks the server).
+  local old = redis.call('ZRANGEBYSCORE', done, '-inf', '(' .. ARGV[6], 'LIMIT', 0, tonumber(ARGV[8]))
   for _, member in ipairs(old) do
     local newline = string.find(member, '\n', 17, true)
     local plan, recipient = string.sub(member, 17, newline - 1), string.sub(member, newline + 1)

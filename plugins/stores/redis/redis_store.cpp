@@ -997,7 +997,11 @@ Result<std::size_t> RedisStore::prune(std::int64_t before_ms) {
     std::size_t removed = 0;
     for (bool first = true;; first = false) {
         Command command = impl_->script("prune");
-        command.number(now_ms()).arg(impl_->window_text).number(before_ms).arg(first ? "all" : "outbox");
+        command.number(now_ms())
+            .arg(impl_->window_text)
+            .number(before_ms)
+            .arg(first ? "all" : "outbox")
+            .number(kOutboxPerCall);
         auto reply = impl_->run_one("pruning old entries", std::move(command));
         if (!reply) return reply.error();
         const redisReply& answer = **reply;
