@@ -11,7 +11,8 @@
 // Outbox writes are group commits: what completes while a write runs joins the next one, and sends that complete
 // inline (inside Connector::send) are recorded in rounds of at most the connection's concurrency limit (256 within
 // execute_all() and resume()), one Store::outbox_update_plans call per round whatever the number of plans. So a crash
-// re-sends at most what was in flight or in the round being gathered, with the same idempotency keys.
+// re-sends at most what was in flight or in the round being gathered, with the same idempotency keys. A round the
+// store refuses is kept and written again (100 ms doubling to 5 s) until the store takes it.
 //
 // Status rules (error_code in parentheses):
 //   - every recipient delivered (or already `sent` in the outbox) → delivered;
@@ -158,6 +159,9 @@ public:
     ///
     /// Entries are grouped by plan id into best-effort plans due in 30 s. Reachability is not checked (connections
     /// are still connecting at start-up): a connector that is not ready answers retryable and the engine retries.
+    /// Entries this engine knows better than the store are left out, as they would go out twice: those of plans it
+    /// is still running (a lease taken back after an outage), and those whose final state the store refused and the
+    /// engine is writing again.
     void resume(std::vector<OutboxEntry> pending);
 
     /// Connection @p connection is back (connected or resumed): sends again, as resume() does, the recipients on it
