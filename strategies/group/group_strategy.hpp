@@ -9,7 +9,7 @@
 namespace switchboard::strategies {
 
 /// Plans a group message. The envelope's target names a group of the directory; the plan holds its members in
-/// config order, each address once (the first member with an address wins), without the envelope's origin, with
+/// config order, each address once (the directory's snapshot lists them so), without the envelope's origin, with
 /// the group's `delivery` mode and `on_failure`. A target that is no group but a channel gets a one-recipient plan
 /// to that channel (routes `to: { channel: NAME }` arrive here too). Neither → `group_dissolved`.
 ///
@@ -17,8 +17,7 @@ namespace switchboard::strategies {
 /// exists, so the engine reports the send as delivered to nobody, and the route keeps working when members come
 /// back. The same holds for a channel target that is the origin itself.
 ///
-/// plan() does one pass over the group's immutable snapshot: O(members), one allocation for the recipients and one
-/// for the dedup table, no lock.
+/// plan() copies the group's immutable snapshot in one pass: O(members), one allocation for the recipients, no lock.
 class GroupStrategy : public Strategy {
 public:
     /// The plugin name used in the config (`strategy: group`).

@@ -71,7 +71,8 @@ struct Recipient {
 struct DirectoryGroup {
     /// @brief Logical name.
     std::string name;
-    /// @brief Its members, in config order.
+    /// @brief Its members, in config order, each address once (under the first member naming it: two channel names
+    /// may be given to one platform channel).
     std::vector<Recipient> members;
     /// @brief Configured delivery mode.
     DeliveryMode delivery = DeliveryMode::best_effort;

@@ -1,5 +1,7 @@
 #include "routing/directory.hpp"
 
+#include <boost/unordered/unordered_flat_set.hpp>
+#include <cstdint>
 #include <mutex>
 
 namespace switchboard::routing {
@@ -62,14 +64,26 @@ std::shared_ptr<const DirectoryGroup> ConfigDirectory::resolve(const config::Gro
     resolved->name = group.name;
     resolved->delivery = group.delivery;
     resolved->on_failure = group.on_failure;
-    resolved->members.reserve(group.members.size());
+    std::vector<Recipient>& members = resolved->members;
+    members.reserve(group.members.size());
+    // Two channel names may be given to one platform channel: each address is listed once, under the first member
+    // naming it, here once per membership change rather than by the strategy on every send.
+    const auto hash = [&members](std::uint32_t i) {
+        return static_cast<std::size_t>(hash_address(members[i].address));
+    };
+    const auto equal = [&members](std::uint32_t a, std::uint32_t b) {
+        return members[a].address == members[b].address;
+    };
+    boost::unordered_flat_set<std::uint32_t, decltype(hash), decltype(equal)> seen(group.members.size(), hash, equal);
     for (const std::string& member : group.members) {
         if (auto c = channel_index_.find(member); c != channel_index_.end()) {
-            resolved->members.push_back(Recipient{member, channels_[c->second].address});
+            members.push_back(Recipient{member, channels_[c->second].address});
         } else if (auto u = users_.find(member); u != users_.end()) {
-            resolved->members.push_back(Recipient{member, u->second});
+            members.push_back(Recipient{member, u->second});
+        } else {
+            continue;  // the config loader refuses members that name nothing
         }
-        // The config loader refuses members that name nothing, so there is no else.
+        if (!seen.insert(static_cast<std::uint32_t>(members.size() - 1)).second) members.pop_back();
     }
     return resolved;
 }

@@ -41,6 +41,22 @@ TEST_CASE("group member lists are cached until a reload or a membership change",
     CHECK(first->members.size() == 3);  // a snapshot handed out earlier stays valid
 }
 
+TEST_CASE("a group lists each address once, under the first member naming it", "[directory]") {
+    auto config = routing_config();
+    config.channels.push_back({"ops-alias", "irc", "#ops", {}, {}});  // a second name for the platform channel #ops
+    config.channels.push_back({"ops-dm", "irc", "alice", {}, {}});    // a channel, not the person alice: kept
+    config.groups[0].members = {"ops-irc", "alice", "ops-alias", "ops-discord", "ops-dm"};
+    ConfigDirectory directory(config);
+
+    const auto ops = directory.group("ops");
+
+    REQUIRE(ops);
+    CHECK(ops->members == std::vector<Recipient>{{"ops-irc", Address::channel("irc", "#ops")},
+                                                 {"alice", Address::user("irc", "alice")},
+                                                 {"ops-discord", Address::channel("discord", "1234")},
+                                                 {"ops-dm", Address::channel("irc", "alice")}});
+}
+
 TEST_CASE("an address is reachable while its connection is up and, where membership is known, the person present",
           "[directory]") {
     ConfigDirectory directory(routing_config());
