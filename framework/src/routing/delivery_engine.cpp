@@ -89,6 +89,8 @@ constexpr const char* kShuttingDown = "shutting_down";
 // Recipients left pending that the engine keeps for retry_parked() at most; beyond, they wait in the outbox for the
 // next start (a connection down for long under heavy traffic must not grow the engine without bound).
 constexpr std::size_t kMaxParked = 100'000;
+// The longest delay between two sweeps of what is parked for a connection that never said it was back.
+constexpr std::chrono::milliseconds kMaxParkedRetry{10 * 60 * 1000};
 
 // Outbox writes reuse per-thread scratch vectors, never shrunk, so building them allocates nothing once warm: a
 // plan's initial write (Store::outbox_add_plan) and each round of updates (Store::outbox_update_plans) pass the
@@ -390,8 +392,11 @@ public:
                          std::chrono::system_clock::now().time_since_epoch())
                   .count();
           })),
+          parked_timer_(io),
           unrecorded_timer_(io) {
         if (options_.max_attempts == 0) options_.max_attempts = 1;
+        if (options_.parked_retry <= std::chrono::milliseconds::zero()) options_.parked_retry = kMaxParkedRetry;
+        parked_delay_ = options_.parked_retry;
     }
 
     Core(const Core&) = delete;
@@ -474,6 +479,11 @@ public:
             for (const auto& lane : all_lanes_) lanes.push_back(lane.get());
         }
         close_lanes(lanes);
+        {
+            std::lock_guard lock(parked_mutex_);
+            parked_closed_ = true;
+            parked_timer_.cancel();
+        }
         {
             std::lock_guard lock(unrecorded_mutex_);
             unrecorded_closed_ = true;
@@ -582,7 +592,17 @@ public:
         resume_all(by_plan(pending));
     }
 
+    // The connection is back: what waits for it goes out now, and the sweep starts again from its first delay.
     void retry_parked(const std::string& connection) {
+        {
+            std::lock_guard lock(parked_mutex_);
+            parked_delay_ = options_.parked_retry;
+        }
+        resume_parked(connection, true);
+    }
+
+    // Sends again what plans left parked for @p connection, if it has a connector: it is @p back, or a sweep.
+    void resume_parked(const std::string& connection, bool back) {
         {
             // Without a connector for it (cleared at shutdown, removed by a reload) they wait for the next start:
             // resumed now, they would end unknown_connection, for good.
@@ -621,8 +641,10 @@ public:
             count_parked_ids();
         }
         if (plans.empty()) return;
-        logger_.info("delivery: '" + connection + "' is back; sending again " + std::to_string(count) +
-                         " recipient(s) that plans left pending while it was not",
+        logger_.info(back ? "delivery: '" + connection + "' is back; sending again " + std::to_string(count) +
+                                " recipient(s) that plans left pending while it was not"
+                          : "delivery: sending again " + std::to_string(count) + " recipient(s) on '" + connection +
+                                "' that plans left pending (it did not drop, so it never said it was back)",
                      LogFields{connection, {}, {}});
         resume_all(std::move(plans));
     }
@@ -1314,6 +1336,7 @@ private:
         parked_entries_ = parked_entries_ - parked.recipients.size() + left.recipients.size();
         parked = std::move(left);
         count_parked_ids();
+        arm_parked_sweep_locked();
     }
 
     // Whether @p adding more recipients of @p p may wait for their connection (at most kMaxParked wait); if not,
@@ -1352,6 +1375,7 @@ private:
         parked.recipients.push_back(PendingPlan::Recipient{out.address, p.slots[index].stored_attempts});
         ++parked_entries_;
         count_parked_ids();
+        arm_parked_sweep_locked();
         logger_.info("delivery: " + out.address.to_string() + ", in flight when plan '" + p.plan_id +
                          "' reached its deadline, came back " + out.error_code +
                          "; it goes out again when its connection is back",
@@ -1381,6 +1405,42 @@ private:
 
     // parked_ids_ from the maps; the caller holds parked_mutex_.
     void count_parked_ids() { parked_ids_.store(parked_.size() + late_.size(), std::memory_order_relaxed); }
+
+    // A connection that never drops never says it is back: a platform answering retryable for longer than a plan's
+    // deadline, or a store away that long, would leave what was parked for it waiting for the next start. A sweep
+    // sends it again anyway, EngineOptions::parked_retry after something was parked, then at doubling delays (up to
+    // kMaxParkedRetry) while something stays parked; retry_parked() starts the delays again. The caller holds
+    // parked_mutex_.
+    void arm_parked_sweep_locked() {
+        if (parked_armed_ || parked_closed_ || parked_.empty()) return;
+        parked_armed_ = true;
+        parked_timer_.expires_after(parked_delay_);
+        parked_timer_.async_wait([self = shared_from_this()](const boost::system::error_code& ec) {
+            if (!ec) self->sweep_parked();  // else shutdown() cancelled it
+        });
+    }
+
+    void sweep_parked() {
+        std::vector<std::string> connections;
+        {
+            std::lock_guard lock(parked_mutex_);
+            parked_armed_ = false;
+            parked_delay_ = std::min(parked_delay_ * 2, kMaxParkedRetry);
+            for (const auto& [plan_id, plan] : parked_) {
+                for (const PendingPlan::Recipient& recipient : plan.recipients) {
+                    if (std::find(connections.begin(), connections.end(), recipient.address.connection) ==
+                        connections.end()) {
+                        connections.push_back(recipient.address.connection);
+                    }
+                }
+            }
+        }
+        for (const std::string& connection : connections) resume_parked(connection, false);
+        // What is still parked (a connection without a connector) waits for the next sweep; what comes back parked
+        // from these runs arms it again when it is parked.
+        std::lock_guard lock(parked_mutex_);
+        arm_parked_sweep_locked();
+    }
 
     // Builds @p p's report into @p report (empty when called).
     void build_report(Plan& p, bool move, DeliveryReport& report) const {
@@ -2114,6 +2174,10 @@ private:
     std::size_t parked_entries_ = 0;
     std::map<std::string, std::uint64_t, std::less<>> late_;  // plan id -> serial of the run whose late results park
     std::atomic<std::size_t> parked_ids_{0};  // parked_.size() + late_.size(), read without the lock by every launch
+    asio::steady_timer parked_timer_;         // the sweep (arm_parked_sweep_locked())
+    std::chrono::milliseconds parked_delay_{0};
+    bool parked_armed_ = false;
+    bool parked_closed_ = false;  // shutdown(): no sweep any more
 
     // Final states the store refused, by (plan id, recipient text), written again until it takes them.
     using UnrecordedKey = std::pair<std::string, std::string>;

@@ -95,6 +95,11 @@ struct EngineOptions {
     std::uint32_t max_attempts = 8;
     /// First retry backoff; doubles per attempt, and a connector's retry_after_ms wins when larger.
     std::chrono::milliseconds initial_backoff{100};
+    /// What plans left pending for a connection waits for retry_parked(), which the host calls when the connection
+    /// is back. A connection that never dropped never is: what waits for it is sent again this long after it was
+    /// left pending anyway, then at doubling delays up to 10 minutes while something still waits (retry_parked()
+    /// starts the delays again).
+    std::chrono::milliseconds parked_retry{30'000};
     /// Hears every report just before its callback gets it, with the time since the plan started (the host's
     /// metrics and status). Called on the thread that delivers the report; must not block.
     std::function<void(const DeliveryReport& report, std::chrono::nanoseconds elapsed)> on_report;
@@ -170,7 +175,8 @@ public:
     /// start. A recipient in flight when its deadline came waits this way too if its late result is retryable. A plan
     /// executed again under the same id takes its recipients over (and the late results of the earlier run are then
     /// left to it), so nobody gets a message twice. At most 100,000 recipients wait this way; beyond, they wait for
-    /// the next start.
+    /// the next start. The engine also sends them again by itself, EngineOptions::parked_retry after they were left
+    /// pending and then at doubling delays, for a connection that never dropped and so never comes back.
     void retry_parked(const std::string& connection);
 
     /// Recipients waiting for retry_parked() now.

@@ -401,6 +401,37 @@ TEST_CASE("Recipients left retryable wait for their connection and go out once w
     CHECK(irc->send_count() == sends_before + 2);
 }
 
+TEST_CASE("What waits for a connection that never drops goes out again by itself, at growing delays", "[delivery]") {
+    auto options = retries(2);
+    options.parked_retry = 100ms;
+    Harness h(options);
+    auto irc = std::make_shared<FlakyConnector>(4, 1);  // the first run's two attempts and the first sweep's fail
+    h.engine->add_connection("irc", irc, {});
+    ReportSink sink;
+
+    const auto start = std::chrono::steady_clock::now();
+    h.engine->execute(planned("p1", {kOps}), false, sink.callback());
+    REQUIRE(sink.wait());
+    CHECK(sink.wait()->status == DeliveryStatus::retryable);
+
+    // Nobody calls retry_parked(): the connection stays up, so it never comes back.
+    const auto deadline = start + 5s;
+    while (outbox_of(h.store(), "p1").at("irc/#ops").state != OutboxState::sent &&
+           std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::sleep_for(10ms);
+    }
+    CHECK(h.engine->wait_idle(5s));
+    CHECK(outbox_of(h.store(), "p1").at("irc/#ops").state == OutboxState::sent);
+    CHECK(std::chrono::steady_clock::now() - start >= 300ms);  // a sweep after 100 ms, the next 200 ms later
+    CHECK(irc->send_count() == 5);
+    CHECK(h.engine->parked() == 0);
+    CHECK(h.logger.count_containing("sending again 1 recipient(s) on 'irc' that plans left pending (it did not drop") ==
+          2);
+
+    std::this_thread::sleep_for(500ms);  // nothing waits any more: no sweep sends it again
+    CHECK(irc->send_count() == 5);
+}
+
 TEST_CASE("A plan run again under the same id takes over what its earlier run left waiting", "[delivery]") {
     Harness h(retries(2));
     auto irc = std::make_shared<FlakyConnector>(2, 1);
