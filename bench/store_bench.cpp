@@ -37,7 +37,6 @@
 #include <thread>
 #include <vector>
 
-#include "allocator/allocator.hpp"
 #include "memory_store.hpp"
 #include "redis_server.hpp"
 #include "redis_store.hpp"
@@ -346,7 +345,6 @@ void migrate_sqlite(benchmark::State& state) {
 }  // namespace
 
 int main(int argc, char** argv) {
-    benchmark::AddCustomContext("allocator", allocator::name());
     register_store<Kind::memory>("memory", {1});
     register_store<Kind::sqlite>("sqlite", {1});
     register_store<Kind::redis>("redis", {1, 4});
