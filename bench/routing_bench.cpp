@@ -14,7 +14,6 @@
 
 #include <SQLiteCpp/SQLiteCpp.h>
 #include <benchmark/benchmark.h>
-#include <malloc.h>
 #include <stdlib.h>
 
 #include <algorithm>
@@ -35,6 +34,7 @@
 #include <variant>
 #include <vector>
 
+#include "allocator/allocator.hpp"
 #include "config/config.hpp"
 #include "group_strategy.hpp"
 #include "memory_store.hpp"
@@ -813,11 +813,6 @@ void fanout(benchmark::State& state) {
 
 // ---- memory of a cached group -----------------------------------------------------------------------------------
 
-std::size_t heap_in_use() {
-    const struct mallinfo2 info = ::mallinfo2();
-    return info.uordblks + info.hblkhd;  // small chunks in use, and large ones (mmapped)
-}
-
 // (e) The heap a resolved, cached member list takes (the directory's first group() call), per member, and how long
 // resolving takes.
 void cached_group(benchmark::State& state) {
@@ -825,11 +820,11 @@ void cached_group(benchmark::State& state) {
     double bytes = 0;
     for (auto _ : state) {
         auto directory = make_directory();
-        const std::size_t before = heap_in_use();
+        const std::size_t before = allocator::bytes_in_use();
         const auto start = SteadyClock::now();
         auto group = directory->group(group_name(members));
         state.SetIterationTime(seconds(SteadyClock::now() - start));
-        bytes = static_cast<double>(heap_in_use() - before);
+        bytes = static_cast<double>(allocator::bytes_in_use() - before);
         if (group == nullptr || group->members.size() != members) {
             fail_benchmark(state, "the group did not resolve");
             break;
@@ -884,6 +879,7 @@ BENCHMARK(cached_group)
     ->Unit(benchmark::kMillisecond);
 
 int main(int argc, char** argv) {
+    benchmark::AddCustomContext("allocator", allocator::name());
     benchmark::Initialize(&argc, argv);
     if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 2;
     benchmark::RunSpecifiedBenchmarks();

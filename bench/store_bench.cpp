@@ -37,6 +37,7 @@
 #include <thread>
 #include <vector>
 
+#include "allocator/allocator.hpp"
 #include "memory_store.hpp"
 #include "redis_server.hpp"
 #include "redis_store.hpp"
@@ -345,6 +346,7 @@ void migrate_sqlite(benchmark::State& state) {
 }  // namespace
 
 int main(int argc, char** argv) {
+    benchmark::AddCustomContext("allocator", allocator::name());
     register_store<Kind::memory>("memory", {1});
     register_store<Kind::sqlite>("sqlite", {1});
     register_store<Kind::redis>("redis", {1, 4});

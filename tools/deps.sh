@@ -8,6 +8,7 @@ packages=(
   cmake ninja-build g++ pkg-config
   libboost1.81-dev libboost-program-options1.81-dev libboost-filesystem1.81-dev libboost-url1.81-dev libssl-dev
   libyaml-cpp-dev nlohmann-json3-dev libsqlitecpp-dev libsqlite3-dev libspdlog-dev libhiredis-dev prometheus-cpp-dev libsystemd-dev
+  libmimalloc-dev
 )
 if [[ "${1:-}" == "test" ]]; then
   packages+=(catch2 libbenchmark-dev inspircd ngircd redis-server chromium)

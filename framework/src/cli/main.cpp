@@ -3,6 +3,7 @@
 // Exit status: 0 success; 1 a failure while running (store cannot open, plugin failed to start); 2 a usage or
 // configuration error; 3 a plugin library was refused.
 
+#include "allocator/allocator.hpp"
 #include "config/config.hpp"
 #include "host/config_source.hpp"
 #include "host/host.hpp"
@@ -141,7 +142,8 @@ int command_run(const std::vector<std::string>& args) {
     }
     host::SpdLogger logger("host", format == "json" ? host::LogFormat::json : host::LogFormat::text, *level,
                            std::move(component_levels));
-    logger.info("switchboard " + std::string(kFrameworkVersion) + " starting with " + loaded->name);
+    logger.info("switchboard " + std::string(kFrameworkVersion) + " starting with " + loaded->name +
+                " (allocator: " + allocator::name() + ")");
     // The host keeps the registry: it destroys every object it made before the libraries go.
     host::HostOptions host_options;
     host_options.drain_timeout = std::chrono::milliseconds(config->stop_timeout_ms);
@@ -302,7 +304,7 @@ int main(int argc, char** argv) {
     }
     if (args[0] == "--version" || args[0] == "-V") {
         std::cout << "switchboard " << kFrameworkVersion << " (plugin ABI " << kAbiVersion << "; " << kBuildStamp
-                  << ")\n";
+                  << "; allocator: " << allocator::name() << ")\n";
         return kExitOk;
     }
     const std::string command = args[0];

@@ -228,6 +228,11 @@ TEST_CASE("the version and help options answer, and an unknown command is a usag
     const auto version = switchboard_run({"--version"}, dir.path());
     CHECK(version.exit_code == 0);
     CHECK(version.out.find("switchboard 0.1.0 (plugin ABI 6;") != std::string::npos);
+#if SWITCHBOARD_TEST_MIMALLOC
+    CHECK(version.out.find("; allocator: mimalloc 2.") != std::string::npos);  // it really serves malloc()
+#else
+    CHECK(version.out.find("; allocator: glibc malloc)") != std::string::npos);
+#endif
     const auto help = switchboard_run({"--help"}, dir.path());
     CHECK(help.exit_code == 0);
     CHECK(help.out.find("usage: switchboard COMMAND") != std::string::npos);
