@@ -879,6 +879,7 @@ BENCHMARK(cached_group)
     ->Unit(benchmark::kMillisecond);
 
 int main(int argc, char** argv) {
+    allocator::configure();
     benchmark::AddCustomContext("allocator", allocator::name());
     benchmark::Initialize(&argc, argv);
     if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 2;

@@ -346,6 +346,7 @@ void migrate_sqlite(benchmark::State& state) {
 }  // namespace
 
 int main(int argc, char** argv) {
+    allocator::configure();
     benchmark::AddCustomContext("allocator", allocator::name());
     register_store<Kind::memory>("memory", {1});
     register_store<Kind::sqlite>("sqlite", {1});

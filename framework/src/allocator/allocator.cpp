@@ -29,6 +29,15 @@ bool add_area(const mi_heap_t* /*heap*/, const mi_heap_area_t* area, void* /*blo
 
 }  // namespace
 
+void configure() {
+#if SWITCHBOARD_WITH_MIMALLOC
+    if (std::getenv("MIMALLOC_DECOMMIT_DELAY") == nullptr) mi_option_set(mi_option_decommit_delay, 5000);
+    if (std::getenv("MIMALLOC_RESERVE_OS_MEMORY") == nullptr) {
+        static_cast<void>(mi_reserve_os_memory(std::size_t{1} << 30, true, false));  // mimalloc copes without it
+    }
+#endif
+}
+
 std::string name() {
 #if SWITCHBOARD_WITH_MIMALLOC
     if (malloc_is_mimalloc()) {

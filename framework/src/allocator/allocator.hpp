@@ -8,6 +8,15 @@
 
 namespace switchboard::allocator {
 
+/// Settles the allocator's options; the first thing main() does. Left to its defaults, mimalloc gives memory a burst
+/// freed back to the system 25 ms later and takes each large block (a fan-out's vectors of 100,000 recipients) from
+/// fresh system memory, so the next burst faults it all in again: twice glibc's page faults. A host handles batches
+/// milliseconds apart, so it keeps freed memory 5 s, and gives mimalloc a 1 GiB arena to carve blocks from and reuse
+/// (mapped read-write, but a page is resident only once touched: the peak resident size stays as with glibc; where
+/// the system refuses the mapping, as under strict overcommit accounting, mimalloc goes on without it).
+/// MIMALLOC_DECOMMIT_DELAY and MIMALLOC_RESERVE_OS_MEMORY in the environment win.
+void configure();
+
 /// "mimalloc 2.0.9" when mimalloc serves this process's malloc(), else "glibc malloc" — checked, not assumed: a
 /// block from calloc() must lie in mimalloc's heap.
 [[nodiscard]] std::string name();

@@ -297,6 +297,7 @@ int command_plugins(const std::vector<std::string>& args) {
 }  // namespace
 
 int main(int argc, char** argv) {
+    allocator::configure();
     std::vector<std::string> args(argv + 1, argv + argc);
     if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
         std::cout << kUsage;
