@@ -1408,9 +1408,9 @@ private:
 
     // A connection that never drops never says it is back: a platform answering retryable for longer than a plan's
     // deadline, or a store away that long, would leave what was parked for it waiting for the next start. A sweep
-    // sends it again anyway, EngineOptions::parked_retry after something was parked, then at doubling delays (up to
-    // kMaxParkedRetry) while something stays parked; retry_parked() starts the delays again. The caller holds
-    // parked_mutex_.
+    // sends it again anyway (sweep_parked()), EngineOptions::parked_retry after something was parked, then at
+    // doubling delays (up to kMaxParkedRetry) while something stays parked; retry_parked() starts the delays again.
+    // The caller holds parked_mutex_.
     void arm_parked_sweep_locked() {
         if (parked_armed_ || parked_closed_ || parked_.empty()) return;
         parked_armed_ = true;
@@ -1420,22 +1420,31 @@ private:
         });
     }
 
+    // Sends again what waits for a connection on which the directory finds one of its recipients reachable (at most
+    // kSweepProbes looked at): one that is down says when it is back, and would only answer "not connected" now.
     void sweep_parked() {
-        std::vector<std::string> connections;
+        constexpr std::size_t kSweepProbes = 16;
+        std::vector<std::pair<std::string, std::vector<Address>>> probes;  // connection -> recipients to look at
         {
             std::lock_guard lock(parked_mutex_);
             parked_armed_ = false;
             parked_delay_ = std::min(parked_delay_ * 2, kMaxParkedRetry);
             for (const auto& [plan_id, plan] : parked_) {
                 for (const PendingPlan::Recipient& recipient : plan.recipients) {
-                    if (std::find(connections.begin(), connections.end(), recipient.address.connection) ==
-                        connections.end()) {
-                        connections.push_back(recipient.address.connection);
-                    }
+                    const std::string& connection = recipient.address.connection;
+                    auto it = std::find_if(probes.begin(), probes.end(),
+                                           [&](const auto& probe) { return probe.first == connection; });
+                    if (it == probes.end()) it = probes.insert(probes.end(), {connection, {}});
+                    if (it->second.size() < kSweepProbes) it->second.push_back(recipient.address);
                 }
             }
         }
-        for (const std::string& connection : connections) resume_parked(connection, false);
+        for (const auto& [connection, addresses] : probes) {
+            if (std::any_of(addresses.begin(), addresses.end(),
+                            [&](const Address& address) { return directory_.reachable(address); })) {
+                resume_parked(connection, false);
+            }
+        }
         // What is still parked (a connection without a connector) waits for the next sweep; what comes back parked
         // from these runs arms it again when it is parked.
         std::lock_guard lock(parked_mutex_);

@@ -97,8 +97,8 @@ struct EngineOptions {
     std::chrono::milliseconds initial_backoff{100};
     /// What plans left pending for a connection waits for retry_parked(), which the host calls when the connection
     /// is back. A connection that never dropped never is: what waits for it is sent again this long after it was
-    /// left pending anyway, then at doubling delays up to 10 minutes while something still waits (retry_parked()
-    /// starts the delays again).
+    /// left pending anyway — if the directory finds one of its recipients reachable — then at doubling delays up to
+    /// 10 minutes while something still waits (retry_parked() starts the delays again).
     std::chrono::milliseconds parked_retry{30'000};
     /// Hears every report just before its callback gets it, with the time since the plan started (the host's
     /// metrics and status). Called on the thread that delivers the report; must not block.

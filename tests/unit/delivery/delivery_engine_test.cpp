@@ -432,6 +432,32 @@ TEST_CASE("What waits for a connection that never drops goes out again by itself
     CHECK(irc->send_count() == 5);
 }
 
+TEST_CASE("The sweep leaves what waits for an unreachable connection until the directory finds it reachable",
+          "[delivery]") {
+    auto options = retries(2);
+    options.parked_retry = 50ms;
+    Harness h(options);
+    auto irc = std::make_shared<FlakyConnector>(2, 1);  // the first run's two attempts fail, the next succeeds
+    h.engine->add_connection("irc", irc, {});
+    ReportSink sink;
+    h.engine->execute(planned("p1", {kOps}), false, sink.callback());
+    REQUIRE(sink.wait());
+    CHECK(h.engine->wait_idle(5s));
+    h.directory.set_unreachable(kOps);  // the connection went down: it says when it is back
+
+    std::this_thread::sleep_for(400ms);  // sweeps at 50, 150 and 350 ms
+    CHECK(irc->send_count() == 2);
+    CHECK(h.engine->parked() == 1);
+
+    h.directory.set_unreachable(kOps, false);  // up again, though nobody called retry_parked()
+    const auto deadline = std::chrono::steady_clock::now() + 5s;
+    while (irc->send_count() < 3 && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(10ms);
+    CHECK(h.engine->wait_idle(5s));
+    CHECK(irc->send_count() == 3);
+    CHECK(h.engine->parked() == 0);
+    CHECK(outbox_of(h.store(), "p1").at("irc/#ops").state == OutboxState::sent);
+}
+
 TEST_CASE("A plan run again under the same id takes over what its earlier run left waiting", "[delivery]") {
     Harness h(retries(2));
     auto irc = std::make_shared<FlakyConnector>(2, 1);
