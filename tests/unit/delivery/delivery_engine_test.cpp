@@ -415,11 +415,7 @@ TEST_CASE("What waits for a connection that never drops goes out again by itself
     CHECK(sink.wait()->status == DeliveryStatus::retryable);
 
     // Nobody calls retry_parked(): the connection stays up, so it never comes back.
-    const auto deadline = start + 5s;
-    while (outbox_of(h.store(), "p1").at("irc/#ops").state != OutboxState::sent &&
-           std::chrono::steady_clock::now() < deadline) {
-        std::this_thread::sleep_for(10ms);
-    }
+    CHECK(wait_until([&] { return outbox_of(h.store(), "p1").at("irc/#ops").state == OutboxState::sent; }, 5s));
     CHECK(h.engine->wait_idle(5s));
     CHECK(outbox_of(h.store(), "p1").at("irc/#ops").state == OutboxState::sent);
     CHECK(std::chrono::steady_clock::now() - start >= 300ms);  // a sweep after 100 ms, the next 200 ms later
@@ -450,8 +446,7 @@ TEST_CASE("The sweep leaves what waits for an unreachable connection until the d
     CHECK(h.engine->parked() == 1);
 
     h.directory.set_unreachable(kOps, false);  // up again, though nobody called retry_parked()
-    const auto deadline = std::chrono::steady_clock::now() + 5s;
-    while (irc->send_count() < 3 && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(10ms);
+    CHECK(wait_until([&] { return irc->send_count() >= 3; }, 5s));
     CHECK(h.engine->wait_idle(5s));
     CHECK(irc->send_count() == 3);
     CHECK(h.engine->parked() == 0);
