@@ -586,7 +586,7 @@ public:
             // Final here, and written again until the store takes it (record_later()): not sent again.
             std::lock_guard lock(unrecorded_mutex_);
             std::erase_if(pending, [&](const OutboxEntry& entry) {
-                return unrecorded_.contains(UnrecordedKey{entry.plan_id, entry.recipient.to_string()});
+                return unrecorded_.contains(unrecorded_key(entry.plan_id, entry.recipient));
             });
         }
         resume_all(by_plan(pending));
@@ -1711,7 +1711,7 @@ private:
         std::lock_guard lock(unrecorded_mutex_);
         for (const OutboxPlanUpdate& plan : plans) {
             for (const OutboxRecipientUpdate& update : plan.recipients) {
-                UnrecordedKey key{std::string(plan.plan_id), update.address->to_string()};
+                UnrecordedKey key = unrecorded_key(plan.plan_id, *update.address);
                 if (unrecorded_.size() >= kMaxParked && !unrecorded_.contains(key)) {
                     ++dropped;
                     continue;
@@ -1736,7 +1736,7 @@ private:
         std::lock_guard lock(unrecorded_mutex_);
         for (const OutboxPlanUpdate& plan : plans) {
             for (const OutboxRecipientUpdate& update : plan.recipients) {
-                unrecorded_.erase(UnrecordedKey{std::string(plan.plan_id), update.address->to_string()});
+                unrecorded_.erase(unrecorded_key(plan.plan_id, *update.address));
             }
         }
         unrecorded_count_.store(unrecorded_.size(), std::memory_order_relaxed);
@@ -2190,6 +2190,9 @@ private:
 
     // Final states the store refused, by (plan id, recipient text), written again until it takes them.
     using UnrecordedKey = std::pair<std::string, std::string>;
+    static UnrecordedKey unrecorded_key(std::string_view plan_id, const Address& recipient) {
+        return {std::string(plan_id), recipient.to_string()};
+    }
     struct Unrecorded {
         Address address;
         OutboxState state = OutboxState::pending;
