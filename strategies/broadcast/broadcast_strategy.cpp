@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cstddef>
-#include <functional>
 #include <string_view>
 #include <unordered_set>
 #include <utility>
@@ -12,10 +11,7 @@ namespace {
 
 struct AddressPtrHash {
     std::size_t operator()(const Address* address) const noexcept {
-        const std::hash<std::string_view> h;
-        std::size_t seed = h(address->connection);
-        seed ^= h(address->target) + 0x9e3779b97f4a7c15ULL + (seed << 6) + (seed >> 2);
-        return seed ^ static_cast<std::size_t>(address->is_user);
+        return static_cast<std::size_t>(hash_address(*address));
     }
 };
 
