@@ -4,6 +4,7 @@
 #include <array>
 #include <atomic>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/container/small_vector.hpp>
 #include <boost/smart_ptr/intrusive_ptr.hpp>
@@ -364,6 +365,9 @@ struct InlineSend {
 
 inline thread_local InlineSend* t_inline_send = nullptr;
 
+// Hears the report of a plan resume_all() started, after it was logged.
+using ReportHook = std::function<void(const DeliveryReport&)>;
+
 // Recipients of one plan still pending, with the plan's message once: what resume() and retry_parked() send again.
 struct PendingPlan {
     struct Recipient {
@@ -601,52 +605,89 @@ public:
         resume_parked(connection, true);
     }
 
-    // Sends again what plans left parked for @p connection, if it has a connector: it is @p back, or a sweep.
+    // Sends again what plans left parked for @p connection, if it has a connector: it is @p back, or the plan a sweep
+    // tried first (probe_parked()) got through.
     void resume_parked(const std::string& connection, bool back) {
-        {
-            // Without a connector for it (cleared at shutdown, removed by a reload) they wait for the next start:
-            // resumed now, they would end unknown_connection, for good.
-            std::lock_guard lock(lanes_mutex_);
-            if (find_lane_locked(connection) == nullptr) return;
-        }
-        std::vector<PendingPlan> plans;
-        std::size_t count = 0;
-        {
-            std::lock_guard lock(parked_mutex_);
-            for (auto it = parked_.begin(); it != parked_.end();) {
-                PendingPlan& left = it->second;
-                const auto mine = std::stable_partition(left.recipients.begin(), left.recipients.end(),
-                                                        [&](const PendingPlan::Recipient& recipient) {
-                                                            return recipient.address.connection != connection;
-                                                        });
-                const auto taken = static_cast<std::size_t>(left.recipients.end() - mine);
-                count += taken;
-                if (taken == left.recipients.size()) {
-                    plans.push_back(std::move(left));
-                    it = parked_.erase(it);
-                    continue;
-                }
-                if (taken > 0) {
-                    PendingPlan& plan = plans.emplace_back();
-                    plan.plan_id = left.plan_id;
-                    plan.text = left.text;
-                    plan.reply_to = left.reply_to;
-                    plan.recipients.assign(std::make_move_iterator(mine),
-                                           std::make_move_iterator(left.recipients.end()));
-                    left.recipients.erase(mine, left.recipients.end());
-                }
-                ++it;
-            }
-            parked_entries_ -= count;
-            count_parked_ids();
-        }
-        if (plans.empty()) return;
-        logger_.info(back ? "delivery: '" + connection + "' is back; sending again " + std::to_string(count) +
-                                " recipient(s) that plans left pending while it was not"
-                          : "delivery: sending again " + std::to_string(count) + " recipient(s) on '" + connection +
-                                "' that plans left pending (it did not drop, so it never said it was back)",
+        if (!has_lane(connection)) return;
+        Taken taken = take_parked(connection, SIZE_MAX);
+        if (taken.plans.empty()) return;
+        logger_.info(back
+                         ? "delivery: '" + connection + "' is back; sending again " + std::to_string(taken.count) +
+                               " recipient(s) that plans left pending while it was not"
+                         : "delivery: sending again " + std::to_string(taken.count) + " recipient(s) on '" +
+                               connection + "' that plans left pending (it did not drop, so it never said it was back)",
                      LogFields{connection, {}, {}});
-        resume_all(std::move(plans));
+        resume_all(std::move(taken.plans));
+    }
+
+    // A sweep: sends again what one plan left parked for @p connection, and the rest once that plan's report is not
+    // retryable. So a platform that keeps answering "try later" sees one plan's recipients per sweep, not everything
+    // that waits for it (up to kMaxParked recipients, each with max_attempts attempts).
+    void probe_parked(const std::string& connection) {
+        if (!has_lane(connection)) return;
+        Taken taken = take_parked(connection, 1);
+        if (taken.plans.empty()) return;
+        logger_.info("delivery: sending again " + std::to_string(taken.count) + " recipient(s) on '" + connection +
+                         "' that plans left pending (it did not drop, so it never said it was back)" +
+                         (taken.left > 0 ? "; the other " + std::to_string(taken.left) +
+                                               " waiting there follow once these are no longer retryable"
+                                         : std::string()),
+                     LogFields{connection, {}, {}});
+        ReportHook then;
+        if (taken.left > 0) {
+            then = [self = shared_from_this(), connection](const DeliveryReport& report) {
+                if (report.status == DeliveryStatus::retryable) return;  // parked again: the next sweep tries again
+                asio::post(self->io_, [self, connection] { self->resume_parked(connection, false); });
+            };
+        }
+        resume_all(std::move(taken.plans), then);
+    }
+
+    [[nodiscard]] bool has_lane(const std::string& connection) {
+        // Without a connector for it (cleared at shutdown, removed by a reload) what waits for it waits for the next
+        // start: resumed now, it would end unknown_connection, for good.
+        std::lock_guard lock(lanes_mutex_);
+        return find_lane_locked(connection) != nullptr;
+    }
+
+    struct Taken {
+        std::vector<PendingPlan> plans;  // each plan's message once, with its recipients on the connection
+        std::size_t count = 0;           // recipients in `plans`
+        std::size_t left = 0;            // recipients on the connection still parked
+    };
+
+    // Takes out of the parked plans the recipients on @p connection of the first @p max_plans plans that have some.
+    Taken take_parked(const std::string& connection, std::size_t max_plans) {
+        Taken taken;
+        std::lock_guard lock(parked_mutex_);
+        for (auto it = parked_.begin(); it != parked_.end();) {
+            PendingPlan& left = it->second;
+            const auto mine = std::stable_partition(
+                left.recipients.begin(), left.recipients.end(),
+                [&](const PendingPlan::Recipient& recipient) { return recipient.address.connection != connection; });
+            const auto on_connection = static_cast<std::size_t>(left.recipients.end() - mine);
+            if (on_connection == 0 || taken.plans.size() == max_plans) {
+                taken.left += on_connection;
+                ++it;
+                continue;
+            }
+            taken.count += on_connection;
+            if (on_connection == left.recipients.size()) {
+                taken.plans.push_back(std::move(left));
+                it = parked_.erase(it);
+                continue;
+            }
+            PendingPlan& plan = taken.plans.emplace_back();  // the others stay parked for their connections
+            plan.plan_id = left.plan_id;
+            plan.text = left.text;
+            plan.reply_to = left.reply_to;
+            plan.recipients.assign(std::make_move_iterator(mine), std::make_move_iterator(left.recipients.end()));
+            left.recipients.erase(mine, left.recipients.end());
+            ++it;
+        }
+        parked_entries_ -= taken.count;
+        count_parked_ids();
+        return taken;
     }
 
     [[nodiscard]] std::size_t parked() const {
@@ -674,26 +715,27 @@ public:
         return plans;
     }
 
-    // Sends each of @p plans' recipients once, as best-effort plans due in 30 s whose reports are logged, their
-    // outbox writes grouped.
-    void resume_all(std::vector<PendingPlan> plans) {
+    // Sends each of @p plans' recipients once, as best-effort plans due in 30 s whose reports are logged (and then
+    // handed to @p then, if given), their outbox writes grouped.
+    void resume_all(std::vector<PendingPlan> plans, const ReportHook& then = {}) {
         std::vector<boost::intrusive_ptr<Plan>> started;
         started.reserve(plans.size());
         {
             WriteScopeGuard writes(*this, kRoundLimit);
-            for (PendingPlan& plan : plans) started.push_back(resume_plan(plan));
+            for (PendingPlan& plan : plans) started.push_back(resume_plan(plan, then));
         }
         for (const auto& plan : started) arm_deadline(*plan);
     }
 
-    boost::intrusive_ptr<Plan> resume_plan(PendingPlan& pending) {
+    boost::intrusive_ptr<Plan> resume_plan(PendingPlan& pending, const ReportHook& then) {
         const std::int64_t now = clock_();
         boost::intrusive_ptr<Plan> plan = make_plan(pending.plan_id, pending.text, pending.reply_to, now);
         Plan& p = *plan;
         p.deadline_ms = now + kFallbackDeadlineMs;
         p.batch_size = batch_size(0);
-        p.done = [&logger = logger_, plan_id = p.plan_id](DeliveryReport report) {
+        p.done = [&logger = logger_, plan_id = p.plan_id, then](DeliveryReport report) {
             log_resumed(logger, plan_id, report);
+            if (then) then(report);
         };
         const std::size_t n = pending.recipients.size();
         p.out.resize(n);
@@ -1420,8 +1462,9 @@ private:
         });
     }
 
-    // Sends again what waits for a connection on which the directory finds one of its recipients reachable (at most
-    // kSweepProbes looked at): one that is down says when it is back, and would only answer "not connected" now.
+    // Probes each connection on which the directory finds one of the waiting recipients reachable (at most
+    // kSweepProbes looked at; one that is down says when it is back, and would only answer "not connected" now): one
+    // plan's recipients go out again, the rest once that plan is no longer retryable (probe_parked()).
     void sweep_parked() {
         constexpr std::size_t kSweepProbes = 16;
         std::vector<std::pair<std::string, std::vector<Address>>> probes;  // connection -> recipients to look at
@@ -1442,7 +1485,7 @@ private:
         for (const auto& [connection, addresses] : probes) {
             if (std::any_of(addresses.begin(), addresses.end(),
                             [&](const Address& address) { return directory_.reachable(address); })) {
-                resume_parked(connection, false);
+                probe_parked(connection);
             }
         }
         // What is still parked (a connection without a connector) waits for the next sweep; what comes back parked

@@ -98,7 +98,8 @@ struct EngineOptions {
     /// What plans left pending for a connection waits for retry_parked(), which the host calls when the connection
     /// is back. A connection that never dropped never is: what waits for it is sent again this long after it was
     /// left pending anyway — if the directory finds one of its recipients reachable — then at doubling delays up to
-    /// 10 minutes while something still waits (retry_parked() starts the delays again).
+    /// 10 minutes while something still waits (retry_parked() starts the delays again). Such a sweep sends one plan's
+    /// recipients on the connection first, and the others waiting there once that plan's report is not retryable.
     std::chrono::milliseconds parked_retry{30'000};
     /// Hears every report just before its callback gets it, with the time since the plan started (the host's
     /// metrics and status). Called on the thread that delivers the report; must not block.
@@ -176,7 +177,8 @@ public:
     /// executed again under the same id takes its recipients over (and the late results of the earlier run are then
     /// left to it), so nobody gets a message twice. At most 100,000 recipients wait this way; beyond, they wait for
     /// the next start. The engine also sends them again by itself, EngineOptions::parked_retry after they were left
-    /// pending and then at doubling delays, for a connection that never dropped and so never comes back.
+    /// pending and then at doubling delays, for a connection that never dropped and so never comes back (one plan
+    /// first, the rest once it got through).
     void retry_parked(const std::string& connection);
 
     /// Recipients waiting for retry_parked() now.

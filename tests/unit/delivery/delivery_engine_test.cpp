@@ -428,6 +428,41 @@ TEST_CASE("What waits for a connection that never drops goes out again by itself
     CHECK(irc->send_count() == 5);
 }
 
+TEST_CASE("A sweep sends one plan's waiting recipients first, and the rest once that plan is no longer retryable",
+          "[delivery]") {
+    auto options = retries(2);
+    options.parked_retry = 200ms;
+    Harness h(options);
+    auto irc = std::make_shared<FlakyConnector>(4, 1);  // each one's first run (two attempts) and two more fail
+    h.engine->add_connection("irc", irc, {});
+    ReportSink first;
+    ReportSink second;
+    h.engine->execute(planned("p1", {kOps}), false, first.callback());
+    h.engine->execute(planned("p2", {kDev}), false, second.callback());
+    REQUIRE(first.wait());
+    REQUIRE(second.wait());
+    CHECK(h.engine->wait_idle(5s));
+    CHECK(irc->send_count() == 4);
+    CHECK(h.engine->parked() == 2);
+
+    // The first sweep (after 200 ms) tries one plan: its two attempts fail, and the other plan is not sent at all.
+    CHECK(wait_until([&] { return irc->send_count() >= 6; }, 5s));
+    CHECK(h.engine->wait_idle(5s));
+    CHECK(irc->send_count() == 6);  // the next sweep is 400 ms later
+    CHECK(h.engine->parked() == 2);
+    CHECK(h.logger.count_containing("the other 1 waiting there follow once these are no longer retryable") == 1);
+
+    // The next sweeps: the plan tried gets through, so the other goes out at once (and fails twice more, then
+    // gets through at the sweep after). Everyone has the message once.
+    CHECK(wait_until([&] { return h.engine->parked() == 0 && irc->send_count() == 10; }, 5s));
+    CHECK(h.engine->wait_idle(5s));
+    CHECK(outbox_of(h.store(), "p1").at("irc/#ops").state == OutboxState::sent);
+    CHECK(outbox_of(h.store(), "p2").at("irc/#dev").state == OutboxState::sent);
+    const auto sent = irc->sends();
+    CHECK(std::count_if(sent.begin(), sent.end(), [](const SendRecord& m) { return m.to == kOps; }) == 5);
+    CHECK(std::count_if(sent.begin(), sent.end(), [](const SendRecord& m) { return m.to == kDev; }) == 5);
+}
+
 TEST_CASE("The sweep leaves what waits for an unreachable connection until the directory finds it reachable",
           "[delivery]") {
     auto options = retries(2);
