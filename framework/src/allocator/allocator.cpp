@@ -3,6 +3,7 @@
 #include <malloc.h>
 
 #include <cstdlib>
+#include <fstream>
 
 #if SWITCHBOARD_WITH_MIMALLOC
 #include <mimalloc.h>
@@ -25,6 +26,14 @@ bool add_area(const mi_heap_t* /*heap*/, const mi_heap_area_t* area, void* /*blo
     *static_cast<std::size_t*>(total) += area->used * area->block_size;
     return true;
 }
+
+// The text of /proc/sys/vm/overcommit_memory, or "" where there is none.
+std::string overcommit_mode() {
+    std::ifstream file("/proc/sys/vm/overcommit_memory");
+    std::string mode;
+    std::getline(file, mode);
+    return mode;
+}
 #endif
 
 }  // namespace
@@ -32,7 +41,7 @@ bool add_area(const mi_heap_t* /*heap*/, const mi_heap_area_t* area, void* /*blo
 void configure() {
 #if SWITCHBOARD_WITH_MIMALLOC
     if (std::getenv("MIMALLOC_DECOMMIT_DELAY") == nullptr) mi_option_set(mi_option_decommit_delay, 5000);
-    if (std::getenv("MIMALLOC_RESERVE_OS_MEMORY") == nullptr) {
+    if (std::getenv("MIMALLOC_RESERVE_OS_MEMORY") == nullptr && reserves_arena(overcommit_mode())) {
         static_cast<void>(mi_reserve_os_memory(std::size_t{1} << 30, true, false));  // mimalloc copes without it
     }
 #endif
