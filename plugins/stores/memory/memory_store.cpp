@@ -45,16 +45,17 @@ void MemoryStore::apply_write(const KeyValueWrite& write) {
     }
 }
 
-std::size_t MemoryStore::TransparentHash::operator()(std::string_view text) const noexcept {
-    return boost::hash_range(text.begin(), text.end());
+std::uint32_t MemoryStore::hash_id(std::string_view plan_id) noexcept {
+    return static_cast<std::uint32_t>(std::hash<std::string_view>{}(plan_id));  // the table mixes it again
 }
 
 MemoryStore::PlanOutbox* MemoryStore::find_plan(std::string_view plan_id) {
     auto it = plan_numbers_.find(plan_id);
-    return it == plan_numbers_.end() ? nullptr : &plan_at(it->second);
+    return it == plan_numbers_.end() ? nullptr : &plan_at(it->number);
 }
 
-MemoryStore::PlanOutbox& MemoryStore::plan_for(std::string_view plan_id) {
+MemoryStore::PlanOutbox& MemoryStore::plan_for(std::string_view plan_id, std::size_t bytes) {
+    if (PlanOutbox* found = find_plan(plan_id)) return *found;
     // A number prune() freed, else the next one, its chunk made first: a failed allocation leaves no number without
     // a plan.
     const bool reuse = !free_plans_.empty();
@@ -62,15 +63,21 @@ MemoryStore::PlanOutbox& MemoryStore::plan_for(std::string_view plan_id) {
     if (!reuse && (plan_count_ >> kPlanChunkBits) == plan_chunks_.size()) {
         plan_chunks_.push_back(std::make_unique<PlanOutbox[]>(std::size_t{1} << kPlanChunkBits));
     }
-    // Mostly a new plan: one probe that inserts, rather than a failed find and then an insert.
-    const auto [it, added] = plan_numbers_.try_emplace(std::string(plan_id), number);
-    if (!added) return plan_at(it->second);
+    PlanOutbox& plan = plan_at(number);  // empty: never used, or emptied by prune()
+    try {
+        plan.bytes.reserve(plan_id.size() + bytes);
+        plan.id = append_piece(plan, plan_id);
+        plan_numbers_.insert(PlanSlot{number, hash_id(plan_id)});
+    } catch (...) {
+        plan = PlanOutbox{};  // a failed allocation leaves the number free
+        throw;
+    }
     if (reuse) {
         free_plans_.pop_back();
     } else {
         ++plan_count_;
     }
-    return plan_at(number);
+    return plan;
 }
 
 std::uint64_t MemoryStore::Recipient::hash() const noexcept {
@@ -169,10 +176,10 @@ void MemoryStore::update_index(PlanOutbox& plan) {
     }
 }
 
-OutboxEntry MemoryStore::to_entry(const std::string& plan_id, const PlanOutbox& plan, const StoredEntry& stored) const {
+OutboxEntry MemoryStore::to_entry(const PlanOutbox& plan, const StoredEntry& stored) const {
     const PlanMessage& message = plan.messages[stored.message];
     OutboxEntry entry;
-    entry.plan_id = plan_id;
+    entry.plan_id = piece(plan, plan.id);
     entry.recipient = Address{connections_[stored.connection], std::string(piece(plan, stored.target)), stored.is_user};
     entry.text = piece(plan, message.text);
     if (message.has_reply_to) entry.reply_to.emplace(piece(plan, message.reply_to));
@@ -231,7 +238,12 @@ void MemoryStore::add_outbox_entries(std::span<const OutboxEntry> entries) {
         const std::string& plan_id = entries[i].plan_id;
         std::size_t end = i + 1;
         while (end < entries.size() && entries[end].plan_id == plan_id) ++end;
-        PlanOutbox& plan = plan_for(plan_id);
+        std::size_t bytes = 0;  // room for every text and target, when the plan is new
+        for (std::size_t k = i; k < end; ++k) {
+            bytes += entries[k].text.size() + entries[k].recipient.target.size() +
+                     (entries[k].reply_to ? entries[k].reply_to->size() : 0);
+        }
+        PlanOutbox& plan = plan_for(plan_id, bytes);
         plan.entries.reserve(plan.entries.size() + (end - i));
         for (; i < end; ++i) {
             const OutboxEntry& entry = entries[i];
@@ -361,20 +373,19 @@ Result<void> MemoryStore::outbox_add(std::span<const OutboxEntry> entries) {
 
 Result<std::vector<OutboxEntry>> MemoryStore::outbox_add_plan(const OutboxPlanAdd& add) {
     std::lock_guard lock(mutex_);
-    PlanOutbox& plan = plan_for(add.plan_id);
+    // Room for the id, text, reply_to and every target at once: one allocation for a plan of one recipient.
+    std::size_t bytes = add.text.size() + (add.reply_to ? add.reply_to->size() : 0);
+    for (const OutboxRecipient& recipient : add.recipients) bytes += recipient.address->target.size();
+    PlanOutbox& plan = plan_for(add.plan_id, bytes);
     std::vector<OutboxEntry> existing;
     if (!plan.entries.empty()) {
-        const std::string plan_id(add.plan_id);
         existing.reserve(plan.entries.size());
-        for (const StoredEntry& stored : plan.entries) existing.push_back(to_entry(plan_id, plan, stored));
+        for (const StoredEntry& stored : plan.entries) existing.push_back(to_entry(plan, stored));
+        plan.bytes.reserve(plan.bytes.size() + bytes);
     }
     // The recipients of one call are distinct (OutboxPlanAdd): only those of an earlier call are looked for.
     const bool check = !plan.entries.empty();
     plan.entries.reserve(plan.entries.size() + add.recipients.size());
-    // Room for the text, reply_to and every target at once: one allocation for a plan of one recipient.
-    std::size_t bytes = plan.bytes.size() + add.text.size() + (add.reply_to ? add.reply_to->size() : 0);
-    for (const OutboxRecipient& recipient : add.recipients) bytes += recipient.address->target.size();
-    plan.bytes.reserve(bytes);
     const std::uint32_t message = message_for(plan, add.text, add.reply_to);
     for (const OutboxRecipient& recipient : add.recipients) {
         add_entry(plan, check, *recipient.address, message, recipient.state, 0, {}, recipient.error, add.created_ms);
@@ -426,15 +437,14 @@ Result<void> MemoryStore::not_found(std::string_view plan_id, const Address& rec
 Result<std::vector<OutboxEntry>> MemoryStore::outbox_pending() {
     std::lock_guard lock(mutex_);
     struct Found {
-        const std::string* plan_id;
         const PlanOutbox* plan;
         const StoredEntry* stored;
     };
     std::vector<Found> found;
-    for (const auto& [plan_id, number] : plan_numbers_) {
-        const PlanOutbox& plan = plan_at(number);
+    for (const PlanSlot slot : plan_numbers_) {
+        const PlanOutbox& plan = plan_at(slot.number);
         for (const StoredEntry& stored : plan.entries) {
-            if (stored.state == OutboxState::pending) found.push_back(Found{&plan_id, &plan, &stored});
+            if (stored.state == OutboxState::pending) found.push_back(Found{&plan, &stored});
         }
     }
     std::sort(found.begin(), found.end(), [](const Found& a, const Found& b) {
@@ -442,7 +452,7 @@ Result<std::vector<OutboxEntry>> MemoryStore::outbox_pending() {
     });
     std::vector<OutboxEntry> result;
     result.reserve(found.size());
-    for (const Found& f : found) result.push_back(to_entry(*f.plan_id, *f.plan, *f.stored));
+    for (const Found& f : found) result.push_back(to_entry(*f.plan, *f.stored));
     return result;
 }
 
@@ -452,7 +462,7 @@ Result<std::vector<OutboxEntry>> MemoryStore::outbox_plan(const std::string& pla
     const PlanOutbox* plan = find_plan(plan_id);
     if (plan == nullptr) return result;
     result.reserve(plan->entries.size());
-    for (const StoredEntry& stored : plan->entries) result.push_back(to_entry(plan_id, *plan, stored));
+    for (const StoredEntry& stored : plan->entries) result.push_back(to_entry(*plan, stored));
     return result;
 }
 
@@ -486,8 +496,8 @@ Result<std::size_t> MemoryStore::prune(std::int64_t before_ms) {
     const auto finished = [&](const StoredEntry& stored) {
         return stored.state != OutboxState::pending && stored.created_ms < before_ms;
     };
-    boost::unordered::erase_if(plan_numbers_, [&](const auto& numbered) {
-        PlanOutbox& plan = plan_at(numbered.second);
+    boost::unordered::erase_if(plan_numbers_, [&](const PlanSlot slot) {
+        PlanOutbox& plan = plan_at(slot.number);
         if (std::none_of(plan.entries.begin(), plan.entries.end(), finished)) return false;
         plan.entries.erase(std::remove_if(plan.entries.begin(), plan.entries.end(), finished), plan.entries.end());
         plan.index.clear();  // positions moved: built again by the first look-up that needs it
@@ -495,7 +505,7 @@ Result<std::size_t> MemoryStore::prune(std::int64_t before_ms) {
         plan.next_find = 0;
         if (!plan.entries.empty()) return false;
         plan = PlanOutbox{};
-        free_plans_.push_back(numbered.second);
+        free_plans_.push_back(slot.number);
         return true;
     });
     return removed;

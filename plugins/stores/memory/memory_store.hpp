@@ -4,6 +4,7 @@
 
 #include <boost/container/small_vector.hpp>
 #include <boost/unordered/unordered_flat_map.hpp>
+#include <boost/unordered/unordered_flat_set.hpp>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -55,11 +56,6 @@ private:
     // Open addressing: the dedup ledger and the key-value maps are hit once or more per message.
     template <class Value>
     using FlatMap = boost::unordered_flat_map<std::string, Value>;
-    // Looked up by std::string or std::string_view alike.
-    struct TransparentHash {
-        using is_transparent = void;
-        std::size_t operator()(std::string_view text) const noexcept;
-    };
 
     // Everything known about one (connection, channel): the dedup ledger (message id -> timestamp), the cursor,
     // and the message log, kept sorted by timestamp (arrival order among equal timestamps).
@@ -72,9 +68,9 @@ private:
     };
     // The outbox is kept per plan, so a plan's entries are found without looking at any other plan's. A plan keeps
     // its entries in the order they were added, each text (with its reply_to) once, and, once it has more than a
-    // few entries, an index by recipient. Plans live in fixed chunks (they never move; a map from plan id gives
-    // their number), so a plan is one map slot of four bytes plus its own storage.
-    // A plan's texts, reply_tos and targets are pieces of one string (`bytes`), so a plan of one reply costs one
+    // few entries, an index by recipient. Plans live in fixed chunks (they never move; a table by plan id gives
+    // their number), so a plan is one table slot of eight bytes plus its own storage.
+    // A plan's id, texts, reply_tos and targets are pieces of one string (`bytes`), so a plan of one reply costs one
     // allocation for all of them; an entry's recipient is its connection's number (connections_), is_user, and its
     // target's piece. The platform's message id and the last error are rare (most platforms here give no id, most
     // sends do not fail): an entry holds them apart, allocated only when one is set, which keeps an entry at 48
@@ -105,6 +101,7 @@ private:
     };
     // Most plans are one reply to one recipient: their message and entry live inline.
     struct PlanOutbox {
+        Piece id;  // the plan id, first in `bytes`
         boost::container::small_vector<PlanMessage, 1> messages;
         boost::container::small_vector<StoredEntry, 1> entries;
         std::string bytes;  // texts, reply_tos and targets, one after another
@@ -135,11 +132,12 @@ private:
                    std::int32_t attempts, std::string_view sent_message_id, std::string_view error,
                    std::int64_t created_ms);
     const std::string& pair_key(const std::string& first, const std::string& second);
-    PlanOutbox& plan_at(std::uint32_t number) {
+    PlanOutbox& plan_at(std::uint32_t number) const {
         return plan_chunks_[number >> kPlanChunkBits][number & ((1U << kPlanChunkBits) - 1)];
     }
     PlanOutbox* find_plan(std::string_view plan_id);
-    PlanOutbox& plan_for(std::string_view plan_id);
+    // The plan @p plan_id, made (with room for @p bytes more in its bytes) if there is none.
+    PlanOutbox& plan_for(std::string_view plan_id, std::size_t bytes);
     static StoredEntry* find_entry(PlanOutbox& plan, const Recipient& recipient);
     static void update_index(PlanOutbox& plan);
     static bool matches(const PlanOutbox& plan, const StoredEntry& stored, const Recipient& recipient) noexcept;
@@ -151,15 +149,37 @@ private:
     bool update_entry(PlanOutbox* plan, const Address& address, OutboxState state, std::int32_t attempts,
                       std::string_view sent_message_id, std::string_view error);
     static Result<void> not_found(std::string_view plan_id, const Address& recipient);
-    OutboxEntry to_entry(const std::string& plan_id, const PlanOutbox& plan, const StoredEntry& stored) const;
+    OutboxEntry to_entry(const PlanOutbox& plan, const StoredEntry& stored) const;
 
     std::mutex mutex_;
     std::string key_;
     std::unordered_map<std::string, Channel> channels_;    // by pair_key(connection, channel); nodes stay put
     FlatMap<std::string> connection_state_;                // by pair_key(connection, key)
     FlatMap<std::string> values_;                          // by pair_key(space, key)
-    boost::unordered_flat_map<std::string, std::uint32_t, TransparentHash, std::equal_to<>>
-        plan_numbers_;  // plan id -> plan number
+    // The plans by id: each slot holds a plan's number and its id's hash, 8 bytes, so that the table of a million
+    // plans stays within the last-level cache (a slot holding the id as a std::string took 40 bytes, and an
+    // allocation for an id of over 15 bytes); the id itself is in the plan's bytes.
+    struct PlanSlot {
+        std::uint32_t number = 0;
+        std::uint32_t hash = 0;
+    };
+    struct PlanHash {
+        using is_transparent = void;
+        std::size_t operator()(PlanSlot slot) const noexcept { return slot.hash; }
+        std::size_t operator()(std::string_view plan_id) const noexcept { return hash_id(plan_id); }
+    };
+    struct PlanEqual {
+        using is_transparent = void;
+        const MemoryStore* store = nullptr;
+        bool operator()(PlanSlot a, PlanSlot b) const noexcept { return a.number == b.number; }
+        bool operator()(std::string_view plan_id, PlanSlot slot) const noexcept {
+            const PlanOutbox& plan = store->plan_at(slot.number);
+            return piece(plan, plan.id) == plan_id;
+        }
+        bool operator()(PlanSlot slot, std::string_view plan_id) const noexcept { return (*this)(plan_id, slot); }
+    };
+    static std::uint32_t hash_id(std::string_view plan_id) noexcept;
+    boost::unordered_flat_set<PlanSlot, PlanHash, PlanEqual> plan_numbers_{0, PlanHash{}, PlanEqual{this}};
     std::vector<std::unique_ptr<PlanOutbox[]>> plan_chunks_;
     std::uint32_t plan_count_ = 0;
     std::vector<std::uint32_t> free_plans_;  // numbers of plans prune() emptied, taken again first
