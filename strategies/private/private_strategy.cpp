@@ -5,9 +5,9 @@
 namespace switchboard::strategies {
 namespace {
 
-DeliveryPlan single(Recipient recipient) {
+DeliveryPlan single(std::string name, Address&& address) {
     DeliveryPlan plan;
-    plan.recipients.push_back(std::move(recipient));
+    plan.recipients.emplace_back(std::move(name), std::move(address));
     plan.mode = DeliveryMode::best_effort;
     plan.batch_size = 1;
     return plan;
@@ -22,7 +22,7 @@ Result<DeliveryPlan> PrivateStrategy::plan(const Envelope& envelope, const Direc
                     "a private message needs a recipient, but the target is empty: name a user from the "
                     "config's users: section, or write an address connection/@user");
     }
-    if (auto address = directory.user(target)) return single(Recipient{target, std::move(*address)});
+    if (auto address = directory.user(target)) return single(target, std::move(*address));
 
     // Names from the config never contain '/', so a target with one is meant as a literal address.
     if (target.find('/') != std::string::npos) {
@@ -37,7 +37,7 @@ Result<DeliveryPlan> PrivateStrategy::plan(const Envelope& envelope, const Direc
                                                    "' is a channel address; a private message goes to a person: "
                                                    "write connection/@user, or send to the channel as a group message");
         }
-        return single(Recipient{address->to_string(), std::move(*address)});
+        return single(address->to_string(), std::move(*address));
     }
     return fail("recipient_not_found", "no user named '" + target +
                                            "' in the directory: define it under users: in the config "

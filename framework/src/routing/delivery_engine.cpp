@@ -2288,7 +2288,7 @@ bool DeliveryEngine::retire(const std::string& name, std::chrono::milliseconds t
     return impl_->retire(name, timeout);
 }
 
-void DeliveryEngine::execute(PlannedDelivery delivery, bool persisted, ReportCallback done) {
+void DeliveryEngine::execute(PlannedDelivery&& delivery, bool persisted, ReportCallback done) {
     impl_->execute(delivery, persisted, done);
 }
 

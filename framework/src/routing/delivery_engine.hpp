@@ -152,7 +152,7 @@ public:
     /// With @p persisted the engine trusts the entries to be fresh and does not read them back. A deadline_ms of 0
     /// means 30 s from now. With an inline store executor and a connector that completes inline, @p done is called
     /// before execute() returns and no timer is armed.
-    void execute(PlannedDelivery delivery, bool persisted, ReportCallback done);
+    void execute(PlannedDelivery&& delivery, bool persisted, ReportCallback done);
 
     /// Carries out each plan of @p executions as execute() does, with their outbox writes grouped: what completes
     /// while they start (sends that complete inline) is recorded in rounds of up to 256 recipients, one
