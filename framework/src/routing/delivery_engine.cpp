@@ -72,9 +72,6 @@ namespace engine_detail {
 namespace asio = boost::asio;
 using SteadyClock = std::chrono::steady_clock;
 
-// Used when a plan names no deadline (DESIGN §3: every send ends in a report before its deadline).
-constexpr std::int64_t kFallbackDeadlineMs = 30'000;
-
 // Stable codes the engine produces itself (see DeliveryReport in routing.hpp).
 constexpr const char* kUnreachable = "unreachable";
 constexpr const char* kUnknownConnection = "unknown_connection";
@@ -543,7 +540,7 @@ public:
         const std::int64_t now = clock_();
         boost::intrusive_ptr<Plan> plan = make_plan(delivery.plan_id, delivery.text, delivery.reply_to, now);
         Plan& p = *plan;
-        p.deadline_ms = delivery.deadline_ms != 0 ? delivery.deadline_ms : now + kFallbackDeadlineMs;
+        p.deadline_ms = delivery.deadline_ms != 0 ? delivery.deadline_ms : now + kDefaultDeadlineMs;
         p.batch_size = batch_size(delivery.plan.batch_size);
         p.mode = delivery.plan.mode;
         p.on_failure = delivery.plan.on_failure;
@@ -731,7 +728,7 @@ public:
         const std::int64_t now = clock_();
         boost::intrusive_ptr<Plan> plan = make_plan(pending.plan_id, pending.text, pending.reply_to, now);
         Plan& p = *plan;
-        p.deadline_ms = now + kFallbackDeadlineMs;
+        p.deadline_ms = now + kDefaultDeadlineMs;
         p.batch_size = batch_size(0);
         p.done = [&logger = logger_, plan_id = p.plan_id, then](DeliveryReport report) {
             log_resumed(logger, plan_id, report);

@@ -67,6 +67,10 @@ struct ConnectionLimits {
     std::uint32_t burst = 1;
 };
 
+/// Default time a report may take when an envelope names no deadline: from when the router plans it ahead
+/// (Router::plan()), or from when the engine starts it (a deadline_ms of 0).
+inline constexpr std::int64_t kDefaultDeadlineMs = 30'000;
+
 /// A plan ready to run: what a strategy decided plus what the envelope carries.
 struct PlannedDelivery {
     /// The envelope's idempotency key; outbox entries are keyed (plan_id, recipient).

@@ -90,7 +90,7 @@ DeliveryReport Router::report_for(const Error& error) {
 }
 
 std::optional<DeliveryReport> Router::plan_into(Envelope& envelope, const std::string& strategy,
-                                                PlannedDelivery& delivery) const {
+                                                PlannedDelivery& delivery, bool stamp_deadline) const {
     Strategy* chosen = nullptr;
     if (strategy.empty()) {
         chosen = by_kind_[static_cast<std::size_t>(envelope.kind)];
@@ -110,28 +110,29 @@ std::optional<DeliveryReport> Router::plan_into(Envelope& envelope, const std::s
         }
     }();
     if (!plan) return report_for(plan.error());
-    const std::int64_t now = clock_();
     if (envelope.idempotency_key.empty()) {
-        delivery.plan_id = generated_key(now);
+        delivery.plan_id = generated_key(clock_());
     } else {
         delivery.plan_id = std::move(envelope.idempotency_key);
     }
     delivery.plan = std::move(*plan);
     delivery.text = std::move(envelope.text);
     delivery.reply_to = std::move(envelope.reply_to);
-    delivery.deadline_ms = envelope.deadline_ms != 0 ? envelope.deadline_ms : now + kDefaultDeadlineMs;
+    delivery.deadline_ms = envelope.deadline_ms != 0 ? envelope.deadline_ms
+                           : stamp_deadline          ? clock_() + kDefaultDeadlineMs
+                                                     : 0;
     return std::nullopt;
 }
 
 std::variant<PlannedDelivery, DeliveryReport> Router::plan(Envelope envelope, const std::string& strategy) const {
     PlannedDelivery delivery;
-    if (auto report = plan_into(envelope, strategy, delivery)) return std::move(*report);
+    if (auto report = plan_into(envelope, strategy, delivery, true)) return std::move(*report);
     return delivery;
 }
 
 void Router::send(Envelope envelope, const std::string& strategy, ReportCallback done) {
     PlannedDelivery delivery;
-    if (auto report = plan_into(envelope, strategy, delivery)) {
+    if (auto report = plan_into(envelope, strategy, delivery, false)) {
         done(std::move(*report));
         return;
     }

@@ -25,9 +25,6 @@ struct RoutedEnvelope {
     std::string strategy;
 };
 
-/// Default time a report may take when an envelope names no deadline.
-inline constexpr std::int64_t kDefaultDeadlineMs = 30'000;
-
 /// The idempotency key of the @p index-th plan that @p source (a bot's name, or `route`) makes while handling
 /// @p message: `connection/channel/id#source.index`. Deterministic, so handling the message again (after a crash
 /// before its commit) yields the same keys, and the outbox keeps the first. Built with one allocation.
@@ -74,9 +71,10 @@ public:
 
 private:
     // Plans @p envelope into @p delivery (moving its text, key and reply_to there), or returns the report of a plan
-    // that failed: plan() and send() without moving a plan through a variant.
+    // that failed: plan() and send() without moving a plan through a variant. Without @p stamp_deadline, an envelope
+    // naming no deadline leaves deadline_ms 0, which the engine counts from when it starts the plan (send(): at once).
     [[nodiscard]] std::optional<DeliveryReport> plan_into(Envelope& envelope, const std::string& strategy,
-                                                          PlannedDelivery& delivery) const;
+                                                          PlannedDelivery& delivery, bool stamp_deadline) const;
 
     std::vector<config::RouteConfig> routes_;
     const ConfigDirectory& directory_;
