@@ -45,17 +45,17 @@ void MemoryStore::apply_write(const KeyValueWrite& write) {
     }
 }
 
-std::uint32_t MemoryStore::hash_id(std::string_view plan_id) noexcept {
-    return static_cast<std::uint32_t>(std::hash<std::string_view>{}(plan_id));  // the table mixes it again
-}
+MemoryStore::PlanKey::PlanKey(std::string_view plan_id) noexcept
+    : id(plan_id), hash(static_cast<std::uint32_t>(std::hash<std::string_view>{}(plan_id))) {}  // the table mixes it
 
-MemoryStore::PlanOutbox* MemoryStore::find_plan(std::string_view plan_id) {
-    auto it = plan_numbers_.find(plan_id);
+MemoryStore::PlanOutbox* MemoryStore::find_plan(const PlanKey& key) {
+    auto it = plan_numbers_.find(key);
     return it == plan_numbers_.end() ? nullptr : &plan_at(it->number);
 }
 
 MemoryStore::PlanOutbox& MemoryStore::plan_for(std::string_view plan_id, std::size_t bytes) {
-    if (PlanOutbox* found = find_plan(plan_id)) return *found;
+    const PlanKey key(plan_id);
+    if (PlanOutbox* found = find_plan(key)) return *found;
     // A number prune() freed, else the next one, its chunk made first: a failed allocation leaves no number without
     // a plan.
     const bool reuse = !free_plans_.empty();
@@ -67,7 +67,7 @@ MemoryStore::PlanOutbox& MemoryStore::plan_for(std::string_view plan_id, std::si
     try {
         plan.bytes.reserve(plan_id.size() + bytes);
         plan.id = append_piece(plan, plan_id);
-        plan_numbers_.insert(PlanSlot{number, hash_id(plan_id)});
+        plan_numbers_.insert(PlanSlot{number, key.hash});
     } catch (...) {
         plan = PlanOutbox{};  // a failed allocation leaves the number free
         throw;
@@ -400,7 +400,7 @@ Result<void> MemoryStore::outbox_update(std::span<const OutboxEntry> entries) {
     const std::string* plan_id = nullptr;
     for (const OutboxEntry& entry : entries) {
         if (plan_id == nullptr || *plan_id != entry.plan_id) {
-            plan = find_plan(entry.plan_id);
+            plan = find_plan(PlanKey(entry.plan_id));
             plan_id = &entry.plan_id;
         }
         if (!update_entry(plan, entry.recipient, entry.state, entry.attempts, entry.sent_message_id, entry.error) &&
@@ -416,7 +416,7 @@ Result<void> MemoryStore::outbox_update_plans(std::span<const OutboxPlanUpdate> 
     std::lock_guard lock(mutex_);
     std::optional<Result<void>> missing;
     for (const OutboxPlanUpdate& updates : plans) {
-        PlanOutbox* plan = find_plan(updates.plan_id);
+        PlanOutbox* plan = find_plan(PlanKey(updates.plan_id));
         for (const OutboxRecipientUpdate& update : updates.recipients) {
             if (!update_entry(plan, *update.address, update.state, update.attempts, update.sent_message_id,
                               update.error) &&
@@ -459,7 +459,7 @@ Result<std::vector<OutboxEntry>> MemoryStore::outbox_pending() {
 Result<std::vector<OutboxEntry>> MemoryStore::outbox_plan(const std::string& plan_id) {
     std::lock_guard lock(mutex_);
     std::vector<OutboxEntry> result;
-    const PlanOutbox* plan = find_plan(plan_id);
+    const PlanOutbox* plan = find_plan(PlanKey(plan_id));
     if (plan == nullptr) return result;
     result.reserve(plan->entries.size());
     for (const StoredEntry& stored : plan->entries) result.push_back(to_entry(*plan, stored));

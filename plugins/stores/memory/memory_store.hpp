@@ -119,6 +119,36 @@ private:
         std::string_view target;
         [[nodiscard]] std::uint64_t hash() const noexcept;
     };
+    // The plans by id: each slot holds a plan's number and its id's hash, 8 bytes, so that the table of a million
+    // plans stays within the last-level cache (a slot holding the id as a std::string took 40 bytes, and an
+    // allocation for an id of over 15 bytes); the id itself is in the plan's bytes.
+    struct PlanSlot {
+        std::uint32_t number = 0;
+        std::uint32_t hash = 0;
+    };
+    // What a plan is looked up by: its id with the id's hash, computed once for a look-up and the insert after it.
+    struct PlanKey {
+        explicit PlanKey(std::string_view plan_id) noexcept;
+        std::string_view id;
+        std::uint32_t hash;
+    };
+    struct PlanHash {
+        using is_transparent = void;
+        std::size_t operator()(PlanSlot slot) const noexcept { return slot.hash; }
+        std::size_t operator()(const PlanKey& key) const noexcept { return key.hash; }
+    };
+    struct PlanEqual {
+        using is_transparent = void;
+        const MemoryStore* store = nullptr;
+        bool operator()(PlanSlot a, PlanSlot b) const noexcept { return a.number == b.number; }
+        // The plan's bytes are read only when the hashes agree.
+        bool operator()(const PlanKey& key, PlanSlot slot) const noexcept {
+            if (key.hash != slot.hash) return false;
+            const PlanOutbox& plan = store->plan_at(slot.number);
+            return piece(plan, plan.id) == key.id;
+        }
+        bool operator()(PlanSlot slot, const PlanKey& key) const noexcept { return (*this)(key, slot); }
+    };
     static constexpr std::size_t kLinearEntries = 8;
     static constexpr std::uint32_t kPlanChunkBits = 8;  // plans per chunk: 256
 
@@ -135,7 +165,7 @@ private:
     PlanOutbox& plan_at(std::uint32_t number) const {
         return plan_chunks_[number >> kPlanChunkBits][number & ((1U << kPlanChunkBits) - 1)];
     }
-    PlanOutbox* find_plan(std::string_view plan_id);
+    PlanOutbox* find_plan(const PlanKey& key);
     // The plan @p plan_id, made (with room for @p bytes more in its bytes) if there is none.
     PlanOutbox& plan_for(std::string_view plan_id, std::size_t bytes);
     static StoredEntry* find_entry(PlanOutbox& plan, const Recipient& recipient);
@@ -156,29 +186,7 @@ private:
     std::unordered_map<std::string, Channel> channels_;    // by pair_key(connection, channel); nodes stay put
     FlatMap<std::string> connection_state_;                // by pair_key(connection, key)
     FlatMap<std::string> values_;                          // by pair_key(space, key)
-    // The plans by id: each slot holds a plan's number and its id's hash, 8 bytes, so that the table of a million
-    // plans stays within the last-level cache (a slot holding the id as a std::string took 40 bytes, and an
-    // allocation for an id of over 15 bytes); the id itself is in the plan's bytes.
-    struct PlanSlot {
-        std::uint32_t number = 0;
-        std::uint32_t hash = 0;
-    };
-    struct PlanHash {
-        using is_transparent = void;
-        std::size_t operator()(PlanSlot slot) const noexcept { return slot.hash; }
-        std::size_t operator()(std::string_view plan_id) const noexcept { return hash_id(plan_id); }
-    };
-    struct PlanEqual {
-        using is_transparent = void;
-        const MemoryStore* store = nullptr;
-        bool operator()(PlanSlot a, PlanSlot b) const noexcept { return a.number == b.number; }
-        bool operator()(std::string_view plan_id, PlanSlot slot) const noexcept {
-            const PlanOutbox& plan = store->plan_at(slot.number);
-            return piece(plan, plan.id) == plan_id;
-        }
-        bool operator()(PlanSlot slot, std::string_view plan_id) const noexcept { return (*this)(plan_id, slot); }
-    };
-    static std::uint32_t hash_id(std::string_view plan_id) noexcept;
+    // The plans by id (PlanSlot).
     boost::unordered_flat_set<PlanSlot, PlanHash, PlanEqual> plan_numbers_{0, PlanHash{}, PlanEqual{this}};
     std::vector<std::unique_ptr<PlanOutbox[]>> plan_chunks_;
     std::uint32_t plan_count_ = 0;
