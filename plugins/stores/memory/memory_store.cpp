@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <bit>
-#include <boost/container_hash/hash.hpp>
 #include <cstring>
 #include <functional>
 #include <string_view>
