@@ -104,7 +104,7 @@ private:
         Piece id;  // the plan id, first in `bytes`
         boost::container::small_vector<PlanMessage, 1> messages;
         boost::container::small_vector<StoredEntry, 1> entries;
-        std::string bytes;  // texts, reply_tos and targets, one after another
+        std::string bytes;  // the id, then texts, reply_tos and targets, one after another
         // Open addressing over entry positions (position + 1; 0 is empty), a power of two at most half full,
         // covering entries[0, indexed): brought up to date by the first lookup that needs it (update_index), never
         // while the plan has no more than kLinearEntries entries and a scan is cheaper.
@@ -162,7 +162,10 @@ private:
                    std::int32_t attempts, std::string_view sent_message_id, std::string_view error,
                    std::int64_t created_ms);
     const std::string& pair_key(const std::string& first, const std::string& second);
-    PlanOutbox& plan_at(std::uint32_t number) const {
+    PlanOutbox& plan_at(std::uint32_t number) {
+        return plan_chunks_[number >> kPlanChunkBits][number & ((1U << kPlanChunkBits) - 1)];
+    }
+    const PlanOutbox& plan_at(std::uint32_t number) const {
         return plan_chunks_[number >> kPlanChunkBits][number & ((1U << kPlanChunkBits) - 1)];
     }
     PlanOutbox* find_plan(const PlanKey& key);
