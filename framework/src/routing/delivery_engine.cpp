@@ -606,7 +606,7 @@ public:
     // tried first (probe_parked()) got through.
     void resume_parked(const std::string& connection, bool back) {
         if (!has_lane(connection)) return;
-        Taken taken = take_parked(connection, SIZE_MAX);
+        Taken taken = take_parked(connection, false);
         if (taken.plans.empty()) return;
         logger_.info(back
                          ? "delivery: '" + connection + "' is back; sending again " + std::to_string(taken.count) +
@@ -619,10 +619,11 @@ public:
 
     // A sweep: sends again what one plan left parked for @p connection, and the rest once that plan's report is not
     // retryable. So a platform that keeps answering "try later" sees one plan's recipients per sweep, not everything
-    // that waits for it (up to kMaxParked recipients, each with max_attempts attempts).
+    // that waits for it (up to kMaxParked recipients, each with max_attempts attempts). Successive sweeps try the
+    // plans in turn, so one whose recipient keeps failing does not hold back the others.
     void probe_parked(const std::string& connection) {
         if (!has_lane(connection)) return;
-        Taken taken = take_parked(connection, 1);
+        Taken taken = take_parked(connection, true);
         if (taken.plans.empty()) return;
         logger_.info("delivery: sending again " + std::to_string(taken.count) + " recipient(s) on '" + connection +
                          "' that plans left pending (it did not drop, so it never said it was back)" +
@@ -653,17 +654,33 @@ public:
         std::size_t left = 0;            // recipients on the connection still parked
     };
 
-    // Takes out of the parked plans the recipients on @p connection of the first @p max_plans plans that have some.
-    Taken take_parked(const std::string& connection, std::size_t max_plans) {
+    // Takes out of the parked plans the recipients on @p connection: of every plan, or, for @p one_plan, of the first
+    // plan that has some after the one the last probe of the connection took (in plan id order, wrapping around).
+    Taken take_parked(const std::string& connection, bool one_plan) {
         Taken taken;
+        const auto on_connection_of = [&](const PendingPlan::Recipient& recipient) {
+            return recipient.address.connection == connection;
+        };
         std::lock_guard lock(parked_mutex_);
+        const std::string* only = nullptr;  // the plan to take from, for one_plan
+        if (one_plan) {
+            const auto has_some = [&](const auto& parked) {
+                return std::any_of(parked.second.recipients.begin(), parked.second.recipients.end(), on_connection_of);
+            };
+            std::string& last = last_probe_[connection];
+            auto next = std::find_if(parked_.upper_bound(last), parked_.end(), has_some);
+            if (next == parked_.end()) next = std::find_if(parked_.begin(), parked_.end(), has_some);
+            if (next == parked_.end()) return taken;
+            last = next->first;
+            only = &last;
+        }
         for (auto it = parked_.begin(); it != parked_.end();) {
             PendingPlan& left = it->second;
-            const auto mine = std::stable_partition(
-                left.recipients.begin(), left.recipients.end(),
-                [&](const PendingPlan::Recipient& recipient) { return recipient.address.connection != connection; });
+            const auto mine =
+                std::stable_partition(left.recipients.begin(), left.recipients.end(),
+                                      [&](const auto& recipient) { return !on_connection_of(recipient); });
             const auto on_connection = static_cast<std::size_t>(left.recipients.end() - mine);
-            if (on_connection == 0 || taken.plans.size() == max_plans) {
+            if (on_connection == 0 || (only != nullptr && it->first != *only)) {
                 taken.left += on_connection;
                 ++it;
                 continue;
@@ -2221,6 +2238,7 @@ private:
     mutable std::mutex parked_mutex_;
     std::map<std::string, PendingPlan, std::less<>> parked_;
     std::size_t parked_entries_ = 0;
+    std::map<std::string, std::string> last_probe_;           // connection -> the plan id its last sweep tried first
     std::map<std::string, std::uint64_t, std::less<>> late_;  // plan id -> serial of the run whose late results park
     std::atomic<std::size_t> parked_ids_{0};  // parked_.size() + late_.size(), read without the lock by every launch
     asio::steady_timer parked_timer_;         // the sweep (arm_parked_sweep_locked())

@@ -103,7 +103,8 @@ struct EngineOptions {
     /// is back. A connection that never dropped never is: what waits for it is sent again this long after it was
     /// left pending anyway — if the directory finds one of its recipients reachable — then at doubling delays up to
     /// 10 minutes while something still waits (retry_parked() starts the delays again). Such a sweep sends one plan's
-    /// recipients on the connection first, and the others waiting there once that plan's report is not retryable.
+    /// recipients on the connection first, and the others waiting there once that plan's report is not retryable;
+    /// successive sweeps take the plans in turn.
     std::chrono::milliseconds parked_retry{30'000};
     /// Hears every report just before its callback gets it, with the time since the plan started (the host's
     /// metrics and status). Called on the thread that delivers the report; must not block.

@@ -463,6 +463,35 @@ TEST_CASE("A sweep sends one plan's waiting recipients first, and the rest once 
     CHECK(std::count_if(sent.begin(), sent.end(), [](const SendRecord& m) { return m.to == kDev; }) == 5);
 }
 
+TEST_CASE("Successive sweeps try the waiting plans in turn: one that keeps failing does not hold back the others",
+          "[delivery]") {
+    auto options = retries(2);
+    options.parked_retry = 100ms;
+    Harness h(options);
+    auto irc = std::make_shared<FakeConnector>(FakeConnector::Mode::inline_completion);
+    irc->set_behaviour([](const OutboundMessage& message, int attempt) -> Result<SentMessage> {
+        if (message.to == kOps || attempt <= 2) return fail_retryable("rate_limited", "the fake is rate limited", 1);
+        return SentMessage{"ok-" + message.to.target};
+    });
+    h.engine->add_connection("irc", irc, {});
+    ReportSink first;
+    ReportSink second;
+    h.engine->execute(planned("p1", {kOps}), false, first.callback());  // never gets through
+    h.engine->execute(planned("p2", {kDev}), false, second.callback());
+    REQUIRE(first.wait());
+    REQUIRE(second.wait());
+    CHECK(h.engine->wait_idle(5s));
+    CHECK(h.engine->parked() == 2);
+
+    // The first sweep tries p1 and fails; the next one tries p2, which gets through.
+    CHECK(wait_until([&] { return outbox_of(h.store(), "p2").at("irc/#dev").state == OutboxState::sent; }, 5s));
+    CHECK(h.engine->wait_idle(5s));
+    const auto sent = irc->sends();
+    CHECK(std::count_if(sent.begin(), sent.end(), [](const SendRecord& m) { return m.to == kDev; }) == 3);
+    CHECK(outbox_of(h.store(), "p1").at("irc/#ops").state == OutboxState::pending);
+    CHECK(wait_until([&] { return h.engine->parked() == 1; }, 5s));  // p1, still waiting
+}
+
 TEST_CASE("The sweep leaves what waits for an unreachable connection until the directory finds it reachable",
           "[delivery]") {
     auto options = retries(2);
@@ -730,7 +759,8 @@ TEST_CASE("A plan has at most one batch in flight: the next starts when the prev
     }
 }
 
-TEST_CASE("The connection's global bucket holds a burst to its size and the rest of the sends to its rate", "[delivery]") {
+TEST_CASE("The connection's global bucket holds a burst to its size and the rest of the sends to its rate",
+          "[delivery]") {
     Harness h;
     auto irc = std::make_shared<SinkConnector>();
     routing::ConnectionLimits limits;
