@@ -7,6 +7,7 @@ namespace {
 
 DeliveryPlan single(std::string name, Address&& address) {
     DeliveryPlan plan;
+    plan.recipients.reserve(1);  // then emplace_back constructs in place, without the vector's growth path
     plan.recipients.emplace_back(std::move(name), std::move(address));
     plan.mode = DeliveryMode::best_effort;
     plan.batch_size = 1;

@@ -548,16 +548,15 @@ public:
 
         std::vector<Recipient>& recipients = delivery.plan.recipients;
         const std::size_t n = recipients.size();
-        p.out.resize(n);
+        p.out.reserve(n);  // each outcome is then made in place from its recipient
         p.slots.resize(n);
         {
             std::lock_guard lock(lanes_mutex_);
             const std::string* last_connection = nullptr;  // consecutive recipients mostly share a connection
             Lane* last_lane = nullptr;
             for (std::size_t i = 0; i < n; ++i) {
-                RecipientOutcome& out = p.out[i];
-                out.name = std::move(recipients[i].name);
-                out.address = std::move(recipients[i].address);
+                RecipientOutcome& out =
+                    p.out.emplace_back(std::move(recipients[i].name), std::move(recipients[i].address));
                 if (last_connection == nullptr || *last_connection != out.address.connection) {
                     last_lane = find_lane_locked(out.address.connection);
                     last_connection = &out.address.connection;
@@ -752,14 +751,14 @@ public:
             if (then) then(report);
         };
         const std::size_t n = pending.recipients.size();
-        p.out.resize(n);
+        p.out.reserve(n);
         p.slots.resize(n);
         {
             std::lock_guard lock(lanes_mutex_);
             for (std::size_t i = 0; i < n; ++i) {
                 PendingPlan::Recipient& recipient = pending.recipients[i];
-                p.out[i].name = recipient.address.to_string();
-                p.out[i].address = std::move(recipient.address);
+                std::string name = recipient.address.to_string();
+                p.out.emplace_back(std::move(name), std::move(recipient.address));
                 p.slots[i].stored_attempts = recipient.attempts;
                 p.slots[i].lane = find_lane_locked(p.out[i].address.connection);
             }
