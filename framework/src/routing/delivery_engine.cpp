@@ -96,6 +96,14 @@ constexpr std::chrono::milliseconds kMaxParkedRetry{10 * 60 * 1000};
 // ones build a vector of their own.
 constexpr std::size_t kScratchRecipients = 16'384;
 
+// The first @p n elements of @p scratch, which grows when it must and never shrinks (resize() would take its
+// out-of-line growth path on every call). The caller sets every field of each element it uses.
+template <class T>
+std::span<T> first_of(std::vector<T>& scratch, std::size_t n) {
+    if (scratch.size() < n) scratch.resize(n);
+    return std::span<T>(scratch.data(), n);
+}
+
 struct Plan;
 class Core;
 
@@ -1052,8 +1060,7 @@ private:
         thread_local std::vector<OutboxRecipient> scratch;
         std::vector<OutboxRecipient> large;
         const std::size_t n = p.out.size();
-        std::vector<OutboxRecipient>& recipients = n <= kScratchRecipients ? scratch : large;
-        recipients.resize(n);
+        const std::span<OutboxRecipient> recipients = first_of(n <= kScratchRecipients ? scratch : large, n);
         for (std::size_t i = 0; i < n; ++i) {
             OutboxRecipient& recipient = recipients[i];
             recipient.address = &p.out[i].address;
@@ -1066,7 +1073,7 @@ private:
         add.text = p.text;
         if (p.reply_to) add.reply_to = *p.reply_to;
         add.created_ms = p.created_ms;
-        add.recipients = std::span<const OutboxRecipient>(recipients.data(), n);
+        add.recipients = recipients;
         return store_.outbox_add_plan(add);
     }
 
@@ -1352,7 +1359,8 @@ private:
     // ---- reports ------------------------------------------------------------------------------------------------
 
     void report_locked(Plan& p, Actions& actions) {
-        park_locked(p);
+        // The common case: nothing to keep. A plan whose entries the outbox refused has nothing to resend from.
+        if (!p.unrecorded && std::any_of(p.slots.begin(), p.slots.end(), left_pending)) park_locked(p);
         if (p.in_flight > 0 && !p.unrecorded) expect_late_locked(p);
         p.reported = true;
         p.reported_flag.store(true, std::memory_order_release);
@@ -1366,19 +1374,20 @@ private:
     // Keeps what the report leaves pending — recipients still retryable when their attempts ran out, or cut by the
     // deadline before they were sent — for retry_parked(). Those in flight at the deadline are kept if their late
     // result is retryable (park_late_locked()). Lock order: a plan's lock, then parked_mutex_.
+    // Whether a recipient's outbox entry stays pending, for retry_parked() or a sweep to send again.
+    static bool left_pending(const Slot& slot) {
+        return slot.outcome == Outcome::retryable || slot.outcome == Outcome::cut;
+    }
+
+    // Keeps the recipients of @p p that were left pending (some were) for retry_parked() and the sweep.
     void park_locked(const Plan& p) {
-        const auto waits = [](const Slot& slot) {
-            return slot.outcome == Outcome::retryable || slot.outcome == Outcome::cut;
-        };
-        // The common case: nothing to keep. A plan whose entries the outbox refused has nothing to resend from.
-        if (p.unrecorded || std::none_of(p.slots.begin(), p.slots.end(), waits)) return;
         PendingPlan left;  // the message once, however many recipients wait
         left.plan_id = p.plan_id;
         left.text = p.text;
         left.reply_to = p.reply_to;
         const std::string* code = nullptr;  // the first one's, for the log
         for (std::size_t i = 0; i < p.slots.size(); ++i) {
-            if (!waits(p.slots[i])) continue;
+            if (!left_pending(p.slots[i])) continue;
             left.recipients.push_back(PendingPlan::Recipient{p.out[i].address, p.slots[i].stored_attempts});
             if (code == nullptr) code = &p.out[i].error_code;
         }
@@ -1723,8 +1732,8 @@ private:
             thread_local std::vector<OutboxRecipientUpdate> scratch;
             thread_local std::vector<OutboxPlanUpdate> plans;
             std::vector<OutboxRecipientUpdate> large;
-            std::vector<OutboxRecipientUpdate>& updates = count <= kScratchRecipients ? scratch : large;
-            updates.resize(count);
+            const std::span<OutboxRecipientUpdate> updates =
+                first_of(count <= kScratchRecipients ? scratch : large, count);
             plans.clear();
             std::size_t k = 0;
             for (const DeferredWrite& write : writes) {
