@@ -615,13 +615,17 @@ public:
         if (!has_lane(connection)) return;
         Taken taken = take_parked(connection, false);
         if (taken.plans.empty()) return;
-        logger_.info(back
-                         ? "delivery: '" + connection + "' is back; sending again " + std::to_string(taken.count) +
-                               " recipient(s) that plans left pending while it was not"
-                         : "delivery: sending again " + std::to_string(taken.count) + " recipient(s) on '" +
-                               connection + "' that plans left pending (it did not drop, so it never said it was back)",
+        logger_.info(back ? "delivery: '" + connection + "' is back; sending again " + std::to_string(taken.count) +
+                                " recipient(s) that plans left pending while it was not"
+                          : sending_again(connection, taken.count),
                      LogFields{connection, {}, {}});
         resume_all(std::move(taken.plans));
+    }
+
+    // The log line of a sweep's resend: @p count recipients on @p connection, which never said it was back.
+    static std::string sending_again(const std::string& connection, std::size_t count) {
+        return "delivery: sending again " + std::to_string(count) + " recipient(s) on '" + connection +
+               "' that plans left pending (it did not drop, so it never said it was back)";
     }
 
     // A sweep: sends again what one plan left parked for @p connection, and the rest once that plan's report is not
@@ -632,8 +636,7 @@ public:
         if (!has_lane(connection)) return;
         Taken taken = take_parked(connection, true);
         if (taken.plans.empty()) return;
-        logger_.info("delivery: sending again " + std::to_string(taken.count) + " recipient(s) on '" + connection +
-                         "' that plans left pending (it did not drop, so it never said it was back)" +
+        logger_.info(sending_again(connection, taken.count) +
                          (taken.left > 0 ? "; the other " + std::to_string(taken.left) +
                                                " waiting there follow once these are no longer retryable"
                                          : std::string()),
@@ -1371,15 +1374,15 @@ private:
         actions.report = true;
     }
 
-    // Keeps what the report leaves pending — recipients still retryable when their attempts ran out, or cut by the
-    // deadline before they were sent — for retry_parked(). Those in flight at the deadline are kept if their late
-    // result is retryable (park_late_locked()). Lock order: a plan's lock, then parked_mutex_.
     // Whether a recipient's outbox entry stays pending, for retry_parked() or a sweep to send again.
     static bool left_pending(const Slot& slot) {
         return slot.outcome == Outcome::retryable || slot.outcome == Outcome::cut;
     }
 
-    // Keeps the recipients of @p p that were left pending (some were) for retry_parked() and the sweep.
+    // Keeps what the report of @p p leaves pending (the caller found some) — recipients still retryable when their
+    // attempts ran out, or cut by the deadline before they were sent — for retry_parked() and the sweep. Those in
+    // flight at the deadline are kept if their late result is retryable (park_late_locked()). Lock order: a plan's
+    // lock, then parked_mutex_.
     void park_locked(const Plan& p) {
         PendingPlan left;  // the message once, however many recipients wait
         left.plan_id = p.plan_id;
