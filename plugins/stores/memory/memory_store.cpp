@@ -65,7 +65,8 @@ MemoryStore::PlanOutbox& MemoryStore::plan_for(std::string_view plan_id, std::si
     PlanOutbox& plan = plan_at(number);  // empty: never used, or emptied by prune()
     try {
         plan.bytes.reserve(plan_id.size() + bytes);
-        plan.id = append_piece(plan, plan_id);
+        plan.bytes.append(plan_id);
+        plan.id_size = static_cast<std::uint32_t>(plan_id.size());
         plan_numbers_.insert(PlanSlot{number, key.hash});
     } catch (...) {
         plan = PlanOutbox{};  // a failed allocation leaves the number free
@@ -112,6 +113,52 @@ std::string_view MemoryStore::piece(const PlanOutbox& plan, Piece piece) noexcep
     return std::string_view(plan.bytes).substr(piece.offset, piece.size);
 }
 
+std::string_view MemoryStore::plan_id(const PlanOutbox& plan) noexcept {
+    return std::string_view(plan.bytes.data(), plan.id_size);
+}
+
+std::span<MemoryStore::StoredEntry> MemoryStore::entries(PlanOutbox& plan) noexcept {
+    if (plan.has_entry) return std::span(&plan.entry, 1);
+    if (plan.more) return plan.more->entries;
+    return {};
+}
+
+std::span<const MemoryStore::StoredEntry> MemoryStore::entries(const PlanOutbox& plan) noexcept {
+    if (plan.has_entry) return std::span(&plan.entry, 1);
+    if (plan.more) return plan.more->entries;
+    return {};
+}
+
+std::span<const MemoryStore::PlanMessage> MemoryStore::messages(const PlanOutbox& plan) noexcept {
+    if (plan.has_message) return std::span(&plan.message, 1);
+    if (plan.more) return plan.more->messages;
+    return {};
+}
+
+MemoryStore::PlanMore& MemoryStore::more(PlanOutbox& plan) {
+    if (!plan.more) plan.more = std::make_unique<PlanMore>();
+    return *plan.more;
+}
+
+void MemoryStore::reserve_entries(PlanOutbox& plan, std::size_t adding) {
+    const std::size_t total = entries(plan).size() + adding;
+    if (total <= 1) return;
+    PlanMore& extra = more(plan);
+    // Exactly what a new plan needs; a plan added to again and again grows geometrically.
+    if (extra.entries.capacity() < total) extra.entries.reserve(std::max(total, extra.entries.capacity() * 2));
+    if (plan.has_entry) {
+        extra.entries.push_back(std::move(plan.entry));
+        plan.entry = StoredEntry{};
+        plan.has_entry = false;
+    }
+}
+
+MemoryStore::StoredEntry& MemoryStore::new_entry(PlanOutbox& plan) {
+    if (plan.more && plan.more->entries.capacity() > 0) return plan.more->entries.emplace_back();
+    plan.has_entry = true;
+    return plan.entry;
+}
+
 MemoryStore::Piece MemoryStore::append_piece(PlanOutbox& plan, std::string_view text) {
     const Piece added{static_cast<std::uint32_t>(plan.bytes.size()), static_cast<std::uint32_t>(text.size())};
     plan.bytes.append(text);
@@ -130,55 +177,58 @@ void MemoryStore::set_detail(StoredEntry& stored, std::string_view sent_message_
 
 MemoryStore::StoredEntry* MemoryStore::find_entry(PlanOutbox& plan, const Recipient& recipient) {
     // A fan-out's completions come mostly in plan order: the entry after the last one found is tried first.
-    if (plan.next_find < plan.entries.size() && matches(plan, plan.entries[plan.next_find], recipient)) {
-        return &plan.entries[plan.next_find++];
+    const std::span<StoredEntry> stored_entries = entries(plan);
+    if (plan.next_find < stored_entries.size() && matches(plan, stored_entries[plan.next_find], recipient)) {
+        return &stored_entries[plan.next_find++];
     }
     StoredEntry* found = nullptr;
-    if (plan.entries.size() <= kLinearEntries) {
-        for (StoredEntry& stored : plan.entries) {
+    if (stored_entries.size() <= kLinearEntries) {
+        for (StoredEntry& stored : stored_entries) {
             if (matches(plan, stored, recipient)) {
                 found = &stored;
                 break;
             }
         }
     } else {
-        update_index(plan);
-        const std::size_t mask = plan.index.size() - 1;
+        update_index(plan);  // more than kLinearEntries entries: they are in `more`
+        const std::vector<std::uint32_t>& index = plan.more->index;
+        const std::size_t mask = index.size() - 1;
         for (std::size_t i = recipient.hash() & mask;; i = (i + 1) & mask) {
-            const std::uint32_t slot = plan.index[i];
+            const std::uint32_t slot = index[i];
             if (slot == 0) break;
-            if (matches(plan, plan.entries[slot - 1], recipient)) {
-                found = &plan.entries[slot - 1];
+            if (matches(plan, stored_entries[slot - 1], recipient)) {
+                found = &stored_entries[slot - 1];
                 break;
             }
         }
     }
-    if (found != nullptr) plan.next_find = static_cast<std::uint32_t>(found - plan.entries.data()) + 1;
+    if (found != nullptr) plan.next_find = static_cast<std::uint32_t>(found - stored_entries.data()) + 1;
     return found;
 }
 
 // Brings the plan's index up to date with its entries. It is built at the first lookup that needs it, not as entries
 // are added: most plans are only appended to once, then updated in order (which needs no index).
 void MemoryStore::update_index(PlanOutbox& plan) {
-    const std::size_t count = plan.entries.size();
-    if (plan.index.size() < count * 2) {
-        plan.index.assign(std::bit_ceil(std::max<std::size_t>(count, plan.entries.capacity()) * 2), 0);
-        plan.indexed = 0;
+    PlanMore& extra = more(plan);
+    const std::size_t count = extra.entries.size();
+    if (extra.index.size() < count * 2) {
+        extra.index.assign(std::bit_ceil(std::max<std::size_t>(count, extra.entries.capacity()) * 2), 0);
+        extra.indexed = 0;
     }
-    const std::size_t mask = plan.index.size() - 1;
-    for (; plan.indexed < count; ++plan.indexed) {
-        const StoredEntry& stored = plan.entries[plan.indexed];
+    const std::size_t mask = extra.index.size() - 1;
+    for (; extra.indexed < count; ++extra.indexed) {
+        const StoredEntry& stored = extra.entries[extra.indexed];
         const Recipient recipient{stored.connection, stored.is_user, piece(plan, stored.target)};
         std::size_t i = recipient.hash() & mask;
-        while (plan.index[i] != 0) i = (i + 1) & mask;
-        plan.index[i] = plan.indexed + 1;
+        while (extra.index[i] != 0) i = (i + 1) & mask;
+        extra.index[i] = extra.indexed + 1;
     }
 }
 
 OutboxEntry MemoryStore::to_entry(const PlanOutbox& plan, const StoredEntry& stored) const {
-    const PlanMessage& message = plan.messages[stored.message];
+    const PlanMessage& message = messages(plan)[stored.message];
     OutboxEntry entry;
-    entry.plan_id = piece(plan, plan.id);
+    entry.plan_id = plan_id(plan);
     entry.recipient = Address{connections_[stored.connection], std::string(piece(plan, stored.target)), stored.is_user};
     entry.text = piece(plan, message.text);
     if (message.has_reply_to) entry.reply_to.emplace(piece(plan, message.reply_to));
@@ -194,20 +244,32 @@ OutboxEntry MemoryStore::to_entry(const PlanOutbox& plan, const StoredEntry& sto
 // share one text: it is looked for from the last one added.
 std::uint32_t MemoryStore::message_for(PlanOutbox& plan, std::string_view text,
                                        std::optional<std::string_view> reply_to) {
-    for (auto m = static_cast<std::uint32_t>(plan.messages.size()); m-- > 0;) {
-        const PlanMessage& stored = plan.messages[m];
+    const std::span<const PlanMessage> stored_messages = messages(plan);
+    for (auto m = static_cast<std::uint32_t>(stored_messages.size()); m-- > 0;) {
+        const PlanMessage& stored = stored_messages[m];
         if (piece(plan, stored.text) == text && stored.has_reply_to == reply_to.has_value() &&
             (!reply_to || piece(plan, stored.reply_to) == *reply_to)) {
             return m;
         }
     }
-    PlanMessage& added = plan.messages.emplace_back();
+    PlanMessage added;
     added.text = append_piece(plan, text);
     if (reply_to) {
         added.reply_to = append_piece(plan, *reply_to);
         added.has_reply_to = true;
     }
-    return static_cast<std::uint32_t>(plan.messages.size() - 1);
+    if (stored_messages.empty()) {
+        plan.message = added;
+        plan.has_message = true;
+        return 0;
+    }
+    PlanMore& extra = more(plan);
+    if (plan.has_message) {
+        extra.messages.push_back(plan.message);
+        plan.has_message = false;
+    }
+    extra.messages.push_back(added);
+    return static_cast<std::uint32_t>(extra.messages.size() - 1);
 }
 
 // Adds an entry for @p address to @p plan unless @p check finds one there already: that one is kept as it is.
@@ -217,7 +279,7 @@ void MemoryStore::add_entry(PlanOutbox& plan, bool check, const Address& address
                             std::string_view error, std::int64_t created_ms) {
     const Recipient recipient = recipient_for(address);
     if (check && find_entry(plan, recipient) != nullptr) return;
-    StoredEntry& stored = plan.entries.emplace_back();
+    StoredEntry& stored = new_entry(plan);
     stored.target = append_piece(plan, address.target);
     stored.connection = recipient.connection;
     stored.is_user = address.is_user;
@@ -243,7 +305,7 @@ void MemoryStore::add_outbox_entries(std::span<const OutboxEntry> entries) {
                      (entries[k].reply_to ? entries[k].reply_to->size() : 0);
         }
         PlanOutbox& plan = plan_for(plan_id, bytes);
-        plan.entries.reserve(plan.entries.size() + (end - i));
+        reserve_entries(plan, end - i);
         for (; i < end; ++i) {
             const OutboxEntry& entry = entries[i];
             std::optional<std::string_view> reply_to;
@@ -377,14 +439,15 @@ Result<std::vector<OutboxEntry>> MemoryStore::outbox_add_plan(const OutboxPlanAd
     for (const OutboxRecipient& recipient : add.recipients) bytes += recipient.address->target.size();
     PlanOutbox& plan = plan_for(add.plan_id, bytes);
     std::vector<OutboxEntry> existing;
-    if (!plan.entries.empty()) {
-        existing.reserve(plan.entries.size());
-        for (const StoredEntry& stored : plan.entries) existing.push_back(to_entry(plan, stored));
+    const std::span<const StoredEntry> earlier = entries(plan);
+    if (!earlier.empty()) {
+        existing.reserve(earlier.size());
+        for (const StoredEntry& stored : earlier) existing.push_back(to_entry(plan, stored));
         plan.bytes.reserve(plan.bytes.size() + bytes);
     }
     // The recipients of one call are distinct (OutboxPlanAdd): only those of an earlier call are looked for.
-    const bool check = !plan.entries.empty();
-    plan.entries.reserve(plan.entries.size() + add.recipients.size());
+    const bool check = !earlier.empty();
+    reserve_entries(plan, add.recipients.size());
     const std::uint32_t message = message_for(plan, add.text, add.reply_to);
     for (const OutboxRecipient& recipient : add.recipients) {
         add_entry(plan, check, *recipient.address, message, recipient.state, 0, {}, recipient.error, add.created_ms);
@@ -442,7 +505,7 @@ Result<std::vector<OutboxEntry>> MemoryStore::outbox_pending() {
     std::vector<Found> found;
     for (const PlanSlot slot : plan_numbers_) {
         const PlanOutbox& plan = plan_at(slot.number);
-        for (const StoredEntry& stored : plan.entries) {
+        for (const StoredEntry& stored : entries(plan)) {
             if (stored.state == OutboxState::pending) found.push_back(Found{&plan, &stored});
         }
     }
@@ -460,8 +523,9 @@ Result<std::vector<OutboxEntry>> MemoryStore::outbox_plan(const std::string& pla
     std::vector<OutboxEntry> result;
     const PlanOutbox* plan = find_plan(PlanKey(plan_id));
     if (plan == nullptr) return result;
-    result.reserve(plan->entries.size());
-    for (const StoredEntry& stored : plan->entries) result.push_back(to_entry(*plan, stored));
+    const std::span<const StoredEntry> stored_entries = entries(*plan);
+    result.reserve(stored_entries.size());
+    for (const StoredEntry& stored : stored_entries) result.push_back(to_entry(*plan, stored));
     return result;
 }
 
@@ -497,12 +561,18 @@ Result<std::size_t> MemoryStore::prune(std::int64_t before_ms) {
     };
     boost::unordered::erase_if(plan_numbers_, [&](const PlanSlot slot) {
         PlanOutbox& plan = plan_at(slot.number);
-        if (std::none_of(plan.entries.begin(), plan.entries.end(), finished)) return false;
-        plan.entries.erase(std::remove_if(plan.entries.begin(), plan.entries.end(), finished), plan.entries.end());
-        plan.index.clear();  // positions moved: built again by the first look-up that needs it
-        plan.indexed = 0;
+        const std::span<const StoredEntry> stored_entries = entries(plan);
+        if (std::none_of(stored_entries.begin(), stored_entries.end(), finished)) return false;
+        if (plan.has_entry) {
+            plan.entry = StoredEntry{};
+            plan.has_entry = false;
+        } else {
+            std::erase_if(plan.more->entries, finished);
+            plan.more->index.clear();  // positions moved: built again by the first look-up that needs it
+            plan.more->indexed = 0;
+        }
         plan.next_find = 0;
-        if (!plan.entries.empty()) return false;
+        if (!entries(plan).empty()) return false;
         plan = PlanOutbox{};
         free_plans_.push_back(slot.number);
         return true;

@@ -2,7 +2,6 @@
 // The `memory` store: every Store call served from standard containers behind one mutex. Nothing survives the
 // process; it exists for tests and benchmarks, and as the reference for the semantics the other stores share.
 
-#include <boost/container/small_vector.hpp>
 #include <boost/unordered/unordered_flat_map.hpp>
 #include <boost/unordered/unordered_flat_set.hpp>
 #include <cstdint>
@@ -10,6 +9,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <switchboard/store.hpp>
@@ -67,14 +67,14 @@ private:
         std::deque<Message> log;
     };
     // The outbox is kept per plan, so a plan's entries are found without looking at any other plan's. A plan keeps
-    // its entries in the order they were added, each text (with its reply_to) once, and, once it has more than a
-    // few entries, an index by recipient. Plans live in fixed chunks (they never move; a table by plan id gives
-    // their number), so a plan is one table slot of eight bytes plus its own storage.
-    // A plan's id, texts, reply_tos and targets are pieces of one string (`bytes`), so a plan of one reply costs one
-    // allocation for all of them; an entry's recipient is its connection's number (connections_), is_user, and its
-    // target's piece. The platform's message id and the last error are rare (most platforms here give no id, most
-    // sends do not fail): an entry holds them apart, allocated only when one is set, which keeps an entry at 48
-    // bytes for a 100,000-member fan-out.
+    // its entries in the order they were added, each text (with its reply_to) once, and, once it has more than
+    // kLinearEntries entries, an index by recipient. Plans live in fixed chunks (they never move; a table by plan id
+    // gives their number), so a plan is one table slot of eight bytes plus its own storage. A plan's id, texts,
+    // reply_tos and targets are pieces of one string (`bytes`), so a plan of one reply costs one allocation for all of
+    // them; an entry's recipient is its connection's number (connections_), is_user, and its target's piece. The
+    // platform's message id and the last error are rare (most platforms here give no id, most sends do not fail): an
+    // entry holds them apart, allocated only when one is set, which keeps an entry at 48 bytes for a 100,000-member
+    // fan-out.
     struct Piece {
         std::uint32_t offset = 0;  // into PlanOutbox::bytes
         std::uint32_t size = 0;
@@ -99,18 +99,29 @@ private:
         Piece reply_to;
         bool has_reply_to = false;
     };
-    // Most plans are one reply to one recipient: their message and entry live inline.
-    struct PlanOutbox {
-        Piece id;  // the plan id, first in `bytes`
-        boost::container::small_vector<PlanMessage, 1> messages;
-        boost::container::small_vector<StoredEntry, 1> entries;
-        std::string bytes;  // the id, then texts, reply_tos and targets, one after another
-        // Open addressing over entry positions (position + 1; 0 is empty), a power of two at most half full,
-        // covering entries[0, indexed): brought up to date by the first lookup that needs it (update_index), never
-        // while the plan has no more than kLinearEntries entries and a scan is cheaper.
+    // What a plan holds beyond one message and one entry (a fan-out, a plan added to again), allocated only then:
+    // every message once there are two, every entry once there are two (the plan's inline one moved here), and,
+    // once the plan has more than kLinearEntries entries, an index by recipient: open addressing over entry positions
+    // (position + 1; 0 is empty), a power of two at most half full, covering entries[0, indexed), brought up to date
+    // by the first lookup that needs it (update_index).
+    struct PlanMore {
+        std::vector<PlanMessage> messages;
+        std::vector<StoredEntry> entries;
         std::vector<std::uint32_t> index;
         std::uint32_t indexed = 0;
+    };
+    // Most plans are one reply to one recipient: their message and entry live inline, and the plan takes 120 bytes
+    // here plus its bytes (every byte a store keeps per message is memory the process touches for the first time).
+    // messages() and entries() give a plan's messages and entries wherever they are.
+    struct PlanOutbox {
+        std::string bytes;            // the id, then texts, reply_tos and targets, one after another
+        std::uint32_t id_size = 0;    // the plan id is bytes[0, id_size)
         std::uint32_t next_find = 0;  // the entry after the one last found
+        PlanMessage message;          // the only message, while has_message
+        bool has_message = false;     // false once `more` holds the messages (or there is none)
+        bool has_entry = false;       // false once `more` holds the entries (or there is none)
+        StoredEntry entry;            // the only entry, while has_entry
+        std::unique_ptr<PlanMore> more;
     };
     // An address as entries hold it, for looking one up.
     struct Recipient {
@@ -145,7 +156,7 @@ private:
         bool operator()(const PlanKey& key, PlanSlot slot) const noexcept {
             if (key.hash != slot.hash) return false;
             const PlanOutbox& plan = store->plan_at(slot.number);
-            return piece(plan, plan.id) == key.id;
+            return plan_id(plan) == key.id;
         }
         bool operator()(PlanSlot slot, const PlanKey& key) const noexcept { return (*this)(key, slot); }
     };
@@ -175,6 +186,15 @@ private:
     static void update_index(PlanOutbox& plan);
     static bool matches(const PlanOutbox& plan, const StoredEntry& stored, const Recipient& recipient) noexcept;
     static std::string_view piece(const PlanOutbox& plan, Piece piece) noexcept;
+    static std::string_view plan_id(const PlanOutbox& plan) noexcept;
+    static std::span<StoredEntry> entries(PlanOutbox& plan) noexcept;
+    static std::span<const StoredEntry> entries(const PlanOutbox& plan) noexcept;
+    static std::span<const PlanMessage> messages(const PlanOutbox& plan) noexcept;
+    static PlanMore& more(PlanOutbox& plan);
+    // Room for @p adding more entries; a plan that will hold two or more keeps them all in `more`.
+    static void reserve_entries(PlanOutbox& plan, std::size_t adding);
+    // A new entry, in the room reserve_entries() made for it.
+    static StoredEntry& new_entry(PlanOutbox& plan);
     static Piece append_piece(PlanOutbox& plan, std::string_view text);
     static void set_detail(StoredEntry& stored, std::string_view sent_message_id, std::string_view error);
     std::optional<Recipient> find_recipient(const Address& address) const;

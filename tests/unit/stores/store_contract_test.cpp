@@ -415,6 +415,71 @@ STORE_TEST_CASE("a plan's entries are added in one call that returns what the pl
     }
 }
 
+// Most plans are one reply to one recipient, which a store may keep apart from larger plans (the memory store keeps
+// it inline): such a plan must keep its entry, state and text when it grows.
+STORE_TEST_CASE("a plan of one recipient keeps its entry when recipients and texts are added to it later") {
+    TestType factory;
+    auto store = factory.open();
+    const Address first = Address::user("irc", "alice");
+    const Address second = Address::channel("irc", "#ops");
+    const auto add = [&](std::vector<const Address*> to, std::string_view text, std::int64_t created_ms) {
+        std::vector<OutboxRecipient> recipients;
+        for (const Address* address : to) recipients.push_back(OutboxRecipient{address, OutboxState::pending, {}});
+        OutboxPlanAdd plan;
+        plan.plan_id = "reply";
+        plan.text = text;
+        plan.created_ms = created_ms;
+        plan.recipients = recipients;
+        return ok(store->outbox_add_plan(plan));
+    };
+
+    CHECK(add({&first}, "hi alice", 100).empty());
+    OutboxEntry sent = ok(store->outbox_plan("reply")).at(0);
+    sent.state = OutboxState::sent;
+    sent.sent_message_id = "p-1";
+    sent.attempts = 2;
+    ok(store->outbox_update(std::vector{sent}));
+
+    const auto before = add({&first, &second}, "hi all", 300);  // alice is kept as she is, #ops added
+    REQUIRE(before.size() == 1);
+    CHECK(before[0].state == OutboxState::sent);
+    CHECK(before[0].sent_message_id == "p-1");
+    auto after = ok(store->outbox_plan("reply"));
+    REQUIRE(after.size() == 2);
+    CHECK(after[0].recipient == first);
+    CHECK(after[0].text == "hi alice");
+    CHECK(after[0].state == OutboxState::sent);
+    CHECK(after[0].sent_message_id == "p-1");
+    CHECK(after[0].attempts == 2);
+    CHECK(after[1].recipient == second);
+    CHECK(after[1].text == "hi all");
+    CHECK(after[1].state == OutboxState::pending);
+
+    // One entry at a time, through outbox_add, as a host stages replies.
+    std::vector<OutboxEntry> singles;
+    for (int i = 0; i < 20; ++i) {
+        OutboxEntry entry = outbox_entry("reply", "#r" + std::to_string(i), 300);
+        ok(store->outbox_add(std::vector{entry}));
+        singles.push_back(entry);
+    }
+    after = ok(store->outbox_plan("reply"));
+    REQUIRE(after.size() == 22);
+    CHECK(after[21].recipient == singles.back().recipient);
+    CHECK(after[21].text == "to #r19");
+    singles.back().state = OutboxState::failed;
+    singles.back().error = "gone";
+    ok(store->outbox_update(std::vector{singles.back()}));
+    CHECK(ok(store->outbox_plan("reply"))[21].error == "gone");
+    CHECK(ok(store->outbox_pending()).size() == 20);
+
+    // Prune takes alice (finished, older than the cutoff) and keeps the rest.
+    ok(store->prune(200));
+    after = ok(store->outbox_plan("reply"));
+    REQUIRE(after.size() == 21);
+    CHECK(after[0].recipient == second);
+    CHECK(after[0].text == "hi all");
+}
+
 STORE_TEST_CASE("the message log returns a channel's messages in a time range, oldest first, up to a limit") {
     TestType factory;
     auto store = factory.open();
