@@ -48,13 +48,55 @@ MemoryStore::PlanKey::PlanKey(std::string_view plan_id) noexcept
     : id(plan_id), hash(static_cast<std::uint32_t>(std::hash<std::string_view>{}(plan_id))) {}  // the table mixes it
 
 MemoryStore::PlanOutbox* MemoryStore::find_plan(const PlanKey& key) {
+    if (auto it = recent_.find(key); it != recent_.end()) return &plan_at(it->number);
+    if (!may_hold(key.hash)) return nullptr;
     auto it = plan_numbers_.find(key);
     return it == plan_numbers_.end() ? nullptr : &plan_at(it->number);
+}
+
+namespace {
+
+// Three bits of a 64-bit word, from bits of the hash that do not choose the word.
+std::uint64_t filter_bits(std::uint32_t hash) noexcept {
+    const std::uint32_t mixed = hash * 0x9E3779B1U;
+    return (std::uint64_t{1} << (mixed & 63)) | (std::uint64_t{1} << ((mixed >> 6) & 63)) |
+           (std::uint64_t{1} << ((mixed >> 12) & 63));
+}
+
+}  // namespace
+
+bool MemoryStore::may_hold(std::uint32_t hash) const noexcept {
+    if (filter_.empty()) return false;  // plan_numbers_ is empty until the first merge
+    const std::uint64_t bits = filter_bits(hash);
+    return (filter_[(std::uint64_t{hash} * 0x9E3779B97F4A7C15ULL) >> filter_shift_] & bits) == bits;
+}
+
+void MemoryStore::add_to_filter(std::uint32_t hash) noexcept {
+    filter_[(std::uint64_t{hash} * 0x9E3779B97F4A7C15ULL) >> filter_shift_] |= filter_bits(hash);
+}
+
+void MemoryStore::rebuild_filter(std::size_t plans) {
+    const std::size_t words = std::bit_ceil(std::max<std::size_t>(plans / kPlansPerFilterWord, 64));
+    filter_.assign(words, 0);
+    filter_shift_ = 64 - std::countr_zero(words);
+    for (const PlanSlot slot : plan_numbers_) add_to_filter(slot.hash);
+}
+
+void MemoryStore::merge_recent() {
+    const std::size_t total = plan_numbers_.size() + recent_.size();
+    if (total > filter_.size() * kPlansPerFilterWord) rebuild_filter(total * 2);
+    plan_numbers_.reserve(total);
+    for (const PlanSlot slot : recent_) {
+        plan_numbers_.insert(slot);
+        add_to_filter(slot.hash);
+    }
+    recent_.clear();
 }
 
 MemoryStore::PlanOutbox& MemoryStore::plan_for(std::string_view plan_id, std::size_t bytes) {
     const PlanKey key(plan_id);
     if (PlanOutbox* found = find_plan(key)) return *found;
+    if (recent_.size() >= kRecentPlans) merge_recent();
     // A number prune() freed, else the next one, its chunk made first: a failed allocation leaves no number without
     // a plan.
     const bool reuse = !free_plans_.empty();
@@ -67,7 +109,7 @@ MemoryStore::PlanOutbox& MemoryStore::plan_for(std::string_view plan_id, std::si
         plan.bytes.reserve(plan_id.size() + bytes);
         plan.bytes.append(plan_id);
         plan.id_size = static_cast<std::uint32_t>(plan_id.size());
-        plan_numbers_.insert(PlanSlot{number, key.hash});
+        recent_.insert(PlanSlot{number, key.hash});
     } catch (...) {
         plan = PlanOutbox{};  // a failed allocation leaves the number free
         throw;
@@ -503,10 +545,12 @@ Result<std::vector<OutboxEntry>> MemoryStore::outbox_pending() {
         const StoredEntry* stored;
     };
     std::vector<Found> found;
-    for (const PlanSlot slot : plan_numbers_) {
-        const PlanOutbox& plan = plan_at(slot.number);
-        for (const StoredEntry& stored : entries(plan)) {
-            if (stored.state == OutboxState::pending) found.push_back(Found{&plan, &stored});
+    for (const PlanTable* table : {&recent_, &plan_numbers_}) {
+        for (const PlanSlot slot : *table) {
+            const PlanOutbox& plan = plan_at(slot.number);
+            for (const StoredEntry& stored : entries(plan)) {
+                if (stored.state == OutboxState::pending) found.push_back(Found{&plan, &stored});
+            }
         }
     }
     std::sort(found.begin(), found.end(), [](const Found& a, const Found& b) {
@@ -559,7 +603,7 @@ Result<std::size_t> MemoryStore::prune(std::int64_t before_ms) {
     const auto finished = [&](const StoredEntry& stored) {
         return stored.state != OutboxState::pending && stored.created_ms < before_ms;
     };
-    boost::unordered::erase_if(plan_numbers_, [&](const PlanSlot slot) {
+    const auto emptied = [&](const PlanSlot slot) {
         PlanOutbox& plan = plan_at(slot.number);
         const std::span<const StoredEntry> stored_entries = entries(plan);
         if (std::none_of(stored_entries.begin(), stored_entries.end(), finished)) return false;
@@ -576,7 +620,9 @@ Result<std::size_t> MemoryStore::prune(std::int64_t before_ms) {
         plan = PlanOutbox{};
         free_plans_.push_back(slot.number);
         return true;
-    });
+    };
+    boost::unordered::erase_if(recent_, emptied);
+    if (boost::unordered::erase_if(plan_numbers_, emptied) > 0) rebuild_filter(plan_numbers_.size() * 2);
     return removed;
 }
 

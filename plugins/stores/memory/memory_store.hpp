@@ -162,6 +162,8 @@ private:
     };
     static constexpr std::size_t kLinearEntries = 8;
     static constexpr std::uint32_t kPlanChunkBits = 8;  // plans per chunk: 256
+    static constexpr std::size_t kRecentPlans = 4096;   // recent_ at most: 64 KB of slots
+    static constexpr std::size_t kPlansPerFilterWord = 8;  // 8 bits per plan: ~3 % false positives
 
     // The caller holds mutex_. The first two use key_ as scratch space, so the key is built without allocating.
     Channel* find_channel(const std::string& connection, const std::string& channel);
@@ -180,6 +182,10 @@ private:
         return plan_chunks_[number >> kPlanChunkBits][number & ((1U << kPlanChunkBits) - 1)];
     }
     PlanOutbox* find_plan(const PlanKey& key);
+    [[nodiscard]] bool may_hold(std::uint32_t hash) const noexcept;  // false: the hash is in no slot of plan_numbers_
+    void add_to_filter(std::uint32_t hash) noexcept;
+    void rebuild_filter(std::size_t plans);  // sized for @p plans, from plan_numbers_
+    void merge_recent();
     // The plan @p plan_id, made (with room for @p bytes more in its bytes) if there is none.
     PlanOutbox& plan_for(std::string_view plan_id, std::size_t bytes);
     static StoredEntry* find_entry(PlanOutbox& plan, const Recipient& recipient);
@@ -209,8 +215,17 @@ private:
     std::unordered_map<std::string, Channel> channels_;    // by pair_key(connection, channel); nodes stay put
     FlatMap<std::string> connection_state_;                // by pair_key(connection, key)
     FlatMap<std::string> values_;                          // by pair_key(space, key)
-    // The plans by id (PlanSlot).
-    boost::unordered_flat_set<PlanSlot, PlanHash, PlanEqual> plan_numbers_{0, PlanHash{}, PlanEqual{this}};
+    // The plans by id (PlanSlot), in two tables. A new plan goes to recent_, which stays small enough for the
+    // processor's caches; every kRecentPlans plans it is merged into plan_numbers_, whose slots for a million plans
+    // (8 MB) are mostly out of cache. filter_ (a Bloom filter over plan_numbers_' hashes, about a byte per plan) tells
+    // when an id cannot be in plan_numbers_, so looking up a new plan id, the common case, reads recent_ and one
+    // word of filter_ instead of missing the cache in plan_numbers_; and a merge inserts its plans together, their
+    // cache misses overlapping, instead of one miss per message.
+    using PlanTable = boost::unordered_flat_set<PlanSlot, PlanHash, PlanEqual>;
+    PlanTable recent_{0, PlanHash{}, PlanEqual{this}};
+    PlanTable plan_numbers_{0, PlanHash{}, PlanEqual{this}};
+    std::vector<std::uint64_t> filter_;  // a power of two of words; each hash sets three bits of one word
+    int filter_shift_ = 64;              // 64 - log2(filter_.size()): a hash's word is its mix's top bits
     std::vector<std::unique_ptr<PlanOutbox[]>> plan_chunks_;
     std::uint32_t plan_count_ = 0;
     std::vector<std::uint32_t> free_plans_;  // numbers of plans prune() emptied, taken again first
