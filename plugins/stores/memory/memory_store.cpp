@@ -65,15 +65,17 @@ std::uint64_t filter_bits(std::uint32_t hash) noexcept {
 
 }  // namespace
 
+std::size_t MemoryStore::filter_word(std::uint32_t hash) const noexcept {
+    return static_cast<std::size_t>((std::uint64_t{hash} * 0x9E3779B97F4A7C15ULL) >> filter_shift_);
+}
+
 bool MemoryStore::may_hold(std::uint32_t hash) const noexcept {
     if (filter_.empty()) return false;  // plan_numbers_ is empty until the first merge
     const std::uint64_t bits = filter_bits(hash);
-    return (filter_[(std::uint64_t{hash} * 0x9E3779B97F4A7C15ULL) >> filter_shift_] & bits) == bits;
+    return (filter_[filter_word(hash)] & bits) == bits;
 }
 
-void MemoryStore::add_to_filter(std::uint32_t hash) noexcept {
-    filter_[(std::uint64_t{hash} * 0x9E3779B97F4A7C15ULL) >> filter_shift_] |= filter_bits(hash);
-}
+void MemoryStore::add_to_filter(std::uint32_t hash) noexcept { filter_[filter_word(hash)] |= filter_bits(hash); }
 
 void MemoryStore::rebuild_filter(std::size_t plans) {
     const std::size_t words = std::bit_ceil(std::max<std::size_t>(plans / kPlansPerFilterWord, 64));

@@ -183,6 +183,7 @@ private:
     }
     PlanOutbox* find_plan(const PlanKey& key);
     [[nodiscard]] bool may_hold(std::uint32_t hash) const noexcept;  // false: the hash is in no slot of plan_numbers_
+    [[nodiscard]] std::size_t filter_word(std::uint32_t hash) const noexcept;
     void add_to_filter(std::uint32_t hash) noexcept;
     void rebuild_filter(std::size_t plans);  // sized for @p plans, from plan_numbers_
     void merge_recent();
