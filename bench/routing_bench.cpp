@@ -169,8 +169,7 @@ struct Reports {
 // The sending half of a host: engine and router over @p store, with the sink as the only connection.
 struct Stack {
     Stack(Store& store, const routing::ConfigDirectory& directory)
-        : engine(
-              store, directory, io, [](std::function<void()> work) { work(); }, logger),
+        : engine(store, directory, io, routing::StoreExecutor{}, logger),
           router(bench_config(), directory, strategies(), &engine) {
         engine.add_connection(kConnection, sink, routing::ConnectionLimits{});
     }

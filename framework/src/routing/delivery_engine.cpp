@@ -392,8 +392,7 @@ public:
         : store_(store),
           directory_(directory),
           io_(io),
-          store_executor_(store_executor ? std::move(store_executor)
-                                         : StoreExecutor([](std::function<void()> work) { work(); })),
+          store_executor_(std::move(store_executor)),
           logger_(logger),
           options_(options),
           clock_(clock ? std::move(clock) : Clock([] {
@@ -1652,7 +1651,7 @@ private:
     void run(Plan& p, Actions& actions) {
         if (actions.report) deliver_report(p);
         if (actions.setup) {
-            store_executor_([plan = &p] {
+            on_store([plan = &p] {
                 plan->engine->setup(*plan);
                 intrusive_ptr_release(plan);
             });
@@ -1679,6 +1678,16 @@ private:
         }
     }
 
+    // Runs @p work through the store executor, or here when there is none (store calls inline).
+    template <class Work>
+    void on_store(Work&& work) {
+        if (store_executor_) {
+            store_executor_(std::forward<Work>(work));
+        } else {
+            work();
+        }
+    }
+
     // ---- outbox writes ------------------------------------------------------------------------------------------
 
     // Runs @p p's write now (through the store executor), or holds it in this thread's write scope. The write owns
@@ -1688,7 +1697,7 @@ private:
             scope->writes.push_back(DeferredWrite{&p, kind});
             return;
         }
-        store_executor_([plan = &p, kind] { plan->engine->write_rounds(*plan, kind); });
+        on_store([plan = &p, kind] { plan->engine->write_rounds(*plan, kind); });
     }
 
     // A send or deletion completed: in a write scope, the round is written once the scope holds its limit.
@@ -1705,12 +1714,12 @@ private:
         if (scope.writes.size() == 1) {
             const DeferredWrite write = scope.writes.front();
             scope.writes.clear();
-            store_executor_([write] { write.plan->engine->write_rounds(*write.plan, write.kind); });
+            on_store([write] { write.plan->engine->write_rounds(*write.plan, write.kind); });
             return;
         }
         std::vector<DeferredWrite> writes(scope.writes.begin(), scope.writes.end());
         scope.writes.clear();
-        store_executor_([writes = std::move(writes)]() mutable {
+        on_store([writes = std::move(writes)]() mutable {
             Core& core = *writes.front().plan->engine;
             core.write_rounds(std::move(writes));
         });
@@ -1818,7 +1827,7 @@ private:
         unrecorded_timer_.expires_after(unrecorded_delay_);
         unrecorded_timer_.async_wait([self = shared_from_this()](const boost::system::error_code& ec) {
             if (ec) return;  // shutdown() cancelled it, and writes once more itself
-            self->store_executor_([self] { self->record_again(); });
+            self->on_store([self] { self->record_again(); });
         });
     }
 

@@ -114,7 +114,8 @@ struct EngineOptions {
 /// Milliseconds since the Unix epoch; tests give a fake.
 using Clock = std::function<std::int64_t()>;
 
-/// Runs store calls off the I/O threads: the host passes its worker pool, benchmarks and tests may run inline.
+/// Runs store calls off the I/O threads: the host passes its worker pool. Empty: store calls run inline, on the
+/// thread that makes them (benchmarks and tests), without wrapping each in a std::function.
 using StoreExecutor = std::function<void(std::function<void()>)>;
 
 class DeliveryEngine {

@@ -55,7 +55,6 @@ public:
             threads_.emplace_back([this] { io.run(); });
             io_thread_ids.push_back(threads_.back().get_id());
         }
-        if (!executor) executor = [](std::function<void()> work) { work(); };
         engine = std::make_unique<routing::DeliveryEngine>(store_, directory, io, std::move(executor), logger, options);
     }
     ~Harness() {
