@@ -156,8 +156,9 @@ public:
     /// recipients whose outbox entry is already `sent` (a retried envelope with the same key) are not sent again.
     ///
     /// With @p persisted the engine trusts the entries to be fresh and does not read them back. A deadline_ms of 0
-    /// means 30 s from now. With an inline store executor and a connector that completes inline, @p done is called
-    /// before execute() returns and no timer is armed.
+    /// means 30 s from the plan's start: its outbox write, or execute()'s return if that comes first (an executor
+    /// that runs the write later); the entries' created_ms is the write's time. With an inline store executor and a
+    /// connector that completes inline, @p done is called before execute() returns and no timer is armed.
     void execute(PlannedDelivery&& delivery, bool persisted, ReportCallback done);
 
     /// Carries out each plan of @p executions as execute() does, with their outbox writes grouped: what completes

@@ -708,6 +708,92 @@ TEST_CASE("A plan whose deadline has passed is reported retryable without sendin
     CHECK(irc->send_count() == 0);
 }
 
+// A fake clock: the reads it answered, each answer from `next` (which a test moves on).
+struct CountingClock {
+    std::shared_ptr<std::atomic<int>> reads = std::make_shared<std::atomic<int>>(0);
+    std::shared_ptr<std::atomic<std::int64_t>> next = std::make_shared<std::atomic<std::int64_t>>(1'000'000);
+    routing::Clock clock() const {
+        return [reads = reads, next = next] {
+            ++*reads;
+            return next->load();
+        };
+    }
+};
+
+TEST_CASE("A plan without a deadline of its own reads the clock once, just before its outbox write", "[delivery]") {
+    CountingClock time;
+    Harness h({}, {}, nullptr, time.clock());
+    auto irc = std::make_shared<SinkConnector>();
+    h.engine->add_connection("irc", irc, {});
+    ReportSink sink;
+    auto delivery = planned("p1", {kOps});
+    delivery.deadline_ms = 0;  // as Router::send leaves it
+    h.engine->execute(std::move(delivery), false, sink.callback());
+    const auto report = sink.wait(1s);
+    REQUIRE(report);
+    CHECK(report->status == DeliveryStatus::delivered);
+    CHECK(time.reads->load() == 1);
+    CHECK(outbox_of(h.store(), "p1").at("irc/#ops").created_ms == 1'000'000);
+}
+
+TEST_CASE("A deadline that passes while the outbox is written is checked before anything is sent", "[delivery]") {
+    // The store's write takes a minute on the fake clock: the plan, due in 10 s, is cut after it.
+    CountingClock time;
+    ThreadNotingStore store;
+    Harness h(
+        {}, [&](std::function<void()> work) { work(); }, &store, time.clock());
+    store.on_add = [&] { *time.next += 60'000; };
+    auto irc = std::make_shared<SinkConnector>();
+    h.engine->add_connection("irc", irc, {});
+    ReportSink sink;
+    auto delivery = planned("p1", {kOps});
+    delivery.deadline_ms = 1'000'000 + 10'000;
+    h.engine->execute(std::move(delivery), false, sink.callback());
+    const auto report = sink.wait(1s);
+    REQUIRE(report);
+    CHECK(report->status == DeliveryStatus::retryable);
+    CHECK(report->error_code == "deadline_exceeded");
+    CHECK(irc->send_count() == 0);
+}
+
+TEST_CASE("A plan without a deadline whose outbox write runs later is due 30 s after execute, not after the write",
+          "[delivery]") {
+    // The store executor holds the write until the test runs it; execute() has armed the deadline by then, from
+    // the clock's first answer. The write starts 40 s later on the fake clock: past that deadline, so nothing is
+    // sent (a deadline counted from the write would have let it go out).
+    CountingClock time;
+    std::vector<std::function<void()>> held;
+    std::mutex held_mutex;
+    Harness h(
+        {},
+        [&](std::function<void()> work) {
+            std::lock_guard lock(held_mutex);
+            held.push_back(std::move(work));
+        },
+        nullptr, time.clock());
+    auto irc = std::make_shared<SinkConnector>();
+    h.engine->add_connection("irc", irc, {});
+    ReportSink sink;
+    auto delivery = planned("p1", {kOps});
+    delivery.deadline_ms = 0;
+    h.engine->execute(std::move(delivery), false, sink.callback());
+    CHECK(time.reads->load() == 1);  // arm_deadline()
+    *time.next += 40'000;
+    std::vector<std::function<void()>> work;
+    {
+        std::lock_guard lock(held_mutex);
+        work.swap(held);
+    }
+    REQUIRE(work.size() == 1);
+    work.front()();
+    const auto report = sink.wait(1s);
+    REQUIRE(report);
+    CHECK(report->status == DeliveryStatus::retryable);
+    CHECK(report->error_code == "deadline_exceeded");
+    CHECK(irc->send_count() == 0);
+    CHECK(outbox_of(h.store(), "p1").at("irc/#ops").created_ms == 1'040'000);  // the write's own time
+}
+
 TEST_CASE("A connection never has more sends in flight than its concurrency limit", "[delivery]") {
     Harness h;
     auto irc = std::make_shared<AsyncConnector>(h.io, 2ms);

@@ -317,6 +317,7 @@ public:
     std::atomic<bool> fail_outbox_add{false};
     std::atomic<int> fail_updates{0};
     std::function<void(std::span<const OutboxEntry>)> on_update;
+    std::function<void()> on_add;  // sees every outbox_add call first (Store::outbox_add_plan calls it)
     [[nodiscard]] std::set<std::thread::id> threads() const {
         std::lock_guard lock(mutex_);
         return threads_;
@@ -344,6 +345,7 @@ public:
     Result<void> put_values(std::span<const KeyValueWrite> w) override { return inner_.put_values(w); }
     Result<void> outbox_add(std::span<const OutboxEntry> e) override {
         note();
+        if (on_add) on_add();
         if (fail_outbox_add) return fail_retryable("store_busy", "injected failure");
         return inner_.outbox_add(e);
     }

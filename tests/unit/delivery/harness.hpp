@@ -1,6 +1,6 @@
 #pragma once
 // The delivery engine under test: an io_context run by two threads, the memory store, a fake directory, a capturing
-// logger, and an inline store executor unless the test passes another.
+// logger, and an inline store executor and the system clock unless the test passes others.
 
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
@@ -49,13 +49,15 @@ inline std::map<std::string, RecipientOutcome> outcomes_of(const DeliveryReport&
 
 class Harness {
 public:
-    explicit Harness(routing::EngineOptions options = {}, routing::StoreExecutor executor = {}, Store* store = nullptr)
+    explicit Harness(routing::EngineOptions options = {}, routing::StoreExecutor executor = {}, Store* store = nullptr,
+                     routing::Clock clock = {})
         : guard_(boost::asio::make_work_guard(io)), store_(store != nullptr ? *store : memory_) {
         for (int i = 0; i < 2; ++i) {
             threads_.emplace_back([this] { io.run(); });
             io_thread_ids.push_back(threads_.back().get_id());
         }
-        engine = std::make_unique<routing::DeliveryEngine>(store_, directory, io, std::move(executor), logger, options);
+        engine = std::make_unique<routing::DeliveryEngine>(store_, directory, io, std::move(executor), logger, options,
+                                                           std::move(clock));
     }
     ~Harness() {
         engine.reset();
