@@ -41,6 +41,15 @@ routing::EngineOptions retries(std::uint32_t attempts) {
     return options;
 }
 
+// Waits for the report of a plan the deadline cut before anything went out on @p connector.
+void check_cut_before_sending(ReportSink& sink, const FakeConnector& connector) {
+    const auto report = sink.wait(1s);
+    REQUIRE(report);
+    CHECK(report->status == DeliveryStatus::retryable);
+    CHECK(report->error_code == "deadline_exceeded");
+    CHECK(connector.send_count() == 0);
+}
+
 std::vector<Address> channels(const std::string& connection, int n) {
     std::vector<Address> to;
     to.reserve(static_cast<std::size_t>(n));
@@ -701,11 +710,7 @@ TEST_CASE("A plan whose deadline has passed is reported retryable without sendin
     auto delivery = planned("p1", {kOps});
     delivery.deadline_ms = now_ms() - 1;
     h.engine->execute(std::move(delivery), false, sink.callback());
-    const auto report = sink.wait(1s);
-    REQUIRE(report);
-    CHECK(report->status == DeliveryStatus::retryable);
-    CHECK(report->error_code == "deadline_exceeded");
-    CHECK(irc->send_count() == 0);
+    check_cut_before_sending(sink, *irc);
 }
 
 // A fake clock: the reads it answered, each answer from `next` (which a test moves on).
@@ -749,11 +754,7 @@ TEST_CASE("A deadline that passes while the outbox is written is checked before 
     auto delivery = planned("p1", {kOps});
     delivery.deadline_ms = 1'000'000 + 10'000;
     h.engine->execute(std::move(delivery), false, sink.callback());
-    const auto report = sink.wait(1s);
-    REQUIRE(report);
-    CHECK(report->status == DeliveryStatus::retryable);
-    CHECK(report->error_code == "deadline_exceeded");
-    CHECK(irc->send_count() == 0);
+    check_cut_before_sending(sink, *irc);
 }
 
 TEST_CASE("A plan without a deadline whose outbox write runs later is due 30 s after execute, not after the write",
@@ -786,11 +787,7 @@ TEST_CASE("A plan without a deadline whose outbox write runs later is due 30 s a
     }
     REQUIRE(work.size() == 1);
     work.front()();
-    const auto report = sink.wait(1s);
-    REQUIRE(report);
-    CHECK(report->status == DeliveryStatus::retryable);
-    CHECK(report->error_code == "deadline_exceeded");
-    CHECK(irc->send_count() == 0);
+    check_cut_before_sending(sink, *irc);
     CHECK(outbox_of(h.store(), "p1").at("irc/#ops").created_ms == 1'040'000);  // the write's own time
 }
 
