@@ -690,12 +690,17 @@ public:
         }
         for (auto it = parked_.begin(); it != parked_.end();) {
             PendingPlan& left = it->second;
+            if (only != nullptr && it->first != *only) {  // not taken: only counted, left as it is
+                taken.left += static_cast<std::size_t>(
+                    std::count_if(left.recipients.begin(), left.recipients.end(), on_connection_of));
+                ++it;
+                continue;
+            }
             const auto mine =
                 std::stable_partition(left.recipients.begin(), left.recipients.end(),
                                       [&](const auto& recipient) { return !on_connection_of(recipient); });
             const auto on_connection = static_cast<std::size_t>(left.recipients.end() - mine);
-            if (on_connection == 0 || (only != nullptr && it->first != *only)) {
-                taken.left += on_connection;
+            if (on_connection == 0) {
                 ++it;
                 continue;
             }
