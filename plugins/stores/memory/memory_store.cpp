@@ -111,7 +111,7 @@ MemoryStore::PlanOutbox& MemoryStore::plan_for(std::string_view plan_id, std::si
     PlanOutbox& plan = plan_at(number);  // empty: never used, or emptied by prune()
     try {
         plan.bytes.reserve(plan_id.size() + bytes);
-        plan.bytes.append(plan_id);
+        plan.bytes.insert(plan.bytes.end(), plan_id.begin(), plan_id.end());
         plan.id_size = static_cast<std::uint32_t>(plan_id.size());
         recent_.insert(PlanSlot{number, key.hash});
     } catch (...) {
@@ -156,7 +156,7 @@ bool MemoryStore::matches(const PlanOutbox& plan, const StoredEntry& stored, con
 }
 
 std::string_view MemoryStore::piece(const PlanOutbox& plan, Piece piece) noexcept {
-    return std::string_view(plan.bytes).substr(piece.offset, piece.size);
+    return std::string_view(plan.bytes.data() + piece.offset, piece.size);
 }
 
 std::string_view MemoryStore::plan_id(const PlanOutbox& plan) noexcept {
@@ -175,10 +175,14 @@ std::span<const MemoryStore::StoredEntry> MemoryStore::entries(const PlanOutbox&
     return {};
 }
 
-std::span<const MemoryStore::PlanMessage> MemoryStore::messages(const PlanOutbox& plan) noexcept {
-    if (plan.has_message) return std::span(&plan.message, 1);
-    if (plan.more) return plan.more->messages;
-    return {};
+std::size_t MemoryStore::message_count(const PlanOutbox& plan) noexcept {
+    if (plan.has_message) return 1;
+    return plan.more ? plan.more->messages.size() : 0;
+}
+
+MemoryStore::PlanMessage MemoryStore::message_at(const PlanOutbox& plan, std::size_t m) noexcept {
+    if (plan.has_message) return PlanMessage{plan.text, plan.reply_to, plan.has_reply_to};
+    return plan.more->messages[m];
 }
 
 MemoryStore::PlanMore& MemoryStore::more(PlanOutbox& plan) {
@@ -205,9 +209,15 @@ MemoryStore::StoredEntry& MemoryStore::new_entry(PlanOutbox& plan) {
     return plan.entry;
 }
 
+void MemoryStore::reserve_bytes(PlanOutbox& plan, std::size_t adding) {
+    const std::size_t total = plan.bytes.size() + adding;
+    // A plan added to again and again grows geometrically (reserve() alone would make it exactly as large).
+    if (plan.bytes.capacity() < total) plan.bytes.reserve(std::max<std::size_t>(total, plan.bytes.capacity() * 2));
+}
+
 MemoryStore::Piece MemoryStore::append_piece(PlanOutbox& plan, std::string_view text) {
     const Piece added{static_cast<std::uint32_t>(plan.bytes.size()), static_cast<std::uint32_t>(text.size())};
-    plan.bytes.append(text);
+    plan.bytes.insert(plan.bytes.end(), text.begin(), text.end());
     return added;
 }
 
@@ -224,8 +234,12 @@ void MemoryStore::set_detail(StoredEntry& stored, std::string_view sent_message_
 MemoryStore::StoredEntry* MemoryStore::find_entry(PlanOutbox& plan, const Recipient& recipient) {
     // A fan-out's completions come mostly in plan order: the entry after the last one found is tried first.
     const std::span<StoredEntry> stored_entries = entries(plan);
-    if (plan.next_find < stored_entries.size() && matches(plan, stored_entries[plan.next_find], recipient)) {
-        return &stored_entries[plan.next_find++];
+    if (stored_entries.size() <= 1) {  // inline, or none
+        return !stored_entries.empty() && matches(plan, stored_entries[0], recipient) ? stored_entries.data() : nullptr;
+    }
+    std::uint32_t& next_find = plan.more->next_find;
+    if (next_find < stored_entries.size() && matches(plan, stored_entries[next_find], recipient)) {
+        return &stored_entries[next_find++];
     }
     StoredEntry* found = nullptr;
     if (stored_entries.size() <= kLinearEntries) {
@@ -248,7 +262,7 @@ MemoryStore::StoredEntry* MemoryStore::find_entry(PlanOutbox& plan, const Recipi
             }
         }
     }
-    if (found != nullptr) plan.next_find = static_cast<std::uint32_t>(found - stored_entries.data()) + 1;
+    if (found != nullptr) next_find = static_cast<std::uint32_t>(found - stored_entries.data()) + 1;
     return found;
 }
 
@@ -272,7 +286,7 @@ void MemoryStore::update_index(PlanOutbox& plan) {
 }
 
 OutboxEntry MemoryStore::to_entry(const PlanOutbox& plan, const StoredEntry& stored) const {
-    const PlanMessage& message = messages(plan)[stored.message];
+    const PlanMessage message = message_at(plan, stored.message);
     OutboxEntry entry;
     entry.plan_id = plan_id(plan);
     entry.recipient = Address{connections_[stored.connection], std::string(piece(plan, stored.target)), stored.is_user};
@@ -290,9 +304,9 @@ OutboxEntry MemoryStore::to_entry(const PlanOutbox& plan, const StoredEntry& sto
 // share one text: it is looked for from the last one added.
 std::uint32_t MemoryStore::message_for(PlanOutbox& plan, std::string_view text,
                                        std::optional<std::string_view> reply_to) {
-    const std::span<const PlanMessage> stored_messages = messages(plan);
-    for (auto m = static_cast<std::uint32_t>(stored_messages.size()); m-- > 0;) {
-        const PlanMessage& stored = stored_messages[m];
+    const std::size_t count = message_count(plan);
+    for (auto m = static_cast<std::uint32_t>(count); m-- > 0;) {
+        const PlanMessage stored = message_at(plan, m);
         if (piece(plan, stored.text) == text && stored.has_reply_to == reply_to.has_value() &&
             (!reply_to || piece(plan, stored.reply_to) == *reply_to)) {
             return m;
@@ -304,14 +318,16 @@ std::uint32_t MemoryStore::message_for(PlanOutbox& plan, std::string_view text,
         added.reply_to = append_piece(plan, *reply_to);
         added.has_reply_to = true;
     }
-    if (stored_messages.empty()) {
-        plan.message = added;
+    if (count == 0) {
+        plan.text = added.text;
+        plan.reply_to = added.reply_to;
+        plan.has_reply_to = added.has_reply_to;
         plan.has_message = true;
         return 0;
     }
     PlanMore& extra = more(plan);
     if (plan.has_message) {
-        extra.messages.push_back(plan.message);
+        extra.messages.push_back(message_at(plan, 0));
         plan.has_message = false;
     }
     extra.messages.push_back(added);
@@ -351,6 +367,7 @@ void MemoryStore::add_outbox_entries(std::span<const OutboxEntry> entries) {
                      (entries[k].reply_to ? entries[k].reply_to->size() : 0);
         }
         PlanOutbox& plan = plan_for(plan_id, bytes);
+        reserve_bytes(plan, bytes);  // a new plan has its room already
         reserve_entries(plan, end - i);
         for (; i < end; ++i) {
             const OutboxEntry& entry = entries[i];
@@ -489,7 +506,7 @@ Result<std::vector<OutboxEntry>> MemoryStore::outbox_add_plan(const OutboxPlanAd
     if (!earlier.empty()) {
         existing.reserve(earlier.size());
         for (const StoredEntry& stored : earlier) existing.push_back(to_entry(plan, stored));
-        plan.bytes.reserve(plan.bytes.size() + bytes);
+        reserve_bytes(plan, bytes);
     }
     // The recipients of one call are distinct (OutboxPlanAdd): only those of an earlier call are looked for.
     const bool check = !earlier.empty();
@@ -619,7 +636,7 @@ Result<std::size_t> MemoryStore::prune(std::int64_t before_ms) {
             plan.more->index.clear();  // positions moved: built again by the first look-up that needs it
             plan.more->indexed = 0;
         }
-        plan.next_find = 0;
+        if (plan.more) plan.more->next_find = 0;
         if (!entries(plan).empty()) return false;
         plan = PlanOutbox{};
         free_plans_.push_back(slot.number);

@@ -2,6 +2,7 @@
 // The `memory` store: every Store call served from standard containers behind one mutex. Nothing survives the
 // process; it exists for tests and benchmarks, and as the reference for the semantics the other stores share.
 
+#include <boost/container/vector.hpp>
 #include <boost/unordered/unordered_flat_map.hpp>
 #include <boost/unordered/unordered_flat_set.hpp>
 #include <cstdint>
@@ -109,20 +110,27 @@ private:
         std::vector<StoredEntry> entries;
         std::vector<std::uint32_t> index;
         std::uint32_t indexed = 0;
-    };
-    // Most plans are one reply to one recipient: their message and entry live inline, and the plan takes 120 bytes
-    // here plus its bytes (every byte a store keeps per message is memory the process touches for the first time).
-    // messages() and entries() give a plan's messages and entries wherever they are.
-    struct PlanOutbox {
-        std::string bytes;            // the id, then texts, reply_tos and targets, one after another
-        std::uint32_t id_size = 0;    // the plan id is bytes[0, id_size)
         std::uint32_t next_find = 0;  // the entry after the one last found
-        PlanMessage message;          // the only message, while has_message
-        bool has_message = false;     // false once `more` holds the messages (or there is none)
-        bool has_entry = false;       // false once `more` holds the entries (or there is none)
-        StoredEntry entry;            // the only entry, while has_entry
+    };
+    // A plan's bytes: a vector whose size and capacity are 32 bits (Pieces are), 16 bytes where a std::string takes 32.
+    using Bytes =
+        boost::container::vector<char, void,
+                                 boost::container::vector_options_t<boost::container::stored_size<std::uint32_t>>>;
+    // Most plans are one reply to one recipient: their message and entry live inline, and the plan takes 96 bytes
+    // here plus its bytes (every byte a store keeps per message is memory the process touches for the first time).
+    // message_count(), message_at() and entries() give a plan's messages and entries wherever they are.
+    struct PlanOutbox {
+        Bytes bytes;                // the id, then texts, reply_tos and targets, one after another
+        std::uint32_t id_size = 0;  // the plan id is bytes[0, id_size)
+        Piece text;                 // the only message (while has_message): its text,
+        Piece reply_to;             // its reply_to,
+        bool has_reply_to = false;  // if it has one
+        bool has_message = false;   // false once `more` holds the messages (or there is none)
+        bool has_entry = false;     // false once `more` holds the entries (or there is none)
+        StoredEntry entry;          // the only entry, while has_entry
         std::unique_ptr<PlanMore> more;
     };
+    static_assert(sizeof(PlanOutbox) <= 96, "a plan's slot is touched once per message: keep it from growing");
     // An address as entries hold it, for looking one up.
     struct Recipient {
         std::uint16_t connection = 0;
@@ -196,12 +204,15 @@ private:
     static std::string_view plan_id(const PlanOutbox& plan) noexcept;
     static std::span<StoredEntry> entries(PlanOutbox& plan) noexcept;
     static std::span<const StoredEntry> entries(const PlanOutbox& plan) noexcept;
-    static std::span<const PlanMessage> messages(const PlanOutbox& plan) noexcept;
+    static std::size_t message_count(const PlanOutbox& plan) noexcept;
+    static PlanMessage message_at(const PlanOutbox& plan, std::size_t m) noexcept;
     static PlanMore& more(PlanOutbox& plan);
     // Room for @p adding more entries; a plan that will hold two or more keeps them all in `more`.
     static void reserve_entries(PlanOutbox& plan, std::size_t adding);
     // A new entry, in the room reserve_entries() made for it.
     static StoredEntry& new_entry(PlanOutbox& plan);
+    // Room for @p adding more bytes in a plan that has some.
+    static void reserve_bytes(PlanOutbox& plan, std::size_t adding);
     static Piece append_piece(PlanOutbox& plan, std::string_view text);
     static void set_detail(StoredEntry& stored, std::string_view sent_message_id, std::string_view error);
     std::optional<Recipient> find_recipient(const Address& address) const;
