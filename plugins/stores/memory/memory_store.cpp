@@ -624,6 +624,7 @@ Result<std::size_t> MemoryStore::prune(std::int64_t before_ms) {
     const auto finished = [&](const StoredEntry& stored) {
         return stored.state != OutboxState::pending && stored.created_ms < before_ms;
     };
+    std::vector<std::uint32_t> gone;  // the plans left without entries
     const auto emptied = [&](const PlanSlot slot) {
         PlanOutbox& plan = plan_at(slot.number);
         const std::span<const StoredEntry> stored_entries = entries(plan);
@@ -638,12 +639,19 @@ Result<std::size_t> MemoryStore::prune(std::int64_t before_ms) {
         }
         if (plan.more) plan.more->next_find = 0;
         if (!entries(plan).empty()) return false;
-        plan = PlanOutbox{};
-        free_plans_.push_back(slot.number);
+        gone.push_back(slot.number);
         return true;
     };
     boost::unordered::erase_if(recent_, emptied);
     if (boost::unordered::erase_if(plan_numbers_, emptied) > 0) rebuild_filter(plan_numbers_.size() * 2);
+    // The plans go in the order they were made, not in the tables' (hash) order: their memory goes back to the
+    // allocator in address order, and the numbers are taken again lowest first, so the plans that follow fill their
+    // slots and that memory in order, as a new store does, not at random (a cache miss each: -10 % in
+    // private/memory/steady).
+    std::sort(gone.begin(), gone.end());
+    for (const std::uint32_t number : gone) plan_at(number) = PlanOutbox{};
+    free_plans_.insert(free_plans_.end(), gone.begin(), gone.end());
+    std::sort(free_plans_.begin(), free_plans_.end(), std::greater<>());  // back() is the lowest
     return removed;
 }
 

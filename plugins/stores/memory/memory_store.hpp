@@ -240,7 +240,7 @@ private:
     int filter_shift_ = 64;              // 64 - log2(filter_.size()): a hash's word is its mix's top bits
     std::vector<std::unique_ptr<PlanOutbox[]>> plan_chunks_;
     std::uint32_t plan_count_ = 0;
-    std::vector<std::uint32_t> free_plans_;  // numbers of plans prune() emptied, taken again first
+    std::vector<std::uint32_t> free_plans_;  // numbers of plans prune() emptied, taken again first, lowest first
     std::uint64_t outbox_sequence_ = 0;
     std::vector<std::string> connections_;  // the connection names of outbox entries, numbered
     Channel* last_channel_ = nullptr;  // the channel of the last committed message (channels are never erased)
