@@ -646,8 +646,8 @@ Result<std::size_t> MemoryStore::prune(std::int64_t before_ms) {
     if (boost::unordered::erase_if(plan_numbers_, emptied) > 0) rebuild_filter(plan_numbers_.size() * 2);
     // The plans go in the order they were made, not in the tables' (hash) order: their memory goes back to the
     // allocator in address order, and the numbers are taken again lowest first, so the plans that follow fill their
-    // slots and that memory in order, as a new store does, not at random (a cache miss each: -10 % in
-    // private/memory/steady).
+    // slots and that memory in order, as a new store does, not at random (a cache miss or two each: 944k instead of
+    // 1,179k messages/s in routing_bench's private/memory/steady).
     std::sort(gone.begin(), gone.end());
     for (const std::uint32_t number : gone) plan_at(number) = PlanOutbox{};
     free_plans_.insert(free_plans_.end(), gone.begin(), gone.end());
