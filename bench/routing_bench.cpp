@@ -237,44 +237,25 @@ void private_baseline(benchmark::State& state) {
     state.counters["received"] = static_cast<double>(n);
 }
 
-// (b) Router::send of private envelopes: private strategy, engine, memory store outbox, sink.
-void private_memory(benchmark::State& state) {
+// (b) Router::send of private envelopes: private strategy, engine, memory store outbox, sink. With a @p window,
+// that many envelopes go through first, untimed, and prune() forgets them: see private_memory_steady.
+void send_private(benchmark::State& state, std::uint64_t window) {
     const auto targets = private_targets();
     auto directory = make_directory();
     stores::MemoryStore store;
     Stack stack(store, *directory);
     Reports reports;
     const ReportCallback done = reports.callback();
-    std::uint64_t n = 0;
-    for (auto _ : state) {
-        stack.router.send(private_envelope(targets[n % kPrivateTargets], n), kByKind, done);
-        ++n;
-    }
-    if (!delivered_all(state, *stack.sink, reports, n, n)) return;
-    state.SetItemsProcessed(state.iterations());
-    state.counters["received"] = static_cast<double>(stack.sink->writes);
-}
-
-// (b') The same in a steady state: a running host's store holds the window of messages it de-duplicates, and its
-// prune() forgets what ages out of the window, so new plans live in memory that older ones held. Before the timing
-// starts, as many messages as the timed run sends go through and are pruned; the timed run then fills the store to
-// the size (b) ends with, as (b) does, but on memory the process has touched before: (b), a process's first seconds,
-// also pays the kernel for zeroing every page the store takes for the first time (~100 MB; on this VM 2 to 16 us a
-// page, which is most of the difference).
-void private_memory_steady(benchmark::State& state) {
-    const auto targets = private_targets();
-    auto directory = make_directory();
-    stores::MemoryStore store;
-    Stack stack(store, *directory);
-    Reports reports;
-    const ReportCallback done = reports.callback();
-    const auto window = static_cast<std::uint64_t>(state.max_iterations);
     std::uint64_t n = 0;
     for (; n < window; ++n) stack.router.send(private_envelope(targets[n % kPrivateTargets], n), kByKind, done);
-    if (!delivered_all(state, *stack.sink, reports, n, n)) return;
-    if (auto pruned = store.prune(system_ms() + 1); !pruned) return fail_benchmark(state, pruned.error().to_string());
-    if (auto first = store.outbox_plan(numbered("bench-", 0)); !first || !first->empty()) {
-        return fail_benchmark(state, "prune() left the window's outbox entries behind");
+    if (window > 0) {
+        if (!delivered_all(state, *stack.sink, reports, n, n)) return;
+        if (auto pruned = store.prune(system_ms() + 1); !pruned) {
+            return fail_benchmark(state, pruned.error().to_string());
+        }
+        if (auto first = store.outbox_plan(numbered("bench-", 0)); !first || !first->empty()) {
+            return fail_benchmark(state, "prune() left the window's outbox entries behind");
+        }
     }
     for (auto _ : state) {
         stack.router.send(private_envelope(targets[n % kPrivateTargets], n), kByKind, done);
@@ -283,6 +264,18 @@ void private_memory_steady(benchmark::State& state) {
     if (!delivered_all(state, *stack.sink, reports, n, n)) return;
     state.SetItemsProcessed(state.iterations());
     state.counters["received"] = static_cast<double>(stack.sink->writes - window);
+}
+
+void private_memory(benchmark::State& state) { send_private(state, 0); }
+
+// (b') The same in a steady state: a running host's store holds the window of messages it de-duplicates, and its
+// prune() forgets what ages out of the window, so new plans live in memory that older ones held. Before the timing
+// starts, as many messages as the timed run sends go through and are pruned; the timed run then fills the store to
+// the size (b) ends with, as (b) does, but on memory the process has touched before: (b), a process's first seconds,
+// also pays the kernel for zeroing every page the store takes for the first time (~100 MB; on this VM 2 to 16 us a
+// page, which is most of the difference).
+void private_memory_steady(benchmark::State& state) {
+    send_private(state, static_cast<std::uint64_t>(state.max_iterations));
 }
 
 // (c) The floor under (b): for each envelope, the same parts called in a straight line — the private strategy's
