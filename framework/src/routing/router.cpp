@@ -110,8 +110,14 @@ std::optional<DeliveryReport> Router::plan_into(Envelope& envelope, const std::s
         }
     }();
     if (!plan) return report_for(plan.error());
+    // The clock is read at most once, and only when a generated key or a stamped deadline needs it.
+    std::optional<std::int64_t> now;
+    const auto read_now = [&] {
+        if (!now) now = clock_();
+        return *now;
+    };
     if (envelope.idempotency_key.empty()) {
-        delivery.plan_id = generated_key(clock_());
+        delivery.plan_id = generated_key(read_now());
     } else {
         delivery.plan_id = std::move(envelope.idempotency_key);
     }
@@ -119,7 +125,7 @@ std::optional<DeliveryReport> Router::plan_into(Envelope& envelope, const std::s
     delivery.text = std::move(envelope.text);
     delivery.reply_to = std::move(envelope.reply_to);
     delivery.deadline_ms = envelope.deadline_ms != 0 ? envelope.deadline_ms
-                           : stamp_deadline          ? clock_() + kDefaultDeadlineMs
+                           : stamp_deadline          ? read_now() + kDefaultDeadlineMs
                                                      : 0;
     return std::nullopt;
 }
